@@ -1,0 +1,148 @@
+//! The Debezium-style JSON envelope Sluice publishes for each change.
+//!
+//! ```json
+//! {"before": null,
+//!  "after": {"id": 1, "name": "Ada"},
+//!  "op": "c",
+//!  "source": {"connector": "postgres", "name": "app", "db": "appdb", "schema": "public",
+//!             "table": "users", "commit_lsn": "0/16B3748", "seq": 0, "tx_id": 731,
+//!             "ts_us": 1716811200123456, "ts_ms": 1716811200123, "snapshot": false},
+//!  "ts_ms": 1716811200150}
+//! ```
+//!
+//! * `before` is the old row when the source sent one: always for deletes (for Postgres under
+//!   the DEFAULT replica identity it holds only the key columns), and for updates under
+//!   `REPLICA IDENTITY FULL` or when the key changed.
+//! * `after` is the new row for `r`, `c` and `u`. A column missing from it was not sent by the
+//!   source (an unchanged TOASTed value): the consumer must keep what it has.
+//! * `source.commit_lsn` + `source.seq` is the event's position (see [`crate::Position`]).
+//! * `ts_ms` at the top level is when Sluice handled the event.
+//! * `op = "t"` (truncate) has neither `before` nor `after`.
+
+use crate::event::{format_lsn, ChangeEvent, Position};
+use crate::value::write_json_str;
+
+/// Appends the event's message key (its key columns as a JSON object) to `out`.
+/// Returns false when the event has no row to take a key from (a truncate).
+pub fn write_key(event: &ChangeEvent, out: &mut Vec<u8>) -> bool {
+    match event.key_row() {
+        Some(row) => {
+            row.write_json_subset(&event.table.key, out);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Appends the event's envelope to `out`. `now_ms` is the handling time.
+pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.extend_from_slice(b"{\"before\":");
+    match &event.before {
+        Some(row) => row.write_json(out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"after\":");
+    match &event.after {
+        Some(row) => row.write_json(out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"op\":\"");
+    out.extend_from_slice(event.op.code().as_bytes());
+    out.extend_from_slice(b"\",\"source\":{\"connector\":");
+    let s = &event.source;
+    write_json_str(s.connector, out);
+    out.extend_from_slice(b",\"name\":");
+    write_json_str(&s.name, out);
+    out.extend_from_slice(b",\"db\":");
+    write_json_str(&s.db, out);
+    out.extend_from_slice(b",\"schema\":");
+    write_json_str(&event.table.id.schema, out);
+    out.extend_from_slice(b",\"table\":");
+    write_json_str(&event.table.id.name, out);
+    match s.position {
+        Position::Postgres { commit_lsn, seq } => {
+            let _ = write!(
+                out,
+                ",\"commit_lsn\":\"{}\",\"seq\":{seq}",
+                format_lsn(commit_lsn)
+            );
+        }
+    }
+    match s.tx_id {
+        Some(x) => {
+            let _ = write!(out, ",\"tx_id\":{x}");
+        }
+        None => out.extend_from_slice(b",\"tx_id\":null"),
+    }
+    let _ = write!(
+        out,
+        ",\"ts_us\":{},\"ts_ms\":{},\"snapshot\":{}}},\"ts_ms\":{now_ms}}}",
+        s.commit_time_us,
+        s.commit_time_us.div_euclid(1000),
+        s.snapshot
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Op, SourceInfo, TableId, TableSchema};
+    use crate::value::{Row, Value};
+
+    fn event(op: Op) -> ChangeEvent {
+        let columns: Arc<[Arc<str>]> = vec![Arc::from("id"), Arc::from("doc")].into();
+        let table = Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            columns: columns.clone(),
+            key: vec![0],
+            topic: Arc::from("p.public.t"),
+        });
+        let row = Row {
+            columns,
+            values: vec![Some(Value::Int(7)), None],
+        };
+        ChangeEvent {
+            op,
+            table,
+            before: (op == Op::Delete).then(|| row.clone()),
+            after: (op != Op::Delete).then_some(row),
+            source: SourceInfo {
+                connector: "postgres",
+                name: Arc::from("app"),
+                db: Arc::from("db"),
+                position: Position::Postgres {
+                    commit_lsn: 0x1_0000_0010,
+                    seq: 2,
+                },
+                tx_id: Some(9),
+                commit_time_us: 1_500_999,
+                snapshot: false,
+            },
+        }
+    }
+
+    #[test]
+    fn envelope_is_valid_json_with_position() {
+        let mut out = Vec::new();
+        write_envelope(&event(Op::Update), 42, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["before"], serde_json::Value::Null);
+        assert_eq!(v["after"], serde_json::json!({"id": 7}));
+        assert_eq!(v["source"]["commit_lsn"], "1/10");
+        assert_eq!(v["source"]["seq"], 2);
+        assert_eq!(v["source"]["ts_ms"], 1500);
+        assert_eq!(v["source"]["table"], "t");
+        assert_eq!(v["ts_ms"], 42);
+    }
+
+    #[test]
+    fn delete_key_comes_from_before() {
+        let mut out = Vec::new();
+        assert!(write_key(&event(Op::Delete), &mut out));
+        assert_eq!(out, br#"{"id":7}"#);
+    }
+}

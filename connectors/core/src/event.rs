@@ -1,0 +1,216 @@
+//! Change events and their provenance.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::value::Row;
+
+/// What happened to a row. Wire codes follow Debezium: `r c u d t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A row read by the initial snapshot.
+    Read,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Op> {
+        Some(match code {
+            "r" => Op::Read,
+            "c" => Op::Insert,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "t" => Op::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `schema.table`, or `table` in `default_schema`.
+    pub fn parse(text: &str, default_schema: &str) -> Option<TableId> {
+        let mut parts = text.split('.');
+        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(t), None, None) => (default_schema, t),
+            (Some(s), Some(t), None) => (s, t),
+            _ => return None,
+        };
+        if schema.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(TableId::new(schema, name))
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The shape of a captured table as the source currently describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Arc<[Arc<str>]>,
+    /// Indexes into `columns` of the key (primary key, or the replica-identity index).
+    pub key: Vec<usize>,
+    /// The Kafka topic the table's events go to.
+    pub topic: Arc<str>,
+}
+
+/// A resumable position, totally ordered within one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Position {
+    /// Postgres: the commit LSN of the transaction and the change's sequence number in it.
+    /// Snapshot rows carry the slot's consistent point and their read order.
+    Postgres { commit_lsn: u64, seq: u64 },
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (
+                Position::Postgres { commit_lsn, seq },
+                Position::Postgres {
+                    commit_lsn: l2,
+                    seq: s2,
+                },
+            ) => (commit_lsn, seq).cmp(&(l2, s2)),
+        }
+    }
+}
+
+/// Formats an LSN the way Postgres does, `16/B374D848`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses an LSN in Postgres' `16/B374D848` form.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+        return None;
+    }
+    Some((hi << 32) | lo)
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    /// `postgres` or `mysql`.
+    pub connector: &'static str,
+    /// The source's name in the Sluice config.
+    pub name: Arc<str>,
+    /// The database the table lives in.
+    pub db: Arc<str>,
+    pub position: Position,
+    /// The source transaction id, when the source has one.
+    pub tx_id: Option<u64>,
+    /// Commit time of the transaction (read time for snapshot rows), microseconds since the Unix
+    /// epoch.
+    pub commit_time_us: i64,
+    pub snapshot: bool,
+}
+
+/// One row change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    pub op: Op,
+    pub table: Arc<TableSchema>,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub source: SourceInfo,
+}
+
+impl ChangeEvent {
+    /// The row image that identifies the row: `after`, or `before` for a delete.
+    pub fn key_row(&self) -> Option<&Row> {
+        match self.op {
+            Op::Delete => self.before.as_ref(),
+            _ => self.after.as_ref().or(self.before.as_ref()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        for lsn in [0u64, 1, 0x16_B374_D848, u64::MAX] {
+            assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
+        }
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn("1/100000000"), None);
+    }
+
+    #[test]
+    fn positions_order_by_lsn_then_seq() {
+        let a = Position::Postgres {
+            commit_lsn: 10,
+            seq: 5,
+        };
+        let b = Position::Postgres {
+            commit_lsn: 11,
+            seq: 0,
+        };
+        let c = Position::Postgres {
+            commit_lsn: 11,
+            seq: 1,
+        };
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn table_ids_parse() {
+        assert_eq!(
+            TableId::parse("orders", "public"),
+            Some(TableId::new("public", "orders"))
+        );
+        assert_eq!(
+            TableId::parse("s.t", "public"),
+            Some(TableId::new("s", "t"))
+        );
+        assert_eq!(TableId::parse("a.b.c", "public"), None);
+        assert_eq!(TableId::parse(".t", "public"), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! Column values and their lossless JSON encoding.
+//!
+//! | source type                          | [`Value`]          | JSON                                   |
+//! |--------------------------------------|--------------------|----------------------------------------|
+//! | NULL                                 | `Null`             | `null`                                 |
+//! | boolean                              | `Bool`             | `true` / `false`                       |
+//! | smallint, integer, bigint, oid       | `Int` / `UInt`     | number                                 |
+//! | real, double precision (finite)      | `Float`            | number (shortest round-trip form)      |
+//! | real, double precision (non-finite)  | `Float`            | `"NaN"`, `"Infinity"`, `"-Infinity"`   |
+//! | numeric / decimal                    | `Decimal`          | string, scale kept: `"12.340"`, `"NaN"`|
+//! | timestamp without time zone          | `Text`             | `"2024-05-01T12:00:00.000000"`         |
+//! | timestamp with time zone             | `Text`             | `"2024-05-01T12:00:00.000000Z"` (UTC)  |
+//! | date                                 | `Text`             | `"2024-05-01"`                         |
+//! | time / time with time zone           | `Text`             | `"12:00:00.000000"` / `"…+02:00"`      |
+//! | interval                             | `Text`             | ISO-8601 duration, `"P1Y2M3DT4H5M6S"`  |
+//! | `infinity` timestamps and dates      | `Text`             | `"infinity"`, `"-infinity"`            |
+//! | uuid, enum, text, inet, money, …     | `Text`             | string                                 |
+//! | bytea / binary                       | `Bytes`            | base64 string (standard alphabet)      |
+//! | json / jsonb                         | `Json`             | the document itself                    |
+//! | arrays                               | `Array`            | JSON array (nested for more dimensions)|
+//!
+//! A column absent from a row object was not sent by the source (see the crate docs); it is not
+//! NULL.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+/// One column value. See the module docs for the encoding of each variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    /// An exact decimal in its canonical text form (scale kept), or `NaN` / `Infinity`.
+    Decimal(String),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// A JSON document, kept as its text and embedded verbatim.
+    Json(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// Appends this value's JSON encoding to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            Value::Int(i) => {
+                let mut buf = itoa_buf();
+                out.extend_from_slice(fmt_i64(*i, &mut buf));
+            }
+            Value::UInt(u) => {
+                use std::io::Write as _;
+                let _ = write!(out, "{u}");
+            }
+            Value::Float(f) => {
+                if f.is_nan() {
+                    out.extend_from_slice(b"\"NaN\"");
+                } else if f.is_infinite() {
+                    out.extend_from_slice(if *f > 0.0 {
+                        b"\"Infinity\""
+                    } else {
+                        b"\"-Infinity\""
+                    });
+                } else {
+                    // serde_json writes finite floats in their shortest round-trip form.
+                    let _ = serde_json::to_writer(&mut *out, f);
+                }
+            }
+            Value::Decimal(s) | Value::Text(s) => write_json_str(s, out),
+            Value::Bytes(b) => {
+                out.push(b'"');
+                let start = out.len();
+                let encoded_len = base64::encoded_len(b.len(), true).unwrap_or(0);
+                out.resize(start + encoded_len, 0);
+                let written = base64::engine::general_purpose::STANDARD
+                    .encode_slice(b, &mut out[start..])
+                    .unwrap_or(0);
+                out.truncate(start + written);
+                out.push(b'"');
+            }
+            Value::Json(s) => out.extend_from_slice(s.as_bytes()),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write_json(out);
+                }
+                out.push(b']');
+            }
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaper is correct for every code point and fast on plain ASCII.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0u8; 20]
+}
+
+fn fmt_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
+    // i64::MIN has 19 digits plus the sign: 20 bytes.
+    let mut n = v.unsigned_abs();
+    let mut pos = buf.len();
+    loop {
+        pos -= 1;
+        buf[pos] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        pos -= 1;
+        buf[pos] = b'-';
+    }
+    &buf[pos..]
+}
+
+/// A row image: values aligned with the columns of its [`crate::TableSchema`].
+///
+/// `None` marks a column the source did not send (an unchanged TOASTed value, or a non-key
+/// column of a Postgres key-only old tuple); it is left out of the JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub columns: Arc<[Arc<str>]>,
+    pub values: Vec<Option<Value>>,
+}
+
+impl Row {
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        let i = self.columns.iter().position(|c| &**c == column)?;
+        self.values.get(i)?.as_ref()
+    }
+
+    /// Appends the row as a JSON object, leaving out absent columns.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        for (name, value) in self.columns.iter().zip(&self.values) {
+            let Some(value) = value else { continue };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_str(name, out);
+            out.push(b':');
+            value.write_json(out);
+        }
+        out.push(b'}');
+    }
+
+    /// Appends a JSON object of the columns at `indexes`, in that order.
+    pub fn write_json_subset(&self, indexes: &[usize], out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (n, &i) in indexes.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            let name = self.columns.get(i).map(|c| &**c).unwrap_or("");
+            write_json_str(name, out);
+            out.push(b':');
+            match self.values.get(i) {
+                Some(Some(v)) => v.write_json(out),
+                _ => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(v: &Value) -> String {
+        let mut out = Vec::new();
+        v.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn scalars_encode_losslessly() {
+        assert_eq!(json(&Value::Int(i64::MIN)), "-9223372036854775808");
+        assert_eq!(json(&Value::Int(0)), "0");
+        assert_eq!(json(&Value::UInt(u64::MAX)), "18446744073709551615");
+        assert_eq!(json(&Value::Float(f64::NAN)), "\"NaN\"");
+        assert_eq!(json(&Value::Float(f64::NEG_INFINITY)), "\"-Infinity\"");
+        assert_eq!(json(&Value::Float(0.1)), "0.1");
+        assert_eq!(json(&Value::Decimal("12.340".into())), "\"12.340\"");
+        assert_eq!(json(&Value::Text("a\"b\n😀".into())), "\"a\\\"b\\n😀\"");
+        assert_eq!(json(&Value::Bytes(vec![0, 1, 255])), "\"AAH/\"");
+        assert_eq!(json(&Value::Bytes(vec![])), "\"\"");
+        assert_eq!(json(&Value::Json("{\"a\": [1]}".into())), "{\"a\": [1]}");
+        assert_eq!(json(&Value::Array(vec![])), "[]");
+        assert_eq!(
+            json(&Value::Array(vec![Value::Int(1), Value::Null])),
+            "[1,null]"
+        );
+    }
+
+    #[test]
+    fn absent_columns_are_left_out() {
+        let row = Row {
+            columns: vec![Arc::from("id"), Arc::from("big"), Arc::from("n")].into(),
+            values: vec![Some(Value::Int(1)), None, Some(Value::Null)],
+        };
+        let mut out = Vec::new();
+        row.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap_or_default(),
+            r#"{"id":1,"n":null}"#
+        );
+        let mut out = Vec::new();
+        row.write_json_subset(&[0], &mut out);
+        assert_eq!(String::from_utf8(out).unwrap_or_default(), r#"{"id":1}"#);
+    }
+}

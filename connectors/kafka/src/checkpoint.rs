@@ -1,0 +1,132 @@
+//! Capture checkpoints, kept in Kafka next to the data they describe.
+//!
+//! Each source has a single-partition, compacted topic `<prefix>.__sluice_capture.<source>`.
+//! Every message is a JSON [`SourceCheckpoint`]; the newest (the last offset) is the one that
+//! counts, so loading is one read at `high watermark - 1`. A checkpoint is written only after
+//! Kafka confirmed every event it covers, and the source is acknowledged only after the
+//! checkpoint itself is confirmed.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::SourceCheckpoint;
+
+use crate::config::KafkaConfig;
+use crate::error::KafkaError;
+use crate::publisher::{client_config, confirm, ensure_topics, KafkaPublisher};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct CheckpointStore {
+    cfg: KafkaConfig,
+    topic: String,
+    source: String,
+}
+
+impl CheckpointStore {
+    pub fn topic_for(cfg: &KafkaConfig, source: &str) -> String {
+        format!("{}.__sluice_capture.{source}", cfg.topic_prefix)
+    }
+
+    /// Creates the checkpoint topic of `source` if needed.
+    pub async fn open(cfg: &KafkaConfig, source: &str) -> Result<Self, KafkaError> {
+        let topic = Self::topic_for(cfg, source);
+        ensure_topics(
+            cfg,
+            &[(topic.clone(), 1, vec![("cleanup.policy", "compact")])],
+        )
+        .await?;
+        Ok(CheckpointStore {
+            cfg: cfg.clone(),
+            topic,
+            source: source.to_owned(),
+        })
+    }
+
+    /// The newest checkpoint, if any was written.
+    pub async fn load(&self) -> Result<Option<SourceCheckpoint>, KafkaError> {
+        let cfg = self.cfg.clone();
+        let topic = self.topic.clone();
+        let source = self.source.clone();
+        tokio::task::spawn_blocking(move || load_blocking(&cfg, &topic, &source))
+            .await
+            .map_err(|e| KafkaError::Setup(format!("checkpoint reader lost: {e}")))?
+    }
+
+    /// Writes `checkpoint` and waits until Kafka confirmed it.
+    pub async fn store(
+        &self,
+        publisher: &KafkaPublisher,
+        checkpoint: &SourceCheckpoint,
+    ) -> Result<(), KafkaError> {
+        let payload = serde_json::to_vec(checkpoint)
+            .map_err(|e| KafkaError::Setup(format!("cannot encode checkpoint: {e}")))?;
+        let record = FutureRecord::<str, [u8]>::to(&self.topic)
+            .key(self.source.as_str())
+            .payload(&payload)
+            .partition(0);
+        let delivery =
+            publisher
+                .producer()
+                .send_result(record)
+                .map_err(|(e, _)| KafkaError::Client {
+                    context: format!("writing a checkpoint to {}", self.topic),
+                    source: e,
+                })?;
+        confirm(delivery).await
+    }
+}
+
+fn load_blocking(
+    cfg: &KafkaConfig,
+    topic: &str,
+    source: &str,
+) -> Result<Option<SourceCheckpoint>, KafkaError> {
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", format!("sluice-checkpoint-reader-{source}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(KafkaError::client("creating the checkpoint reader"))?;
+    let context = || format!("reading the checkpoint of source {source} from topic {topic}");
+    let (_low, high) = consumer
+        .fetch_watermarks(topic, 0, TIMEOUT)
+        .map_err(KafkaError::client(context()))?;
+    if high <= 0 {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(high - 1))
+        .map_err(KafkaError::client(context()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(KafkaError::client(context()))?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                let Some(payload) = msg.payload() else {
+                    continue;
+                };
+                let cp: SourceCheckpoint = serde_json::from_slice(payload).map_err(|e| {
+                    KafkaError::Setup(format!(
+                        "the newest checkpoint in {topic} (offset {}) is not valid: {e}",
+                        msg.offset()
+                    ))
+                })?;
+                return Ok(Some(cp));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(KafkaError::client(context())(e)),
+            None => {}
+        }
+    }
+    Err(KafkaError::Setup(format!(
+        "{}: no answer within {}s",
+        context(),
+        TIMEOUT.as_secs()
+    )))
+}

@@ -1,0 +1,255 @@
+//! The idempotent publisher of change events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use sluice_core::envelope::{write_envelope, write_key};
+use sluice_core::{ChangeEvent, Op, Problem};
+
+use crate::config::KafkaConfig;
+use crate::error::KafkaError;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a librdkafka client config from `[kafka]`, resolving `env:` property values.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set("client.id", "sluice");
+    for (k, v) in &cfg.properties {
+        let value = match v.strip_prefix("env:") {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => v.clone(),
+        };
+        c.set(k, value);
+    }
+    c
+}
+
+/// Checks that the brokers answer: the preflight for Kafka.
+pub fn preflight(cfg: &KafkaConfig) -> Vec<Problem> {
+    let producer: Result<rdkafka::producer::BaseProducer, _> = client_config(cfg).create();
+    let producer = match producer {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![Problem::new(
+                "kafka",
+                format!("invalid client settings: {e}: fix kafka.properties"),
+            )]
+        }
+    };
+    match producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![Problem::new(
+            "kafka",
+            format!(
+                "cannot reach the brokers at {} ({e}): check kafka.brokers and that the brokers are running",
+                cfg.brokers
+            ),
+        )],
+    }
+}
+
+/// Creates topics that do not exist yet. Existing topics are left as they are.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    topics: &[(String, i32, Vec<(&str, &str)>)],
+) -> Result<(), KafkaError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)
+        .create()
+        .map_err(KafkaError::client("creating the kafka admin client"))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions, configs)| {
+            let mut t = NewTopic::new(
+                name,
+                *partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
+            for (k, v) in configs {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .create_topics(new_topics.iter(), &opts)
+        .await
+        .map_err(KafkaError::client(format!(
+            "creating topics at {}: check kafka.brokers and that the brokers are running",
+            cfg.brokers
+        )))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::Setup(format!(
+                    "cannot create topic {name}: {code}: create it by hand or grant the client CREATE on the cluster"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes change events with an idempotent producer (`acks=all`, lz4).
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    tombstones: bool,
+    partitions: Arc<Mutex<HashMap<String, i32>>>,
+}
+
+impl KafkaPublisher {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
+        let mut c = ClientConfig::new();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            // The Java client's partitioner, so other producers of the same keys agree with us.
+            .set("partitioner", "murmur2_random")
+            .set("queue.buffering.max.messages", "200000");
+        // User properties come last and win.
+        for (k, v) in client_config(cfg).config_map().iter() {
+            c.set(*k, *v);
+        }
+        let producer: FutureProducer = c.create().map_err(KafkaError::client(
+            "creating the kafka producer: check kafka.properties",
+        ))?;
+        Ok(KafkaPublisher {
+            producer,
+            tombstones: cfg.tombstones,
+            partitions: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Hands one event (and its tombstone, for deletes) to the producer; the returned futures
+    /// resolve when Kafka has confirmed each message. `key` and `value` are scratch buffers.
+    pub async fn publish(
+        &self,
+        event: &ChangeEvent,
+        now_ms: i64,
+        key: &mut Vec<u8>,
+        value: &mut Vec<u8>,
+        deliveries: &mut Vec<DeliveryFuture>,
+    ) -> Result<(), KafkaError> {
+        key.clear();
+        value.clear();
+        write_envelope(event, now_ms, value);
+        let topic = &*event.table.topic;
+        if write_key(event, key) {
+            deliveries.push(self.send(topic, key, Some(value), None).await?);
+            if event.op == Op::Delete && self.tombstones {
+                deliveries.push(self.send(topic, key, None, None).await?);
+            }
+        } else {
+            // A truncate concerns every key: it goes to every partition, so that each one sees
+            // it in order with the changes around it.
+            key.extend_from_slice(b"{}");
+            for partition in 0..self.partition_count(topic)? {
+                deliveries.push(self.send(topic, key, Some(value), Some(partition)).await?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        partition: Option<i32>,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+            if let Some(p) = payload {
+                record = record.payload(p);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
+                    // The local queue is full: wait for librdkafka to drain some of it.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    return Err(KafkaError::Client {
+                        context: format!("publishing to topic {topic}"),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
+        if let Some(n) = self
+            .partitions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(topic).copied())
+        {
+            return Ok(n);
+        }
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(KafkaError::client(format!(
+                "reading metadata of topic {topic}"
+            )))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| KafkaError::Setup(format!("topic {topic} has no partitions")))?;
+        if let Ok(mut m) = self.partitions.lock() {
+            m.insert(topic.to_owned(), n);
+        }
+        Ok(n)
+    }
+
+    /// Waits until every queued message is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .flush(timeout)
+            .map_err(KafkaError::client("flushing the kafka producer"))
+    }
+}
+
+/// Waits for one delivery; an error means the message is not in Kafka.
+pub async fn confirm(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(KafkaError::Client {
+            context: "kafka did not confirm a message".into(),
+            source: e,
+        }),
+        Err(_) => Err(KafkaError::Setup(
+            "the kafka producer was dropped before confirming a message".into(),
+        )),
+    }
+}

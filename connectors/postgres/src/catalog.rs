@@ -1,0 +1,222 @@
+//! What the source database's catalog says about types and captured tables.
+
+use std::collections::HashMap;
+
+use sluice_core::TableId;
+use tokio_postgres::Client;
+
+use crate::error::PostgresError;
+use crate::types::{CatalogType, TypeMap};
+
+/// A captured table as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub id: TableId,
+    pub oid: u32,
+    /// Columns in attribute order, without dropped and generated columns (pgoutput in
+    /// Postgres 15 does not publish generated columns, so the snapshot leaves them out too).
+    pub columns: Vec<(String, u32)>,
+    /// Primary-key column names, in key order (empty without a primary key).
+    pub primary_key: Vec<String>,
+    /// Columns of the replica-identity index (`REPLICA IDENTITY USING INDEX`), in index order.
+    pub identity_index: Vec<String>,
+    /// `d` default, `n` nothing, `f` full, `i` index.
+    pub replica_identity: u8,
+    /// `r` table, `p` partitioned table, anything else is not capturable.
+    pub kind: u8,
+    pub can_select: bool,
+    pub is_owner: bool,
+}
+
+impl TableInfo {
+    /// The key Sluice partitions and upserts by, or why the table cannot be captured.
+    pub fn key(&self) -> Result<Vec<String>, String> {
+        let fix = format!(
+            "add a primary key (alter table {t} add primary key (…)), or a unique index on not-null \
+             columns and `alter table {t} replica identity using index <index>`",
+            t = self.id
+        );
+        match self.replica_identity {
+            b'n' => Err(format!(
+                "table {} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be \
+                 published: {fix}",
+                self.id
+            )),
+            b'i' if !self.primary_key.is_empty() => Ok(self.primary_key.clone()),
+            b'i' => Ok(self.identity_index.clone()),
+            _ if !self.primary_key.is_empty() => Ok(self.primary_key.clone()),
+            b'f' => Err(format!(
+                "table {} has no primary key (REPLICA IDENTITY FULL alone gives no key to \
+                 partition and upsert by): {fix}",
+                self.id
+            )),
+            _ => Err(format!(
+                "table {} has no primary key and no replica-identity index; publishing it would \
+                 make the application's own updates and deletes fail: {fix}",
+                self.id
+            )),
+        }
+    }
+}
+
+/// Loads every type of the database: enough to convert domains, arrays and enums.
+pub async fn load_types(client: &Client) -> Result<TypeMap, PostgresError> {
+    let rows = client
+        .query(
+            "select oid, typtype::text, typcategory::text, typelem, typbasetype from pg_catalog.pg_type",
+            &[],
+        )
+        .await
+        .map_err(PostgresError::query("reading pg_type"))?;
+    let mut map = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let oid: u32 = row.get(0);
+        let typtype: String = row.get(1);
+        let category: String = row.get(2);
+        map.insert(
+            oid,
+            CatalogType {
+                typtype: typtype.bytes().next().unwrap_or(b'b'),
+                category: category.bytes().next().unwrap_or(b'U'),
+                elem: row.get(3),
+                base: row.get(4),
+            },
+        );
+    }
+    Ok(TypeMap::new(map))
+}
+
+/// Describes `table`, or `None` when it does not exist.
+pub async fn describe_table(
+    client: &Client,
+    table: &TableId,
+) -> Result<Option<TableInfo>, PostgresError> {
+    let context = || format!("reading the catalog entry of {table}");
+    let Some(row) = client
+        .query_opt(
+            "select c.oid, c.relreplident::text, c.relkind::text,
+                    has_table_privilege(c.oid, 'select'),
+                    pg_has_role(c.relowner, 'usage')
+               from pg_catalog.pg_class c
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = $1 and c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(PostgresError::query(context()))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let replident: String = row.get(1);
+    let relkind: String = row.get(2);
+    let columns = client
+        .query(
+            "select attname::text, atttypid from pg_catalog.pg_attribute
+              where attrelid = $1 and attnum > 0 and not attisdropped and attgenerated = ''
+              order by attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(PostgresError::query(context()))?
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
+        .collect();
+    let index_columns = |primary: bool| {
+        let sql = format!(
+            "select a.attname::text
+               from pg_catalog.pg_index i
+               cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+               join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+              where i.indrelid = $1 and i.{}
+              order by k.ord",
+            if primary {
+                "indisprimary"
+            } else {
+                "indisreplident"
+            }
+        );
+        async move {
+            client.query(&sql, &[&oid]).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    let primary_key = index_columns(true)
+        .await
+        .map_err(PostgresError::query(context()))?;
+    let identity_index = index_columns(false)
+        .await
+        .map_err(PostgresError::query(context()))?;
+    Ok(Some(TableInfo {
+        id: table.clone(),
+        oid,
+        columns,
+        primary_key,
+        identity_index,
+        replica_identity: replident.bytes().next().unwrap_or(b'd'),
+        kind: relkind.bytes().next().unwrap_or(b'r'),
+        can_select: row.get(3),
+        is_owner: row.get(4),
+    }))
+}
+
+/// The tables a publication currently contains.
+pub async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<Vec<TableId>>, PostgresError> {
+    let exists = client
+        .query_opt(
+            "select 1 from pg_catalog.pg_publication where pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(PostgresError::query("reading pg_publication"))?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "select schemaname::text, tablename::text from pg_catalog.pg_publication_tables where pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(PostgresError::query("reading pg_publication_tables"))?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect(),
+    ))
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub active: bool,
+    pub wal_status: Option<String>,
+    pub confirmed_flush_lsn: Option<u64>,
+}
+
+pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, PostgresError> {
+    let row = client
+        .query_opt(
+            "select plugin::text, database::text, active, wal_status,
+                    (confirmed_flush_lsn - '0/0'::pg_lsn)::text
+               from pg_catalog.pg_replication_slots where slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(PostgresError::query("reading pg_replication_slots"))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        active: r.get(2),
+        wal_status: r.get(3),
+        confirmed_flush_lsn: r.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
+    }))
+}

@@ -1,0 +1,51 @@
+//! Ordinary (non-replication) connections: catalog queries, preflight, snapshot reads.
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::config::PostgresConnection;
+use crate::error::PostgresError;
+
+/// Session settings pinned on every connection, so that values are rendered the same way in the
+/// snapshot and in the stream, whatever the server's defaults.
+pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 \
+     -c bytea_output=hex -c extra_float_digits=1 -c client_encoding=UTF8";
+
+/// Opens a connection and drives it on the current runtime. The connection task ends when the
+/// returned client is dropped.
+pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client, PostgresError> {
+    let password = conn.expose_password().map_err(PostgresError::Setup)?;
+    let mut cfg = Config::new();
+    cfg.host(&conn.host)
+        .port(conn.port)
+        .user(&conn.user)
+        .dbname(&conn.database)
+        .options(SESSION_OPTIONS)
+        .application_name(&format!("sluice {purpose}"))
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if !password.is_empty() {
+        cfg.password(password);
+    }
+    let (client, connection) =
+        cfg.connect(NoTls)
+            .await
+            .map_err(|source| PostgresError::Connect {
+                target: conn.describe(),
+                source,
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Quotes an identifier for SQL text.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL text (standard_conforming_strings is on since Postgres 9.1).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

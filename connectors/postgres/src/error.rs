@@ -1,0 +1,81 @@
+//! Errors of the Postgres connector, each with its [`ErrorClass`].
+
+use sluice_core::ErrorClass;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("cannot connect to postgres {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{context}")]
+    Query {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("replication stream from {target}")]
+    Replication {
+        target: String,
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+    #[error(transparent)]
+    Decode(#[from] crate::pgoutput::DecodeError),
+    /// Misconfiguration the operator must fix; the message says how.
+    #[error("{0}")]
+    Setup(String),
+    /// The capture pipeline stopped taking batches.
+    #[error("capture pipeline closed")]
+    Closed,
+}
+
+impl PostgresError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PostgresError::Connect { source, .. } | PostgresError::Query { source, .. } => {
+                sqlstate_class(source.code().map(|c| c.code()))
+            }
+            PostgresError::Replication { source, .. } => replication_class(source),
+            PostgresError::Decode(_) | PostgresError::Setup(_) => ErrorClass::Definite,
+            PostgresError::Closed => ErrorClass::Transient,
+        }
+    }
+
+    pub(crate) fn query(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| PostgresError::Query { context, source }
+    }
+}
+
+/// Operator action needed: missing object, invalidated slot, authentication, privileges, syntax.
+/// Everything else (connection loss, shutdown, conflicts, unknown) is worth a retry.
+fn sqlstate_class(code: Option<&str>) -> ErrorClass {
+    match code {
+        Some("42704" | "55000" | "28P01" | "28000" | "42501" | "3D000" | "42P01" | "42601") => {
+            ErrorClass::Definite
+        }
+        _ => ErrorClass::Transient,
+    }
+}
+
+fn replication_class(e: &pgwire_replication::PgWireError) -> ErrorClass {
+    use pgwire_replication::PgWireError as E;
+    match e {
+        E::Server(msg) => {
+            // The server error text carries its SQLSTATE; classify it the same way.
+            let definite = ["42704", "55000", "28P01", "28000", "42501", "3D000"]
+                .iter()
+                .any(|code| msg.contains(code));
+            if definite {
+                ErrorClass::Definite
+            } else {
+                ErrorClass::Transient
+            }
+        }
+        E::Auth(_) => ErrorClass::Definite,
+        _ => ErrorClass::Transient,
+    }
+}

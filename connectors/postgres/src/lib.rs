@@ -1,0 +1,29 @@
+//! Sluice's Postgres connector.
+//!
+//! * [`PostgresSource`] captures row changes of configured tables through logical replication
+//!   (`pgoutput`, protocol v1): it makes sure the publication and the replication slot exist,
+//!   takes a consistent initial snapshot through the slot's exported snapshot, then streams
+//!   from the slot's consistent point with no gap and no overlap (see [`snapshot`]).
+//! * [`preflight`](preflight::preflight) explains every misconfiguration it can see before
+//!   anything starts: `wal_level`, the role's REPLICATION attribute, missing tables, tables
+//!   without a usable key, slot state.
+//! * [`pgoutput`] is our own decoder of the protocol messages; [`types`] turns Postgres text
+//!   values into Sluice's lossless [`sluice_core::Value`] encoding.
+//!
+//! Guarantees: a position is acknowledged to Postgres only after the capture pipeline reports
+//! it durable (see [`stream`]); unchanged TOASTed values are never emitted as data.
+
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod pgoutput;
+pub mod preflight;
+pub mod snapshot;
+pub mod source;
+pub mod stream;
+pub mod types;
+
+pub use config::PostgresConnection;
+pub use error::PostgresError;
+pub use source::{PostgresSource, RunHandles, SnapshotMode, SourceSettings};

@@ -1,0 +1,293 @@
+//! The initial snapshot: every row of every captured table, read through the replication slot's
+//! exported snapshot.
+//!
+//! # Handover without gap or overlap
+//!
+//! `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')` returns the slot's *consistent point* and the
+//! name of a snapshot that sees exactly the transactions committed before it. We read the tables
+//! in one `REPEATABLE READ` transaction that adopts that snapshot (`SET TRANSACTION SNAPSHOT`),
+//! and only then let the replication session send `START_REPLICATION` from the consistent point:
+//! the stream carries exactly the transactions the snapshot did not see. (The export dies at the
+//! replication session's next command, so the order matters.)
+//!
+//! Snapshot rows are `op = r` events positioned just below the consistent point, so every
+//! streamed change sorts after every snapshot row.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use sluice_core::{Batch, ChangeEvent, Op, Position, Row, SourceInfo, Value};
+use tokio::sync::mpsc;
+
+use crate::client::{connect, quote_ident, quote_literal};
+use crate::config::PostgresConnection;
+use crate::error::PostgresError;
+use crate::source::CapturedTable;
+use crate::types::decode_text;
+
+/// Reads every table under `snapshot_name` and sends the rows as `op = r` batches.
+/// Returns the number of rows read.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_snapshot(
+    conn: &PostgresConnection,
+    source_name: &Arc<str>,
+    tables: &[Arc<CapturedTable>],
+    snapshot_name: &str,
+    consistent_point: u64,
+    max_batch: usize,
+    out: &mpsc::Sender<Batch>,
+) -> Result<u64, PostgresError> {
+    let client = connect(conn, "snapshot").await?;
+    client
+        .simple_query("begin transaction isolation level repeatable read, read only")
+        .await
+        .map_err(PostgresError::query("starting the snapshot transaction"))?;
+    client
+        .simple_query(&format!(
+            "set transaction snapshot {}",
+            quote_literal(snapshot_name)
+        ))
+        .await
+        .map_err(PostgresError::query(
+            "adopting the slot's exported snapshot",
+        ))?;
+    let db: Arc<str> = Arc::from(conn.database.as_str());
+    let read_at_us = now_us();
+    let mut seq = 0u64;
+    let position_lsn = consistent_point.saturating_sub(1);
+    for table in tables {
+        let cols = table
+            .schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "copy (select {cols} from {}.{}) to stdout",
+            quote_ident(&table.schema.id.schema),
+            quote_ident(&table.schema.id.name)
+        );
+        let context = format!("reading the snapshot of {}", table.schema.id);
+        let stream = client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(PostgresError::query(context.clone()))?;
+        futures_util::pin_mut!(stream);
+        let mut parser = CopyParser::default();
+        let mut batch = Vec::with_capacity(max_batch);
+        let started = std::time::Instant::now();
+        let mut rows = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = chunk.map_err(PostgresError::query(context.clone()))?;
+            for fields in parser.push(&chunk) {
+                let values = fields
+                    .into_iter()
+                    .zip(table.kinds.iter())
+                    .map(|(field, kind)| match field {
+                        None => Ok(Some(Value::Null)),
+                        Some(text) => decode_text(kind, &text).map(Some).map_err(|e| {
+                            PostgresError::Setup(format!(
+                                "cannot convert a value of {} ({:?}: {})",
+                                table.schema.id, e.kind, e.reason
+                            ))
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if values.len() != table.schema.columns.len() {
+                    return Err(PostgresError::Setup(format!(
+                        "snapshot of {} returned {} columns, expected {}",
+                        table.schema.id,
+                        values.len(),
+                        table.schema.columns.len()
+                    )));
+                }
+                batch.push(ChangeEvent {
+                    op: Op::Read,
+                    table: table.schema.clone(),
+                    before: None,
+                    after: Some(Row {
+                        columns: table.schema.columns.clone(),
+                        values,
+                    }),
+                    source: SourceInfo {
+                        connector: "postgres",
+                        name: source_name.clone(),
+                        db: db.clone(),
+                        position: Position::Postgres {
+                            commit_lsn: position_lsn,
+                            seq,
+                        },
+                        tx_id: None,
+                        commit_time_us: read_at_us,
+                        snapshot: true,
+                    },
+                });
+                seq += 1;
+                rows += 1;
+                if batch.len() >= max_batch {
+                    send(
+                        out,
+                        std::mem::replace(&mut batch, Vec::with_capacity(max_batch)),
+                    )
+                    .await?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            send(out, batch).await?;
+        }
+        tracing::info!(
+            table = %table.schema.id,
+            rows,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot of table read"
+        );
+    }
+    client
+        .simple_query("commit")
+        .await
+        .map_err(PostgresError::query("ending the snapshot transaction"))?;
+    Ok(seq)
+}
+
+async fn send(out: &mpsc::Sender<Batch>, events: Vec<ChangeEvent>) -> Result<(), PostgresError> {
+    out.send(Batch {
+        events,
+        checkpoint: None,
+    })
+    .await
+    .map_err(|_| PostgresError::Closed)
+}
+
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Splits `COPY … TO STDOUT` text-format output into rows of fields (`None` = NULL), undoing
+/// the format's backslash escapes. Rows may span chunks.
+#[derive(Default)]
+pub struct CopyParser {
+    carry: Vec<u8>,
+}
+
+impl CopyParser {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<Option<String>>> {
+        let mut rows = Vec::new();
+        let mut data = chunk;
+        let mut owned;
+        if !self.carry.is_empty() {
+            owned = std::mem::take(&mut self.carry);
+            owned.extend_from_slice(chunk);
+            data = &[];
+            let mut start = 0;
+            while let Some(nl) = owned[start..].iter().position(|&b| b == b'\n') {
+                rows.push(parse_copy_line(&owned[start..start + nl]));
+                start += nl + 1;
+            }
+            self.carry = owned.split_off(start);
+        }
+        let mut start = 0;
+        while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
+            rows.push(parse_copy_line(&data[start..start + nl]));
+            start += nl + 1;
+        }
+        if start < data.len() {
+            self.carry.extend_from_slice(&data[start..]);
+        }
+        rows
+    }
+}
+
+fn parse_copy_line(line: &[u8]) -> Vec<Option<String>> {
+    line.split(|&b| b == b'\t')
+        .map(|field| {
+            if field == b"\\N" {
+                return None;
+            }
+            if !field.contains(&b'\\') {
+                return Some(String::from_utf8_lossy(field).into_owned());
+            }
+            let mut out = Vec::with_capacity(field.len());
+            let mut i = 0;
+            while i < field.len() {
+                let b = field[i];
+                if b != b'\\' || i + 1 >= field.len() {
+                    out.push(b);
+                    i += 1;
+                    continue;
+                }
+                let c = field[i + 1];
+                i += 2;
+                match c {
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'v' => out.push(11),
+                    b'0'..=b'7' => {
+                        let mut v = u32::from(c - b'0');
+                        for _ in 0..2 {
+                            match field.get(i) {
+                                Some(&d @ b'0'..=b'7') => {
+                                    v = v * 8 + u32::from(d - b'0');
+                                    i += 1;
+                                }
+                                _ => break,
+                            }
+                        }
+                        out.push(v as u8);
+                    }
+                    b'x' => {
+                        let mut v = 0u32;
+                        let mut n = 0;
+                        while n < 2 {
+                            match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                                Some(d) => {
+                                    v = v * 16 + d;
+                                    i += 1;
+                                    n += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(v as u8);
+                    }
+                    other => out.push(other),
+                }
+            }
+            Some(String::from_utf8_lossy(&out).into_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_split_across_chunks_and_unescape() {
+        let mut p = CopyParser::default();
+        let mut rows = p.push(b"1\ta\\tb\\\\c\t\\N\n2\tx");
+        rows.extend(p.push(b"y\\nz\t\\101\n"));
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("1".into()), Some("a\tb\\c".into()), None],
+                vec![Some("2".into()), Some("xy\nz".into()), Some("A".into())],
+            ]
+        );
+        assert!(p.push(b"").is_empty());
+    }
+
+    #[test]
+    fn empty_string_is_not_null() {
+        let mut p = CopyParser::default();
+        assert_eq!(p.push(b"\t\\N\n"), vec![vec![Some(String::new()), None]]);
+    }
+}

@@ -1,0 +1,355 @@
+//! The Postgres source: publication, slot, snapshot and stream, put together.
+//!
+//! # Where a run starts
+//!
+//! | slot      | durable checkpoint          | what happens                                      |
+//! |-----------|-----------------------------|---------------------------------------------------|
+//! | missing   | none                        | create the slot, snapshot, stream                 |
+//! | exists    | snapshot done               | stream from the checkpoint LSN                    |
+//! | exists    | none, or snapshot unfinished| drop and recreate the slot, snapshot again        |
+//! | missing   | exists                      | refuse: changes since the checkpoint are gone;    |
+//! |           |                             | `--resnapshot` starts over                        |
+//!
+//! The checkpoint, not the slot's `confirmed_flush_lsn`, is the resume point: after a crash
+//! Postgres may persist the slot's position lazily and hand back transactions we already
+//! published. Passing our own LSN makes the server skip them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationConfig};
+use sluice_core::event::{format_lsn, parse_lsn};
+use sluice_core::{topic_name, Batch, SourceCheckpoint, TableId, TableSchema};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::catalog;
+use crate::client::{connect, quote_ident, SESSION_OPTIONS};
+use crate::config::PostgresConnection;
+use crate::error::PostgresError;
+use crate::snapshot::{now_us, read_snapshot};
+use crate::stream::{spawn_session, StartPlan, StreamContext};
+use crate::types::{TypeKind, TypeMap};
+
+/// Whether a new slot starts with a snapshot of the existing rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    Initial,
+    Never,
+}
+
+/// Everything a Postgres source needs to run.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub name: String,
+    pub connection: PostgresConnection,
+    pub tables: Vec<TableId>,
+    pub slot: String,
+    pub publication: String,
+    pub snapshot: SnapshotMode,
+    pub topic_prefix: String,
+    pub max_batch_events: usize,
+    pub max_batch_delay: Duration,
+}
+
+/// A table being captured: its current shape and how to convert its columns.
+#[derive(Debug)]
+pub struct CapturedTable {
+    pub schema: Arc<TableSchema>,
+    pub kinds: Vec<TypeKind>,
+    pub key_names: Vec<String>,
+}
+
+pub struct PostgresSource {
+    settings: SourceSettings,
+    tables: Vec<Arc<CapturedTable>>,
+    types: Arc<TypeMap>,
+}
+
+/// How one run of the source ends when it does not fail.
+pub struct RunHandles {
+    pub out: mpsc::Sender<Batch>,
+    pub durable: watch::Receiver<Option<SourceCheckpoint>>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl PostgresSource {
+    /// Reads the catalog and makes sure the publication holds every configured table.
+    /// Preflight has run before; problems found here are still explained.
+    pub async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
+        let client = connect(&settings.connection, "catalog").await?;
+        let types = Arc::new(catalog::load_types(&client).await?);
+        let mut tables = Vec::new();
+        for id in &settings.tables {
+            let info = catalog::describe_table(&client, id).await?.ok_or_else(|| {
+                PostgresError::Setup(format!(
+                    "table {id} does not exist in database {}: create it or fix sources.{}.tables",
+                    settings.connection.database, settings.name
+                ))
+            })?;
+            let key_names = info.key().map_err(PostgresError::Setup)?;
+            let columns: Arc<[Arc<str>]> = info
+                .columns
+                .iter()
+                .map(|(n, _)| Arc::from(n.as_str()))
+                .collect();
+            let key = key_names
+                .iter()
+                .filter_map(|k| info.columns.iter().position(|(n, _)| n == k))
+                .collect();
+            tables.push(Arc::new(CapturedTable {
+                schema: Arc::new(TableSchema {
+                    id: id.clone(),
+                    columns,
+                    key,
+                    topic: Arc::from(topic_name(&settings.topic_prefix, id)),
+                }),
+                kinds: info
+                    .columns
+                    .iter()
+                    .map(|(_, oid)| types.kind(*oid))
+                    .collect(),
+                key_names,
+            }));
+        }
+        ensure_publication(&client, &settings).await?;
+        Ok(PostgresSource {
+            settings,
+            tables,
+            types,
+        })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
+        self.tables.iter().map(|t| &*t.schema)
+    }
+
+    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
+    /// The caller retries transient errors with the then-durable checkpoint.
+    pub async fn run(
+        &self,
+        resume: Option<SourceCheckpoint>,
+        resnapshot: bool,
+        handles: RunHandles,
+    ) -> Result<(), PostgresError> {
+        let s = &self.settings;
+        let control = connect(&s.connection, "control").await?;
+        let slot = catalog::slot(&control, &s.slot).await?;
+        let resume_lsn = resume
+            .as_ref()
+            .filter(|c| c.slot.as_deref() == Some(s.slot.as_str()))
+            .filter(|c| c.snapshot_done || s.snapshot == SnapshotMode::Never)
+            .and_then(|c| parse_lsn(&c.position));
+
+        let plan = match (&slot, resume_lsn) {
+            (Some(slot), _) if slot.wal_status.as_deref() == Some("lost") && !resnapshot => {
+                return Err(PostgresError::Setup(format!(
+                    "replication slot {} was invalidated (its WAL was removed): changes were lost; \
+                     start over with `sluice run --resnapshot {}`",
+                    s.slot, s.name
+                )))
+            }
+            (Some(_), Some(lsn)) if !resnapshot => Plan::Resume(lsn),
+            (Some(_), None) if s.snapshot == SnapshotMode::Never && !resnapshot => Plan::Resume(0),
+            (Some(_), _) => {
+                tracing::warn!(
+                    slot = %s.slot,
+                    "slot exists without a finished snapshot checkpoint: dropping it and taking a new snapshot"
+                );
+                drop_slot(&control, &s.slot).await?;
+                Plan::Create
+            }
+            (None, Some(lsn)) if !resnapshot => {
+                return Err(PostgresError::Setup(format!(
+                    "replication slot {} is missing but source {} has a checkpoint at {}: the \
+                     changes since then cannot be recovered; start over with a new snapshot with \
+                     `sluice run --resnapshot {}`",
+                    s.slot,
+                    s.name,
+                    format_lsn(lsn),
+                    s.name
+                )))
+            }
+            (None, _) => Plan::Create,
+        };
+
+        let target = s.connection.describe();
+        let password = s.connection.password().map_err(PostgresError::Setup)?;
+        let mut cfg = ReplicationConfig::new(
+            s.connection.host.clone(),
+            s.connection.user.clone(),
+            password
+                .map(|p| secrecy::ExposeSecret::expose_secret(&p).to_owned())
+                .unwrap_or_default(),
+            s.connection.database.clone(),
+            s.slot.clone(),
+            s.publication.clone(),
+        )
+        .with_port(s.connection.port)
+        .with_options(SESSION_OPTIONS)
+        .with_application_name(format!("sluice {}", s.name))
+        .with_status_interval(Duration::from_secs(1))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_buffer_size(16 * 1024);
+        let source_name: Arc<str> = Arc::from(s.name.as_str());
+        let ctx = StreamContext {
+            source_name: source_name.clone(),
+            db: Arc::from(s.connection.database.as_str()),
+            slot: s.slot.clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| (t.schema.id.clone(), t.clone()))
+                .collect::<HashMap<_, _>>(),
+            types: self.types.clone(),
+            max_batch: s.max_batch_events,
+            max_delay: s.max_batch_delay,
+            out: handles.out.clone(),
+            durable: handles.durable,
+            stop: handles.stop,
+        };
+
+        let session = match plan {
+            Plan::Resume(lsn) => {
+                cfg = cfg.with_start_lsn(Lsn(lsn));
+                spawn_session(target, cfg, StartPlan::Resume { lsn }, ctx)
+            }
+            Plan::Create => {
+                let export = s.snapshot == SnapshotMode::Initial;
+                let (created_tx, created_rx) = oneshot::channel();
+                let (go_tx, go_rx) = oneshot::channel();
+                let session = spawn_session(
+                    target,
+                    cfg,
+                    StartPlan::CreateSlot {
+                        export,
+                        created: created_tx,
+                        go: go_rx,
+                    },
+                    ctx,
+                );
+                let Ok((point, snapshot_name)) = created_rx.await else {
+                    return join(session).await;
+                };
+                if export {
+                    let name = snapshot_name.ok_or_else(|| {
+                        PostgresError::Setup(
+                            "the slot was created without an exported snapshot".into(),
+                        )
+                    })?;
+                    tracing::info!(source = %s.name, tables = self.tables.len(), "initial snapshot started");
+                    let rows = read_snapshot(
+                        &s.connection,
+                        &source_name,
+                        &self.tables,
+                        &name,
+                        point,
+                        s.max_batch_events,
+                        &handles.out,
+                    )
+                    .await?;
+                    tracing::info!(source = %s.name, rows, "initial snapshot read");
+                }
+                handles
+                    .out
+                    .send(Batch {
+                        events: Vec::new(),
+                        checkpoint: Some(SourceCheckpoint {
+                            connector: "postgres".into(),
+                            position: format_lsn(point),
+                            snapshot_done: true,
+                            slot: Some(s.slot.clone()),
+                            written_at_ms: now_us() / 1000,
+                        }),
+                    })
+                    .await
+                    .map_err(|_| PostgresError::Closed)?;
+                let _ = go_tx.send(());
+                session
+            }
+        };
+        drop(control);
+        join(session).await
+    }
+}
+
+enum Plan {
+    Resume(u64),
+    Create,
+}
+
+async fn join(
+    session: std::thread::JoinHandle<Result<(), PostgresError>>,
+) -> Result<(), PostgresError> {
+    tokio::task::spawn_blocking(move || session.join())
+        .await
+        .map_err(|e| PostgresError::Setup(format!("stream thread lost: {e}")))?
+        .unwrap_or_else(|_| Err(PostgresError::Setup("stream thread panicked".into())))
+}
+
+async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PostgresError> {
+    client
+        .execute("select pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(PostgresError::query(format!(
+            "dropping replication slot {slot}"
+        )))?;
+    Ok(())
+}
+
+/// Creates the publication, or adds configured tables it lacks. Tables it holds beyond the
+/// configured ones are left alone (their changes are skipped) and reported.
+async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    s: &SourceSettings,
+) -> Result<(), PostgresError> {
+    let list = |tables: &[&TableId]| {
+        tables
+            .iter()
+            .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match catalog::publication_tables(client, &s.publication).await? {
+        None => {
+            let all: Vec<&TableId> = s.tables.iter().collect();
+            let sql = format!(
+                "create publication {} for table {}",
+                quote_ident(&s.publication),
+                list(&all)
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(PostgresError::query(format!(
+                    "creating publication {}",
+                    s.publication
+                )))?;
+            tracing::info!(publication = %s.publication, "publication created");
+        }
+        Some(existing) => {
+            let missing: Vec<&TableId> =
+                s.tables.iter().filter(|t| !existing.contains(t)).collect();
+            if !missing.is_empty() {
+                let sql = format!(
+                    "alter publication {} add table {}",
+                    quote_ident(&s.publication),
+                    list(&missing)
+                );
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(PostgresError::query(format!(
+                        "adding tables to publication {}",
+                        s.publication
+                    )))?;
+                tracing::info!(publication = %s.publication, added = missing.len(), "tables added to publication");
+            }
+            let extra = existing.iter().filter(|t| !s.tables.contains(t)).count();
+            if extra > 0 {
+                tracing::warn!(publication = %s.publication, extra, "publication holds tables Sluice does not capture; their changes are skipped");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Capture: one source → Kafka, with acknowledgement only after Kafka confirmed.
+//!
+//! ```text
+//!  source session ──batches──► publish task ──deliveries──► ack task ──► checkpoint topic
+//!  (own thread)                (serialise,                  (await in       │
+//!        ▲                      hand to librdkafka)          order)         │
+//!        └──────────────── durable checkpoint (watch) ◄─────────────────────┘
+//! ```
+//!
+//! Batches flow in source order. The ack task awaits each batch's delivery futures in that same
+//! order, so when it reaches a batch's checkpoint every event before it is in Kafka. It then
+//! writes the checkpoint (at most every `checkpoint_interval_ms`), waits for Kafka to confirm
+//! that too, and only then publishes it on the `durable` watch, from which the source reports
+//! the position to the database. A crash anywhere loses at most work that is redone after the
+//! restart: events after the last durable checkpoint are published again (duplicates, never
+//! gaps), and consumers drop them by position.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::producer::DeliveryFuture;
+use sluice_core::{Backoff, Batch, ErrorClass, SourceCheckpoint};
+use sluice_kafka::{confirm, ensure_topics, CheckpointStore, KafkaConfig, KafkaPublisher};
+use sluice_postgres::{PostgresSource, RunHandles, SourceSettings};
+use tokio::sync::{mpsc, watch};
+
+use crate::telemetry::error_chain;
+
+/// One capture pipeline's settings.
+pub struct CaptureSettings {
+    pub source: SourceSettings,
+    pub checkpoint_interval: Duration,
+    pub resnapshot: bool,
+}
+
+struct InFlight {
+    deliveries: Vec<DeliveryFuture>,
+    events: usize,
+    checkpoint: Option<SourceCheckpoint>,
+}
+
+/// Runs capture for one source until `stop` turns true or a definite error occurs.
+pub async fn run(
+    kafka: &KafkaConfig,
+    settings: CaptureSettings,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let name = settings.source.name.clone();
+    let source = PostgresSource::open(settings.source)
+        .await
+        .with_context(|| format!("source {name}"))?;
+    let topics: Vec<(String, i32, Vec<(&str, &str)>)> = source
+        .tables()
+        .map(|t| (t.topic.to_string(), kafka.partitions, Vec::new()))
+        .collect();
+    ensure_topics(kafka, &topics).await?;
+    let store = CheckpointStore::open(kafka, &name).await?;
+    let resume = store.load().await?;
+    match &resume {
+        Some(cp) => {
+            tracing::info!(source = %name, position = %cp.position, snapshot_done = cp.snapshot_done, "resuming from checkpoint")
+        }
+        None => tracing::info!(source = %name, "no checkpoint yet: starting fresh"),
+    }
+    let publisher = KafkaPublisher::new(kafka)?;
+    let (durable_tx, durable_rx) = watch::channel(resume);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
+    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(64);
+    let publish_task = tokio::spawn(publish_loop(publisher.clone(), batch_rx, inflight_tx));
+    let ack_task = tokio::spawn(ack_loop(
+        name.clone(),
+        store,
+        publisher.clone(),
+        inflight_rx,
+        durable_tx,
+        settings.checkpoint_interval,
+    ));
+
+    let mut backoff = Backoff::default();
+    let mut resnapshot = settings.resnapshot;
+    let outcome: anyhow::Result<()> = loop {
+        let handles = RunHandles {
+            out: batch_tx.clone(),
+            durable: durable_rx.clone(),
+            stop: stop.clone(),
+        };
+        let resume = durable_rx.borrow().clone();
+        let run = source.run(resume, resnapshot, handles);
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = stopped(&mut stop) => {
+                // The stream flushes and ends by itself; a snapshot in progress is abandoned
+                // (it starts over on the next run, as its checkpoint was never written).
+                match tokio::time::timeout(Duration::from_secs(10), &mut run).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(()),
+                }
+            }
+        };
+        resnapshot = false;
+        match result {
+            Ok(()) => break Ok(()),
+            Err(e) if publish_task.is_finished() || ack_task.is_finished() => {
+                tracing::debug!(error = %error_chain(&e), "source stopped after the pipeline ended");
+                break Ok(());
+            }
+            Err(e) if e.class() == ErrorClass::Transient && !stopping(&stop) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(source = %name, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut stop) => break Ok(()),
+                }
+            }
+            Err(e) => break Err(anyhow::Error::new(e).context(format!("source {name}"))),
+        }
+    };
+    drop(batch_tx);
+    let published = publish_task.await.context("publish task")?;
+    let acked = ack_task.await.context("ack task")?;
+    if let Err(e) = publisher.flush(Duration::from_secs(10)) {
+        tracing::warn!(error = %error_chain(&e), "kafka producer did not flush");
+    }
+    outcome?;
+    published.with_context(|| format!("publishing changes of source {name}"))?;
+    acked.with_context(|| format!("checkpointing source {name}"))?;
+    Ok(())
+}
+
+async fn publish_loop(
+    publisher: KafkaPublisher,
+    mut batches: mpsc::Receiver<Batch>,
+    inflight: mpsc::Sender<InFlight>,
+) -> Result<(), sluice_kafka::KafkaError> {
+    let mut key = Vec::with_capacity(128);
+    let mut value = Vec::with_capacity(1024);
+    while let Some(batch) = batches.recv().await {
+        let now_ms = now_ms();
+        let mut deliveries = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            publisher
+                .publish(event, now_ms, &mut key, &mut value, &mut deliveries)
+                .await?;
+        }
+        let item = InFlight {
+            deliveries,
+            events: batch.events.len(),
+            checkpoint: batch.checkpoint,
+        };
+        if inflight.send(item).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn ack_loop(
+    source: String,
+    store: CheckpointStore,
+    publisher: KafkaPublisher,
+    mut inflight: mpsc::Receiver<InFlight>,
+    durable: watch::Sender<Option<SourceCheckpoint>>,
+    interval: Duration,
+) -> Result<(), sluice_kafka::KafkaError> {
+    let mut pending: Option<SourceCheckpoint> = None;
+    let mut last_write = Instant::now();
+    let mut events_total: u64 = 0;
+    let mut last_report = Instant::now();
+    loop {
+        let due = pending.as_ref().map(|_| last_write + interval);
+        tokio::select! {
+            item = inflight.recv() => {
+                let Some(item) = item else { break };
+                for d in item.deliveries {
+                    confirm(d).await?;
+                }
+                events_total += item.events as u64;
+                if let Some(cp) = item.checkpoint {
+                    pending = Some(cp);
+                }
+            }
+            _ = sleep_until(due), if due.is_some() => {}
+        }
+        if pending.is_some() && last_write.elapsed() >= interval {
+            if let Some(cp) = pending.take() {
+                store.store(&publisher, &cp).await?;
+                tracing::debug!(source = %source, position = %cp.position, "checkpoint written");
+                durable.send_replace(Some(cp));
+                last_write = Instant::now();
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            tracing::info!(source = %source, events_published = events_total, "capture progress");
+            last_report = Instant::now();
+        }
+    }
+    if let Some(cp) = pending.take() {
+        store.store(&publisher, &cp).await?;
+        tracing::info!(source = %source, position = %cp.position, "final checkpoint written");
+        durable.send_replace(Some(cp));
+    }
+    Ok(())
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

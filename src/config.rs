@@ -1,0 +1,279 @@
+//! The Sluice config file: TOML, parsed strictly, then validated before anything connects.
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "127.0.0.1:9092"
+//! topic_prefix = "sluice"
+//!
+//! [sources.app]
+//! postgres = { host = "127.0.0.1", port = 5432, user = "sluice", password_env = "APP_PG_PASSWORD", database = "app" }
+//! tables = ["public.users", "public.orders"]
+//! ```
+//!
+//! Unknown keys are errors that name the key's full path (`sources.app.postgres.hots`).
+//! Secrets never appear in the file: `password_env` names the environment variable to read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_core::TableId;
+use sluice_kafka::KafkaConfig;
+use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    /// Databases Sluice captures changes from, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection to a Postgres source (the only kind of source so far).
+    pub postgres: Option<PostgresConnection>,
+    /// Tables to capture, as `schema.table` (or `table` for `public.table`).
+    pub tables: Vec<String>,
+    /// Replication slot name; default `sluice_<source name>`.
+    pub slot: Option<String>,
+    /// Publication name; default `sluice_<source name>`.
+    pub publication: Option<String>,
+    /// `initial` (default): a new slot starts with a snapshot of existing rows; `never`: only
+    /// changes from the moment the slot is created.
+    #[serde(default)]
+    pub snapshot: SnapshotSetting,
+    /// Most events in one batch handed from the source to the publisher.
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    /// Longest time a started batch waits for more events, in milliseconds.
+    #[serde(default = "default_max_batch_delay_ms")]
+    pub max_batch_delay_ms: u64,
+    /// How often the durable capture checkpoint is written, in milliseconds.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotSetting {
+    #[default]
+    Initial,
+    Never,
+}
+
+fn default_max_batch_events() -> usize {
+    4096
+}
+
+fn default_max_batch_delay_ms() -> u64 {
+    10
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+
+/// A config that could not be loaded: unreadable, not TOML, unknown key, or invalid values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path} is not valid:\n  - {}", problems.join("\n  - "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: display.clone(),
+            message,
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: display,
+                problems,
+            })
+        }
+    }
+
+    /// Parses TOML text; the error names the offending key's path.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_owned();
+            if path.is_empty() || path == "." {
+                message
+            } else {
+                format!("at `{path}`: {message}")
+            }
+        })
+    }
+
+    /// Checks values that parse but make no sense, naming each field.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = self.kafka.validate();
+        if self.sources.is_empty() {
+            problems.push(
+                "no [sources.<name>] section: configure at least one source to capture from".into(),
+            );
+        }
+        for (name, source) in &self.sources {
+            let at = format!("sources.{name}");
+            if !is_plain_name(name) {
+                problems.push(format!(
+                    "{at}: source names may use only lower-case letters, digits and '_' (they name replication slots)"
+                ));
+            }
+            if source.postgres.is_none() {
+                problems.push(format!(
+                    "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}`"
+                ));
+            }
+            if let Some(pg) = &source.postgres {
+                if pg.user.is_empty() || pg.database.is_empty() {
+                    problems.push(format!(
+                        "{at}.postgres: user and database must not be empty"
+                    ));
+                }
+            }
+            if source.tables.is_empty() {
+                problems.push(format!(
+                    "{at}.tables is empty: list the tables to capture as \"schema.table\""
+                ));
+            }
+            for t in &source.tables {
+                if TableId::parse(t, "public").is_none() {
+                    problems.push(format!(
+                        "{at}.tables: {t:?} is not a table name: write \"schema.table\" or \"table\""
+                    ));
+                }
+            }
+            for (field, value) in [("slot", &source.slot), ("publication", &source.publication)] {
+                if let Some(v) = value {
+                    if !is_plain_name(v) || v.len() > 63 {
+                        problems.push(format!(
+                            "{at}.{field} {v:?}: use at most 63 lower-case letters, digits and '_'"
+                        ));
+                    }
+                }
+            }
+            if source.max_batch_events == 0 {
+                problems.push(format!("{at}.max_batch_events must be at least 1"));
+            }
+            if source.checkpoint_interval_ms == 0 {
+                problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
+            }
+        }
+        problems
+    }
+
+    /// The settings of a Postgres source, defaults filled in.
+    pub fn postgres_source(&self, name: &str) -> Option<SourceSettings> {
+        let source = self.sources.get(name)?;
+        let connection = source.postgres.clone()?;
+        Some(SourceSettings {
+            name: name.to_owned(),
+            connection,
+            tables: source
+                .tables
+                .iter()
+                .filter_map(|t| TableId::parse(t, "public"))
+                .collect(),
+            slot: source
+                .slot
+                .clone()
+                .unwrap_or_else(|| format!("sluice_{name}")),
+            publication: source
+                .publication
+                .clone()
+                .unwrap_or_else(|| format!("sluice_{name}")),
+            snapshot: match source.snapshot {
+                SnapshotSetting::Initial => SnapshotMode::Initial,
+                SnapshotSetting::Never => SnapshotMode::Never,
+            },
+            topic_prefix: self.kafka.topic_prefix.clone(),
+            max_batch_events: source.max_batch_events,
+            max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
+        })
+    }
+}
+
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[sources.app]
+postgres = { host = "127.0.0.1", user = "sluice", database = "app", password_env = "APP_PW" }
+tables = ["public.users", "orders"]
+"#;
+
+    #[test]
+    fn parses_and_fills_defaults() {
+        let cfg = Config::parse(GOOD).expect("parses");
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        let s = cfg.postgres_source("app").expect("source");
+        assert_eq!(s.slot, "sluice_app");
+        assert_eq!(s.tables[1], TableId::new("public", "orders"));
+        assert_eq!(s.connection.port, 5432);
+        assert_eq!(cfg.kafka.topic_prefix, "sluice");
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = GOOD.replace("host =", "hots =");
+        let err = Config::parse(&text).expect_err("rejected");
+        assert!(err.contains("sources.app.postgres"), "{err}");
+        assert!(err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let text = GOOD.replace(
+            "tables = [\"public.users\", \"orders\"]",
+            "tables = [\"a.b.c\"]\nslot = \"Bad-Slot\"",
+        );
+        let cfg = Config::parse(&text).expect("parses");
+        let problems = cfg.validate().join("\n");
+        assert!(problems.contains("sources.app.tables"), "{problems}");
+        assert!(problems.contains("sources.app.slot"), "{problems}");
+    }
+
+    #[test]
+    fn debug_output_has_no_password() {
+        std::env::set_var("SLUICE_TEST_SECRET_PW", "hunter2-secret");
+        let text = GOOD.replace("APP_PW", "SLUICE_TEST_SECRET_PW");
+        let cfg = Config::parse(&text).expect("parses");
+        assert!(!format!("{cfg:?}").contains("hunter2-secret"));
+    }
+}

@@ -1,0 +1,190 @@
+//! The `sluice` binary: command line, config, and the wiring of sources to Kafka.
+
+mod capture;
+mod cli;
+mod config;
+mod telemetry;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use sluice_core::Problem;
+use tokio::sync::watch;
+
+use crate::cli::{Cli, Command, Side};
+use crate::config::Config;
+use crate::telemetry::error_chain;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Check { config } => check(&config).await,
+            Command::Run {
+                config,
+                only,
+                resnapshot,
+            } => run(&config, only, resnapshot).await,
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn preflight(config: &Config) -> Vec<Problem> {
+    let kafka = config.kafka.clone();
+    let mut problems = tokio::task::spawn_blocking(move || sluice_kafka::preflight(&kafka))
+        .await
+        .unwrap_or_else(|e| {
+            vec![Problem::new(
+                "kafka",
+                format!("preflight did not finish: {e}"),
+            )]
+        });
+    for name in config.sources.keys() {
+        if let Some(settings) = config.postgres_source(name) {
+            problems.extend(sluice_postgres::preflight::preflight(&settings).await);
+        }
+    }
+    problems
+}
+
+async fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("config {}: ok", path.display());
+    let problems = preflight(&config).await;
+    if problems.is_empty() {
+        println!("kafka {}: ok", config.kafka.brokers);
+        for name in config.sources.keys() {
+            println!("source {name}: ok");
+        }
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        println!("{} problem(s) found", problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for name in &resnapshot {
+        if !config.sources.contains_key(name) {
+            eprintln!(
+                "error: --resnapshot {name}: no source of that name in the config (sources: {})",
+                config
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if only == Some(Side::Apply) {
+        eprintln!("error: --only apply: the apply side is not built yet; run capture only");
+        return ExitCode::from(2);
+    }
+    let problems = preflight(&config).await;
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("error: {} preflight problem(s); nothing was started (run `sluice check` after fixing them)", problems.len());
+        return ExitCode::FAILURE;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing in-flight work and writing checkpoints");
+        let _ = stop_tx.send(true);
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in config.sources.keys() {
+        let Some(source) = config.postgres_source(name) else {
+            continue;
+        };
+        let interval = Duration::from_millis(config.sources[name].checkpoint_interval_ms);
+        let settings = capture::CaptureSettings {
+            source,
+            checkpoint_interval: interval,
+            resnapshot: resnapshot.contains(name),
+        };
+        let kafka = config.kafka.clone();
+        let stop = stop_rx.clone();
+        let name = name.clone();
+        tasks.spawn(async move { (name, capture::run(&kafka, settings, stop).await) });
+    }
+    let mut failed = false;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(()))) => tracing::info!(source = %name, "capture stopped"),
+            Ok((name, Err(e))) => {
+                failed = true;
+                tracing::error!(source = %name, error = %format!("{e:#}"), "capture failed");
+                eprintln!("error: {e:#}");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("error: capture task lost: {}", error_chain(&e));
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,97 @@
+//! A source Postgres, a broker, a config, and the sluice binary, wired for one test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir, TopicReader};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+pub const LONG: Duration = Duration::from_secs(120);
+
+pub struct Fixture {
+    pub pg: PgCluster,
+    pub broker: Broker,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub tables: Vec<String>,
+}
+
+impl Fixture {
+    /// Starts Postgres (database `app`, prepared with `setup_sql`) and a broker, and writes a
+    /// config capturing `tables` (in schema public) as source `app`.
+    pub async fn new(tables: &[&str], setup_sql: &str) -> Fixture {
+        Self::with_pg(PgCluster::start(), tables, setup_sql, "").await
+    }
+
+    pub async fn with_pg(
+        pg: PgCluster,
+        tables: &[&str],
+        setup_sql: &str,
+        extra_source: &str,
+    ) -> Fixture {
+        pg.create_database("app").await;
+        if !setup_sql.is_empty() {
+            pg.connect("app")
+                .await
+                .batch_execute(setup_sql)
+                .await
+                .expect("setup sql");
+        }
+        let broker = Broker::start();
+        let dir = TempDir::new("e2e");
+        let config = dir.path().join("sluice.toml");
+        let fixture = Fixture {
+            pg,
+            broker,
+            dir,
+            config,
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+        };
+        fixture.write_config(extra_source);
+        fixture
+    }
+
+    pub fn write_config(&self, extra_source: &str) {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| format!("\"public.{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n[sources.app]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{extra_source}\n",
+            self.broker.brokers(),
+            self.pg.sluice_connection("app"),
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("sluice.log")
+    }
+
+    pub fn start(&self) -> SluiceProcess {
+        SluiceProcess::run(Path::new(SLUICE), &self.config, &[], &self.log_path())
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.pg.connect("app").await
+    }
+
+    /// A reader of table `t`'s topic (waits until sluice created it).
+    pub fn reader(&self, table: &str) -> TopicReader {
+        TopicReader::new(&self.broker.brokers(), &format!("sluice.public.{table}"))
+    }
+}
+
+/// The envelopes' `after.id` (or `before.id` for deletes) as i64.
+pub fn id_of(env: &serde_json::Value) -> i64 {
+    let row = if env["op"] == "d" {
+        &env["before"]
+    } else {
+        &env["after"]
+    };
+    row["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no id in {env}"))
+}

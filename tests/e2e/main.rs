@@ -1,0 +1,11 @@
+//! End-to-end scenarios against real services: a private Postgres, a tansu broker, and the
+//! `sluice` binary. Each module proves one behaviour; see the comment at its top.
+
+mod common;
+
+mod bad_input;
+mod capture_changes;
+mod capture_types;
+mod idle_source;
+mod restart;
+mod snapshot_handover;
