@@ -91,6 +91,8 @@ async fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>) -> ExitCode {
+    // Listen for signals first, so that a stop at any moment is a clean one.
+    let signals = Signals::register();
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -113,6 +115,12 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         eprintln!("error: --only apply: the apply side is not built yet; run capture only");
         return ExitCode::from(2);
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::info!("stopping: finishing in-flight work and writing checkpoints");
+        let _ = stop_tx.send(true);
+    });
     let problems = preflight(&config).await;
     if !problems.is_empty() {
         for p in &problems {
@@ -121,13 +129,6 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         eprintln!("error: {} preflight problem(s); nothing was started (run `sluice check` after fixing them)", problems.len());
         return ExitCode::FAILURE;
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping: finishing in-flight work and writing checkpoints");
-        let _ = stop_tx.send(true);
-    });
 
     let mut tasks = tokio::task::JoinSet::new();
     for name in config.sources.keys() {
@@ -167,24 +168,47 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, registered synchronously so that no signal is missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

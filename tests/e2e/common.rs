@@ -74,6 +74,17 @@ impl Fixture {
         SluiceProcess::run(Path::new(SLUICE), &self.config, &[], &self.log_path())
     }
 
+    /// Starts sluice and waits until its replication stream runs.
+    pub fn start_streaming(&self) -> SluiceProcess {
+        let before = std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .matches("replication stream started")
+            .count();
+        let p = self.start();
+        p.wait_log("replication stream started", before + 1, LONG);
+        p
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         self.pg.connect("app").await
     }
@@ -94,4 +105,13 @@ pub fn id_of(env: &serde_json::Value) -> i64 {
     row["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("no id in {env}"))
+}
+
+/// Waits until `count_sql` (a `select count(*)`) returns at least `n`.
+pub async fn wait_rows(db: &tokio_postgres::Client, count_sql: &str, n: i64) {
+    sluice_test_support::wait_for(count_sql, LONG, || async {
+        let c: i64 = db.query_one(count_sql, &[]).await.ok()?.get(0);
+        (c >= n).then_some(())
+    })
+    .await
 }

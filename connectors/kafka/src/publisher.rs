@@ -117,7 +117,8 @@ impl KafkaPublisher {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            // Bigger batches: consumers (and brokers like tansu) fetch per batch.
+            .set("linger.ms", "20")
             // The Java client's partitioner, so other producers of the same keys agree with us.
             .set("partitioner", "murmur2_random")
             .set("queue.buffering.max.messages", "200000");

@@ -108,6 +108,8 @@ pub struct Record {
 /// Reads every partition of a topic from the beginning, accumulating what it saw.
 pub struct TopicReader {
     consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
     pub records: Vec<Record>,
 }
 
@@ -117,6 +119,8 @@ impl TopicReader {
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("test-reader-{}", std::process::id()))
             .set("enable.auto.commit", "false")
+            // tansu answers a fetch only after the full wait when little data is there.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .expect("create consumer");
         // Wait for the topic to exist (Sluice creates it when it starts).
@@ -146,6 +150,8 @@ impl TopicReader {
         consumer.assign(&tpl).expect("assign");
         TopicReader {
             consumer,
+            topic: topic.to_owned(),
+            partitions: partitions as i32,
             records: Vec::new(),
         }
     }
@@ -170,6 +176,27 @@ impl TopicReader {
                 });
             }
         }
+    }
+
+    /// Reads every partition up to its current end (high watermark).
+    pub fn read_to_end(&mut self, timeout: Duration) {
+        let mut ends = Vec::new();
+        for p in 0..self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.push((p, high));
+        }
+        let topic = self.topic.clone();
+        self.read_until(timeout, &format!("the end of {topic}"), |records| {
+            ends.iter().all(|&(p, high)| {
+                high == 0
+                    || records
+                        .iter()
+                        .any(|r| r.partition == p && r.offset >= high - 1)
+            })
+        });
     }
 
     /// Reads for a while after `done` holds, to see whether anything more arrives.

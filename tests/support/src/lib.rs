@@ -44,6 +44,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // SLUICE_TEST_KEEP=1 keeps logs and data for a post-mortem.
+        if std::env::var_os("SLUICE_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

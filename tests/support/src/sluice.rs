@@ -25,7 +25,7 @@ impl SluiceProcess {
             .arg("--config")
             .arg(config)
             .args(extra)
-            .env("SLUICE_LOG", "info")
+            .env("SLUICE_LOG", "info,sluice=debug")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -69,6 +69,23 @@ impl SluiceProcess {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits until `needle` appears at least `count` times in the log (which several runs of
+    /// sluice may share).
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().matches(needle).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {count}x {needle:?} in the sluice log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {
