@@ -1,1 +1,247 @@
-fn main() {}
+//! Capture throughput, next to `pg_recvlogical` draining the same WAL in the same run.
+//!
+//! `cargo bench --bench capture` (release build). For each workload it:
+//! 1. lets Sluice create its slot and stops it, and creates a second slot for pg_recvlogical;
+//! 2. writes the workload (WAL now waits in both slots);
+//! 3. times `pg_recvlogical --endpos` draining its slot (the source's own limit);
+//! 4. starts Sluice and times it until every row is in Kafka (summed high watermarks);
+//! 5. reads Sluice's CPU time and peak RSS from /proc.
+//!
+//! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions.
+//! `BENCH_ENGINE=sqlite` uses tansu's sqlite engine instead of the default memory engine.
+//! `BENCH_ROWS` scales the first workload (default 1000000).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+struct Figures {
+    rows: u64,
+    recvlogical_s: f64,
+    sluice_s: f64,
+    cpu_us_per_row: f64,
+    peak_rss_mb: f64,
+}
+
+/// Seconds since midnight of a log line's leading RFC 3339 timestamp.
+fn log_time(line: &str) -> f64 {
+    let t = line.split('T').nth(1).unwrap_or("");
+    let t = t.split('Z').next().unwrap_or("");
+    let mut parts = t.split(':');
+    let h: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let m: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let s: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    h * 3600.0 + m * 60.0 + s
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let rest = &line[line.find(name)? + name.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime is field 14, stime 15 (1-based, counting pid and comm): indexes 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn proc_peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -> Figures {
+    let pg = PgCluster::start_with(&[
+        ("shared_buffers", "512MB"),
+        ("max_wal_size", "4GB"),
+        ("wal_writer_delay", "10ms"),
+    ]);
+    let broker = Broker::start_with_engine(engine);
+    pg.create_database("bench").await;
+    let db = pg.connect("bench").await;
+    db.batch_execute(
+        "create table bench (id bigint primary key, name text, at timestamptz, amount numeric(12,2), flag bool);
+         create procedure single_row_txns(n int) language plpgsql as $$
+         begin
+           for i in 1..n loop
+             insert into bench values (10000000 + i, md5(i::text), now(), i * 1.5, i % 2 = 0);
+             commit;
+           end loop;
+         end $$;",
+    )
+    .await
+    .expect("schema");
+    let dir = TempDir::new("bench");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\npostgres = {}\ntables = [\"public.bench\"]\ncheckpoint_interval_ms = 100\n",
+            broker.brokers(),
+            pg.sluice_connection("bench")
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("sluice.log");
+
+    // 1. Sluice's slot (empty snapshot), then pg_recvlogical's slot.
+    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
+    sluice.wait_log("replication stream started", 1, Duration::from_secs(60));
+    sluice.wait_log("checkpoint written", 1, Duration::from_secs(60));
+    assert!(sluice.stop(Duration::from_secs(60)).success());
+    db.batch_execute("select pg_create_logical_replication_slot('recv_bench', 'pgoutput')")
+        .await
+        .expect("second slot");
+
+    // 2. The workload.
+    let t = Instant::now();
+    db.batch_execute(workload_sql).await.expect("workload");
+    let write_s = t.elapsed().as_secs_f64();
+    let end_lsn: String = db
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+
+    // 3. pg_recvlogical drains the same WAL.
+    let t = Instant::now();
+    let status = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_recvlogical",
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+        ])
+        .args([
+            "--slot",
+            "recv_bench",
+            "--start",
+            "--endpos",
+            &end_lsn,
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=sluice_bench",
+            "--no-loop",
+        ])
+        .status()
+        .expect("pg_recvlogical");
+    assert!(status.success(), "pg_recvlogical failed");
+    let recvlogical_s = t.elapsed().as_secs_f64();
+
+    // 4. Sluice drains it into Kafka. Its checkpoint lines say how many events Kafka has
+    //    confirmed; time runs from its stream start to the line that covers every row.
+    let runs_before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("replication stream started")
+        .count();
+    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
+    let pid = sluice.pid();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let (started_at, done_at) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let this_run = text
+            .match_indices("replication stream started")
+            .nth(runs_before)
+            .map(|(i, _)| &text[text[..i].rfind('\n').map(|n| n + 1).unwrap_or(0)..]);
+        if let Some(run) = this_run {
+            let started = log_time(run.lines().next().unwrap_or_default());
+            let done = run.lines().find(|l| {
+                l.contains("checkpoint written")
+                    && field(l, "events_published=").is_some_and(|n| n >= rows)
+            });
+            if let Some(done) = done {
+                break (started, log_time(done));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not publish {rows} rows in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let cpu = proc_cpu_seconds(pid);
+    let rss = proc_peak_rss_mb(pid);
+    let mut sluice_s = done_at - started_at;
+    if sluice_s < 0.0 {
+        sluice_s += 86400.0;
+    }
+    assert!(sluice.stop(Duration::from_secs(60)).success());
+    println!("[{name}] wrote {rows} rows in {write_s:.1}s; engine={engine}");
+    Figures {
+        rows,
+        recvlogical_s,
+        sluice_s,
+        cpu_us_per_row: cpu * 1e6 / rows as f64,
+        peak_rss_mb: rss,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let engine = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "memory".into());
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let single: u64 = rows / 10;
+    let big_txns = format!(
+        "do $$ begin for t in 0..{} loop
+           insert into bench select g, md5(g::text), now(), g * 1.5, g % 2 = 0
+             from generate_series(t * 10000 + 1, (t + 1) * 10000) g;
+           commit;
+         end loop; end $$;",
+        rows / 10_000 - 1
+    );
+    let small_txns = format!("call single_row_txns({single});");
+    let a = run_workload("10k-row transactions", &engine, &big_txns, rows).await;
+    let b = run_workload("single-row transactions", &engine, &small_txns, single).await;
+    println!();
+    println!(
+        "capture benchmark (broker engine: tansu {engine}; this machine, all services co-located)"
+    );
+    println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, f) in [("1M rows, 10k-row txns", &a), ("100k single-row txns", &b)] {
+        let recv = f.rows as f64 / f.recvlogical_s;
+        let ours = f.rows as f64 / f.sluice_s;
+        println!(
+            "| {name} | {} | {recv:.0} | {ours:.0} | {:.2}x | {:.2} | {:.0} |",
+            f.rows,
+            ours / recv,
+            f.cpu_us_per_row,
+            f.peak_rss_mb
+        );
+    }
+}

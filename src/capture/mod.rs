@@ -185,7 +185,7 @@ async fn ack_loop(
         if pending.is_some() && last_write.elapsed() >= interval {
             if let Some(cp) = pending.take() {
                 store.store(&publisher, &cp).await?;
-                tracing::debug!(source = %source, position = %cp.position, "checkpoint written");
+                tracing::debug!(source = %source, position = %cp.position, events_published = events_total, "checkpoint written");
                 durable.send_replace(Some(cp));
                 last_write = Instant::now();
             }

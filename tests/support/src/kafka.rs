@@ -23,6 +23,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Self::start_with_engine("sqlite")
+    }
+
+    /// `sqlite` (durable, correct offsets) or `memory` (fast, for throughput benchmarks only:
+    /// its high watermark and offsets-for-times are wrong).
+    pub fn start_with_engine(engine: &str) -> Broker {
+        let storage = match engine {
+            "memory" => "memory://tansu/",
+            _ => "sqlite://tansu.db",
+        };
         let tansu = require_binary("tansu", &[], TANSU_INSTALL);
         let mut dir = TempDir::new("tansu");
         for _ in 0..5 {
@@ -38,7 +48,7 @@ impl Broker {
                     "--advertised-listener-url",
                     &url,
                 ])
-                .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
+                .args(["--storage-engine", storage, "--silent"])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -108,6 +118,7 @@ pub struct Record {
 /// Reads every partition of a topic from the beginning, accumulating what it saw.
 pub struct TopicReader {
     consumer: BaseConsumer,
+    seen: std::collections::HashSet<(i32, i64)>,
     topic: String,
     partitions: i32,
     pub records: Vec<Record>,
@@ -121,6 +132,9 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             // tansu answers a fetch only after the full wait when little data is there.
             .set("fetch.wait.max.ms", "10")
+            // Never skip ahead: if the broker ever answers "offset out of range", start over
+            // (records already seen are ignored by offset) rather than jump to the end.
+            .set("auto.offset.reset", "earliest")
             .create()
             .expect("create consumer");
         // Wait for the topic to exist (Sluice creates it when it starts).
@@ -150,6 +164,7 @@ impl TopicReader {
         consumer.assign(&tpl).expect("assign");
         TopicReader {
             consumer,
+            seen: Default::default(),
             topic: topic.to_owned(),
             partitions: partitions as i32,
             records: Vec::new(),
@@ -165,17 +180,26 @@ impl TopicReader {
                 "timed out after {timeout:?} waiting for {what}; have {} records",
                 self.records.len()
             );
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
-                let parse =
-                    |b: Option<&[u8]>| b.map(|b| serde_json::from_slice(b).expect("json message"));
-                self.records.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: parse(m.key()),
-                    value: parse(m.payload()),
-                });
-            }
+            self.poll_one(Duration::from_millis(100));
         }
+    }
+
+    /// Reads one message, if one comes within `wait`; returns whether it was new.
+    fn poll_one(&mut self, wait: Duration) -> bool {
+        let Some(Ok(m)) = self.consumer.poll(wait) else {
+            return false;
+        };
+        if !self.seen.insert((m.partition(), m.offset())) {
+            return false;
+        }
+        let parse = |b: Option<&[u8]>| b.map(|b| serde_json::from_slice(b).expect("json message"));
+        self.records.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: parse(m.key()),
+            value: parse(m.payload()),
+        });
+        true
     }
 
     /// Reads every partition up to its current end (high watermark).
@@ -199,24 +223,6 @@ impl TopicReader {
         });
     }
 
-    /// Reads for a while after `done` holds, to see whether anything more arrives.
-    pub fn read_until_quiet(&mut self, quiet: Duration) {
-        let mut last = Instant::now();
-        while last.elapsed() < quiet {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
-                let parse =
-                    |b: Option<&[u8]>| b.map(|b| serde_json::from_slice(b).expect("json message"));
-                self.records.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: parse(m.key()),
-                    value: parse(m.payload()),
-                });
-                last = Instant::now();
-            }
-        }
-    }
-
     /// Non-tombstone envelopes, in the order read.
     pub fn envelopes(&self) -> Vec<&serde_json::Value> {
         self.records
@@ -224,4 +230,32 @@ impl TopicReader {
             .filter_map(|r| r.value.as_ref())
             .collect()
     }
+}
+
+/// How many messages a topic holds: the sum of its partitions' high watermarks.
+pub fn topic_message_count(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+    {
+        Ok(c) => c,
+        Err(_) => return 0,
+    };
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return 0;
+    };
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    (0..partitions)
+        .filter_map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .ok()
+        })
+        .map(|(_, high)| high)
+        .sum()
 }

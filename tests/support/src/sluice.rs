@@ -36,6 +36,10 @@ impl SluiceProcess {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// SIGKILL: a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

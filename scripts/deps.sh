@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what Sluice's tests and demo need, skipping whatever is already there:
+# Debian packages (Postgres 15, a C toolchain for the bundled librdkafka), cargo-nextest,
+# and the tansu Kafka-API broker (built with its sqlite storage engine).
+set -euo pipefail
+
+phase_start=$(date +%s)
+say() { printf '[deps] %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    apt-get update -qq
+    apt_updated=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+command -v cc >/dev/null || missing+=(gcc)
+command -v c++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || missing+=(make)
+command -v runuser >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
+else
+  say "debian packages: present"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "cargo install cargo-nextest (a few minutes)"
+  cargo install cargo-nextest --locked
+else
+  say "cargo-nextest: present"
+fi
+
+# A plain `cargo install tansu` has no storage engine and silently drops every write: the
+# features matter, so check them, not just the version.
+tansu_ok() {
+  command -v tansu >/dev/null && python3 - <<'PY'
+import json, os, sys
+path = os.path.expanduser("~/.cargo/.crates2.json")
+try:
+    installs = json.load(open(path))["installs"]
+except Exception:
+    sys.exit(1)
+ok = any(k.startswith("tansu 0.6.0 ") and {"libsql", "dynostore"} <= set(v.get("features", []))
+         for k, v in installs.items())
+sys.exit(0 if ok else 1)
+PY
+}
+if tansu_ok; then
+  say "tansu 0.6.0 (libsql, dynostore): present"
+else
+  say "cargo install tansu 0.6.0 --features libsql,dynostore (about 15-20 minutes on 2 cores)"
+  cargo install tansu --version 0.6.0 --locked --features libsql,dynostore
+fi
+
+say "done in $(( $(date +%s) - phase_start ))s"
