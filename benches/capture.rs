@@ -27,6 +27,48 @@ struct Figures {
     peak_rss_mb: f64,
 }
 
+/// Times pg_recvlogical draining `slot` up to `end_lsn`.
+fn recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> f64 {
+    let t = Instant::now();
+    let status = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_recvlogical",
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+        ])
+        .args([
+            "--slot",
+            slot,
+            "--start",
+            "--endpos",
+            end_lsn,
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=sluice_bench",
+            "--no-loop",
+        ])
+        .status()
+        .expect("pg_recvlogical");
+    assert!(status.success(), "pg_recvlogical failed");
+    t.elapsed().as_secs_f64()
+}
+
 /// Seconds since midnight of a log line's leading RFC 3339 timestamp.
 fn log_time(line: &str) -> f64 {
     let t = line.split('T').nth(1).unwrap_or("");
@@ -106,9 +148,14 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
     sluice.wait_log("replication stream started", 1, Duration::from_secs(60));
     sluice.wait_log("checkpoint written", 1, Duration::from_secs(60));
     assert!(sluice.stop(Duration::from_secs(60)).success());
-    db.batch_execute("select pg_create_logical_replication_slot('recv_bench', 'pgoutput')")
-        .await
-        .expect("second slot");
+    // Two pg_recvlogical slots: one drained before Sluice runs (cold) and one after (warm), so
+    // the order of the runs does not favour either side.
+    db.batch_execute(
+        "select pg_create_logical_replication_slot('recv_before', 'pgoutput');
+         select pg_create_logical_replication_slot('recv_after', 'pgoutput');",
+    )
+    .await
+    .expect("pg_recvlogical slots");
 
     // 2. The workload.
     let t = Instant::now();
@@ -121,44 +168,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         .get(0);
 
     // 3. pg_recvlogical drains the same WAL.
-    let t = Instant::now();
-    let status = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            "/usr/lib/postgresql/15/bin/pg_recvlogical",
-        ])
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "bench",
-        ])
-        .args([
-            "--slot",
-            "recv_bench",
-            "--start",
-            "--endpos",
-            &end_lsn,
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=sluice_bench",
-            "--no-loop",
-        ])
-        .status()
-        .expect("pg_recvlogical");
-    assert!(status.success(), "pg_recvlogical failed");
-    let recvlogical_s = t.elapsed().as_secs_f64();
+    let recv_before_s = recvlogical(&pg, "recv_before", &end_lsn);
 
     // 4. Sluice drains it into Kafka. Its checkpoint lines say how many events Kafka has
     //    confirmed; time runs from its stream start to the line that covers every row.
@@ -168,6 +178,24 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         .count();
     let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
     let pid = sluice.pid();
+    // BENCH_PERF=FILE records a CPU profile of Sluice for this workload.
+    let mut perf = std::env::var("BENCH_PERF").ok().map(|out| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "-g",
+                "-o",
+                &format!("{out}.{}", name.split(' ').next().unwrap_or("w")),
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     let deadline = Instant::now() + Duration::from_secs(1800);
     let (started_at, done_at) = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -192,12 +220,25 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         std::thread::sleep(Duration::from_millis(100));
     };
     let cpu = proc_cpu_seconds(pid);
+    if let Some(p) = perf.as_mut() {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     let rss = proc_peak_rss_mb(pid);
     let mut sluice_s = done_at - started_at;
     if sluice_s < 0.0 {
         sluice_s += 86400.0;
     }
     assert!(sluice.stop(Duration::from_secs(60)).success());
+    let recv_after_s = recvlogical(&pg, "recv_after", &end_lsn);
+    let recvlogical_s = recv_before_s.min(recv_after_s);
+    println!(
+        "[{name}] pg_recvlogical before sluice {:.0} rows/s, after {:.0} rows/s",
+        rows as f64 / recv_before_s,
+        rows as f64 / recv_after_s
+    );
     println!("[{name}] wrote {rows} rows in {write_s:.1}s; engine={engine}");
     Figures {
         rows,

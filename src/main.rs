@@ -16,6 +16,9 @@ use crate::cli::{Cli, Command, Side};
 use crate::config::Config;
 use crate::telemetry::error_chain;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();

@@ -65,7 +65,7 @@ pub async fn run(
     let publisher = KafkaPublisher::new(kafka)?;
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
-    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(64);
+    let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8);
     let publish_task = tokio::spawn(publish_loop(publisher.clone(), batch_rx, inflight_tx));
     let ack_task = tokio::spawn(ack_loop(
         name.clone(),

@@ -50,14 +50,8 @@ impl Value {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(true) => out.extend_from_slice(b"true"),
             Value::Bool(false) => out.extend_from_slice(b"false"),
-            Value::Int(i) => {
-                let mut buf = itoa_buf();
-                out.extend_from_slice(fmt_i64(*i, &mut buf));
-            }
-            Value::UInt(u) => {
-                use std::io::Write as _;
-                let _ = write!(out, "{u}");
-            }
+            Value::Int(i) => crate::envelope::write_i64(*i, out),
+            Value::UInt(u) => crate::envelope::write_u64(*u, out),
             Value::Float(f) => {
                 if f.is_nan() {
                     out.extend_from_slice(b"\"NaN\"");
@@ -99,33 +93,41 @@ impl Value {
     }
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal. Only `"`, `\\` and control characters need
+/// escaping; everything else (all of UTF-8 above U+001F) is copied as is. Written here rather
+/// than through serde_json because it runs for every column of every event.
 pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's escaper is correct for every code point and fast on plain ASCII.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0u8; 20]
-}
-
-fn fmt_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
-    // i64::MIN has 19 digits plus the sign: 20 bytes.
-    let mut n = v.unsigned_abs();
-    let mut pos = buf.len();
-    loop {
-        pos -= 1;
-        buf[pos] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
         }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]),
+        }
+        start = i + 1;
     }
-    if v < 0 {
-        pos -= 1;
-        buf[pos] = b'-';
-    }
-    &buf[pos..]
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// A row image: values aligned with the columns of its [`crate::TableSchema`].
@@ -208,6 +210,29 @@ mod tests {
             json(&Value::Array(vec![Value::Int(1), Value::Null])),
             "[1,null]"
         );
+    }
+
+    #[test]
+    fn strings_escape_exactly_like_serde_json() {
+        for s in [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\n\r\t",
+            "\u{1}\u{8}\u{c}\u{1f}",
+            "é😀\u{7f}",
+            "mixed \"a\"\n😀",
+        ] {
+            let mut ours = Vec::new();
+            write_json_str(s, &mut ours);
+            let theirs = serde_json::to_vec(s).unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

@@ -121,7 +121,9 @@ impl KafkaPublisher {
             .set("linger.ms", "20")
             // The Java client's partitioner, so other producers of the same keys agree with us.
             .set("partitioner", "murmur2_random")
-            .set("queue.buffering.max.messages", "200000");
+            // Bound what waits in librdkafka's queue (memory): 100k messages or 32 MB.
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "32768");
         // User properties come last and win.
         for (k, v) in client_config(cfg).config_map().iter() {
             c.set(*k, *v);

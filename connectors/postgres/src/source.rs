@@ -190,7 +190,7 @@ impl PostgresSource {
         .with_application_name(format!("sluice {}", s.name))
         .with_status_interval(Duration::from_secs(1))
         .with_wakeup_interval(Duration::from_secs(1))
-        .with_buffer_size(16 * 1024);
+        .with_buffer_size(4096);
         let source_name: Arc<str> = Arc::from(s.name.as_str());
         let ctx = StreamContext {
             source_name: source_name.clone(),

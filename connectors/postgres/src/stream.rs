@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use sluice_core::event::{format_lsn, parse_lsn};
 use sluice_core::{
@@ -208,10 +209,20 @@ impl Session {
                     }
                 }
                 ev = client.recv() => {
-                    match ev {
-                        Ok(Some(ev)) => self.handle(ev, client).await?,
-                        Ok(None) => return Ok(()),
-                        Err(source) => return Err(PostgresError::Replication { target: target.to_owned(), source }),
+                    let mut next = Some(ev);
+                    let mut drained = 0;
+                    // Take what is already buffered without going through the select again:
+                    // per-event select and timer bookkeeping showed up in capture profiles.
+                    while let Some(ev) = next.take() {
+                        match ev {
+                            Ok(Some(ev)) => self.handle(ev, client).await?,
+                            Ok(None) => return Ok(()),
+                            Err(source) => return Err(PostgresError::Replication { target: target.to_owned(), source }),
+                        }
+                        drained += 1;
+                        if drained < 512 {
+                            next = client.recv().now_or_never();
+                        }
                     }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => self.flush().await?,
