@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Sluice streams row changes out of Postgres into Kafka: a consistent initial snapshot,
-/// then every insert, update, delete and truncate, one topic per table, keyed by primary key,
-/// in a Debezium-style JSON envelope. Nothing is acknowledged to the source before Kafka has it.
+/// Sluice streams row changes out of Postgres into Kafka.
+///
+/// A consistent initial snapshot, then every insert, update, delete and truncate: one topic per
+/// table (<prefix>.<schema>.<table>), keyed by primary key, in a Debezium-style JSON envelope.
+/// Nothing is acknowledged to Postgres before Kafka has it. Logs go to stderr; SLUICE_LOG sets
+/// the filter (e.g. SLUICE_LOG=debug). See README.md for the config file.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, long_about = None, propagate_version = true)]
+#[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

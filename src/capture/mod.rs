@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::producer::DeliveryFuture;
 use sluice_core::{Backoff, Batch, ErrorClass, SourceCheckpoint};
-use sluice_kafka::{confirm, ensure_topics, CheckpointStore, KafkaConfig, KafkaPublisher};
+use sluice_kafka::{
+    confirm, ensure_topics, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec,
+};
 use sluice_postgres::{PostgresSource, RunHandles, SourceSettings};
 use tokio::sync::{mpsc, watch};
 
@@ -49,9 +51,13 @@ pub async fn run(
     let source = PostgresSource::open(settings.source)
         .await
         .with_context(|| format!("source {name}"))?;
-    let topics: Vec<(String, i32, Vec<(&str, &str)>)> = source
+    let topics: Vec<TopicSpec> = source
         .tables()
-        .map(|t| (t.topic.to_string(), kafka.partitions, Vec::new()))
+        .map(|t| TopicSpec {
+            name: t.topic.to_string(),
+            partitions: kafka.partitions,
+            configs: Vec::new(),
+        })
         .collect();
     ensure_topics(kafka, &topics).await?;
     let store = CheckpointStore::open(kafka, &name).await?;

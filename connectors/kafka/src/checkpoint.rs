@@ -16,7 +16,7 @@ use sluice_core::SourceCheckpoint;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
-use crate::publisher::{client_config, confirm, ensure_topics, KafkaPublisher};
+use crate::publisher::{client_config, confirm, ensure_topics, KafkaPublisher, TopicSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,11 +34,12 @@ impl CheckpointStore {
     /// Creates the checkpoint topic of `source` if needed.
     pub async fn open(cfg: &KafkaConfig, source: &str) -> Result<Self, KafkaError> {
         let topic = Self::topic_for(cfg, source);
-        ensure_topics(
-            cfg,
-            &[(topic.clone(), 1, vec![("cleanup.policy", "compact")])],
-        )
-        .await?;
+        let spec = TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            configs: vec![("cleanup.policy", "compact")],
+        };
+        ensure_topics(cfg, &[spec]).await?;
         Ok(CheckpointStore {
             cfg: cfg.clone(),
             topic,

@@ -18,4 +18,4 @@ pub mod publisher;
 pub use checkpoint::CheckpointStore;
 pub use config::KafkaConfig;
 pub use error::KafkaError;
-pub use publisher::{confirm, ensure_topics, preflight, KafkaPublisher};
+pub use publisher::{confirm, ensure_topics, preflight, KafkaPublisher, TopicSpec};

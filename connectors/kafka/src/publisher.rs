@@ -56,11 +56,17 @@ pub fn preflight(cfg: &KafkaConfig) -> Vec<Problem> {
     }
 }
 
+/// A topic Sluice creates when it is missing.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// Topic configs, e.g. `cleanup.policy = compact`.
+    pub configs: Vec<(&'static str, &'static str)>,
+}
+
 /// Creates topics that do not exist yet. Existing topics are left as they are.
-pub async fn ensure_topics(
-    cfg: &KafkaConfig,
-    topics: &[(String, i32, Vec<(&str, &str)>)],
-) -> Result<(), KafkaError> {
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaError> {
     if topics.is_empty() {
         return Ok(());
     }
@@ -69,13 +75,13 @@ pub async fn ensure_topics(
         .map_err(KafkaError::client("creating the kafka admin client"))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions, configs)| {
+        .map(|spec| {
             let mut t = NewTopic::new(
-                name,
-                *partitions,
+                &spec.name,
+                spec.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
             );
-            for (k, v) in configs {
+            for (k, v) in &spec.configs {
                 t = t.set(k, v);
             }
             t

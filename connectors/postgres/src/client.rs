@@ -20,7 +20,7 @@ pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client,
         .user(&conn.user)
         .dbname(&conn.database)
         .options(SESSION_OPTIONS)
-        .application_name(&format!("sluice {purpose}"))
+        .application_name(format!("sluice {purpose}"))
         .connect_timeout(std::time::Duration::from_secs(10));
     if !password.is_empty() {
         cfg.password(password);

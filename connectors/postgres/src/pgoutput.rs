@@ -334,7 +334,7 @@ mod tests {
         b.push(b't');
         b.extend(u32::MAX.to_be_bytes());
         assert!(decode(&b).is_err());
-        assert!(decode(&[b'Z']).is_err());
+        assert!(decode(b"Z").is_err());
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn decode_text(kind: &TypeKind, text: &str) -> Result<Value, BadValue> {
         TypeKind::Time => Value::Text(normalize_time(text, false)),
         TypeKind::TimeTz => Value::Text(normalize_time(text, false)),
         TypeKind::Text => Value::Text(text.to_owned()),
-        TypeKind::Array(elem) => parse_array(text, elem).map_err(|reason| bad(reason))?,
+        TypeKind::Array(elem) => parse_array(text, elem).map_err(bad)?,
     })
 }
 
