@@ -27,7 +27,7 @@ use crate::value::write_json_str;
 pub fn write_key(event: &ChangeEvent, out: &mut Vec<u8>) -> bool {
     match event.key_row() {
         Some(row) => {
-            row.write_json_subset(&event.table.key, out);
+            row.write_json_subset(&event.table.columns, &event.table.key, out);
             true
         }
         None => false,
@@ -38,12 +38,12 @@ pub fn write_key(event: &ChangeEvent, out: &mut Vec<u8>) -> bool {
 pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"before\":");
     match &event.before {
-        Some(row) => row.write_json(out),
+        Some(row) => row.write_json(&event.table.columns, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"after\":");
     match &event.after {
-        Some(row) => row.write_json(out),
+        Some(row) => row.write_json(&event.table.columns, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"op\":\"");
@@ -52,9 +52,9 @@ pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
     let s = &event.source;
     write_json_str(s.connector, out);
     out.extend_from_slice(b",\"name\":");
-    write_json_str(&s.name, out);
+    write_json_str(&event.table.source, out);
     out.extend_from_slice(b",\"db\":");
-    write_json_str(&s.db, out);
+    write_json_str(&event.table.db, out);
     out.extend_from_slice(b",\"schema\":");
     write_json_str(&event.table.id.schema, out);
     out.extend_from_slice(b",\"table\":");
@@ -136,13 +136,14 @@ mod tests {
     fn event(op: Op) -> ChangeEvent {
         let columns: Arc<[Arc<str>]> = vec![Arc::from("id"), Arc::from("doc")].into();
         let table = Arc::new(TableSchema {
+            source: Arc::from("app"),
+            db: Arc::from("db"),
             id: TableId::new("public", "t"),
-            columns: columns.clone(),
+            columns,
             key: vec![0],
             topic: Arc::from("p.public.t"),
         });
         let row = Row {
-            columns,
             values: vec![Some(Value::Int(7)), None],
         };
         ChangeEvent {
@@ -152,8 +153,6 @@ mod tests {
             after: (op != Op::Delete).then_some(row),
             source: SourceInfo {
                 connector: "postgres",
-                name: Arc::from("app"),
-                db: Arc::from("db"),
                 position: Position::Postgres {
                     commit_lsn: 0x1_0000_0010,
                     seq: 2,

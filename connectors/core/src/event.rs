@@ -79,6 +79,10 @@ impl fmt::Display for TableId {
 /// The shape of a captured table as the source currently describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSchema {
+    /// The source's name in the Sluice config.
+    pub source: Arc<str>,
+    /// The database the table lives in.
+    pub db: Arc<str>,
     pub id: TableId,
     pub columns: Arc<[Arc<str>]>,
     /// Indexes into `columns` of the key (primary key, or the replica-identity index).
@@ -131,15 +135,12 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((hi << 32) | lo)
 }
 
-/// Where an event came from.
+/// Where and when an event happened (the source's name and database are in its
+/// [`TableSchema`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
     /// `postgres` or `mysql`.
     pub connector: &'static str,
-    /// The source's name in the Sluice config.
-    pub name: Arc<str>,
-    /// The database the table lives in.
-    pub db: Arc<str>,
     pub position: Position,
     /// The source transaction id, when the source has one.
     pub tx_id: Option<u64>,

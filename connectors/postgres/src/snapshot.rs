@@ -28,10 +28,8 @@ use crate::types::decode_text;
 
 /// Reads every table under `snapshot_name` and sends the rows as `op = r` batches.
 /// Returns the number of rows read.
-#[allow(clippy::too_many_arguments)]
 pub async fn read_snapshot(
     conn: &PostgresConnection,
-    source_name: &Arc<str>,
     tables: &[Arc<CapturedTable>],
     snapshot_name: &str,
     consistent_point: u64,
@@ -52,7 +50,6 @@ pub async fn read_snapshot(
         .map_err(PostgresError::query(
             "adopting the slot's exported snapshot",
         ))?;
-    let db: Arc<str> = Arc::from(conn.database.as_str());
     let read_at_us = now_us();
     let mut seq = 0u64;
     let position_lsn = consistent_point.saturating_sub(1);
@@ -107,14 +104,9 @@ pub async fn read_snapshot(
                     op: Op::Read,
                     table: table.schema.clone(),
                     before: None,
-                    after: Some(Row {
-                        columns: table.schema.columns.clone(),
-                        values,
-                    }),
+                    after: Some(Row { values }),
                     source: SourceInfo {
                         connector: "postgres",
-                        name: source_name.clone(),
-                        db: db.clone(),
                         position: Position::Postgres {
                             commit_lsn: position_lsn,
                             seq,

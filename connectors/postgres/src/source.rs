@@ -99,6 +99,8 @@ impl PostgresSource {
                 .collect();
             tables.push(Arc::new(CapturedTable {
                 schema: Arc::new(TableSchema {
+                    source: Arc::from(settings.name.as_str()),
+                    db: Arc::from(settings.connection.database.as_str()),
                     id: id.clone(),
                     columns,
                     key,
@@ -194,7 +196,6 @@ impl PostgresSource {
         let source_name: Arc<str> = Arc::from(s.name.as_str());
         let ctx = StreamContext {
             source_name: source_name.clone(),
-            db: Arc::from(s.connection.database.as_str()),
             slot: s.slot.clone(),
             tables: self
                 .tables
@@ -240,7 +241,6 @@ impl PostgresSource {
                     tracing::info!(source = %s.name, tables = self.tables.len(), "initial snapshot started");
                     let rows = read_snapshot(
                         &s.connection,
-                        &source_name,
                         &self.tables,
                         &name,
                         point,

@@ -50,7 +50,6 @@ pub enum StartPlan {
 
 pub struct StreamContext {
     pub source_name: Arc<str>,
-    pub db: Arc<str>,
     pub slot: String,
     /// Captured tables by `schema.table`.
     pub tables: HashMap<sluice_core::TableId, Arc<CapturedTable>>,
@@ -328,6 +327,8 @@ impl Session {
                     });
                     RelationState {
                         table: Arc::new(TableSchema {
+                            source: captured.schema.source.clone(),
+                            db: captured.schema.db.clone(),
                             id: id.clone(),
                             columns,
                             key,
@@ -426,8 +427,6 @@ impl Session {
             after,
             source: SourceInfo {
                 connector: "postgres",
-                name: self.ctx.source_name.clone(),
-                db: self.ctx.db.clone(),
                 position: Position::Postgres { commit_lsn, seq },
                 tx_id: Some(u64::from(xid)),
                 commit_time_us,
@@ -485,10 +484,7 @@ fn row(
             }
         });
     }
-    Ok(Row {
-        columns: rel.table.columns.clone(),
-        values,
-    })
+    Ok(Row { values })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -138,8 +138,11 @@ pub fn decode_text(kind: &TypeKind, text: &str) -> Result<Value, BadValue> {
         TypeKind::Json => Value::Json(text.to_owned()),
         TypeKind::Timestamp => Value::Text(normalize_timestamp(text, false)),
         TypeKind::TimestampTz => Value::Text(normalize_timestamp(text, true)),
-        TypeKind::Time => Value::Text(normalize_time(text, false)),
-        TypeKind::TimeTz => Value::Text(normalize_time(text, false)),
+        TypeKind::Time | TypeKind::TimeTz => {
+            let mut out = String::with_capacity(24);
+            normalize_time(text, false, &mut out);
+            Value::Text(out)
+        }
         TypeKind::Text => Value::Text(text.to_owned()),
         TypeKind::Array(elem) => parse_array(text, elem).map_err(bad)?,
     })
@@ -177,7 +180,7 @@ fn normalize_timestamp(text: &str, utc: bool) -> String {
     let mut out = String::with_capacity(32);
     push_date(date, bc, &mut out);
     out.push('T');
-    out.push_str(&normalize_time(time, utc));
+    normalize_time(time, utc, &mut out);
     out
 }
 
@@ -208,7 +211,8 @@ fn push_date(date: &str, bc: bool, out: &mut String) {
 }
 
 /// `12:00:00.5` → `12:00:00.500000`; an offset `+02` → `+02:00`, and `+00` → `Z` when `utc`.
-fn normalize_time(text: &str, utc: bool) -> String {
+/// Appends to `out`.
+fn normalize_time(text: &str, utc: bool, out: &mut String) {
     let split = text
         .char_indices()
         .skip(1)
@@ -218,7 +222,6 @@ fn normalize_time(text: &str, utc: bool) -> String {
         Some(i) => text.split_at(i),
         None => (text, ""),
     };
-    let mut out = String::with_capacity(24);
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
     out.push_str(hms);
     out.push('.');
@@ -236,7 +239,6 @@ fn normalize_time(text: &str, utc: bool) -> String {
             }
         }
     }
-    out
 }
 
 /// Parses a Postgres array literal (`{1,2,NULL}`, `{{a,b},{c,d}}`, `[0:1]={x,y}`) into nested
