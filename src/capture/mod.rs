@@ -69,6 +69,13 @@ pub async fn run(
         None => tracing::info!(source = %name, "no checkpoint yet: starting fresh"),
     }
     let publisher = KafkaPublisher::new(kafka)?;
+    {
+        let publisher = publisher.clone();
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        tokio::task::spawn_blocking(move || publisher.load_partition_counts(&names))
+            .await
+            .context("reading topic metadata")??;
+    }
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8);

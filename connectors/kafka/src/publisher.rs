@@ -213,6 +213,15 @@ impl KafkaPublisher {
         }
     }
 
+    /// Learns the partition counts of `topics` up front (blocking), so that publishing a
+    /// truncate never waits on a metadata request.
+    pub fn load_partition_counts(&self, topics: &[String]) -> Result<(), KafkaError> {
+        for topic in topics {
+            self.partition_count(topic)?;
+        }
+        Ok(())
+    }
+
     fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
         if let Some(n) = self
             .partitions

@@ -220,3 +220,40 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, Postg
         confirmed_flush_lsn: r.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pk: &[&str], ident: &[&str], replident: u8) -> TableInfo {
+        TableInfo {
+            id: TableId::new("public", "t"),
+            oid: 1,
+            columns: vec![("a".into(), 23), ("b".into(), 23)],
+            primary_key: pk.iter().map(|s| s.to_string()).collect(),
+            identity_index: ident.iter().map(|s| s.to_string()).collect(),
+            replica_identity: replident,
+            kind: b'r',
+            can_select: true,
+            is_owner: true,
+        }
+    }
+
+    #[test]
+    fn key_is_the_primary_key_or_the_identity_index() {
+        assert_eq!(info(&["a"], &[], b'd').key(), Ok(vec!["a".to_string()]));
+        assert_eq!(info(&["a"], &[], b'f').key(), Ok(vec!["a".to_string()]));
+        assert_eq!(info(&[], &["b"], b'i').key(), Ok(vec!["b".to_string()]));
+        assert_eq!(info(&["a"], &["b"], b'i').key(), Ok(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn tables_without_a_usable_key_are_refused_with_the_fix() {
+        let no_key = info(&[], &[], b'd').key().expect_err("refused");
+        assert!(no_key.contains("no primary key") && no_key.contains("add a primary key"));
+        let full = info(&[], &[], b'f').key().expect_err("refused");
+        assert!(full.contains("REPLICA IDENTITY FULL alone"));
+        let nothing = info(&["a"], &[], b'n').key().expect_err("refused");
+        assert!(nothing.contains("REPLICA IDENTITY NOTHING"));
+    }
+}
