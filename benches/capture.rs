@@ -197,6 +197,8 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
             .expect("perf")
     });
     let deadline = Instant::now() + Duration::from_secs(1800);
+    // CPU spent before the stream starts (preflight, catalog, client start-up) is not per row.
+    let mut cpu_at_start = None;
     let (started_at, done_at) = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let this_run = text
@@ -204,6 +206,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
             .nth(runs_before)
             .map(|(i, _)| &text[text[..i].rfind('\n').map(|n| n + 1).unwrap_or(0)..]);
         if let Some(run) = this_run {
+            cpu_at_start.get_or_insert_with(|| proc_cpu_seconds(pid));
             let started = log_time(run.lines().next().unwrap_or_default());
             let done = run.lines().find(|l| {
                 l.contains("checkpoint written")
@@ -219,7 +222,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let cpu = proc_cpu_seconds(pid);
+    let cpu = proc_cpu_seconds(pid) - cpu_at_start.unwrap_or(0.0);
     if let Some(p) = perf.as_mut() {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
