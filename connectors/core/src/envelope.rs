@@ -90,15 +90,27 @@ pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
 // The envelope is written once per event: integers go straight into the buffer, without the
 // formatting machinery (which showed up in capture profiles).
 pub(crate) fn write_u64(mut v: u64, out: &mut Vec<u8>) {
+    // Two digits per division: timestamps have 13-16 digits and every event carries three.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [0u8; 20];
     let mut pos = buf.len();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        pos -= 2;
+        buf[pos..pos + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        pos -= 2;
+        buf[pos..pos + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         pos -= 1;
-        buf[pos] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[pos] = b'0' + v as u8;
     }
     out.extend_from_slice(&buf[pos..]);
 }
@@ -181,7 +193,20 @@ mod tests {
 
     #[test]
     fn integers_and_lsns_match_their_display_forms() {
-        for v in [0i64, 9, 10, -1, i64::MIN, i64::MAX, 1_716_811_200_123_456] {
+        for v in [
+            0i64,
+            9,
+            10,
+            99,
+            100,
+            101,
+            1000,
+            -1,
+            -10,
+            i64::MIN,
+            i64::MAX,
+            1_716_811_200_123_456,
+        ] {
             let mut out = Vec::new();
             write_i64(v, &mut out);
             assert_eq!(String::from_utf8(out).unwrap_or_default(), v.to_string());
