@@ -25,17 +25,4 @@ pub fn init() {
         .try_init();
 }
 
-/// An error and its causes on one line: `outer: middle: root`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
+pub use sluice_core::error_chain;

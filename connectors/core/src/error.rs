@@ -63,6 +63,22 @@ mod tests {
     }
 }
 
+/// An error and its causes on one line, `outer: middle: root`, skipping a cause whose text
+/// the line already ends with.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// Something a preflight check found wrong, with the way to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

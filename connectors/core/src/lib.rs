@@ -37,7 +37,7 @@ pub mod event;
 pub mod value;
 
 pub use batch::{Batch, SourceCheckpoint};
-pub use error::{Backoff, ErrorClass, Problem};
+pub use error::{error_chain, Backoff, ErrorClass, Problem};
 pub use event::{ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};
 pub use value::{Row, Value};
 

@@ -1,6 +1,6 @@
 //! Checks that a source database can be captured, each failure explained with its fix.
 
-use sluice_core::Problem;
+use sluice_core::{error_chain, Problem};
 use tokio_postgres::Client;
 
 use crate::catalog;
@@ -12,32 +12,19 @@ pub async fn preflight(settings: &SourceSettings) -> Vec<Problem> {
     let subject = format!("source {}", settings.name);
     let client = match connect(&settings.connection, "preflight").await {
         Ok(c) => c,
-        Err(e) => {
-            return vec![Problem::new(
-                subject,
-                format!(
-                    "{}: {}: check host, port, user, database and password_env of [sources.{}.postgres]",
-                    e,
-                    error_chain(&e),
-                    settings.name
-                ),
-            )]
-        }
+        Err(e) => return vec![Problem::new(
+            subject,
+            format!(
+                "{}: check host, port, user, database and password_env of [sources.{}.postgres]",
+                error_chain(&e),
+                settings.name
+            ),
+        )],
     };
     match checks(settings, &client, &subject).await {
         Ok(problems) => problems,
-        Err(e) => vec![Problem::new(subject, format!("{e}: {}", error_chain(&e)))],
+        Err(e) => vec![Problem::new(subject, error_chain(&e))],
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 async fn checks(
