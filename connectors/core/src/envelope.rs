@@ -27,7 +27,7 @@ use crate::value::write_json_str;
 pub fn write_key(event: &ChangeEvent, out: &mut Vec<u8>) -> bool {
     match event.key_row() {
         Some(row) => {
-            row.write_json_subset(&event.table.columns, &event.table.key, out);
+            row.write_json_subset(&event.table.json_keys, &event.table.key, out);
             true
         }
         None => false,
@@ -38,12 +38,12 @@ pub fn write_key(event: &ChangeEvent, out: &mut Vec<u8>) -> bool {
 pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"before\":");
     match &event.before {
-        Some(row) => row.write_json(&event.table.columns, out),
+        Some(row) => row.write_json(&event.table.json_keys, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"after\":");
     match &event.after {
-        Some(row) => row.write_json(&event.table.columns, out),
+        Some(row) => row.write_json(&event.table.json_keys, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"op\":\"");
@@ -147,14 +147,14 @@ mod tests {
 
     fn event(op: Op) -> ChangeEvent {
         let columns: Arc<[Arc<str>]> = vec![Arc::from("id"), Arc::from("doc")].into();
-        let table = Arc::new(TableSchema {
-            source: Arc::from("app"),
-            db: Arc::from("db"),
-            id: TableId::new("public", "t"),
+        let table = Arc::new(TableSchema::new(
+            Arc::from("app"),
+            Arc::from("db"),
+            TableId::new("public", "t"),
             columns,
-            key: vec![0],
-            topic: Arc::from("p.public.t"),
-        });
+            vec![0],
+            Arc::from("p.public.t"),
+        ));
         let row = Row {
             values: vec![Some(Value::Int(7)), None],
         };

@@ -89,6 +89,38 @@ pub struct TableSchema {
     pub key: Vec<usize>,
     /// The Kafka topic the table's events go to.
     pub topic: Arc<str>,
+    /// Each column's JSON object key, `"name":`, rendered once (see [`TableSchema::new`]).
+    pub json_keys: Arc<[Box<[u8]>]>,
+}
+
+impl TableSchema {
+    pub fn new(
+        source: Arc<str>,
+        db: Arc<str>,
+        id: TableId,
+        columns: Arc<[Arc<str>]>,
+        key: Vec<usize>,
+        topic: Arc<str>,
+    ) -> TableSchema {
+        let json_keys = columns
+            .iter()
+            .map(|c| {
+                let mut k = Vec::with_capacity(c.len() + 3);
+                crate::value::write_json_str(c, &mut k);
+                k.push(b':');
+                k.into_boxed_slice()
+            })
+            .collect();
+        TableSchema {
+            source,
+            db,
+            id,
+            columns,
+            key,
+            topic,
+            json_keys,
+        }
+    }
 }
 
 /// A resumable position, totally ordered within one source.

@@ -156,33 +156,34 @@ impl Row {
         self.values.get(i)?.as_ref()
     }
 
-    /// Appends the row as a JSON object, leaving out absent columns.
-    pub fn write_json(&self, columns: &[Arc<str>], out: &mut Vec<u8>) {
+    /// Appends the row as a JSON object, leaving out absent columns. `keys` are the columns'
+    /// rendered object keys, `"name":` ([`crate::TableSchema::json_keys`]).
+    pub fn write_json(&self, keys: &[Box<[u8]>], out: &mut Vec<u8>) {
         out.push(b'{');
         let mut first = true;
-        for (name, value) in columns.iter().zip(&self.values) {
+        for (key, value) in keys.iter().zip(&self.values) {
             let Some(value) = value else { continue };
             if !first {
                 out.push(b',');
             }
             first = false;
-            write_json_str(name, out);
-            out.push(b':');
+            out.extend_from_slice(key);
             value.write_json(out);
         }
         out.push(b'}');
     }
 
     /// Appends a JSON object of the columns at `indexes`, in that order.
-    pub fn write_json_subset(&self, columns: &[Arc<str>], indexes: &[usize], out: &mut Vec<u8>) {
+    pub fn write_json_subset(&self, keys: &[Box<[u8]>], indexes: &[usize], out: &mut Vec<u8>) {
         out.push(b'{');
         for (n, &i) in indexes.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            let name = columns.get(i).map(|c| &**c).unwrap_or("");
-            write_json_str(name, out);
-            out.push(b':');
+            match keys.get(i) {
+                Some(key) => out.extend_from_slice(key),
+                None => out.extend_from_slice(b"\"\":"),
+            }
             match self.values.get(i) {
                 Some(Some(v)) => v.write_json(out),
                 _ => out.extend_from_slice(b"null"),
@@ -247,18 +248,27 @@ mod tests {
 
     #[test]
     fn absent_columns_are_left_out() {
-        let columns: Vec<Arc<str>> = vec![Arc::from("id"), Arc::from("big"), Arc::from("n")];
+        let columns: Arc<[Arc<str>]> =
+            vec![Arc::from("id"), Arc::from("big"), Arc::from("n")].into();
+        let table = crate::TableSchema::new(
+            Arc::from("s"),
+            Arc::from("d"),
+            crate::TableId::new("public", "t"),
+            columns.clone(),
+            vec![0],
+            Arc::from("t"),
+        );
         let row = Row {
             values: vec![Some(Value::Int(1)), None, Some(Value::Null)],
         };
         let mut out = Vec::new();
-        row.write_json(&columns, &mut out);
+        row.write_json(&table.json_keys, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap_or_default(),
             r#"{"id":1,"n":null}"#
         );
         let mut out = Vec::new();
-        row.write_json_subset(&columns, &[0], &mut out);
+        row.write_json_subset(&table.json_keys, &[0], &mut out);
         assert_eq!(String::from_utf8(out).unwrap_or_default(), r#"{"id":1}"#);
         assert_eq!(row.get(&columns, "n"), Some(&Value::Null));
         assert_eq!(row.get(&columns, "big"), None);

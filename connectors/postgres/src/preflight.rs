@@ -12,14 +12,16 @@ pub async fn preflight(settings: &SourceSettings) -> Vec<Problem> {
     let subject = format!("source {}", settings.name);
     let client = match connect(&settings.connection, "preflight").await {
         Ok(c) => c,
-        Err(e) => return vec![Problem::new(
-            subject,
-            format!(
+        Err(e) => {
+            return vec![Problem::new(
+                subject,
+                format!(
                 "{}: check host, port, user, database and password_env of [sources.{}.postgres]",
                 error_chain(&e),
                 settings.name
             ),
-        )],
+            )]
+        }
     };
     match checks(settings, &client, &subject).await {
         Ok(problems) => problems,

@@ -98,14 +98,14 @@ impl PostgresSource {
                 .filter_map(|k| info.columns.iter().position(|(n, _)| n == k))
                 .collect();
             tables.push(Arc::new(CapturedTable {
-                schema: Arc::new(TableSchema {
-                    source: Arc::from(settings.name.as_str()),
-                    db: Arc::from(settings.connection.database.as_str()),
-                    id: id.clone(),
+                schema: Arc::new(TableSchema::new(
+                    Arc::from(settings.name.as_str()),
+                    Arc::from(settings.connection.database.as_str()),
+                    id.clone(),
                     columns,
                     key,
-                    topic: Arc::from(topic_name(&settings.topic_prefix, id)),
-                }),
+                    Arc::from(topic_name(&settings.topic_prefix, id)),
+                )),
                 kinds: info
                     .columns
                     .iter()

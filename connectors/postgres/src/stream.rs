@@ -326,14 +326,14 @@ impl Session {
                             .collect()
                     });
                     RelationState {
-                        table: Arc::new(TableSchema {
-                            source: captured.schema.source.clone(),
-                            db: captured.schema.db.clone(),
-                            id: id.clone(),
+                        table: Arc::new(TableSchema::new(
+                            captured.schema.source.clone(),
+                            captured.schema.db.clone(),
+                            id.clone(),
                             columns,
                             key,
-                            topic: captured.schema.topic.clone(),
-                        }),
+                            captured.schema.topic.clone(),
+                        )),
                         kinds: rel
                             .columns
                             .iter()
