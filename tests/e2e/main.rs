@@ -7,5 +7,6 @@ mod bad_input;
 mod capture_changes;
 mod capture_types;
 mod idle_source;
+mod resnapshot;
 mod restart;
 mod snapshot_handover;
