@@ -98,7 +98,7 @@ pub async fn run(
             stop: stop.clone(),
         };
         let resume = durable_rx.borrow().clone();
-        let run = source.run(resume, resnapshot, handles);
+        let run = source.run(resume.clone(), resnapshot, handles);
         tokio::pin!(run);
         let result = tokio::select! {
             r = &mut run => r,
@@ -119,6 +119,10 @@ pub async fn run(
                 break Ok(());
             }
             Err(e) if e.class() == ErrorClass::Transient && !stopping(&stop) => {
+                // A session that moved the checkpoint worked for a while: start the backoff over.
+                if *durable_rx.borrow() != resume {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(source = %name, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
                 tokio::select! {
