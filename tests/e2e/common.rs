@@ -115,3 +115,48 @@ pub async fn wait_rows(db: &tokio_postgres::Client, count_sql: &str, n: i64) {
     })
     .await
 }
+
+/// A background writer: runs `statement(n)` for n = 0, 1, … at a steady 500 a second until
+/// stopped. Enough to be mid-stream at any moment, few enough for a test's reader to keep up.
+pub struct PacedWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PacedWriter {
+    pub fn start(
+        db: tokio_postgres::Client,
+        statement: impl Fn(u64) -> String + Send + 'static,
+    ) -> PacedWriter {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (stop, done) = (stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut pace = tokio::time::interval(Duration::from_millis(2));
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
+                    db.batch_execute(&statement(n)).await.expect("paced write");
+                    n += 1;
+                    done.store(n, Ordering::Relaxed);
+                }
+                n
+            })
+        };
+        PacedWriter { stop, done, task }
+    }
+
+    /// Writes completed so far.
+    pub fn count(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the writer; returns how many writes it made.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}

@@ -3,10 +3,8 @@
 //! checkpointed, and the test reports how many.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use crate::common::{id_of, Fixture, LONG};
+use crate::common::{id_of, Fixture, PacedWriter, LONG};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_restarts_lose_nothing() {
@@ -16,28 +14,12 @@ async fn crashes_and_restarts_lose_nothing() {
          insert into counters select g, 0 from generate_series(1, 50) g;",
     )
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let db = f.client().await;
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            // A steady 500 updates/s: enough to be mid-stream at every kill, few enough for the
-            // test's reader to keep up.
-            let mut pace = tokio::time::interval(std::time::Duration::from_millis(2));
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                pace.tick().await;
-                let id = (n * 7919 % 50) + 1;
-                db.batch_execute(&format!(
-                    "update counters set version = version + 1 where id = {id}"
-                ))
-                .await
-                .expect("update");
-                n += 1;
-            }
-            n
-        })
-    };
+    let writer = PacedWriter::start(f.client().await, |n| {
+        format!(
+            "update counters set version = version + 1 where id = {}",
+            (n * 7919 % 50) + 1
+        )
+    });
     let mut sluice = f.start();
     let mut reader = f.reader("counters");
     let mut kills = 0;
@@ -61,8 +43,7 @@ async fn crashes_and_restarts_lose_nothing() {
         }
         sluice = f.start();
     }
-    stop.store(true, Ordering::Relaxed);
-    let updates = writer.await.expect("writer");
+    let updates = writer.stop().await;
     let db = f.client().await;
     sluice.wait_log(started, 7, LONG);
     db.batch_execute("insert into counters values (-1, 0)")

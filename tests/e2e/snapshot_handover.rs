@@ -2,12 +2,10 @@
 //! replaying each key's events reproduces the source table: no gap, no overlap.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sluice_test_support::wait_for;
-use std::sync::Arc;
 
-use crate::common::{id_of, Fixture, LONG};
+use crate::common::{id_of, Fixture, PacedWriter, LONG};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
@@ -20,31 +18,13 @@ async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
 
     // A writer that runs before, during and after the snapshot: inserts new rows and bumps
     // existing ones.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes_done = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let db = f.client().await;
-        let stop = stop.clone();
-        let writes_done = writes_done.clone();
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(std::time::Duration::from_millis(2));
-            let mut next = 100_000;
-            let mut writes = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                pace.tick().await;
-                db.batch_execute(&format!(
-                    "insert into items values ({next}, 0); update items set v = v + 1 where id = {};",
-                    (next % 30000) + 1
-                ))
-                .await
-                .expect("write");
-                next += 1;
-                writes += 1;
-                writes_done.store(writes, Ordering::Relaxed);
-            }
-            writes
-        })
-    };
+    let writer = PacedWriter::start(f.client().await, |n| {
+        let next = 100_000 + n;
+        format!(
+            "insert into items values ({next}, 0); update items set v = v + 1 where id = {};",
+            (next % 30000) + 1
+        )
+    });
     // Let the writer get going before the slot exists.
     let db = f.client().await;
     crate::common::wait_rows(&db, "select count(*) from items where id >= 100000", 50).await;
@@ -56,14 +36,13 @@ async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
     })
     .await;
     // Keep writing for a while after the handover, then stop.
-    let at_handover = writes_done.load(Ordering::Relaxed);
+    let at_handover = writer.count();
     wait_for("writes after the handover", LONG, || async {
-        (writes_done.load(Ordering::Relaxed) >= at_handover + 300).then_some(())
+        (writer.count() >= at_handover + 300).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
+    let writes = writer.stop().await;
     let mut reader = f.reader("items");
-    let writes = writer.await.expect("writer");
     db.batch_execute("insert into items values (-1, -1)")
         .await
         .expect("marker");

@@ -197,16 +197,13 @@ pub async fn publication_tables(
 pub struct SlotInfo {
     pub plugin: Option<String>,
     pub database: Option<String>,
-    pub active: bool,
     pub wal_status: Option<String>,
-    pub confirmed_flush_lsn: Option<u64>,
 }
 
 pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, PostgresError> {
     let row = client
         .query_opt(
-            "select plugin::text, database::text, active, wal_status,
-                    (confirmed_flush_lsn - '0/0'::pg_lsn)::text
+            "select plugin::text, database::text, wal_status
                from pg_catalog.pg_replication_slots where slot_name = $1",
             &[&name],
         )
@@ -215,9 +212,7 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, Postg
     Ok(row.map(|r| SlotInfo {
         plugin: r.get(0),
         database: r.get(1),
-        active: r.get(2),
-        wal_status: r.get(3),
-        confirmed_flush_lsn: r.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
+        wal_status: r.get(2),
     }))
 }
 

@@ -92,11 +92,6 @@ impl Broker {
             let _ = c.wait();
         }
     }
-
-    /// Stops the broker (for tests of an unreachable broker).
-    pub fn stop(&mut self) {
-        self.kill();
-    }
 }
 
 impl Drop for Broker {
@@ -243,32 +238,4 @@ impl TopicReader {
             .filter_map(|r| r.value.as_ref())
             .collect()
     }
-}
-
-/// How many messages a topic holds: the sum of its partitions' high watermarks.
-pub fn topic_message_count(brokers: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = match ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-    {
-        Ok(c) => c,
-        Err(_) => return 0,
-    };
-    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
-        return 0;
-    };
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
-    (0..partitions)
-        .filter_map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .ok()
-        })
-        .map(|(_, high)| high)
-        .sum()
 }

@@ -68,13 +68,6 @@ impl SluiceProcess {
         }
     }
 
-    /// Whether the process has exited (and with what).
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
     /// Waits until `needle` appears at least `count` times in the log (which several runs of
     /// sluice may share).
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
