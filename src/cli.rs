@@ -4,12 +4,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Sluice streams row changes out of Postgres into Kafka.
+/// Sluice streams row changes from Postgres through Kafka into target databases.
 ///
-/// A consistent initial snapshot, then every insert, update, delete and truncate: one topic per
-/// table (<prefix>.<schema>.<table>), keyed by primary key, in a Debezium-style JSON envelope.
-/// Nothing is acknowledged to Postgres before Kafka has it. Logs go to stderr; SLUICE_LOG sets
-/// the filter (e.g. SLUICE_LOG=debug). See README.md for the config file.
+/// Capture: a consistent initial snapshot, then every insert, update, delete and truncate, one
+/// topic per table (<prefix>.<schema>.<table>), keyed by primary key, in a Debezium-style JSON
+/// envelope; nothing is acknowledged to Postgres before Kafka has it. Apply: consumer groups
+/// write mapped upserts and deletes into target Postgres databases, each batch in one
+/// transaction together with its Kafka offsets, so every change takes effect exactly once.
+/// Logs go to stderr; SLUICE_LOG sets the filter (e.g. SLUICE_LOG=debug). See README.md for
+/// the config file.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
@@ -21,14 +24,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the pipeline until interrupted (Ctrl-C or SIGTERM stop it cleanly).
     ///
-    /// Runs the preflight checks first and refuses to start if any fails. On restart it resumes
-    /// from its durable checkpoint in Kafka: no change is lost, and only changes published after
-    /// the last checkpoint can be published again.
+    /// Runs every configured source (capture) and sink (apply), after the preflight checks; it
+    /// refuses to start if any fails. Capture resumes from its durable checkpoint in Kafka,
+    /// apply from the offsets stored in each target: no change is lost or applied twice.
     Run {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: PathBuf,
-        /// Run only one side of the pipeline.
+        /// Run only one side of the pipeline. Several `--only apply` processes with the same
+        /// config share each sink's partitions (one consumer group per sink).
         #[arg(long, value_enum)]
         only: Option<Side>,
         /// Drop this source's replication slot and capture state and start over with a new
@@ -50,6 +54,6 @@ pub enum Command {
 pub enum Side {
     /// Sources → Kafka.
     Capture,
-    /// Kafka → targets (not built yet).
+    /// Kafka → targets.
     Apply,
 }

@@ -29,6 +29,69 @@ pub struct Config {
     /// Databases Sluice captures changes from, by name.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Databases Sluice applies changes to, by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// `[sinks.<name>]`: one target database fed from Kafka by one consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Connection to a Postgres target (the only kind of target so far).
+    pub postgres: Option<PostgresConnection>,
+    /// Kafka consumer group; default `sluice-<sink name>`. Apply processes with the same group
+    /// share the partitions.
+    pub group: Option<String>,
+    /// `apply` (default): a source truncate empties the mapped target tables; `ignore`: it
+    /// does not.
+    #[serde(default)]
+    pub truncate: TruncateSetting,
+    /// Target connections; each partition is applied by one of them, in order.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Most events in one target transaction.
+    #[serde(default = "default_sink_batch_events")]
+    pub max_batch_events: usize,
+    /// Longest a started batch waits for more events, in milliseconds.
+    #[serde(default = "default_sink_batch_delay_ms")]
+    pub max_batch_delay_ms: u64,
+    /// Source table → target table mappings.
+    pub tables: Vec<TableMapping>,
+}
+
+/// `[[sinks.<name>.tables]]`: where one source table's changes go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// The source table, `schema.table` (its topic is `<topic_prefix>.<schema>.<table>`).
+    pub from: String,
+    /// The target table; default: the same name as `from`.
+    pub to: Option<String>,
+    /// Target column = source column, for columns whose names differ. Every other target
+    /// column takes the source column of the same name, when the event carries one.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncateSetting {
+    #[default]
+    Apply,
+    Ignore,
+}
+
+fn default_workers() -> usize {
+    4
+}
+
+fn default_sink_batch_events() -> usize {
+    5000
+}
+
+fn default_sink_batch_delay_ms() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,9 +196,9 @@ impl Config {
     /// Checks values that parse but make no sense, naming each field.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = self.kafka.validate();
-        if self.sources.is_empty() {
+        if self.sources.is_empty() && self.sinks.is_empty() {
             problems.push(
-                "no [sources.<name>] section: configure at least one source to capture from".into(),
+                "no [sources.<name>] or [sinks.<name>] section: configure a source to capture from, a sink to apply to, or both".into(),
             );
         }
         for (name, source) in &self.sources {
@@ -185,6 +248,78 @@ impl Config {
                 problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
             }
         }
+        for (name, sink) in &self.sinks {
+            problems.extend(self.validate_sink(name, sink));
+        }
+        problems
+    }
+
+    fn validate_sink(&self, name: &str, sink: &SinkConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        let at = format!("sinks.{name}");
+        if !is_plain_name(name) {
+            problems.push(format!(
+                "{at}: sink names may use only lower-case letters, digits and '_'"
+            ));
+        }
+        match &sink.postgres {
+            None => problems.push(format!(
+                "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}`"
+            )),
+            Some(pg) if pg.user.is_empty() || pg.database.is_empty() => problems.push(format!(
+                "{at}.postgres: user and database must not be empty"
+            )),
+            Some(_) => {}
+        }
+        if sink.tables.is_empty() {
+            problems.push(format!(
+                "{at}.tables is empty: add [[{at}.tables]] with from = \"schema.table\""
+            ));
+        }
+        if sink.workers == 0 {
+            problems.push(format!("{at}.workers must be at least 1"));
+        }
+        if sink.max_batch_events == 0 {
+            problems.push(format!("{at}.max_batch_events must be at least 1"));
+        }
+        if let Some(g) = &sink.group {
+            if g.trim().is_empty() {
+                problems.push(format!("{at}.group must not be empty"));
+            }
+        }
+        let captured: Vec<TableId> = self
+            .sources
+            .values()
+            .flat_map(|s| s.tables.iter().filter_map(|t| TableId::parse(t, "public")))
+            .collect();
+        for (i, m) in sink.tables.iter().enumerate() {
+            let at = format!("{at}.tables[{i}]");
+            match TableId::parse(&m.from, "public") {
+                None => problems.push(format!(
+                    "{at}.from: {:?} is not a table name: write \"schema.table\"",
+                    m.from
+                )),
+                // With sources in the same file, a mapping must name a captured table.
+                Some(t) if !self.sources.is_empty() && !captured.contains(&t) => {
+                    problems.push(format!(
+                        "{at}.from: {t} is not captured by any source: add it to a source's tables, or fix the name"
+                    ))
+                }
+                Some(_) => {}
+            }
+            if let Some(to) = &m.to {
+                if TableId::parse(to, "public").is_none() {
+                    problems.push(format!(
+                        "{at}.to: {to:?} is not a table name: write \"schema.table\""
+                    ));
+                }
+            }
+            for (target, source) in &m.columns {
+                if target.is_empty() || source.is_empty() {
+                    problems.push(format!("{at}.columns: column names must not be empty"));
+                }
+            }
+        }
         problems
     }
 
@@ -216,6 +351,25 @@ impl Config {
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
         })
+    }
+}
+
+impl SinkConfig {
+    /// The consumer group, default filled in.
+    pub fn group(&self, name: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{name}"))
+    }
+}
+
+impl TableMapping {
+    pub fn source_table(&self) -> Option<TableId> {
+        TableId::parse(&self.from, "public")
+    }
+
+    pub fn target_table(&self) -> Option<TableId> {
+        TableId::parse(self.to.as_deref().unwrap_or(&self.from), "public")
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `sluice` binary: command line, config, and the wiring of sources to Kafka.
 
+mod apply;
 mod capture;
 mod cli;
 mod config;
@@ -52,7 +53,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn preflight(config: &Config) -> Vec<Problem> {
+async fn preflight(config: &Config, only: Option<Side>) -> Vec<Problem> {
     let kafka = config.kafka.clone();
     let mut problems = tokio::task::spawn_blocking(move || sluice_kafka::preflight(&kafka))
         .await
@@ -62,9 +63,16 @@ async fn preflight(config: &Config) -> Vec<Problem> {
                 format!("preflight did not finish: {e}"),
             )]
         });
-    for name in config.sources.keys() {
-        if let Some(settings) = config.postgres_source(name) {
-            problems.extend(sluice_postgres::preflight::preflight(&settings).await);
+    if only != Some(Side::Apply) {
+        for name in config.sources.keys() {
+            if let Some(settings) = config.postgres_source(name) {
+                problems.extend(sluice_postgres::preflight::preflight(&settings).await);
+            }
+        }
+    }
+    if only != Some(Side::Capture) {
+        for (name, sink) in &config.sinks {
+            problems.extend(apply::preflight(name, sink, &config.kafka.topic_prefix).await);
         }
     }
     problems
@@ -76,11 +84,19 @@ async fn check(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     println!("config {}: ok", path.display());
-    let problems = preflight(&config).await;
+    let problems = preflight(&config, None).await;
     if problems.is_empty() {
         println!("kafka {}: ok", config.kafka.brokers);
         for name in config.sources.keys() {
             println!("source {name}: ok");
+        }
+        for (name, sink) in &config.sinks {
+            let pg = sink
+                .postgres
+                .as_ref()
+                .map(|p| p.describe())
+                .unwrap_or_default();
+            println!("sink {name}: ok (dead letters go to table sluice.dead_letters in {pg})");
         }
         println!("all checks passed");
         ExitCode::SUCCESS
@@ -114,8 +130,18 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
             return ExitCode::from(2);
         }
     }
-    if only == Some(Side::Apply) {
-        eprintln!("error: --only apply: the apply side is not built yet; run capture only");
+    let runs_capture = only != Some(Side::Apply) && !config.sources.is_empty();
+    let runs_apply = only != Some(Side::Capture) && !config.sinks.is_empty();
+    if !runs_capture && !runs_apply {
+        eprintln!(
+            "error: nothing to run: {} has no {} section",
+            path.display(),
+            match only {
+                Some(Side::Capture) => "[sources.<name>]",
+                Some(Side::Apply) => "[sinks.<name>]",
+                None => "[sources.<name>] or [sinks.<name>]",
+            }
+        );
         return ExitCode::from(2);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -124,7 +150,7 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         tracing::info!("stopping: finishing in-flight work and writing checkpoints");
         let _ = stop_tx.send(true);
     });
-    let problems = preflight(&config).await;
+    let problems = preflight(&config, only).await;
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("error: {p}");
@@ -134,7 +160,7 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    for name in config.sources.keys() {
+    for name in config.sources.keys().filter(|_| runs_capture) {
         let Some(source) = config.postgres_source(name) else {
             continue;
         };
@@ -147,20 +173,32 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         let kafka = config.kafka.clone();
         let stop = stop_rx.clone();
         let name = name.clone();
-        tasks.spawn(async move { (name, capture::run(&kafka, settings, stop).await) });
+        tasks.spawn(async move {
+            let r = capture::run(&kafka, settings, stop).await;
+            (format!("capture {name}"), r)
+        });
+    }
+    for (name, sink) in config.sinks.iter().filter(|_| runs_apply) {
+        let kafka = config.kafka.clone();
+        let stop = stop_rx.clone();
+        let (name, sink) = (name.clone(), sink.clone());
+        tasks.spawn(async move {
+            let r = apply::run(&kafka, &name, &sink, stop).await;
+            (format!("apply {name}"), r)
+        });
     }
     let mut failed = false;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((name, Ok(()))) => tracing::info!(source = %name, "capture stopped"),
-            Ok((name, Err(e))) => {
+            Ok((what, Ok(()))) => tracing::info!("{what} stopped"),
+            Ok((what, Err(e))) => {
                 failed = true;
-                tracing::error!(source = %name, error = %format!("{e:#}"), "capture failed");
-                eprintln!("error: {e:#}");
+                tracing::error!(error = %format!("{e:#}"), "{what} failed");
+                eprintln!("error: {what}: {e:#}");
             }
             Err(e) => {
                 failed = true;
-                eprintln!("error: capture task lost: {}", error_chain(&e));
+                eprintln!("error: a pipeline task was lost: {}", error_chain(&e));
             }
         }
     }

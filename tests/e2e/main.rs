@@ -2,6 +2,9 @@
 //! `sluice` binary. Each module proves one behaviour; see the comment at its top.
 
 mod common;
+mod pipeline;
+
+mod apply;
 
 mod bad_input;
 mod capture_changes;

@@ -151,6 +151,40 @@ impl Ord for Position {
     }
 }
 
+impl Position {
+    /// Reads the position out of an envelope's `source` object (`None` if it has none).
+    pub fn from_envelope_source(source: &serde_json::Value) -> Option<Position> {
+        match source.get("connector")?.as_str()? {
+            "postgres" => Some(Position::Postgres {
+                commit_lsn: parse_lsn(source.get("commit_lsn")?.as_str()?)?,
+                seq: source.get("seq")?.as_u64()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The position as a JSON object, the form stored next to apply offsets:
+    /// `{"connector":"postgres","commit_lsn":"0/16B3748","seq":3}`.
+    pub fn to_json(&self) -> String {
+        match self {
+            Position::Postgres { commit_lsn, seq } => format!(
+                "{{\"connector\":\"postgres\",\"commit_lsn\":\"{}\",\"seq\":{seq}}}",
+                format_lsn(*commit_lsn)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Postgres { commit_lsn, seq } => {
+                write!(f, "{}:{seq}", format_lsn(*commit_lsn))
+            }
+        }
+    }
+}
+
 /// Formats an LSN the way Postgres does, `16/B374D848`.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
@@ -214,6 +248,18 @@ mod tests {
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(parse_lsn("1/100000000"), None);
+    }
+
+    #[test]
+    fn position_json_round_trips() {
+        let p = Position::Postgres {
+            commit_lsn: 0x16_B374_D848,
+            seq: 7,
+        };
+        let json: serde_json::Value = serde_json::from_str(&p.to_json()).expect("json");
+        assert_eq!(json["commit_lsn"], "16/B374D848");
+        assert_eq!(Position::from_envelope_source(&json), Some(p));
+        assert_eq!(p.to_string(), "16/B374D848:7");
     }
 
     #[test]

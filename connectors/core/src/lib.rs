@@ -30,12 +30,16 @@
 //! Every error a connector raises knows its [`ErrorClass`]: transient errors are retried with
 //! capped backoff, definite ones stop the affected pipeline with an explanation.
 
+pub mod apply;
 pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod value;
 
+pub use apply::{
+    ApplyBatch, ApplyOutcome, DeadLetter, MappedEvent, PartitionProgress, RecordRef, TargetChange,
+};
 pub use batch::{Batch, SourceCheckpoint};
 pub use error::{error_chain, Backoff, ErrorClass, Problem};
 pub use event::{ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};

@@ -6,16 +6,23 @@
 //!   every event up to it.
 //! * [`CheckpointStore`] keeps each source's resume point in a compacted topic of its own.
 //! * [`ensure_topics`] creates table topics explicitly (Sluice never relies on auto-creation).
+//! * [`SinkConsumer`] is a consumer-group member that starts each assigned partition at the
+//!   offset its target stored with the rows (not at the group's committed offset).
 //!
 //! Sluice does not use Kafka transactions: exactly-once effect comes from positions and
 //! checkpoints (see `sluice_core`).
 
 pub mod checkpoint;
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod publisher;
 
 pub use checkpoint::CheckpointStore;
 pub use config::KafkaConfig;
+pub use consumer::{
+    partition_counts, ConsumerEvent, ConsumerSettings, ConsumerSink, Control, OffsetSource, Record,
+    SinkConsumer, StoredOffset, TopicPartition,
+};
 pub use error::KafkaError;
 pub use publisher::{confirm, ensure_topics, preflight, KafkaPublisher, TopicSpec};

@@ -10,6 +10,9 @@
 //! * [`pgoutput`] is our own decoder of the protocol messages; [`types`] turns Postgres text
 //!   values into Sluice's lossless [`sluice_core::Value`] encoding.
 //!
+//! * [`PostgresSink`] writes mapped row changes into a target database together with the Kafka
+//!   offsets they complete, in one transaction (see [`sink`]).
+//!
 //! Guarantees: a position is acknowledged to Postgres only after the capture pipeline reports
 //! it durable (see [`stream`]); unchanged TOASTed values are never emitted as data.
 
@@ -19,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod pgoutput;
 pub mod preflight;
+pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod stream;
@@ -26,4 +30,5 @@ pub mod types;
 
 pub use config::PostgresConnection;
 pub use error::PostgresError;
+pub use sink::{BarrierOutcome, PostgresSink, TargetTable};
 pub use source::{PostgresSource, RunHandles, SnapshotMode, SourceSettings};

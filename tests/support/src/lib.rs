@@ -100,6 +100,27 @@ where
     }
 }
 
+/// Like [`wait_for`], but returns `None` after `timeout` instead of panicking, so the caller
+/// can say what it saw last.
+pub async fn wait_for_quiet<T, F, Fut>(_what: &str, timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -1,0 +1,961 @@
+//! The Postgres target: mapped row changes, Kafka progress and dead letters in one transaction.
+//!
+//! Rows travel to the server as one JSON array per statement and are turned into the target
+//! table's row type there (`json_populate_recordset`), so a batch of thousands of rows is one
+//! round trip and the server does the type conversion exactly as it does for any input.
+//!
+//! Within a batch, changes to the same key are folded in order (a later upsert overlays the
+//! columns it carries, a delete wins over what came before), then each table gets one delete
+//! statement and one upsert statement per set of carried columns. A batch the target refuses
+//! for a data reason (SQLSTATE class 22 or 23) is retried event by event under savepoints, and
+//! each refused event is written to `sluice.dead_letters` instead.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use sluice_core::{
+    ApplyBatch, ApplyOutcome, DeadLetter, ErrorClass, MappedEvent, PartitionProgress, TableId,
+    TargetChange,
+};
+use tokio_postgres::{Client, GenericClient, Statement, Transaction};
+
+use crate::catalog;
+use crate::client::{connect, quote_ident};
+use crate::config::PostgresConnection;
+use crate::error::PostgresError;
+use crate::types::{TypeKind, TypeMap};
+
+/// Sluice's own schema in a target database.
+pub const SCHEMA: &str = "sluice";
+
+/// The migrations of Sluice's schema, in order. Append-only.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_apply_state.sql",
+    include_str!("../../../migrations/postgres/0001_apply_state.sql"),
+)];
+
+/// Creates or upgrades Sluice's schema in the target. Safe to run from several processes at
+/// once (an advisory lock serialises them).
+pub async fn migrate(client: &mut Client) -> Result<Vec<String>, PostgresError> {
+    let ctx = "creating Sluice's schema `sluice` in the target (the role needs CREATE on the database, or create the schema for it)";
+    let tx = client
+        .transaction()
+        .await
+        .map_err(PostgresError::query(ctx))?;
+    tx.batch_execute(
+        "select pg_advisory_xact_lock(hashtext('sluice.schema_migrations'));
+         create schema if not exists sluice;
+         create table if not exists sluice.schema_migrations (
+             version    integer     primary key,
+             name       text        not null,
+             applied_at timestamptz not null default now()
+         );",
+    )
+    .await
+    .map_err(PostgresError::query(ctx))?;
+    let done: Vec<i32> = tx
+        .query("select version from sluice.schema_migrations", &[])
+        .await
+        .map_err(PostgresError::query(ctx))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(PostgresError::query(format!("applying migration {name}")))?;
+        tx.execute(
+            "insert into sluice.schema_migrations (version, name) values ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(PostgresError::query(ctx))?;
+        applied.push((*name).to_owned());
+    }
+    tx.commit().await.map_err(PostgresError::query(ctx))?;
+    Ok(applied)
+}
+
+/// A target column: its name and how JSON values are adjusted for it.
+#[derive(Debug, Clone)]
+pub struct TargetColumn {
+    pub name: String,
+    pub kind: TypeKind,
+    quoted: String,
+    json_key: String,
+}
+
+/// A target table as the sink writes it.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    pub id: TableId,
+    pub columns: Vec<TargetColumn>,
+    /// Indexes of the primary-key columns, in key order.
+    pub key: Vec<usize>,
+    quoted: String,
+}
+
+impl TargetTable {
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// Reads the target tables' shapes. The inner `Err` is a configuration problem, with its fix.
+pub async fn describe_targets(
+    client: &Client,
+    tables: &[TableId],
+) -> Result<Vec<Result<TargetTable, String>>, PostgresError> {
+    let types: TypeMap = catalog::load_types(client).await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for id in tables {
+        let Some(info) = catalog::describe_table(client, id).await? else {
+            out.push(Err(format!(
+                "target table {id} does not exist: create it in the target database (Sluice does not create target tables)"
+            )));
+            continue;
+        };
+        if info.primary_key.is_empty() {
+            out.push(Err(format!(
+                "target table {id} has no primary key: upserts and deletes need one (alter table {id} add primary key (…))"
+            )));
+            continue;
+        }
+        let columns: Vec<TargetColumn> = info
+            .columns
+            .iter()
+            .map(|(name, oid)| TargetColumn {
+                name: name.clone(),
+                kind: types.kind(*oid),
+                quoted: quote_ident(name),
+                json_key: serde_json::to_string(name).unwrap_or_default(),
+            })
+            .collect();
+        let key = info
+            .primary_key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        out.push(Ok(TargetTable {
+            quoted: format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name)),
+            id: id.clone(),
+            columns,
+            key,
+        }));
+    }
+    Ok(out)
+}
+
+/// Reads the stored progress of `partitions` for `sink`.
+pub async fn load_offsets(
+    client: &Client,
+    sink: &str,
+    partitions: &[(Arc<str>, i32)],
+) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
+    let topics: Vec<&str> = partitions.iter().map(|(t, _)| &**t).collect();
+    let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+    let rows = client
+        .query(
+            "select o.topic, o.partition, o.next_offset, o.source_position::text
+               from sluice.apply_offsets o
+               join unnest($2::text[], $3::int[]) as want(topic, partition)
+                 on want.topic = o.topic and want.partition = o.partition
+              where o.sink = $1",
+            &[&sink, &topics, &parts],
+        )
+        .await
+        .map_err(PostgresError::query("reading sluice.apply_offsets"))?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let topic: String = row.get(0);
+        let Some(tp) = partitions.iter().find(|(t, _)| **t == *topic) else {
+            continue;
+        };
+        out.insert((tp.0.clone(), row.get(1)), (row.get(2), row.get(3)));
+    }
+    Ok(out)
+}
+
+/// A truncate's step at its barrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BarrierOutcome {
+    /// The truncate ran (here or in another partition's transaction) and this partition moved
+    /// past it.
+    Passed,
+    /// Other partitions have not reached the truncate yet; this one must wait.
+    Waiting,
+    /// The stored offset was not the expected one (see [`ApplyOutcome::Fenced`]).
+    Fenced,
+}
+
+/// One sink's writer: a connection and its prepared statements.
+pub struct PostgresSink {
+    connection: PostgresConnection,
+    client: Option<Client>,
+    sink: String,
+    tables: Vec<TargetTable>,
+    statements: HashMap<StatementKey, Statement>,
+    purpose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StatementKey {
+    Delete(usize),
+    Upsert(usize, Vec<usize>),
+}
+
+impl PostgresSink {
+    pub fn new(
+        connection: PostgresConnection,
+        sink: &str,
+        tables: Vec<TargetTable>,
+        purpose: String,
+    ) -> Self {
+        PostgresSink {
+            connection,
+            client: None,
+            sink: sink.to_owned(),
+            tables,
+            statements: HashMap::new(),
+            purpose,
+        }
+    }
+
+    pub fn tables(&self) -> &[TargetTable] {
+        &self.tables
+    }
+
+    /// The connection, (re)opened when needed.
+    async fn client(&mut self) -> Result<&mut Client, PostgresError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            self.statements.clear();
+            self.client = Some(connect(&self.connection, &self.purpose).await?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))
+    }
+
+    /// Forgets the connection (after an error that may have broken it).
+    pub fn reset(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
+    /// Reads stored offsets over this sink's connection.
+    pub async fn load_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
+        let sink = self.sink.clone();
+        let client = self.client().await?;
+        load_offsets(client, &sink, partitions).await
+    }
+
+    /// Applies a batch in one transaction (see the module docs).
+    pub async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
+        match self.apply_once(batch, false).await {
+            Err(e) if is_data_error(&e) => {
+                tracing::debug!(error = %e, "batch refused; applying it event by event");
+                self.apply_once(batch, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_once(
+        &mut self,
+        batch: &ApplyBatch,
+        one_by_one: bool,
+    ) -> Result<ApplyOutcome, PostgresError> {
+        // Prepare outside the transaction's borrow of the client.
+        self.prepare_for(batch, one_by_one).await?;
+        let sink = self.sink.clone();
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))?;
+        let mut tx = client
+            .transaction()
+            .await
+            .map_err(PostgresError::query("beginning a target transaction"))?;
+        let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
+        if one_by_one {
+            for event in &batch.events {
+                let sp = tx
+                    .savepoint("sluice_event")
+                    .await
+                    .map_err(PostgresError::query("creating a savepoint"))?;
+                let folded = fold(std::slice::from_ref(event), &self.tables);
+                match write_folded(&sp, &self.tables, &self.statements, &folded).await {
+                    Ok(()) => sp
+                        .commit()
+                        .await
+                        .map_err(PostgresError::query("releasing a savepoint"))?,
+                    Err(e) if is_data_error(&e) => {
+                        sp.rollback()
+                            .await
+                            .map_err(PostgresError::query("rolling back a savepoint"))?;
+                        dead.push(dead_letter_for(event, &e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            let folded = fold(&batch.events, &self.tables);
+            write_folded(&tx, &self.tables, &self.statements, &folded).await?;
+        }
+        let dead_lettered = dead.len() - batch.dead_letters.len();
+        write_dead_letters(&tx, &sink, &dead).await?;
+        let fenced = write_progress(&tx, &sink, &batch.progress).await?;
+        if !fenced.is_empty() {
+            tx.rollback()
+                .await
+                .map_err(PostgresError::query("rolling back a fenced batch"))?;
+            return Ok(ApplyOutcome::Fenced(fenced));
+        }
+        tx.commit()
+            .await
+            .map_err(PostgresError::query("committing a target transaction"))?;
+        Ok(ApplyOutcome::Committed { dead_lettered })
+    }
+
+    async fn prepare_for(
+        &mut self,
+        batch: &ApplyBatch,
+        one_by_one: bool,
+    ) -> Result<(), PostgresError> {
+        let mut wanted = Vec::new();
+        let folded = if one_by_one {
+            batch
+                .events
+                .iter()
+                .flat_map(|e| fold(std::slice::from_ref(e), &self.tables))
+                .collect()
+        } else {
+            fold(&batch.events, &self.tables)
+        };
+        for f in &folded {
+            if !f.deletes.is_empty() {
+                wanted.push(StatementKey::Delete(f.table));
+            }
+            for shape in f.upserts.keys() {
+                wanted.push(StatementKey::Upsert(f.table, shape.clone()));
+            }
+        }
+        self.client().await?;
+        for key in wanted {
+            if self.statements.contains_key(&key) {
+                continue;
+            }
+            let sql = match &key {
+                StatementKey::Delete(t) => delete_sql(&self.tables[*t]),
+                StatementKey::Upsert(t, shape) => upsert_sql(&self.tables[*t], shape),
+            };
+            let client = self.client().await?;
+            let stmt = client
+                .prepare(&sql)
+                .await
+                .map_err(PostgresError::query(format!(
+                    "preparing a statement for target table {}",
+                    self.tables[key_table(&key)].id
+                )))?;
+            self.statements.insert(key, stmt);
+        }
+        Ok(())
+    }
+
+    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`
+    /// (`truncate_tables = false` when the sink ignores truncates: the barrier still orders it).
+    pub async fn truncate_barrier(
+        &mut self,
+        topic: &str,
+        position: &str,
+        partition_count: i32,
+        tables: &[usize],
+        truncate_tables: bool,
+        progress: &PartitionProgress,
+    ) -> Result<BarrierOutcome, PostgresError> {
+        let sink = self.sink.clone();
+        let table_names: Vec<String> = tables
+            .iter()
+            .map(|t| self.tables[*t].quoted.clone())
+            .collect();
+        let client = self.client().await?;
+        let ctx = "recording a truncate barrier";
+        let tx = client
+            .transaction()
+            .await
+            .map_err(PostgresError::query(ctx))?;
+        tx.execute(
+            "select pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
+            &[&sink, &topic],
+        )
+        .await
+        .map_err(PostgresError::query(ctx))?;
+        let done = tx
+            .query_opt(
+                "select 1 from sluice.truncates_done where sink = $1 and topic = $2 and position = $3",
+                &[&sink, &topic, &position],
+            )
+            .await
+            .map_err(PostgresError::query(ctx))?
+            .is_some();
+        if !done {
+            tx.execute(
+                "insert into sluice.truncate_barriers (sink, topic, position, partition)
+                 values ($1, $2, $3, $4) on conflict do nothing",
+                &[&sink, &topic, &position, &progress.partition],
+            )
+            .await
+            .map_err(PostgresError::query(ctx))?;
+            let arrived: i64 = tx
+                .query_one(
+                    "select count(*) from sluice.truncate_barriers
+                      where sink = $1 and topic = $2 and position = $3",
+                    &[&sink, &topic, &position],
+                )
+                .await
+                .map_err(PostgresError::query(ctx))?
+                .get(0);
+            if arrived < i64::from(partition_count) {
+                tx.commit().await.map_err(PostgresError::query(ctx))?;
+                return Ok(BarrierOutcome::Waiting);
+            }
+            if truncate_tables && !table_names.is_empty() {
+                tx.batch_execute(&format!("truncate table {}", table_names.join(", ")))
+                    .await
+                    .map_err(PostgresError::query(format!(
+                        "truncating {} in the target",
+                        table_names.join(", ")
+                    )))?;
+            }
+            tx.execute(
+                "insert into sluice.truncates_done (sink, topic, position) values ($1, $2, $3)",
+                &[&sink, &topic, &position],
+            )
+            .await
+            .map_err(PostgresError::query(ctx))?;
+            tx.execute(
+                "delete from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
+                &[&sink, &topic, &position],
+            )
+            .await
+            .map_err(PostgresError::query(ctx))?;
+        }
+        let fenced = write_progress(&tx, &sink, std::slice::from_ref(progress)).await?;
+        if !fenced.is_empty() {
+            tx.rollback().await.map_err(PostgresError::query(ctx))?;
+            return Ok(BarrierOutcome::Fenced);
+        }
+        tx.commit().await.map_err(PostgresError::query(ctx))?;
+        Ok(BarrierOutcome::Passed)
+    }
+}
+
+fn key_table(key: &StatementKey) -> usize {
+    match key {
+        StatementKey::Delete(t) | StatementKey::Upsert(t, _) => *t,
+    }
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the target
+/// refuses this data for good. Anything else is about the connection or the setup.
+fn is_data_error(e: &PostgresError) -> bool {
+    sqlstate(e).is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+pub fn sqlstate(e: &PostgresError) -> Option<&str> {
+    match e {
+        PostgresError::Query { source, .. } | PostgresError::Connect { source, .. } => {
+            source.code().map(|c| c.code())
+        }
+        _ => None,
+    }
+}
+
+/// Whether an apply error is worth retrying: everything but a refused configuration (missing
+/// table or column, privileges) is; data errors never reach the caller.
+pub fn apply_error_class(e: &PostgresError) -> ErrorClass {
+    match sqlstate(e) {
+        Some(c) if c.starts_with("42") || c.starts_with("28") || c == "3D000" => {
+            ErrorClass::Definite
+        }
+        _ => e.class(),
+    }
+}
+
+fn dead_letter_for(event: &MappedEvent, e: &PostgresError) -> DeadLetter {
+    let message = match e {
+        PostgresError::Query { source, .. } => source
+            .as_db_error()
+            .map(|db| match db.detail() {
+                Some(d) => format!("{}: {d}", db.message()),
+                None => db.message().to_owned(),
+            })
+            .unwrap_or_else(|| source.to_string()),
+        other => other.to_string(),
+    };
+    DeadLetter {
+        record: event.record.clone(),
+        key: event.key.clone(),
+        value: event.value.clone(),
+        error: format!("target refused the row: {message}"),
+        sqlstate: sqlstate(e).map(str::to_owned),
+    }
+}
+
+/// A table's changes in a batch after folding by key.
+struct Folded {
+    table: usize,
+    /// Keys to delete first (JSON text of the key objects).
+    deletes: Vec<String>,
+    /// Rows to upsert afterwards, grouped by the set of columns they carry.
+    upserts: HashMap<Vec<usize>, Vec<String>>,
+}
+
+/// The last word on each key of each table, in order: a delete wins over everything before it;
+/// an upsert overlays the columns it carries on the previous upsert of the key.
+fn fold(events: &[MappedEvent], tables: &[TargetTable]) -> Vec<Folded> {
+    struct KeyState {
+        delete_first: bool,
+        upsert: Option<Vec<Option<serde_json::Value>>>,
+    }
+    let mut per_table: Vec<(HashMap<String, usize>, Vec<KeyState>)> = tables
+        .iter()
+        .map(|_| (HashMap::new(), Vec::new()))
+        .collect();
+    for event in events {
+        for change in &event.changes {
+            match change {
+                TargetChange::Upsert { table, columns } => {
+                    let t = &tables[*table];
+                    let key_text = key_of_upsert(t, columns);
+                    let (index, states) = &mut per_table[*table];
+                    let slot = *index.entry(key_text).or_insert_with(|| {
+                        states.push(KeyState {
+                            delete_first: false,
+                            upsert: None,
+                        });
+                        states.len() - 1
+                    });
+                    let row = states[slot]
+                        .upsert
+                        .get_or_insert_with(|| vec![None; t.columns.len()]);
+                    for (c, v) in columns {
+                        row[*c] = Some(v.clone());
+                    }
+                }
+                TargetChange::Delete { table, key } => {
+                    let t = &tables[*table];
+                    let key_text = key_json(t, key.iter());
+                    let (index, states) = &mut per_table[*table];
+                    let slot = *index.entry(key_text).or_insert_with(|| {
+                        states.push(KeyState {
+                            delete_first: false,
+                            upsert: None,
+                        });
+                        states.len() - 1
+                    });
+                    states[slot].delete_first = true;
+                    states[slot].upsert = None;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (t, (index, states)) in per_table.into_iter().enumerate() {
+        if states.is_empty() {
+            continue;
+        }
+        let table = &tables[t];
+        let mut keys: Vec<(usize, String)> = index.into_iter().map(|(k, i)| (i, k)).collect();
+        keys.sort_unstable_by_key(|(i, _)| *i);
+        let mut folded = Folded {
+            table: t,
+            deletes: Vec::new(),
+            upserts: HashMap::new(),
+        };
+        for (i, key_text) in keys {
+            let state = &states[i];
+            if state.delete_first {
+                folded.deletes.push(key_text);
+            }
+            if let Some(row) = &state.upsert {
+                let shape: Vec<usize> = (0..row.len()).filter(|c| row[*c].is_some()).collect();
+                let mut text = String::from("{");
+                for (n, c) in shape.iter().enumerate() {
+                    if n > 0 {
+                        text.push(',');
+                    }
+                    let col = &table.columns[*c];
+                    text.push_str(&col.json_key);
+                    text.push(':');
+                    if let Some(v) = &row[*c] {
+                        push_value(&col.kind, v, &mut text);
+                    }
+                }
+                text.push('}');
+                folded.upserts.entry(shape).or_default().push(text);
+            }
+        }
+        out.push(folded);
+    }
+    out
+}
+
+fn key_of_upsert(t: &TargetTable, columns: &[(usize, serde_json::Value)]) -> String {
+    let null = serde_json::Value::Null;
+    key_json(
+        t,
+        t.key.iter().map(|k| {
+            columns
+                .iter()
+                .find(|(c, _)| c == k)
+                .map(|(_, v)| v)
+                .unwrap_or(&null)
+        }),
+    )
+}
+
+/// The key as a JSON object of the target's key columns (also the fold key).
+fn key_json<'a>(t: &TargetTable, values: impl Iterator<Item = &'a serde_json::Value>) -> String {
+    let mut text = String::from("{");
+    for (n, (k, v)) in t.key.iter().zip(values).enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        let col = &t.columns[*k];
+        text.push_str(&col.json_key);
+        text.push(':');
+        push_value(&col.kind, v, &mut text);
+    }
+    text.push('}');
+    text
+}
+
+/// Writes `v` as JSON for a column of `kind`, adjusted to what Postgres' input functions read:
+/// bytea from base64 to `\x` hex, astronomical BC years back to `… BC`.
+fn push_value(kind: &TypeKind, v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value as J;
+    match (kind, v) {
+        (TypeKind::Bytea, J::String(b64)) => {
+            match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(bytes) => {
+                    out.push_str("\"\\\\x");
+                    for b in bytes {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                    out.push('"');
+                }
+                // Not base64: let the server refuse it (the event becomes a dead letter).
+                Err(_) => push_json(v, out),
+            }
+        }
+        (TypeKind::Timestamp | TypeKind::TimestampTz, J::String(s)) => match bc_timestamp(s) {
+            Some(fixed) => push_json(&J::String(fixed), out),
+            None => push_json(v, out),
+        },
+        (TypeKind::Array(inner), J::Array(items))
+            if matches!(
+                **inner,
+                TypeKind::Bytea | TypeKind::Timestamp | TypeKind::TimestampTz | TypeKind::Array(_)
+            ) =>
+        {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_value(inner, item, out);
+            }
+            out.push(']');
+        }
+        _ => push_json(v, out),
+    }
+}
+
+fn push_json(v: &serde_json::Value, out: &mut String) {
+    // Writing a Value into a String cannot fail.
+    out.push_str(&v.to_string());
+}
+
+/// `-0043-03-15T12:00:00.000000` (astronomical year −43) → `0044-03-15T12:00:00.000000 BC`;
+/// year `0000` is 1 BC. `None`: the text needs no change.
+fn bc_timestamp(s: &str) -> Option<String> {
+    if let Some(tail) = s.strip_prefix("0000-") {
+        return Some(format!("0001-{tail} BC"));
+    }
+    let rest = s.strip_prefix('-')?;
+    let (year, tail) = rest.split_at(rest.find('-')?);
+    let y: i64 = year.parse().ok()?;
+    Some(format!("{:04}{tail} BC", y + 1))
+}
+
+fn delete_sql(t: &TargetTable) -> String {
+    let cond = t
+        .key
+        .iter()
+        .map(|k| {
+            let q = &t.columns[*k].quoted;
+            format!("t.{q} = d.{q}")
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    format!(
+        "delete from {table} as t using json_populate_recordset(null::{table}, $1::text::json) as d where {cond}",
+        table = t.quoted
+    )
+}
+
+fn upsert_sql(t: &TargetTable, shape: &[usize]) -> String {
+    let cols = shape
+        .iter()
+        .map(|c| t.columns[*c].quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = t
+        .key
+        .iter()
+        .map(|c| t.columns[*c].quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let updates: Vec<String> = shape
+        .iter()
+        .filter(|c| !t.key.contains(c))
+        .map(|c| {
+            let q = &t.columns[*c].quoted;
+            format!("{q} = excluded.{q}")
+        })
+        .collect();
+    let action = if updates.is_empty() {
+        "nothing".to_owned()
+    } else {
+        format!("update set {}", updates.join(", "))
+    };
+    format!(
+        "insert into {table} ({cols}) select {cols} from json_populate_recordset(null::{table}, $1::text::json) on conflict ({key}) do {action}",
+        table = t.quoted
+    )
+}
+
+async fn write_folded(
+    tx: &impl GenericClient,
+    tables: &[TargetTable],
+    statements: &HashMap<StatementKey, Statement>,
+    folded: &[Folded],
+) -> Result<(), PostgresError> {
+    let missing = || PostgresError::Setup("statement not prepared".into());
+    for f in folded {
+        let table = &tables[f.table];
+        if !f.deletes.is_empty() {
+            let stmt = statements
+                .get(&StatementKey::Delete(f.table))
+                .ok_or_else(missing)?;
+            let json = format!("[{}]", f.deletes.join(","));
+            tx.execute(stmt, &[&json])
+                .await
+                .map_err(PostgresError::query(format!(
+                    "deleting rows from {}",
+                    table.id
+                )))?;
+        }
+        for (shape, rows) in &f.upserts {
+            let stmt = statements
+                .get(&StatementKey::Upsert(f.table, shape.clone()))
+                .ok_or_else(missing)?;
+            let json = format!("[{}]", rows.join(","));
+            tx.execute(stmt, &[&json])
+                .await
+                .map_err(PostgresError::query(format!(
+                    "upserting rows into {}",
+                    table.id
+                )))?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_dead_letters(
+    tx: &Transaction<'_>,
+    sink: &str,
+    dead: &[DeadLetter],
+) -> Result<(), PostgresError> {
+    for d in dead {
+        tracing::warn!(
+            sink = %sink,
+            topic = %d.record.topic,
+            partition = d.record.partition,
+            offset = d.record.offset,
+            error = %d.error,
+            "event refused: recorded in sluice.dead_letters"
+        );
+        let key = d.key.as_deref();
+        let value = d.value.as_deref();
+        tx.execute(
+            "insert into sluice.dead_letters (sink, topic, partition, \"offset\", key, value, error, sqlstate)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &sink,
+                &&*d.record.topic,
+                &d.record.partition,
+                &d.record.offset,
+                &key,
+                &value,
+                &d.error,
+                &d.sqlstate,
+            ],
+        )
+        .await
+        .map_err(PostgresError::query("writing to sluice.dead_letters"))?;
+    }
+    Ok(())
+}
+
+/// Writes each partition's progress if the stored offset is still the expected one; returns
+/// the partitions where it was not.
+async fn write_progress(
+    tx: &Transaction<'_>,
+    sink: &str,
+    progress: &[PartitionProgress],
+) -> Result<Vec<(Arc<str>, i32)>, PostgresError> {
+    let mut fenced = Vec::new();
+    for p in progress {
+        let n = tx
+            .execute(
+                "insert into sluice.apply_offsets as o (sink, topic, partition, next_offset, source_position)
+                 values ($1, $2, $3, $4, $5::text::jsonb)
+                 on conflict (sink, topic, partition) do update
+                    set next_offset = excluded.next_offset,
+                        source_position = coalesce(excluded.source_position, o.source_position),
+                        updated_at = now()
+                  where o.next_offset = $6",
+                &[
+                    &sink,
+                    &&*p.topic,
+                    &p.partition,
+                    &p.next_offset,
+                    &p.position,
+                    &p.expected,
+                ],
+            )
+            .await
+            .map_err(PostgresError::query("writing sluice.apply_offsets"))?;
+        if n == 0 {
+            fenced.push((p.topic.clone(), p.partition));
+        }
+    }
+    Ok(fenced)
+}
+
+/// Connects and describes the target tables: a sink's preflight. Each problem has its fix.
+pub async fn preflight_target(
+    connection: &PostgresConnection,
+    tables: &[TableId],
+) -> Result<Vec<Result<TargetTable, String>>, PostgresError> {
+    let client = connect(connection, "preflight").await?;
+    describe_targets(&client, tables).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TargetTable {
+        let col = |name: &str, kind: TypeKind| TargetColumn {
+            name: name.into(),
+            kind,
+            quoted: quote_ident(name),
+            json_key: serde_json::to_string(name).unwrap_or_default(),
+        };
+        TargetTable {
+            id: TableId::new("public", "t"),
+            columns: vec![
+                col("id", TypeKind::Int),
+                col("name", TypeKind::Text),
+                col("doc", TypeKind::Text),
+                col("data", TypeKind::Bytea),
+            ],
+            key: vec![0],
+            quoted: "\"public\".\"t\"".into(),
+        }
+    }
+
+    fn event(changes: Vec<TargetChange>) -> MappedEvent {
+        MappedEvent {
+            record: sluice_core::RecordRef {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+            },
+            changes,
+            key: None,
+            value: None,
+        }
+    }
+
+    fn upsert(cols: &[(usize, serde_json::Value)]) -> TargetChange {
+        TargetChange::Upsert {
+            table: 0,
+            columns: cols.to_vec(),
+        }
+    }
+
+    #[test]
+    fn later_upserts_overlay_and_deletes_win() {
+        use serde_json::json;
+        let events = vec![
+            event(vec![upsert(&[
+                (0, json!(1)),
+                (1, json!("a")),
+                (2, json!("big")),
+            ])]),
+            // an update without the unchanged TOAST column `doc`
+            event(vec![upsert(&[(0, json!(1)), (1, json!("b"))])]),
+            event(vec![upsert(&[(0, json!(2)), (1, json!("x"))])]),
+            event(vec![TargetChange::Delete {
+                table: 0,
+                key: vec![json!(2)],
+            }]),
+        ];
+        let folded = fold(&events, &[table()]);
+        assert_eq!(folded.len(), 1);
+        assert_eq!(folded[0].deletes, vec!["{\"id\":2}".to_owned()]);
+        let rows = &folded[0].upserts[&vec![0, 1, 2]];
+        assert_eq!(
+            rows,
+            &vec!["{\"id\":1,\"name\":\"b\",\"doc\":\"big\"}".to_owned()]
+        );
+    }
+
+    #[test]
+    fn bytea_and_bc_timestamps_are_adjusted() {
+        let mut out = String::new();
+        push_value(&TypeKind::Bytea, &serde_json::json!("AP8="), &mut out);
+        assert_eq!(out, "\"\\\\x00ff\"");
+        assert_eq!(
+            bc_timestamp("-0043-03-15T12:00:00.000000").as_deref(),
+            Some("0044-03-15T12:00:00.000000 BC")
+        );
+        assert_eq!(bc_timestamp("2024-01-01T00:00:00.000000"), None);
+    }
+
+    #[test]
+    fn upsert_sql_updates_only_carried_columns() {
+        let sql = upsert_sql(&table(), &[0, 1]);
+        assert!(
+            sql.contains("on conflict (\"id\") do update set \"name\" = excluded.\"name\""),
+            "{sql}"
+        );
+        assert!(!sql.contains("\"doc\" ="), "{sql}");
+        assert!(upsert_sql(&table(), &[0]).ends_with("do nothing"));
+    }
+}

@@ -1,0 +1,340 @@
+//! Apply: Kafka → mapping → one target database, exactly once in effect.
+//!
+//! ```text
+//!  consumer thread ──records──► worker 0 ──► target transaction (rows + offsets + dead letters)
+//!  (group member;      by       worker 1 ──► …
+//!   assigns at the  partition   …
+//!   target's stored offsets)
+//! ```
+//!
+//! The consumer joins the sink's group; on every assignment it asks the target for the stored
+//! offsets and starts each partition there. Each partition is routed to one worker, so its
+//! events are applied in order; workers run concurrently, each with its own connection. See
+//! [`worker`] for batching, de-duplication, fencing and truncates, and
+//! [`sluice_postgres::sink`] for the transaction itself.
+
+pub mod mapping;
+pub mod worker;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sluice_core::{topic_name, Problem, TableId};
+use sluice_kafka::{
+    ConsumerEvent, ConsumerSettings, ConsumerSink, KafkaConfig, KafkaError, OffsetSource,
+    SinkConsumer, StoredOffset, TopicPartition,
+};
+use sluice_postgres::sink::{describe_targets, load_offsets, migrate, preflight_target};
+use sluice_postgres::{PostgresConnection, PostgresSink, TargetTable};
+use tokio::sync::{mpsc, watch};
+
+use self::mapping::{Router, TableRoute};
+use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
+use crate::config::{SinkConfig, TruncateSetting};
+use crate::telemetry::error_chain;
+
+/// Resolves a sink's mappings against its target tables: the tables (in order) and the routes
+/// per topic, or every problem found.
+fn resolve(
+    name: &str,
+    sink: &SinkConfig,
+    prefix: &str,
+    described: Vec<Result<TargetTable, String>>,
+    target_ids: &[TableId],
+) -> Result<(Vec<TargetTable>, Router), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut tables = Vec::new();
+    for d in described {
+        match d {
+            Ok(t) => tables.push(t),
+            Err(p) => problems.push(format!("sinks.{name}: {p}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut router = Router::default();
+    for (i, m) in sink.tables.iter().enumerate() {
+        let at = format!("sinks.{name}.tables[{i}]");
+        let (Some(source), Some(target)) = (m.source_table(), m.target_table()) else {
+            continue;
+        };
+        let Some(index) = target_ids.iter().position(|t| *t == target) else {
+            continue;
+        };
+        match TableRoute::new(index, &tables[index], &m.columns, &at) {
+            Ok(route) => router.add(&topic_name(prefix, &source), route),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok((tables, router))
+    } else {
+        Err(problems)
+    }
+}
+
+fn target_ids(sink: &SinkConfig) -> Vec<TableId> {
+    let mut ids: Vec<TableId> = Vec::new();
+    for m in &sink.tables {
+        if let Some(t) = m.target_table() {
+            if !ids.contains(&t) {
+                ids.push(t);
+            }
+        }
+    }
+    ids
+}
+
+/// The sink's preflight: the target answers, every target table exists with a primary key,
+/// every renamed column exists.
+pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Problem> {
+    let subject = format!("sink {name}");
+    let Some(conn) = &sink.postgres else {
+        return Vec::new();
+    };
+    let ids = target_ids(sink);
+    match preflight_target(conn, &ids).await {
+        Ok(described) => match resolve(name, sink, prefix, described, &ids) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .into_iter()
+                .map(|p| Problem::new(subject.clone(), p))
+                .collect(),
+        },
+        Err(e) => vec![Problem::new(
+            subject,
+            format!(
+                "{}: check host, port, user, database and password_env of [sinks.{name}.postgres]",
+                error_chain(&e)
+            ),
+        )],
+    }
+}
+
+/// Reads stored offsets for the consumer's rebalance callback (which is synchronous).
+struct TargetOffsets {
+    runtime: tokio::runtime::Handle,
+    connection: PostgresConnection,
+    sink: String,
+}
+
+impl OffsetSource for TargetOffsets {
+    fn load(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, StoredOffset>, String> {
+        self.runtime.block_on(async {
+            let client = sluice_postgres::client::connect(&self.connection, "apply offsets")
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let stored = load_offsets(&client, &self.sink, partitions)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            Ok(stored
+                .into_iter()
+                .map(|(tp, (next_offset, position))| {
+                    (
+                        tp,
+                        StoredOffset {
+                            next_offset,
+                            position,
+                        },
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// Hands each partition's events to its worker.
+struct Dispatcher {
+    workers: Vec<mpsc::Sender<WorkerMsg>>,
+}
+
+impl Dispatcher {
+    fn owner(&self, tp: &TopicPartition) -> &mpsc::Sender<WorkerMsg> {
+        let mut h = DefaultHasher::new();
+        tp.hash(&mut h);
+        &self.workers[(h.finish() % self.workers.len() as u64) as usize]
+    }
+}
+
+impl ConsumerSink for Dispatcher {
+    fn deliver(&self, event: ConsumerEvent) {
+        // A worker that is gone (stopping) no longer needs anything.
+        match event {
+            ConsumerEvent::Assigned(parts, generation) => {
+                for (tp, stored) in parts {
+                    let _ = self
+                        .owner(&tp)
+                        .blocking_send(WorkerMsg::Assigned(tp, stored, generation));
+                }
+            }
+            ConsumerEvent::Revoked(parts) => {
+                for tp in parts {
+                    let _ = self.owner(&tp).blocking_send(WorkerMsg::Revoked(tp));
+                }
+            }
+            ConsumerEvent::Record(r) => {
+                let tp = (r.topic.clone(), r.partition);
+                let _ = self.owner(&tp).blocking_send(WorkerMsg::Record(r));
+            }
+        }
+    }
+}
+
+/// Runs one sink until `stop` turns true or a definite error occurs.
+pub async fn run(
+    kafka: &KafkaConfig,
+    name: &str,
+    sink: &SinkConfig,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let conn = sink
+        .postgres
+        .clone()
+        .context("the sink has no postgres connection")?;
+    let mut client = sluice_postgres::client::connect(&conn, &format!("apply {name}")).await?;
+    let applied = migrate(&mut client).await?;
+    if !applied.is_empty() {
+        tracing::info!(sink = %name, migrations = %applied.join(", "), "sluice schema migrated");
+    }
+    let ids = target_ids(sink);
+    let described = describe_targets(&client, &ids).await?;
+    drop(client);
+    let (tables, mut router) = resolve(name, sink, &kafka.topic_prefix, described, &ids)
+        .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
+    let topics = router.topics();
+
+    // The topics are created by capture; with `--only apply` they may not exist yet.
+    let mut waited = 0u32;
+    let counts = loop {
+        let (k, t) = (kafka.clone(), topics.clone());
+        match tokio::task::spawn_blocking(move || sluice_kafka::partition_counts(&k, &t)).await? {
+            Ok(c) => break c,
+            Err(e @ KafkaError::Setup(_)) | Err(e @ KafkaError::Client { .. }) => {
+                if waited.is_multiple_of(30) {
+                    tracing::info!(sink = %name, reason = %error_chain(&e), "waiting for the sink's topics");
+                }
+                waited += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+    };
+    for (topic, n) in &counts {
+        router.set_partitions(topic, *n);
+    }
+    let router = Arc::new(router);
+
+    let stats = Arc::new(Stats::default());
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..sink.workers {
+        let (tx, rx) = mpsc::channel(sink.max_batch_events.max(1024) * 2);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let consumer = SinkConsumer::start(
+        kafka,
+        ConsumerSettings {
+            group: sink.group(name),
+            topics: topics.clone(),
+        },
+        Arc::new(TargetOffsets {
+            runtime: tokio::runtime::Handle::current(),
+            connection: conn.clone(),
+            sink: name.to_owned(),
+        }),
+        Arc::new(Dispatcher { workers: senders }),
+    )?;
+    let mut workers = tokio::task::JoinSet::new();
+    for (id, rx) in receivers.into_iter().enumerate() {
+        let worker = Worker {
+            id,
+            sink: PostgresSink::new(
+                conn.clone(),
+                name,
+                tables.clone(),
+                format!("apply {name} #{id}"),
+            ),
+            router: router.clone(),
+            settings: WorkerSettings {
+                max_batch_events: sink.max_batch_events,
+                max_batch_delay: Duration::from_millis(sink.max_batch_delay_ms),
+                apply_truncates: sink.truncate == TruncateSetting::Apply,
+            },
+            rx,
+            control: consumer.control(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+        };
+        workers.spawn(worker.run());
+    }
+    tracing::info!(sink = %name, group = %sink.group(name), topics = %topics.join(", "), workers = sink.workers, "apply started");
+
+    let mut result = Ok(());
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    let mut last_reported = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            joined = workers.join_next() => {
+                match joined {
+                    Some(Ok(Ok(()))) if *stop.borrow() => break,
+                    Some(Ok(Ok(()))) | None => {
+                        result = Err(anyhow::anyhow!("an apply worker of sink {name} ended"));
+                        break;
+                    }
+                    Some(Ok(Err(e))) => { result = Err(e); break; }
+                    Some(Err(e)) => { result = Err(anyhow::anyhow!("an apply worker of sink {name} was lost: {e}")); break; }
+                }
+            }
+            _ = report.tick() => {
+                if consumer.is_finished() {
+                    result = Err(anyhow::anyhow!("the kafka consumer of sink {name} stopped"));
+                    break;
+                }
+                let applied = stats.events_applied.load(std::sync::atomic::Ordering::Relaxed);
+                if applied != last_reported {
+                    last_reported = applied;
+                    tracing::info!(
+                        sink = %name,
+                        events_applied = applied,
+                        dead_letters = stats.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
+                        "apply progress"
+                    );
+                }
+            }
+        }
+    }
+    // Workers finish the batch in hand (their stop receiver fired), then the consumer leaves
+    // the group. Anything not committed is read again from the stored offsets next time.
+    if result.is_err() {
+        workers.abort_all();
+    }
+    while workers.join_next().await.is_some() {}
+    tokio::task::spawn_blocking(move || consumer.stop())
+        .await
+        .context("stopping the consumer")??;
+    let dead = stats
+        .dead_letters
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        sink = %name,
+        events_applied = stats.events_applied.load(std::sync::atomic::Ordering::Relaxed),
+        dead_letters = dead,
+        "apply stopped"
+    );
+    if dead > 0 {
+        tracing::warn!(sink = %name, count = dead, "events were refused this run: see sluice.dead_letters in the target");
+    }
+    result
+}

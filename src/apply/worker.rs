@@ -1,0 +1,511 @@
+//! One apply worker: the partitions routed to it, one target connection, one batch at a time.
+//!
+//! A partition always goes to the same worker, so its events are applied in Kafka order; the
+//! workers run concurrently. For each partition the worker keeps what the target stored (the
+//! next offset and the last source position applied) and skips records below that offset
+//! (already applied) and events at or below that position (re-published by capture after a
+//! crash). Every batch stores the new offsets in the same transaction as the rows, conditional
+//! on the stored offsets it expected: if another consumer moved them meanwhile, nothing is
+//! committed and the worker reloads them ([`ApplyOutcome::Fenced`]).
+//!
+//! A truncate parks its partition until every partition of the topic has reached it (see
+//! [`PostgresSink::truncate_barrier`]); the other partitions keep flowing meanwhile.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::{
+    ApplyBatch, ApplyOutcome, Backoff, DeadLetter, ErrorClass, MappedEvent, PartitionProgress,
+    Position, RecordRef,
+};
+use sluice_kafka::{Control, Record, StoredOffset, TopicPartition};
+use sluice_postgres::sink::apply_error_class;
+use sluice_postgres::{BarrierOutcome, PostgresError, PostgresSink};
+use tokio::sync::{mpsc, watch};
+
+use super::mapping::{map_record, Mapped, Router};
+use crate::telemetry::error_chain;
+
+/// What the consumer sends a worker.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// A partition is ours, from its stored offset; the number identifies the assignment.
+    Assigned(TopicPartition, Option<StoredOffset>, u64),
+    Revoked(TopicPartition),
+    Record(Record),
+}
+
+/// Counters shared with the apply supervisor.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events_applied: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// The next offset the target stored (`None`: nothing stored yet).
+    expected: Option<i64>,
+    /// The source position of the last event applied.
+    position: Option<Position>,
+    /// Records waiting behind a truncate (the truncate first), while the partition is parked.
+    parked: VecDeque<Record>,
+    /// The parked truncate's position.
+    parked_at: Option<Position>,
+    /// The consumer's assignment number (for pause and resume requests).
+    generation: u64,
+}
+
+pub struct WorkerSettings {
+    pub max_batch_events: usize,
+    pub max_batch_delay: Duration,
+    pub apply_truncates: bool,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub sink: PostgresSink,
+    pub router: Arc<Router>,
+    pub settings: WorkerSettings,
+    pub rx: mpsc::Receiver<WorkerMsg>,
+    pub control: std::sync::mpsc::Sender<Control>,
+    pub stats: Arc<Stats>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// A batch ready to write, and what it changes in the partitions' state once committed.
+struct Plan {
+    batch: ApplyBatch,
+    positions: HashMap<TopicPartition, Option<Position>>,
+    parks: HashMap<TopicPartition, (Position, Vec<Record>)>,
+    events: usize,
+}
+
+const BARRIER_POLL: Duration = Duration::from_millis(200);
+
+impl Worker {
+    /// Runs until stopped or until the consumer goes away. Returns an error only for a
+    /// problem that retrying cannot fix and that stops this sink.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut states: HashMap<TopicPartition, PartitionState> = HashMap::new();
+        let mut ready: Vec<Record> = Vec::new();
+        let mut last_barrier_check = Instant::now();
+        loop {
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+            let parked = states.values().any(|s| !s.parked.is_empty());
+            if ready.is_empty() {
+                let wait = if parked {
+                    BARRIER_POLL
+                } else {
+                    Duration::from_secs(3600)
+                };
+                tokio::select! {
+                    msg = self.rx.recv() => match msg {
+                        Some(m) => self.handle(m, &mut states, &mut ready),
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.changed() => return Ok(()),
+                }
+            }
+            // Gather more, up to the batch size or the batch delay.
+            let deadline = tokio::time::Instant::now() + self.settings.max_batch_delay;
+            let mut closed = false;
+            while !ready.is_empty() && ready.len() < self.settings.max_batch_events {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        self.handle(m, &mut states, &mut ready);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(m)) => self.handle(m, &mut states, &mut ready),
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !ready.is_empty() && !self.apply_ready(&mut states, &mut ready).await? {
+                return Ok(());
+            }
+            if closed {
+                return Ok(());
+            }
+            if states.values().any(|s| !s.parked.is_empty())
+                && last_barrier_check.elapsed() >= BARRIER_POLL
+            {
+                last_barrier_check = Instant::now();
+                if !self.check_barriers(&mut states, &mut ready).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &self,
+        msg: WorkerMsg,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
+    ) {
+        match msg {
+            WorkerMsg::Assigned(tp, stored, generation) => {
+                // Records of an earlier assignment are read again from the stored offset.
+                ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
+                let state = PartitionState {
+                    expected: stored.as_ref().map(|s| s.next_offset),
+                    position: stored
+                        .as_ref()
+                        .and_then(|s| s.position.as_deref())
+                        .and_then(parse_position),
+                    generation,
+                    ..PartitionState::default()
+                };
+                states.insert(tp, state);
+            }
+            WorkerMsg::Revoked(tp) => {
+                ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
+                states.remove(&tp);
+            }
+            WorkerMsg::Record(record) => {
+                let tp = (record.topic.clone(), record.partition);
+                let Some(state) = states.get_mut(&tp) else {
+                    // Not (or no longer) ours.
+                    return;
+                };
+                if !state.parked.is_empty() {
+                    state.parked.push_back(record);
+                } else if state.expected.is_some_and(|e| record.offset < e) {
+                    // Applied already.
+                } else {
+                    ready.push(record);
+                }
+            }
+        }
+    }
+
+    /// Builds the batch from `ready` without touching the partitions' state.
+    fn plan(&self, states: &HashMap<TopicPartition, PartitionState>, ready: &[Record]) -> Plan {
+        let mut plan = Plan {
+            batch: ApplyBatch::default(),
+            positions: HashMap::new(),
+            parks: HashMap::new(),
+            events: 0,
+        };
+        let mut progress: HashMap<TopicPartition, usize> = HashMap::new();
+        for r in ready {
+            let tp = (r.topic.clone(), r.partition);
+            let Some(state) = states.get(&tp) else {
+                continue;
+            };
+            if let Some((_, held)) = plan.parks.get_mut(&tp) {
+                held.push(r.clone());
+                continue;
+            }
+            if state.expected.is_some_and(|e| r.offset < e) {
+                continue;
+            }
+            let last = plan.positions.entry(tp.clone()).or_insert(state.position);
+            let slot = *progress.entry(tp.clone()).or_insert_with(|| {
+                plan.batch.progress.push(PartitionProgress {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    expected: state.expected,
+                    next_offset: r.offset,
+                    position: None,
+                });
+                plan.batch.progress.len() - 1
+            });
+            plan.batch.progress[slot].next_offset = r.offset + 1;
+            let record_ref = RecordRef {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                offset: r.offset,
+            };
+            let routes = self.router.get(&r.topic);
+            let mapped = match routes {
+                Some(route) => map_record(&route.routes, r.key.as_deref(), r.value.as_deref()),
+                None => Err(format!("no mapping for topic {}", r.topic)),
+            };
+            match mapped {
+                Err(error) => plan.batch.dead_letters.push(DeadLetter {
+                    record: record_ref,
+                    key: r.key.as_deref().map(text_of),
+                    value: r.value.as_deref().map(text_of),
+                    error,
+                    sqlstate: None,
+                }),
+                Ok(Mapped::Tombstone) => {}
+                Ok(Mapped::Truncate { position }) => {
+                    if last.is_some_and(|l| position <= l) {
+                        continue;
+                    }
+                    if !self.settings.apply_truncates {
+                        *last = Some(position);
+                        continue;
+                    }
+                    // Stop this partition here until every partition reached the truncate.
+                    plan.batch.progress[slot].next_offset = r.offset;
+                    plan.parks.insert(tp, (position, vec![r.clone()]));
+                }
+                Ok(Mapped::Changes { changes, position }) => {
+                    if let (Some(p), Some(l)) = (position, *last) {
+                        if p <= l {
+                            // Re-published by capture after a crash: applied already.
+                            continue;
+                        }
+                    }
+                    if position.is_some() {
+                        *last = position;
+                    }
+                    plan.events += 1;
+                    plan.batch.events.push(MappedEvent {
+                        record: record_ref,
+                        changes,
+                        key: r.key.as_deref().map(text_of),
+                        value: r.value.as_deref().map(text_of),
+                    });
+                }
+            }
+        }
+        for p in &mut plan.batch.progress {
+            let tp = (p.topic.clone(), p.partition);
+            p.position = plan
+                .positions
+                .get(&tp)
+                .copied()
+                .flatten()
+                .map(|pos| pos.to_json());
+        }
+        // A partition whose only record was a parked truncate has no progress to store.
+        plan.batch
+            .progress
+            .retain(|p| p.expected != Some(p.next_offset));
+        plan
+    }
+
+    /// Applies `ready` (retrying until it commits). `false` when asked to stop meanwhile.
+    async fn apply_ready(
+        &mut self,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
+    ) -> anyhow::Result<bool> {
+        let mut backoff = Backoff::default();
+        loop {
+            let plan = self.plan(states, ready);
+            let outcome = if plan.batch.is_empty() {
+                ApplyOutcome::Committed { dead_lettered: 0 }
+            } else {
+                match self.sink.apply(&plan.batch).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        if !self.pause_after_error(&e, &mut backoff).await {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                }
+            };
+            match outcome {
+                ApplyOutcome::Committed { dead_lettered } => {
+                    for p in &plan.batch.progress {
+                        let tp = (p.topic.clone(), p.partition);
+                        if let Some(state) = states.get_mut(&tp) {
+                            state.expected = Some(p.next_offset);
+                            if let Some(pos) = plan.positions.get(&tp).copied().flatten() {
+                                state.position = Some(pos);
+                            }
+                        }
+                    }
+                    for (tp, (position, held)) in plan.parks {
+                        if let Some(state) = states.get_mut(&tp) {
+                            tracing::info!(worker = self.id, topic = %tp.0, partition = tp.1, position = %position, "truncate reached: waiting for the topic's other partitions");
+                            state.parked = held.into();
+                            state.parked_at = Some(position);
+                            let _ = self.control.send(Control::Pause(tp, state.generation));
+                        }
+                    }
+                    let dead = plan.batch.dead_letters.len() as u64 + dead_lettered as u64;
+                    self.stats
+                        .events_applied
+                        .fetch_add(plan.events as u64 - dead_lettered as u64, Ordering::Relaxed);
+                    self.stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        worker = self.id,
+                        events = plan.events,
+                        dead_letters = dead,
+                        "batch applied"
+                    );
+                    ready.clear();
+                    return Ok(true);
+                }
+                ApplyOutcome::Fenced(tps) => {
+                    tracing::info!(
+                        worker = self.id,
+                        partitions = tps.len(),
+                        "stored offsets moved under us (another consumer applied them): reloading"
+                    );
+                    if !self.reload(states, &tps).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reloads the stored offsets of `tps` into `states`, retrying. `false` when stopping.
+    async fn reload(
+        &mut self,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        tps: &[TopicPartition],
+    ) -> bool {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.sink.load_offsets(tps).await {
+                Ok(stored) => {
+                    for tp in tps {
+                        if let Some(state) = states.get_mut(tp) {
+                            match stored.get(tp) {
+                                Some((next, pos)) => {
+                                    state.expected = Some(*next);
+                                    state.position = pos.as_deref().and_then(parse_position);
+                                }
+                                None => {
+                                    state.expected = None;
+                                    state.position = None;
+                                }
+                            }
+                        }
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if !self.pause_after_error(&e, &mut backoff).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs an error and waits before the next attempt. `false` when asked to stop meanwhile.
+    async fn pause_after_error(&mut self, e: &PostgresError, backoff: &mut Backoff) -> bool {
+        self.sink.reset();
+        let delay = backoff.next_delay();
+        match apply_error_class(e) {
+            ErrorClass::Transient => {
+                tracing::warn!(worker = self.id, error = %error_chain(e), retry_in_ms = delay.as_millis() as u64, "target write failed; retrying")
+            }
+            ErrorClass::Definite => {
+                tracing::error!(worker = self.id, error = %error_chain(e), retry_in_ms = delay.as_millis() as u64, "the target refuses this sink's writes: fix the target or the mapping; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !*self.stop.borrow(),
+            _ = self.stop.changed() => false,
+        }
+    }
+
+    /// Moves parked partitions past their truncate once the barrier allows.
+    async fn check_barriers(
+        &mut self,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
+    ) -> bool {
+        let parked: Vec<TopicPartition> = states
+            .iter()
+            .filter(|(_, s)| !s.parked.is_empty())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in parked {
+            let Some(state) = states.get(&tp) else {
+                continue;
+            };
+            let (Some(head), Some(position)) = (state.parked.front(), state.parked_at) else {
+                continue;
+            };
+            let Some(route) = self.router.get(&tp.0) else {
+                continue;
+            };
+            let tables: Vec<usize> = route.routes.iter().map(|r| r.table).collect();
+            let progress = PartitionProgress {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                expected: state.expected,
+                next_offset: head.offset + 1,
+                position: Some(position.to_json()),
+            };
+            let outcome = self
+                .sink
+                .truncate_barrier(
+                    &tp.0,
+                    &position.to_string(),
+                    route.partitions,
+                    &tables,
+                    true,
+                    &progress,
+                )
+                .await;
+            match outcome {
+                Ok(BarrierOutcome::Waiting) => {}
+                Ok(BarrierOutcome::Passed) => {
+                    tracing::info!(worker = self.id, topic = %tp.0, partition = tp.1, position = %position, "truncate applied; partition resumes");
+                    if let Some(state) = states.get_mut(&tp) {
+                        state.expected = Some(progress.next_offset);
+                        state.position = Some(position);
+                        state.parked.pop_front();
+                        state.parked_at = None;
+                        ready.extend(state.parked.drain(..));
+                        let _ = self.control.send(Control::Resume(tp, state.generation));
+                    }
+                }
+                Ok(BarrierOutcome::Fenced) => {
+                    if !self.reload(states, std::slice::from_ref(&tp)).await {
+                        return false;
+                    }
+                    if let Some(state) = states.get_mut(&tp) {
+                        let stored = state.expected.unwrap_or(0);
+                        if stored > progress.next_offset - 1 {
+                            // Someone else moved this partition past the truncate.
+                            state.parked_at = None;
+                            let held: Vec<Record> = state.parked.drain(..).collect();
+                            ready.extend(held.into_iter().filter(|r| r.offset >= stored));
+                            let _ = self.control.send(Control::Resume(tp, state.generation));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let mut backoff = Backoff::default();
+                    if !self.pause_after_error(&e, &mut backoff).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+fn parse_position(json: &str) -> Option<Position> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .as_ref()
+        .and_then(Position::from_envelope_source)
+}
+
+fn text_of(bytes: &[u8]) -> Arc<str> {
+    Arc::from(String::from_utf8_lossy(bytes).as_ref())
+}

@@ -1,0 +1,368 @@
+//! The whole pipeline, source Postgres → broker → target Postgres: equality after a mixed
+//! workload, crashes without loss or double application, a target restart, poison events, two
+//! apply processes in one group, and misconfigurations.
+
+use std::time::{Duration, Instant};
+
+use crate::common::LONG;
+use crate::pipeline::{seed, workload_round, Pipeline, SCHEMA, WAIT};
+
+const TABLES: [&str; 3] = ["types", "accounts", "lines"];
+
+/// Rounds of [`workload_round`] until at least `changes` row changes were made.
+async fn workload(db: &mut tokio_postgres::Client, changes: u64) -> (i64, u64) {
+    let (mut rounds, mut made) = (0, 0);
+    while made < changes {
+        made += workload_round(db, rounds).await;
+        rounds += 1;
+    }
+    (rounds, made)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_mixed_changes_arrive_equal() {
+    let p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "").await;
+    let mut src = p.source_db().await;
+    seed(&src, 3334).await;
+    let mut sluice = p.start("sluice", &[]);
+    // The snapshot holds exactly the seeded rows; everything after is streamed.
+    sluice.wait_log("replication stream started", 1, LONG);
+    let t = Instant::now();
+    let (rounds, changes) = workload(&mut src, 50_000).await;
+    let counts = p.wait_equal(WAIT).await;
+    println!(
+        "10k snapshot rows + {changes} changes in {rounds} transactions: target equal after {:?}, rows now {counts:?}",
+        t.elapsed()
+    );
+    let status = sluice.stop(LONG);
+    assert!(status.success(), "clean stop: {status:?}");
+    let dst = p.target_db().await;
+    let dead: i64 = dst
+        .query_one("select count(*) from sluice.dead_letters", &[])
+        .await
+        .expect("dead letters")
+        .get(0);
+    assert_eq!(dead, 0, "no dead letters in a clean run");
+    // The truncate of round 30 reached the target once.
+    let truncates: i64 = dst
+        .query_one("select count(*) from sluice.truncates_done", &[])
+        .await
+        .expect("truncates")
+        .get(0);
+    assert_eq!(truncates, 1);
+}
+
+/// The target counts every application of each account version; the source bumps `version`
+/// on every update, so a change applied twice shows up as a count of 2 or a version that
+/// does not increase.
+const AUDIT: &str = r#"
+create table applications (id bigint, version int, n int not null, primary key (id, version));
+create table regressions (id bigint, old_version int, new_version int);
+create function audit_apply() returns trigger language plpgsql as $$
+begin
+  if tg_op = 'UPDATE' and new.version <= old.version then
+    insert into regressions values (new.id, old.version, new.version);
+  end if;
+  insert into applications values (new.id, new.version, 1)
+    on conflict (id, version) do update set n = applications.n + 1;
+  return new;
+end $$;
+create trigger audit_apply after insert or update on accounts
+  for each row execute function audit_apply();
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
+    let p = Pipeline::new(&TABLES, SCHEMA, &format!("{SCHEMA}{AUDIT}"), "").await;
+    let mut src = p.source_db().await;
+    seed(&src, 3334).await;
+    let dst = p.target_db().await;
+    let mut sluice = p.start("sluice", &[]);
+    // Crash only once the snapshot is checkpointed: a crash during the snapshot takes it
+    // again (documented), which re-applies identical rows.
+    sluice_test_support::wait_for("snapshot applied", LONG, || async {
+        let n: i64 = dst
+            .query_one("select count(*) from accounts", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n >= 3334).then_some(())
+    })
+    .await;
+    sluice_test_support::wait_for("a checkpoint after the snapshot", LONG, || {
+        let log = sluice.log_text();
+        let after = log
+            .find("initial snapshot read")
+            .map(|i| log[i..].contains("checkpoint written"));
+        async move { after.unwrap_or(false).then_some(()) }
+    })
+    .await;
+
+    let writer = tokio::spawn(async move {
+        let mut made = 0;
+        let mut r = 0;
+        while made < 50_000 {
+            made += workload_round(&mut src, r).await;
+            r += 1;
+            // Spread the workload over the kills below.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        made
+    });
+    let mut seed = (std::process::id() as u64) ^ 0x9e37_79b9;
+    let mut kills = Vec::new();
+    for _ in 0..5 {
+        // A random moment 0.3–2 s into this run.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ms = 300 + (seed >> 33) % 1700;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        sluice.kill9();
+        kills.push(ms);
+        sluice = p.start("sluice", &[]);
+    }
+    let changes = writer.await.expect("writer");
+    let counts = p.wait_equal(WAIT).await;
+    sluice.stop(LONG);
+    let twice: i64 = dst
+        .query_one("select count(*) from applications where n > 1", &[])
+        .await
+        .expect("applications")
+        .get(0);
+    let regressed: i64 = dst
+        .query_one("select count(*) from regressions", &[])
+        .await
+        .expect("regressions")
+        .get(0);
+    let applied: i64 = dst
+        .query_one("select count(*) from applications", &[])
+        .await
+        .expect("applications")
+        .get(0);
+    println!(
+        "{changes} changes, kill -9 after {kills:?} ms: target equal ({counts:?} rows), {applied} account versions applied, {twice} twice, {regressed} regressions"
+    );
+    assert_eq!(twice, 0, "a row version was applied twice");
+    assert_eq!(regressed, 0, "a row went back to an older version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_restart_mid_stream_converges() {
+    let mut p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "").await;
+    let mut src = p.source_db().await;
+    seed(&src, 1000).await;
+    let sluice = p.start("sluice", &[]);
+    p.wait_equal(WAIT).await;
+    // Stop the target, keep writing, wait until sluice has noticed, then bring it back.
+    p.target.stop();
+    let mut made = 0;
+    for r in 0..5 {
+        made += workload_round(&mut src, r).await;
+    }
+    sluice.wait_log("target write failed; retrying", 1, LONG);
+    p.target.restart();
+    for r in 5..10 {
+        made += workload_round(&mut src, r).await;
+    }
+    let counts = p.wait_equal(WAIT).await;
+    println!("{made} changes across a target restart: equal, rows {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_go_to_dead_letters_and_the_rest_applies() {
+    // The target refuses negative quantities; the source does not.
+    let target_schema = SCHEMA.replace("qty int not null,", "qty int not null check (qty >= 0),");
+    let p = Pipeline::new(&["lines"], SCHEMA, &target_schema, "").await;
+    let src = p.source_db().await;
+    src.batch_execute("insert into lines select g, 1, g % 5, 'ok' from generate_series(1, 500) g")
+        .await
+        .expect("rows");
+    let sluice = p.start("sluice", &[]);
+    sluice.wait_log("replication stream started", 1, LONG);
+    // Bad rows among good ones, in the same transactions.
+    src.batch_execute(
+        "insert into lines select g, 2, case when g % 100 = 0 then -1 else 7 end, 'mixed'
+           from generate_series(1, 500) g;
+         update lines set qty = -5 where order_id = 7 and line = 1;",
+    )
+    .await
+    .expect("mixed rows");
+    // A record that is not a change envelope at all.
+    produce_garbage(&p.broker.brokers(), "sluice.public.lines");
+    src.batch_execute("insert into lines values (100000, 1, 1, 'marker')")
+        .await
+        .expect("marker");
+
+    let dst = p.target_db().await;
+    // Everything else arrives: 500 + 495 good rows + the marker.
+    sluice_test_support::wait_for("every good row applied", LONG, || async {
+        let n: i64 = dst
+            .query_one("select count(*) from lines", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 500 + 495 + 1).then_some(())
+    })
+    .await;
+    let dead = sluice_test_support::wait_for("7 dead letters", LONG, || async {
+        let rows = dst
+            .query(
+                "select coalesce(sqlstate, ''), error, value from sluice.dead_letters order by id",
+                &[],
+            )
+            .await
+            .ok()?;
+        (rows.len() >= 7).then_some(rows)
+    })
+    .await;
+    let constraint: Vec<_> = dead
+        .iter()
+        .filter(|r| r.get::<_, String>(0) == "23514")
+        .collect();
+    // five inserts with qty -1 and the update to -5
+    assert_eq!(constraint.len(), 6, "refused by the CHECK constraint");
+    assert!(constraint
+        .iter()
+        .all(|r| r.get::<_, String>(1).contains("lines_qty_check")));
+    assert!(dead
+        .iter()
+        .any(|r| r.get::<_, String>(1).contains("not a JSON change envelope")));
+    assert_eq!(dead.len(), 7);
+    // The refused update of order 7 line 1 left the row as it was (qty 2).
+    let qty: i32 = dst
+        .query_one("select qty from lines where order_id = 7 and line = 1", &[])
+        .await
+        .expect("row 7")
+        .get(0);
+    assert_eq!(qty, 2, "the refused update left the old row");
+}
+
+fn produce_garbage(brokers: &str, topic: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .key("{\"order_id\":1,\"line\":9}")
+                .payload("not json {"),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send garbage");
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apply_processes_share_the_partitions() {
+    let p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "workers = 2").await;
+    let mut src = p.source_db().await;
+    seed(&src, 1000).await;
+    let mut capture = p.start("capture", &["--only", "capture"]);
+    capture.wait_log("replication stream started", 1, LONG);
+    let mut a = p.start("apply-a", &["--only", "apply"]);
+    a.wait_log("partitions assigned", 1, LONG);
+    let mut b = p.start("apply-b", &["--only", "apply"]);
+    // b joins the group: the partitions are split between the two.
+    b.wait_log("partitions assigned", 1, LONG);
+    let (_, changes) = workload(&mut src, 10_000).await;
+    let counts = p.wait_equal(WAIT).await;
+    let last_assignment = |log: &str| {
+        log.lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .map(|l| l.matches('@').count())
+            .unwrap_or(0)
+    };
+    let (na, nb) = (
+        last_assignment(&a.log_text()),
+        last_assignment(&b.log_text()),
+    );
+    println!("{changes} changes through two apply processes ({na} + {nb} partitions): equal, rows {counts:?}");
+    assert_eq!(
+        na + nb,
+        9,
+        "every partition of the three topics is assigned once"
+    );
+    assert!(
+        na > 0 && nb > 0,
+        "both processes got partitions: {na} and {nb}"
+    );
+    for s in [&mut a, &mut b, &mut capture] {
+        assert!(s.stop(LONG).success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_sinks_are_explained() {
+    let p = Pipeline::new(
+        &["lines"],
+        SCHEMA,
+        "create table other (id int primary key, label text)",
+        "",
+    )
+    .await;
+    let check = |p: &Pipeline| {
+        sluice_test_support::sluice::run_to_end(
+            std::path::Path::new(crate::common::SLUICE),
+            &["check", "--config", p.config.to_str().expect("path")],
+            LONG,
+        )
+    };
+    // A mapping from a table no source captures: the config itself is invalid.
+    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.nope\"\n");
+    let (status, _, err) = check(&p);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("sinks.target.tables[0].from"), "{err}");
+    assert!(err.contains("not captured by any source"), "{err}");
+
+    // A target table that does not exist.
+    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.lines\"\n");
+    let (status, out, _) = check(&p);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("target table public.lines does not exist"),
+        "{out}"
+    );
+
+    // A renamed column the target does not have.
+    p.write_config(
+        "",
+        "[[sinks.target.tables]]\nfrom = \"public.lines\"\nto = \"public.other\"\ncolumns = { id = \"order_id\", lable = \"note\" }\n",
+    );
+    let (status, out, _) = check(&p);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("sinks.target.tables[0].columns"), "{out}");
+    assert!(out.contains("\"lable\""), "{out}");
+
+    // Credentials the target refuses: the message names the section to fix; no panic.
+    let text = std::fs::read_to_string(&p.config).expect("config");
+    let bad = text.replacen(
+        "user = \"postgres\", database = \"warehouse\"",
+        "user = \"nobody\", database = \"warehouse\"",
+        1,
+    );
+    assert_ne!(bad, text);
+    std::fs::write(&p.config, bad).expect("write");
+    let (status, out, err) = check(&p);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("[sinks.target.postgres]"), "{out}");
+    assert!(out.contains("nobody"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // `run` refuses to start on the same problems, with exit status 1.
+    let (status, _, err) = sluice_test_support::sluice::run_to_end(
+        std::path::Path::new(crate::common::SLUICE),
+        &[
+            "run",
+            "--only",
+            "apply",
+            "--config",
+            p.config.to_str().expect("path"),
+        ],
+        LONG,
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+}

@@ -1,0 +1,249 @@
+//! A whole pipeline for one test: source Postgres → broker → target Postgres, and sluice.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
+
+use crate::common::{LONG, SLUICE};
+
+pub struct Pipeline {
+    pub source: PgCluster,
+    pub target: PgCluster,
+    pub broker: Broker,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub tables: Vec<String>,
+}
+
+impl Pipeline {
+    /// Starts both databases (`app` on the source, `warehouse` on the target, each prepared
+    /// with its SQL) and a broker, and writes a config that captures `tables` and maps each to
+    /// the same name in the target. `sink_extra` goes into `[sinks.target]`.
+    pub async fn new(
+        tables: &[&str],
+        source_sql: &str,
+        target_sql: &str,
+        sink_extra: &str,
+    ) -> Pipeline {
+        let source = PgCluster::start();
+        let target = PgCluster::start();
+        source.create_database("app").await;
+        target.create_database("warehouse").await;
+        source
+            .connect("app")
+            .await
+            .batch_execute(source_sql)
+            .await
+            .expect("source setup sql");
+        target
+            .connect("warehouse")
+            .await
+            .batch_execute(target_sql)
+            .await
+            .expect("target setup sql");
+        let broker = Broker::start();
+        let dir = TempDir::new("pipeline");
+        let config = dir.path().join("sluice.toml");
+        let p = Pipeline {
+            source,
+            target,
+            broker,
+            dir,
+            config,
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+        };
+        let mappings: String = tables
+            .iter()
+            .map(|t| format!("[[sinks.target.tables]]\nfrom = \"public.{t}\"\n"))
+            .collect();
+        p.write_config(sink_extra, &mappings);
+        p
+    }
+
+    /// Rewrites the config with these `[[sinks.target.tables]]` sections.
+    pub fn write_config(&self, sink_extra: &str, mappings: &str) {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| format!("\"public.{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\npartitions = 3\n\n\
+             [sources.app]\npostgres = {src}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n\n\
+             [sinks.target]\npostgres = {dst}\n{sink_extra}\n\n{mappings}",
+            brokers = self.broker.brokers(),
+            src = self.source.sluice_connection("app"),
+            dst = self.target.sluice_connection("warehouse"),
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Starts `sluice run` with `extra` arguments, logging to `<name>.log`.
+    pub fn start(&self, name: &str, extra: &[&str]) -> SluiceProcess {
+        SluiceProcess::run(Path::new(SLUICE), &self.config, extra, &self.log_path(name))
+    }
+
+    pub async fn source_db(&self) -> tokio_postgres::Client {
+        self.source.connect("app").await
+    }
+
+    pub async fn target_db(&self) -> tokio_postgres::Client {
+        self.target.connect("warehouse").await
+    }
+
+    /// Waits until every table has the same content on both sides (order-independent
+    /// checksum), and returns the row counts.
+    pub async fn wait_equal(&self, timeout: Duration) -> Vec<i64> {
+        let src = self.source_db().await;
+        let dst = self.target_db().await;
+        let last = std::cell::RefCell::new(String::new());
+        let result = sluice_test_support::wait_for_quiet("target equals source", timeout, || {
+            let (src, dst, last) = (&src, &dst, &last);
+            async move {
+                let mut counts = Vec::new();
+                let mut equal = true;
+                let mut report = String::new();
+                for t in &self.tables {
+                    let a = checksum(src, t).await;
+                    let b = checksum(dst, t).await;
+                    report.push_str(&format!("{t}: source {a:?} target {b:?}\n"));
+                    equal &= a == b;
+                    counts.push(a.0);
+                }
+                *last.borrow_mut() = report;
+                equal.then_some(counts)
+            }
+        })
+        .await;
+        match result {
+            Some(counts) => counts,
+            None => panic!(
+                "target never equalled source within {timeout:?}:\n{}",
+                last.borrow()
+            ),
+        }
+    }
+}
+
+/// (row count, md5 over the sorted md5s of every row as JSON): equal on both sides iff the
+/// tables hold the same rows (JSON makes json/jsonb columns compare by content).
+pub async fn checksum(db: &tokio_postgres::Client, table: &str) -> (i64, String) {
+    let row = db
+        .query_one(
+            &format!(
+                "select count(*), coalesce(md5(string_agg(h, ',' order by h)), '')
+                   from (select md5(to_jsonb(t)::text) as h from {table} t) s"
+            ),
+            &[],
+        )
+        .await
+        .expect("checksum query");
+    (row.get(0), row.get(1))
+}
+
+pub const WAIT: Duration = LONG;
+
+/// Three tables covering every type, TOASTed values, composite and changing keys.
+pub const SCHEMA: &str = r#"
+create type mood as enum ('sad', 'happy');
+create table types (
+    id int primary key,
+    b bool, i2 smallint, i4 int, i8 bigint,
+    n numeric, n_scale numeric(12,3), f4 real, f8 double precision,
+    t text, vc varchar(20), ts timestamp, tstz timestamptz, d date, tm time, tmtz timetz,
+    iv interval, u uuid, j json, jb jsonb, by bytea,
+    arr_i int[], arr_t text[], arr_empty int[], arr_2d int[][], m mood
+);
+create table accounts (
+    id bigint primary key,
+    owner text not null,
+    balance numeric(14,2) not null,
+    version int not null default 0,
+    doc text
+);
+alter table accounts alter column doc set storage external;
+create table lines (
+    order_id int,
+    line int,
+    qty int not null,
+    note text,
+    primary key (order_id, line)
+);
+"#;
+
+/// A `types` row for every `g` of `generate_series(from, to)`.
+fn types_rows(from: i64, to: i64) -> String {
+    format!(
+        r#"insert into types select g, g % 2 = 0, (g % 30000)::int2, g, g::int8 * 1000003,
+              g::numeric / 7, g * 1.5, g::real / 3, g::float8 / 7,
+              'row ' || g || E' \u00e9 "q"\n', 'v' || g,
+              '2024-01-01'::timestamp + g * interval '1 minute',
+              '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 second',
+              date '2000-01-01' + g::int, time '00:00' + g * interval '1 second', '12:00:00+02'::timetz,
+              g * interval '1 hour 1 second', md5(g::text)::uuid,
+              json_build_object('g', g), jsonb_build_array(g, 'x'), decode(md5(g::text), 'hex'),
+              array[g::int, null, -g::int], array['a' || g, null], '{{}}', array[[g::int, 1], [2, 3]],
+              (case when g % 2 = 0 then 'happy' else 'sad' end)::mood
+         from generate_series({from}::int8, {to}::int8) g"#
+    )
+}
+
+/// Existing rows before Sluice starts: `per_table` rows in each table, plus edge values.
+pub async fn seed(db: &tokio_postgres::Client, per_table: i64) {
+    db.batch_execute(&types_rows(1, per_table - 2))
+        .await
+        .expect("seed types");
+    db.batch_execute(
+        r#"insert into types (id, ts, tstz, d, by, f4, f8, n, iv) values
+             (-1, '0044-03-15 12:00:00 BC', '0001-01-01 00:00:00+00 BC', '0044-03-15 BC', '\x', 'NaN', '-Infinity', 'NaN', '-1 days'),
+             (-2, 'infinity', '-infinity', 'infinity', '\x00ff', 'Infinity', 'NaN', '-0.001', '1 year 2 months 3 days 04:05:06.5')"#,
+    )
+    .await
+    .expect("seed edge rows");
+    db.batch_execute(&format!(
+        "insert into accounts select g, 'owner ' || g, g * 10.5, 0, repeat(md5(g::text), 100)
+           from generate_series(1, {per_table}) g;
+         insert into lines select g / 10, g % 10, g % 50, 'note ' || g
+           from generate_series(1, {per_table}) g;"
+    ))
+    .await
+    .expect("seed accounts and lines");
+}
+
+/// One transaction of mixed changes (inserts, updates with unchanged TOAST values, key
+/// changes, deletes; a truncate in round 30). Returns how many row changes it made.
+pub async fn workload_round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
+    let base = 1_000_000 + r * 1000;
+    let tx = db.transaction().await.expect("begin");
+    let statements = [
+        format!("insert into accounts select g, 'owner ' || g, g, 0, repeat(md5(g::text), 100) from generate_series({base}, {base} + 149) g"),
+        format!("update accounts set balance = balance + 1, version = version + 1 where id % 53 = {}", r % 53),
+        format!("update accounts set doc = doc || 'x', version = version + 1 where id % 401 = {}", r % 401),
+        format!("delete from accounts where id % 211 = {}", r % 211),
+        types_rows(base, base + 99),
+        format!("update types set i4 = i4 + 1, t = t || '.', jb = jsonb_build_object('r', {r}) where id % 61 = {}", r % 61),
+        format!("delete from types where id % 197 = {}", r % 197),
+        format!("insert into lines select g / 10, g % 10, g % 50, 'note ' || g from generate_series({b10}, {b10} + 149) g", b10 = base * 10),
+        format!("update lines set qty = qty + 1 where order_id % 37 = {}", r % 37),
+        format!("update lines set line = line + 1000 where order_id % 101 = {} and line < 1000", r % 101),
+        format!("delete from lines where order_id % 173 = {}", r % 173),
+    ];
+    let mut changes = 0;
+    for s in &statements {
+        changes += tx
+            .execute(s.as_str(), &[])
+            .await
+            .expect("workload statement");
+    }
+    if r == 30 {
+        tx.batch_execute("truncate lines").await.expect("truncate");
+    }
+    tx.commit().await.expect("commit");
+    changes
+}
