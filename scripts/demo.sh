@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sluice end to end on this machine: starts a private Postgres and a tansu broker, creates a
-# sample table with rows, runs `sluice run`, makes inserts, updates and deletes, and prints the
-# change events as they arrive in Kafka. Stops everything it started when done.
+# Sluice end to end on this machine: starts a private source Postgres, a target Postgres and a
+# tansu broker, creates a sample schema with rows, runs `sluice run` (capture and apply), makes
+# inserts, updates and deletes in the source and shows the rows arriving in the target.
+# Stops everything it started when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -423,6 +423,80 @@ tables = ["public.users", "orders"]
         assert!(problems.contains("sources.app.slot"), "{problems}");
     }
 
+    const SINK: &str = r#"
+[sinks.warehouse]
+postgres = { host = "127.0.0.1", user = "w", database = "wh" }
+
+[[sinks.warehouse.tables]]
+from = "public.users"
+to = "people"
+columns = { full_name = "name" }
+"#;
+
+    #[test]
+    fn sinks_parse_with_defaults() {
+        let cfg = Config::parse(&format!("{GOOD}{SINK}")).expect("parses");
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        let sink = &cfg.sinks["warehouse"];
+        assert_eq!(sink.group("warehouse"), "sluice-warehouse");
+        assert_eq!(sink.truncate, TruncateSetting::Apply);
+        assert_eq!(sink.workers, 4);
+        let m = &sink.tables[0];
+        assert_eq!(m.target_table(), Some(TableId::new("public", "people")));
+        assert_eq!(m.columns["full_name"], "name");
+    }
+
+    #[test]
+    fn a_sink_alone_is_a_valid_config() {
+        let text = format!("[kafka]\nbrokers = \"b:9092\"\n{SINK}");
+        let cfg = Config::parse(&text).expect("parses");
+        // No sources in the file: the mapping cannot be checked against them, and need not be.
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    }
+
+    #[test]
+    fn sink_mistakes_name_the_field() {
+        let text = format!("{GOOD}{}", SINK.replace("public.users", "public.nope"));
+        let problems = Config::parse(&text).expect("parses").validate().join("\n");
+        assert!(
+            problems.contains("sinks.warehouse.tables[0].from"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("not captured by any source"),
+            "{problems}"
+        );
+        let err = Config::parse(&format!("{GOOD}{}", SINK.replace("to =", "too =")))
+            .expect_err("unknown key");
+        assert!(err.contains("sinks.warehouse.tables[0]"), "{err}");
+        assert!(err.contains("too"), "{err}");
+        let text = format!(
+            "{GOOD}{}",
+            SINK.replace(
+                "[[sinks.warehouse.tables]]",
+                "truncate = \"sometimes\"\n[[sinks.warehouse.tables]]"
+            )
+        );
+        let err = Config::parse(&text).expect_err("bad enum");
+        assert!(err.contains("sinks.warehouse.truncate"), "{err}");
+    }
+
+    /// Every example config shipped in compose/ loads with Sluice's own loader.
+    #[test]
+    fn shipped_example_configs_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("compose dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!cfg.sources.is_empty() || !cfg.sinks.is_empty());
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example config found in {}", dir.display());
+    }
+
     #[test]
     fn debug_output_has_no_password() {
         std::env::set_var("SLUICE_TEST_SECRET_PW", "hunter2-secret");
