@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -86,27 +86,6 @@ fn field(line: &str, name: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime is field 14, stime 15 (1-based, counting pid and comm): indexes 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn proc_peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -> Figures {
@@ -206,7 +185,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
             .nth(runs_before)
             .map(|(i, _)| &text[text[..i].rfind('\n').map(|n| n + 1).unwrap_or(0)..]);
         if let Some(run) = this_run {
-            cpu_at_start.get_or_insert_with(|| proc_cpu_seconds(pid));
+            cpu_at_start.get_or_insert_with(|| process::cpu_seconds(pid));
             let started = log_time(run.lines().next().unwrap_or_default());
             let done = run.lines().find(|l| {
                 l.contains("checkpoint written")
@@ -222,14 +201,14 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let cpu = proc_cpu_seconds(pid) - cpu_at_start.unwrap_or(0.0);
+    let cpu = process::cpu_seconds(pid) - cpu_at_start.unwrap_or(0.0);
     if let Some(p) = perf.as_mut() {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status();
         let _ = p.wait();
     }
-    let rss = proc_peak_rss_mb(pid);
+    let rss = process::peak_rss_mb(pid);
     let mut sluice_s = done_at - started_at;
     if sluice_s < 0.0 {
         sluice_s += 86400.0;

@@ -238,7 +238,7 @@ pub async fn run(
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..sink.workers {
-        let (tx, rx) = mpsc::channel(sink.max_batch_events.max(1024) * 2);
+        let (tx, rx) = mpsc::channel(sink.max_batch_events.max(1024));
         senders.push(tx);
         receivers.push(rx);
     }

@@ -247,7 +247,9 @@ impl SinkConsumer {
             // short (Kafka Connect uses 10 s), so a restarted apply resumes quickly.
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1500")
-            .set("queued.max.messages.kbytes", "16384");
+            // Bound what is fetched ahead (memory): 8 MB queued, 4 MB per fetch response.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.max.bytes", "4194304");
         for (k, v) in client_config(cfg).config_map().iter() {
             c.set(*k, *v);
         }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod process;
 pub mod sluice;
 
 pub use kafka::{Broker, TopicReader};

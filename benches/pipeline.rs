@@ -1,0 +1,208 @@
+//! The whole pipeline, source Postgres → Kafka → target Postgres, on this machine.
+//!
+//! `cargo bench --bench pipeline` (release build) prints:
+//! 1. **Throughput**: 1M rows inserted into the source (10k-row transactions) while Sluice runs
+//!    capture and apply; rows/s from the first source commit to the last target commit, both
+//!    read from the databases (`src_ts` set by the source, `applied_at` by the target's column
+//!    default when the row is applied).
+//! 2. **Latency** at a steady 5k rows/s for 60 s (a 100-row transaction every 20 ms):
+//!    p50/p95/p99 of `applied_at - src_ts` over every row.
+//! 3. Sluice's peak RSS over each run.
+//!
+//! `BENCH_ENGINE=memory|sqlite` picks tansu's storage engine (default: both, memory first);
+//! `BENCH_ROWS` (default 1000000) and `BENCH_LATENCY_SECS` (default 60) scale the runs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_test_support::{process, wait_for, Broker, PgCluster, SluiceProcess, TempDir};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const LONG: Duration = Duration::from_secs(1800);
+
+const SOURCE: &str = "create table events (id bigint primary key, payload text not null,
+    amount numeric(12,2), src_ts timestamptz not null default clock_timestamp())";
+const TARGET: &str = "create table events (id bigint primary key, payload text not null,
+    amount numeric(12,2), src_ts timestamptz not null,
+    applied_at timestamptz not null default clock_timestamp())";
+
+struct Setup {
+    source: PgCluster,
+    target: PgCluster,
+    _broker: Broker,
+    _dir: TempDir,
+    sluice: SluiceProcess,
+}
+
+async fn setup(engine: &str) -> Setup {
+    let tuned = [
+        ("shared_buffers", "256MB"),
+        ("max_wal_size", "4GB"),
+        ("wal_writer_delay", "10ms"),
+    ];
+    let source = PgCluster::start_with(&tuned);
+    let target = PgCluster::start_with(&tuned);
+    let broker = Broker::start_with_engine(engine);
+    source.create_database("bench").await;
+    target.create_database("bench").await;
+    source
+        .connect("bench")
+        .await
+        .batch_execute(SOURCE)
+        .await
+        .expect("source schema");
+    target
+        .connect("bench")
+        .await
+        .batch_execute(TARGET)
+        .await
+        .expect("target schema");
+    let dir = TempDir::new("bench-pipeline");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n\
+             [sources.bench]\npostgres = {}\ntables = [\"public.events\"]\n\n\
+             [sinks.bench]\npostgres = {}\n\n[[sinks.bench.tables]]\nfrom = \"public.events\"\n",
+            broker.brokers(),
+            source.sluice_connection("bench"),
+            target.sluice_connection("bench"),
+        ),
+    )
+    .expect("config");
+    let sluice = SluiceProcess::run(
+        Path::new(SLUICE),
+        &config,
+        &[],
+        &dir.path().join("sluice.log"),
+    );
+    sluice.wait_log("replication stream started", 1, LONG);
+    sluice.wait_log("partitions assigned", 1, LONG);
+    Setup {
+        source,
+        target,
+        _broker: broker,
+        _dir: dir,
+        sluice,
+    }
+}
+
+async fn wait_count(db: &tokio_postgres::Client, n: i64) {
+    wait_for("every row in the target", LONG, || async {
+        let c: i64 = db
+            .query_one("select count(*) from events", &[])
+            .await
+            .ok()?
+            .get(0);
+        (c >= n).then_some(())
+    })
+    .await;
+}
+
+async fn throughput(engine: &str, rows: i64) {
+    let mut s = setup(engine).await;
+    let src = s.source.connect("bench").await;
+    let dst = s.target.connect("bench").await;
+    let per_txn = 10_000;
+    let writer = tokio::spawn(async move {
+        let mut id = 0;
+        while id < rows {
+            let to = (id + per_txn).min(rows);
+            src.batch_execute(&format!(
+                "insert into events (id, payload, amount)
+                 select g, md5(g::text), g / 100.0 from generate_series({}, {to}) g",
+                id + 1
+            ))
+            .await
+            .expect("insert");
+            id = to;
+        }
+    });
+    writer.await.expect("writer");
+    wait_count(&dst, rows).await;
+    let row = dst
+        .query_one(
+            "select extract(epoch from max(applied_at) - min(src_ts))::float8,
+                    extract(epoch from max(src_ts) - min(src_ts))::float8
+               from events",
+            &[],
+        )
+        .await
+        .expect("times");
+    let (total_s, write_s): (f64, f64) = (row.get(0), row.get(1));
+    let rss = process::peak_rss_mb(s.sluice.pid());
+    let cpu = process::cpu_seconds(s.sluice.pid());
+    assert!(s.sluice.stop(LONG).success());
+    println!(
+        "throughput [{engine}]: {rows} rows in {per_txn}-row transactions: first source commit → last target commit {total_s:.2} s = {:.0} rows/s end to end (source writes took {write_s:.2} s); sluice CPU {cpu:.1} s ({:.1} µs/row), peak RSS {rss:.0} MB",
+        rows as f64 / total_s,
+        cpu * 1e6 / rows as f64
+    );
+}
+
+async fn latency(engine: &str, secs: u64) {
+    let mut s = setup(engine).await;
+    let src = s.source.connect("bench").await;
+    let dst = s.target.connect("bench").await;
+    // 5k rows/s: 100 rows every 20 ms, each batch its own transaction.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let ticks = secs * 50;
+    let started = Instant::now();
+    for t in 0..ticks as i64 {
+        tick.tick().await;
+        src.batch_execute(&format!(
+            "insert into events (id, payload, amount)
+             select g, md5(g::text), g / 100.0 from generate_series({}, {}) g",
+            t * 100 + 1,
+            t * 100 + 100
+        ))
+        .await
+        .expect("insert");
+    }
+    let wrote = started.elapsed().as_secs_f64();
+    let rows = ticks as i64 * 100;
+    wait_count(&dst, rows).await;
+    let row = dst
+        .query_one(
+            "select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by
+                    extract(epoch from applied_at - src_ts) * 1000)::float8[],
+                    max(extract(epoch from applied_at - src_ts) * 1000)::float8
+               from events",
+            &[],
+        )
+        .await
+        .expect("latency");
+    let (p, max): (Vec<f64>, f64) = (row.get(0), row.get(1));
+    let rss = process::peak_rss_mb(s.sluice.pid());
+    assert!(s.sluice.stop(LONG).success());
+    println!(
+        "latency [{engine}]: {rows} rows at {:.0} rows/s for {wrote:.0} s: source commit → target commit p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {max:.1} ms; peak RSS {rss:.0} MB",
+        rows as f64 / wrote,
+        p[0],
+        p[1],
+        p[2]
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let secs: u64 = std::env::var("BENCH_LATENCY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let engines: Vec<String> = match std::env::var("BENCH_ENGINE") {
+        Ok(e) => vec![e],
+        Err(_) => vec!["memory".into(), "sqlite".into()],
+    };
+    println!("pipeline benchmark: source Postgres → sluice capture → tansu → sluice apply → target Postgres, all on this machine");
+    for engine in &engines {
+        throughput(engine, rows).await;
+        latency(engine, secs).await;
+    }
+}
