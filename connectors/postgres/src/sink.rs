@@ -790,13 +790,19 @@ async fn write_dead_letters(
     dead: &[DeadLetter],
 ) -> Result<(), PostgresError> {
     for d in dead {
+        // The target's message can quote the row ("Failing row contains …"): it goes to the
+        // table, the log gets only where and why in general terms.
+        let reason = match &d.sqlstate {
+            Some(code) => format!("refused by the target, SQLSTATE {code}"),
+            None => d.error.clone(),
+        };
         tracing::warn!(
             sink = %sink,
             topic = %d.record.topic,
             partition = d.record.partition,
             offset = d.record.offset,
-            error = %d.error,
-            "event refused: recorded in sluice.dead_letters"
+            reason = %reason,
+            "event refused: recorded in sluice.dead_letters with the full error"
         );
         let key = d.key.as_deref();
         let value = d.value.as_deref();
