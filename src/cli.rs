@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Capture: a consistent initial snapshot, then every insert, update, delete and truncate, one
 /// topic per table (<prefix>.<schema>.<table>), keyed by primary key, in a Debezium-style JSON
 /// envelope; nothing is acknowledged to Postgres before Kafka has it. Apply: consumer groups
-/// write mapped upserts and deletes into target Postgres databases, each batch in one
-/// transaction together with its Kafka offsets, so every change takes effect exactly once.
-/// Logs go to stderr; SLUICE_LOG sets the filter (e.g. SLUICE_LOG=debug). See README.md for
-/// the config file.
+/// write mapped upserts and deletes into target Postgres or MySQL/MariaDB databases, each
+/// batch in one transaction together with its Kafka offsets, so every change takes effect
+/// exactly once. Logs go to stderr; SLUICE_LOG sets the filter (e.g. SLUICE_LOG=debug). See
+/// README.md for the config file.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_core::TableId;
 use sluice_kafka::KafkaConfig;
+use sluice_mysql::MySqlConnection;
 use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,8 +39,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// Connection to a Postgres target (the only kind of target so far).
+    /// Connection to a Postgres target…
     pub postgres: Option<PostgresConnection>,
+    /// …or to a MySQL/MariaDB target (exactly one of the two).
+    pub mysql: Option<MySqlConnection>,
     /// Kafka consumer group; default `sluice-<sink name>`. Apply processes with the same group
     /// share the partitions.
     pub group: Option<String>,
@@ -262,14 +265,20 @@ impl Config {
                 "{at}: sink names may use only lower-case letters, digits and '_'"
             ));
         }
-        match &sink.postgres {
-            None => problems.push(format!(
-                "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}`"
+        match (&sink.postgres, &sink.mysql) {
+            (None, None) => problems.push(format!(
+                "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}` or `mysql = {{ … }}`"
             )),
-            Some(pg) if pg.user.is_empty() || pg.database.is_empty() => problems.push(format!(
-                "{at}.postgres: user and database must not be empty"
+            (Some(_), Some(_)) => problems.push(format!(
+                "{at}: both `postgres` and `mysql` are set: a sink writes to one database; use two sinks"
             )),
-            Some(_) => {}
+            (Some(pg), None) if pg.user.is_empty() || pg.database.is_empty() => problems.push(
+                format!("{at}.postgres: user and database must not be empty"),
+            ),
+            (None, Some(my)) if my.user.is_empty() || my.database.is_empty() => problems.push(
+                format!("{at}.mysql: user and database must not be empty"),
+            ),
+            _ => {}
         }
         if sink.tables.is_empty() {
             problems.push(format!(

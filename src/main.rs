@@ -91,12 +91,13 @@ async fn check(path: &std::path::Path) -> ExitCode {
             println!("source {name}: ok");
         }
         for (name, sink) in &config.sinks {
-            let pg = sink
-                .postgres
-                .as_ref()
-                .map(|p| p.describe())
-                .unwrap_or_default();
-            println!("sink {name}: ok (dead letters go to table sluice.dead_letters in {pg})");
+            if let Some(target) = apply::target::TargetConnection::of(sink) {
+                println!(
+                    "sink {name}: ok (dead letters go to table {} in {})",
+                    target.dead_letter_table(),
+                    target.describe()
+                );
+            }
         }
         println!("all checks passed");
         ExitCode::SUCCESS

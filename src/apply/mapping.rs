@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value as J;
-use sluice_core::{Position, TargetChange};
-use sluice_postgres::TargetTable;
+use sluice_core::{Position, TableId, TargetChange};
 
 /// One target table fed by a topic.
 #[derive(Debug, Clone)]
@@ -24,37 +23,31 @@ pub struct TableRoute {
 }
 
 impl TableRoute {
-    /// Resolves a mapping against the target table. `Err` names the fix.
+    /// Resolves a mapping against the target table (its name, column names and key column
+    /// indexes). `Err` names the fix.
     pub fn new(
         table: usize,
-        target: &TargetTable,
+        target: (&TableId, &[String], &[usize]),
         renames: &BTreeMap<String, String>,
         at: &str,
     ) -> Result<TableRoute, String> {
+        let (id, columns, key) = target;
         for t in renames.keys() {
-            if target.column(t).is_none() {
+            if !columns.contains(t) {
                 return Err(format!(
-                    "{at}.columns: target table {} has no column {t:?} (its columns: {})",
-                    target.id,
-                    target
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "{at}.columns: target table {id} has no column {t:?} (its columns: {})",
+                    columns.join(", ")
                 ));
             }
         }
         let source_of = |i: usize| {
-            let name = &target.columns[i].name;
+            let name = &columns[i];
             renames.get(name).cloned().unwrap_or_else(|| name.clone())
         };
         Ok(TableRoute {
             table,
-            columns: (0..target.columns.len())
-                .map(|i| (i, source_of(i)))
-                .collect(),
-            key: target.key.iter().map(|k| (*k, source_of(*k))).collect(),
+            columns: (0..columns.len()).map(|i| (i, source_of(i))).collect(),
+            key: key.iter().map(|k| (*k, source_of(*k))).collect(),
         })
     }
 }

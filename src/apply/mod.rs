@@ -14,6 +14,7 @@
 //! [`sluice_postgres::sink`] for the transaction itself.
 
 pub mod mapping;
+pub mod target;
 pub mod worker;
 
 use std::collections::hash_map::DefaultHasher;
@@ -28,51 +29,42 @@ use sluice_kafka::{
     ConsumerEvent, ConsumerSettings, ConsumerSink, KafkaConfig, KafkaError, OffsetSource,
     SinkConsumer, StoredOffset, TopicPartition,
 };
-use sluice_postgres::sink::{describe_targets, load_offsets, migrate, preflight_target};
-use sluice_postgres::{PostgresConnection, PostgresSink, TargetTable};
 use tokio::sync::{mpsc, watch};
 
 use self::mapping::{Router, TableRoute};
+use self::target::{prepare, Target, TargetConnection, TargetSink};
 use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
 use crate::config::{SinkConfig, TruncateSetting};
 use crate::telemetry::error_chain;
 
-/// Resolves a sink's mappings against its target tables: the tables (in order) and the routes
-/// per topic, or every problem found.
+/// Resolves a sink's mappings against its target tables: the routes per topic, or every
+/// problem found.
 fn resolve(
     name: &str,
     sink: &SinkConfig,
     prefix: &str,
-    described: Vec<Result<TargetTable, String>>,
+    target: &Target,
     target_ids: &[TableId],
-) -> Result<(Vec<TargetTable>, Router), Vec<String>> {
+) -> Result<Router, Vec<String>> {
+    let shapes = target.shapes();
     let mut problems = Vec::new();
-    let mut tables = Vec::new();
-    for d in described {
-        match d {
-            Ok(t) => tables.push(t),
-            Err(p) => problems.push(format!("sinks.{name}: {p}")),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
     let mut router = Router::default();
     for (i, m) in sink.tables.iter().enumerate() {
         let at = format!("sinks.{name}.tables[{i}]");
-        let (Some(source), Some(target)) = (m.source_table(), m.target_table()) else {
+        let (Some(source), Some(table)) = (m.source_table(), m.target_table()) else {
             continue;
         };
-        let Some(index) = target_ids.iter().position(|t| *t == target) else {
+        let Some(index) = target_ids.iter().position(|t| *t == table) else {
             continue;
         };
-        match TableRoute::new(index, &tables[index], &m.columns, &at) {
+        let (id, columns, key) = &shapes[index];
+        match TableRoute::new(index, (id, columns, key), &m.columns, &at) {
             Ok(route) => router.add(&topic_name(prefix, &source), route),
             Err(p) => problems.push(p),
         }
     }
     if problems.is_empty() {
-        Ok((tables, router))
+        Ok(router)
     } else {
         Err(problems)
     }
@@ -91,26 +83,31 @@ fn target_ids(sink: &SinkConfig) -> Vec<TableId> {
 }
 
 /// The sink's preflight: the target answers, every target table exists with a primary key,
-/// every renamed column exists.
+/// every renamed column exists. Changes nothing in the target.
 pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Problem> {
     let subject = format!("sink {name}");
-    let Some(conn) = &sink.postgres else {
+    let Some(connection) = TargetConnection::of(sink) else {
         return Vec::new();
     };
     let ids = target_ids(sink);
-    match preflight_target(conn, &ids).await {
-        Ok(described) => match resolve(name, sink, prefix, described, &ids) {
+    match prepare(&connection, &ids, false).await {
+        Ok(Ok(target)) => match resolve(name, sink, prefix, &target, &ids) {
             Ok(_) => Vec::new(),
             Err(problems) => problems
                 .into_iter()
                 .map(|p| Problem::new(subject.clone(), p))
                 .collect(),
         },
+        Ok(Err(problems)) => problems
+            .into_iter()
+            .map(|p| Problem::new(subject.clone(), format!("sinks.{name}: {p}")))
+            .collect(),
         Err(e) => vec![Problem::new(
             subject,
             format!(
-                "{}: check host, port, user, database and password_env of [sinks.{name}.postgres]",
-                error_chain(&e)
+                "{}: check host, port, user, database and password_env of {}",
+                error_chain(&e),
+                connection.section(name)
             ),
         )],
     }
@@ -119,7 +116,7 @@ pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Probl
 /// Reads stored offsets for the consumer's rebalance callback (which is synchronous).
 struct TargetOffsets {
     runtime: tokio::runtime::Handle,
-    connection: PostgresConnection,
+    connection: TargetConnection,
     sink: String,
 }
 
@@ -128,26 +125,23 @@ impl OffsetSource for TargetOffsets {
         &self,
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, StoredOffset>, String> {
-        self.runtime.block_on(async {
-            let client = sluice_postgres::client::connect(&self.connection, "apply offsets")
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let stored = load_offsets(&client, &self.sink, partitions)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            Ok(stored
-                .into_iter()
-                .map(|(tp, (next_offset, position))| {
-                    (
-                        tp,
-                        StoredOffset {
-                            next_offset,
-                            position,
-                        },
-                    )
-                })
-                .collect())
-        })
+        let stored = self.runtime.block_on(target::load_offsets(
+            &self.connection,
+            &self.sink,
+            partitions,
+        ))?;
+        Ok(stored
+            .into_iter()
+            .map(|(tp, (next_offset, position))| {
+                (
+                    tp,
+                    StoredOffset {
+                        next_offset,
+                        position,
+                    },
+                )
+            })
+            .collect())
     }
 }
 
@@ -195,19 +189,12 @@ pub async fn run(
     sink: &SinkConfig,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let conn = sink
-        .postgres
-        .clone()
-        .context("the sink has no postgres connection")?;
-    let mut client = sluice_postgres::client::connect(&conn, &format!("apply {name}")).await?;
-    let applied = migrate(&mut client).await?;
-    if !applied.is_empty() {
-        tracing::info!(sink = %name, migrations = %applied.join(", "), "sluice schema migrated");
-    }
+    let connection = TargetConnection::of(sink).context("the sink has no target connection")?;
     let ids = target_ids(sink);
-    let described = describe_targets(&client, &ids).await?;
-    drop(client);
-    let (tables, mut router) = resolve(name, sink, &kafka.topic_prefix, described, &ids)
+    let target = prepare(&connection, &ids, true)
+        .await?
+        .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
+    let mut router = resolve(name, sink, &kafka.topic_prefix, &target, &ids)
         .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
     let topics = router.topics();
 
@@ -250,7 +237,7 @@ pub async fn run(
         },
         Arc::new(TargetOffsets {
             runtime: tokio::runtime::Handle::current(),
-            connection: conn.clone(),
+            connection: connection.clone(),
             sink: name.to_owned(),
         }),
         Arc::new(Dispatcher { workers: senders }),
@@ -259,12 +246,7 @@ pub async fn run(
     for (id, rx) in receivers.into_iter().enumerate() {
         let worker = Worker {
             id,
-            sink: PostgresSink::new(
-                conn.clone(),
-                name,
-                tables.clone(),
-                format!("apply {name} #{id}"),
-            ),
+            sink: TargetSink::new(&target, name, id),
             router: router.clone(),
             settings: WorkerSettings {
                 max_batch_events: sink.max_batch_events,
@@ -334,7 +316,7 @@ pub async fn run(
         "apply stopped"
     );
     if dead > 0 {
-        tracing::warn!(sink = %name, count = dead, "events were refused this run: see sluice.dead_letters in the target");
+        tracing::warn!(sink = %name, count = dead, table = connection.dead_letter_table(), "events were refused this run: see the dead-letter table in the target");
     }
     result
 }

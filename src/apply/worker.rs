@@ -17,15 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::{
-    ApplyBatch, ApplyOutcome, Backoff, DeadLetter, ErrorClass, MappedEvent, PartitionProgress,
-    Position, RecordRef,
+    ApplyBatch, ApplyOutcome, Backoff, BarrierOutcome, DeadLetter, ErrorClass, MappedEvent,
+    PartitionProgress, Position, RecordRef,
 };
 use sluice_kafka::{Control, Record, StoredOffset, TopicPartition};
-use sluice_postgres::sink::apply_error_class;
-use sluice_postgres::{BarrierOutcome, PostgresError, PostgresSink};
 use tokio::sync::{mpsc, watch};
 
 use super::mapping::{map_record, Mapped, Router};
+use super::target::{SinkError, TargetSink};
 use crate::telemetry::error_chain;
 
 /// What the consumer sends a worker.
@@ -67,7 +66,7 @@ pub struct WorkerSettings {
 
 pub struct Worker {
     pub id: usize,
-    pub sink: PostgresSink,
+    pub sink: TargetSink,
     pub router: Arc<Router>,
     pub settings: WorkerSettings,
     pub rx: mpsc::Receiver<WorkerMsg>,
@@ -402,10 +401,10 @@ impl Worker {
     }
 
     /// Logs an error and waits before the next attempt. `false` when asked to stop meanwhile.
-    async fn pause_after_error(&mut self, e: &PostgresError, backoff: &mut Backoff) -> bool {
+    async fn pause_after_error(&mut self, e: &SinkError, backoff: &mut Backoff) -> bool {
         self.sink.reset();
         let delay = backoff.next_delay();
-        match apply_error_class(e) {
+        match e.class() {
             ErrorClass::Transient => {
                 tracing::warn!(worker = self.id, error = %error_chain(e), retry_in_ms = delay.as_millis() as u64, "target write failed; retrying")
             }
@@ -455,7 +454,6 @@ impl Worker {
                     &position.to_string(),
                     route.partitions,
                     &tables,
-                    true,
                     &progress,
                 )
                 .await;

@@ -81,6 +81,18 @@ impl ApplyBatch {
     }
 }
 
+/// A truncate's step at its barrier (every partition of the topic must reach it first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BarrierOutcome {
+    /// The truncate ran (here or in another partition's transaction) and this partition moved
+    /// past it.
+    Passed,
+    /// Other partitions have not reached the truncate yet; this one must wait.
+    Waiting,
+    /// The stored offset was not the expected one (see [`ApplyOutcome::Fenced`]).
+    Fenced,
+}
+
 /// How a batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -89,4 +101,175 @@ pub enum ApplyOutcome {
     /// Nothing was committed: the stored offsets of these partitions are not the ones this
     /// batch expected (another consumer moved them). The caller reloads them and retries.
     Fenced(Vec<(Arc<str>, i32)>),
+}
+
+/// What folding needs to know of a target table: its column count and key column indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableShape {
+    pub columns: usize,
+    pub key: Vec<usize>,
+}
+
+/// One table's changes in a batch after folding by key: the keys to delete first (values in
+/// key order), then the rows to upsert, grouped by the set of columns they carry (values in
+/// that set's order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldedTable {
+    pub table: usize,
+    pub deletes: Vec<Vec<serde_json::Value>>,
+    pub upserts: Vec<(Vec<usize>, Vec<Vec<serde_json::Value>>)>,
+}
+
+/// Folds a batch's changes by table and key, keeping each key's last word: a delete wins over
+/// everything before it (and is applied before a later upsert of the key); an upsert overlays
+/// the columns it carries on the previous upsert of the key. Applying the result (deletes,
+/// then upserts) leaves the target as applying every change in order would.
+pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
+    struct KeyState {
+        key: Vec<serde_json::Value>,
+        delete_first: bool,
+        upsert: Option<Vec<Option<serde_json::Value>>>,
+    }
+    let mut per_table: Vec<(std::collections::HashMap<String, usize>, Vec<KeyState>)> = shapes
+        .iter()
+        .map(|_| (Default::default(), Vec::new()))
+        .collect();
+    let null = serde_json::Value::Null;
+    for change in events.iter().flat_map(|e| &e.changes) {
+        let (table, key): (usize, Vec<serde_json::Value>) = match change {
+            TargetChange::Upsert { table, columns } => (
+                *table,
+                shapes[*table]
+                    .key
+                    .iter()
+                    .map(|k| {
+                        columns
+                            .iter()
+                            .find(|(c, _)| c == k)
+                            .map(|(_, v)| v)
+                            .unwrap_or(&null)
+                            .clone()
+                    })
+                    .collect(),
+            ),
+            TargetChange::Delete { table, key } => (*table, key.clone()),
+        };
+        let (index, states) = &mut per_table[table];
+        let key_text = serde_json::Value::Array(key.clone()).to_string();
+        let slot = *index.entry(key_text).or_insert_with(|| {
+            states.push(KeyState {
+                key,
+                delete_first: false,
+                upsert: None,
+            });
+            states.len() - 1
+        });
+        let state = &mut states[slot];
+        match change {
+            TargetChange::Upsert { columns, .. } => {
+                let row = state
+                    .upsert
+                    .get_or_insert_with(|| vec![None; shapes[table].columns]);
+                for (c, v) in columns {
+                    row[*c] = Some(v.clone());
+                }
+            }
+            TargetChange::Delete { .. } => {
+                state.delete_first = true;
+                state.upsert = None;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (table, (_, states)) in per_table.into_iter().enumerate() {
+        if states.is_empty() {
+            continue;
+        }
+        let mut folded = FoldedTable {
+            table,
+            deletes: Vec::new(),
+            upserts: Vec::new(),
+        };
+        for state in states {
+            if state.delete_first {
+                folded.deletes.push(state.key);
+            }
+            if let Some(row) = state.upsert {
+                let shape: Vec<usize> = (0..row.len()).filter(|c| row[*c].is_some()).collect();
+                let values: Vec<serde_json::Value> = row.into_iter().flatten().collect();
+                match folded.upserts.iter_mut().find(|(s, _)| *s == shape) {
+                    Some((_, rows)) => rows.push(values),
+                    None => folded.upserts.push((shape, vec![values])),
+                }
+            }
+        }
+        out.push(folded);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(changes: Vec<TargetChange>) -> MappedEvent {
+        MappedEvent {
+            record: RecordRef {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 0,
+            },
+            changes,
+            key: None,
+            value: None,
+        }
+    }
+
+    fn upsert(cols: &[(usize, serde_json::Value)]) -> TargetChange {
+        TargetChange::Upsert {
+            table: 0,
+            columns: cols.to_vec(),
+        }
+    }
+
+    #[test]
+    fn later_upserts_overlay_and_deletes_win() {
+        let shapes = [TableShape {
+            columns: 3,
+            key: vec![0],
+        }];
+        let events = vec![
+            event(vec![upsert(&[
+                (0, json!(1)),
+                (1, json!("a")),
+                (2, json!("big")),
+            ])]),
+            // an update without the unchanged TOAST column 2
+            event(vec![upsert(&[(0, json!(1)), (1, json!("b"))])]),
+            event(vec![upsert(&[(0, json!(2)), (1, json!("x"))])]),
+            event(vec![TargetChange::Delete {
+                table: 0,
+                key: vec![json!(2)],
+            }]),
+            event(vec![TargetChange::Delete {
+                table: 0,
+                key: vec![json!(3)],
+            }]),
+            event(vec![upsert(&[(0, json!(3)), (1, json!("again"))])]),
+        ];
+        let folded = fold(&events, &shapes);
+        assert_eq!(folded.len(), 1);
+        assert_eq!(folded[0].deletes, vec![vec![json!(2)], vec![json!(3)]]);
+        assert_eq!(
+            folded[0].upserts,
+            vec![
+                (
+                    vec![0, 1, 2],
+                    vec![vec![json!(1), json!("b"), json!("big")]]
+                ),
+                (vec![0, 1], vec![vec![json!(3), json!("again")]]),
+            ]
+        );
+    }
 }

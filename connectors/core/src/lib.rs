@@ -38,7 +38,8 @@ pub mod event;
 pub mod value;
 
 pub use apply::{
-    ApplyBatch, ApplyOutcome, DeadLetter, MappedEvent, PartitionProgress, RecordRef, TargetChange,
+    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
+    PartitionProgress, RecordRef, TableShape, TargetChange,
 };
 pub use batch::{Batch, SourceCheckpoint};
 pub use error::{error_chain, Backoff, ErrorClass, Problem};

@@ -274,3 +274,22 @@ mod tests {
         assert_eq!(row.get(&columns, "big"), None);
     }
 }
+
+#[cfg(test)]
+mod float_tests {
+    /// serde_json's default float parser can be one ulp off (`float_roundtrip` fixes it):
+    /// a double printed shortest must parse back to the same double.
+    #[test]
+    fn floats_parse_back_exactly() {
+        for text in [
+            "90.33333333333333",
+            "0.1",
+            "1e-300",
+            "2.2250738585072014e-308",
+        ] {
+            let expected: f64 = text.parse().expect("std parse");
+            let parsed: serde_json::Value = serde_json::from_str(text).expect("json");
+            assert_eq!(parsed.as_f64(), Some(expected), "{text}");
+        }
+    }
+}

@@ -30,5 +30,5 @@ pub mod types;
 
 pub use config::PostgresConnection;
 pub use error::PostgresError;
-pub use sink::{BarrierOutcome, PostgresSink, TargetTable};
+pub use sink::{PostgresSink, TargetTable};
 pub use source::{PostgresSource, RunHandles, SnapshotMode, SourceSettings};

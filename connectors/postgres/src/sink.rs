@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use sluice_core::{
-    ApplyBatch, ApplyOutcome, DeadLetter, ErrorClass, MappedEvent, PartitionProgress, TableId,
-    TargetChange,
+    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, ErrorClass, FoldedTable,
+    MappedEvent, PartitionProgress, TableId, TableShape,
 };
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
@@ -106,6 +106,17 @@ impl TargetTable {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
+
+    pub fn shape(&self) -> TableShape {
+        TableShape {
+            columns: self.columns.len(),
+            key: self.key.clone(),
+        }
+    }
+
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
 }
 
 /// Reads the target tables' shapes. The inner `Err` is a configuration problem, with its fix.
@@ -183,24 +194,13 @@ pub async fn load_offsets(
     Ok(out)
 }
 
-/// A truncate's step at its barrier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BarrierOutcome {
-    /// The truncate ran (here or in another partition's transaction) and this partition moved
-    /// past it.
-    Passed,
-    /// Other partitions have not reached the truncate yet; this one must wait.
-    Waiting,
-    /// The stored offset was not the expected one (see [`ApplyOutcome::Fenced`]).
-    Fenced,
-}
-
 /// One sink's writer: a connection and its prepared statements.
 pub struct PostgresSink {
     connection: PostgresConnection,
     client: Option<Client>,
     sink: String,
     tables: Vec<TargetTable>,
+    shapes: Vec<TableShape>,
     statements: HashMap<StatementKey, Statement>,
     purpose: String,
 }
@@ -222,6 +222,7 @@ impl PostgresSink {
             connection,
             client: None,
             sink: sink.to_owned(),
+            shapes: tables.iter().map(TargetTable::shape).collect(),
             tables,
             statements: HashMap::new(),
             purpose,
@@ -294,7 +295,7 @@ impl PostgresSink {
                     .savepoint("sluice_event")
                     .await
                     .map_err(PostgresError::query("creating a savepoint"))?;
-                let folded = fold(std::slice::from_ref(event), &self.tables);
+                let folded = fold(std::slice::from_ref(event), &self.shapes);
                 match write_folded(&sp, &self.tables, &self.statements, &folded).await {
                     Ok(()) => sp
                         .commit()
@@ -310,7 +311,7 @@ impl PostgresSink {
                 }
             }
         } else {
-            let folded = fold(&batch.events, &self.tables);
+            let folded = fold(&batch.events, &self.shapes);
             write_folded(&tx, &self.tables, &self.statements, &folded).await?;
         }
         let dead_lettered = dead.len() - batch.dead_letters.len();
@@ -334,20 +335,20 @@ impl PostgresSink {
         one_by_one: bool,
     ) -> Result<(), PostgresError> {
         let mut wanted = Vec::new();
-        let folded = if one_by_one {
+        let folded: Vec<FoldedTable> = if one_by_one {
             batch
                 .events
                 .iter()
-                .flat_map(|e| fold(std::slice::from_ref(e), &self.tables))
+                .flat_map(|e| fold(std::slice::from_ref(e), &self.shapes))
                 .collect()
         } else {
-            fold(&batch.events, &self.tables)
+            fold(&batch.events, &self.shapes)
         };
         for f in &folded {
             if !f.deletes.is_empty() {
                 wanted.push(StatementKey::Delete(f.table));
             }
-            for shape in f.upserts.keys() {
+            for (shape, _) in &f.upserts {
                 wanted.push(StatementKey::Upsert(f.table, shape.clone()));
             }
         }
@@ -513,133 +514,32 @@ fn dead_letter_for(event: &MappedEvent, e: &PostgresError) -> DeadLetter {
     }
 }
 
-/// A table's changes in a batch after folding by key.
-struct Folded {
-    table: usize,
-    /// Keys to delete first (JSON text of the key objects).
-    deletes: Vec<String>,
-    /// Rows to upsert afterwards, grouped by the set of columns they carry.
-    upserts: HashMap<Vec<usize>, Vec<String>>,
-}
-
-/// The last word on each key of each table, in order: a delete wins over everything before it;
-/// an upsert overlays the columns it carries on the previous upsert of the key.
-fn fold(events: &[MappedEvent], tables: &[TargetTable]) -> Vec<Folded> {
-    struct KeyState {
-        delete_first: bool,
-        upsert: Option<Vec<Option<serde_json::Value>>>,
-    }
-    let mut per_table: Vec<(HashMap<String, usize>, Vec<KeyState>)> = tables
-        .iter()
-        .map(|_| (HashMap::new(), Vec::new()))
-        .collect();
-    for event in events {
-        for change in &event.changes {
-            match change {
-                TargetChange::Upsert { table, columns } => {
-                    let t = &tables[*table];
-                    let key_text = key_of_upsert(t, columns);
-                    let (index, states) = &mut per_table[*table];
-                    let slot = *index.entry(key_text).or_insert_with(|| {
-                        states.push(KeyState {
-                            delete_first: false,
-                            upsert: None,
-                        });
-                        states.len() - 1
-                    });
-                    let row = states[slot]
-                        .upsert
-                        .get_or_insert_with(|| vec![None; t.columns.len()]);
-                    for (c, v) in columns {
-                        row[*c] = Some(v.clone());
-                    }
-                }
-                TargetChange::Delete { table, key } => {
-                    let t = &tables[*table];
-                    let key_text = key_json(t, key.iter());
-                    let (index, states) = &mut per_table[*table];
-                    let slot = *index.entry(key_text).or_insert_with(|| {
-                        states.push(KeyState {
-                            delete_first: false,
-                            upsert: None,
-                        });
-                        states.len() - 1
-                    });
-                    states[slot].delete_first = true;
-                    states[slot].upsert = None;
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (t, (index, states)) in per_table.into_iter().enumerate() {
-        if states.is_empty() {
-            continue;
-        }
-        let table = &tables[t];
-        let mut keys: Vec<(usize, String)> = index.into_iter().map(|(k, i)| (i, k)).collect();
-        keys.sort_unstable_by_key(|(i, _)| *i);
-        let mut folded = Folded {
-            table: t,
-            deletes: Vec::new(),
-            upserts: HashMap::new(),
-        };
-        for (i, key_text) in keys {
-            let state = &states[i];
-            if state.delete_first {
-                folded.deletes.push(key_text);
-            }
-            if let Some(row) = &state.upsert {
-                let shape: Vec<usize> = (0..row.len()).filter(|c| row[*c].is_some()).collect();
-                let mut text = String::from("{");
-                for (n, c) in shape.iter().enumerate() {
-                    if n > 0 {
-                        text.push(',');
-                    }
-                    let col = &table.columns[*c];
-                    text.push_str(&col.json_key);
-                    text.push(':');
-                    if let Some(v) = &row[*c] {
-                        push_value(&col.kind, v, &mut text);
-                    }
-                }
-                text.push('}');
-                folded.upserts.entry(shape).or_default().push(text);
-            }
-        }
-        out.push(folded);
-    }
-    out
-}
-
-fn key_of_upsert(t: &TargetTable, columns: &[(usize, serde_json::Value)]) -> String {
-    let null = serde_json::Value::Null;
-    key_json(
-        t,
-        t.key.iter().map(|k| {
-            columns
-                .iter()
-                .find(|(c, _)| c == k)
-                .map(|(_, v)| v)
-                .unwrap_or(&null)
-        }),
-    )
-}
-
-/// The key as a JSON object of the target's key columns (also the fold key).
-fn key_json<'a>(t: &TargetTable, values: impl Iterator<Item = &'a serde_json::Value>) -> String {
-    let mut text = String::from("{");
-    for (n, (k, v)) in t.key.iter().zip(values).enumerate() {
+/// A row as a JSON object of `columns` (the values in the same order).
+fn row_json(t: &TargetTable, columns: &[usize], values: &[serde_json::Value], out: &mut String) {
+    out.push('{');
+    for (n, (c, v)) in columns.iter().zip(values).enumerate() {
         if n > 0 {
-            text.push(',');
+            out.push(',');
         }
-        let col = &t.columns[*k];
-        text.push_str(&col.json_key);
-        text.push(':');
-        push_value(&col.kind, v, &mut text);
+        let col = &t.columns[*c];
+        out.push_str(&col.json_key);
+        out.push(':');
+        push_value(&col.kind, v, out);
     }
-    text.push('}');
-    text
+    out.push('}');
+}
+
+/// The rows of a statement as one JSON array.
+fn rows_json(t: &TargetTable, columns: &[usize], rows: &[Vec<serde_json::Value>]) -> String {
+    let mut out = String::from("[");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        row_json(t, columns, r, &mut out);
+    }
+    out.push(']');
+    out
 }
 
 /// Writes `v` as JSON for a column of `kind`, adjusted to what Postgres' input functions read:
@@ -751,7 +651,7 @@ async fn write_folded(
     tx: &impl GenericClient,
     tables: &[TargetTable],
     statements: &HashMap<StatementKey, Statement>,
-    folded: &[Folded],
+    folded: &[FoldedTable],
 ) -> Result<(), PostgresError> {
     let missing = || PostgresError::Setup("statement not prepared".into());
     for f in folded {
@@ -760,7 +660,7 @@ async fn write_folded(
             let stmt = statements
                 .get(&StatementKey::Delete(f.table))
                 .ok_or_else(missing)?;
-            let json = format!("[{}]", f.deletes.join(","));
+            let json = rows_json(table, &table.key, &f.deletes);
             tx.execute(stmt, &[&json])
                 .await
                 .map_err(PostgresError::query(format!(
@@ -772,7 +672,7 @@ async fn write_folded(
             let stmt = statements
                 .get(&StatementKey::Upsert(f.table, shape.clone()))
                 .ok_or_else(missing)?;
-            let json = format!("[{}]", rows.join(","));
+            let json = rows_json(table, shape, rows);
             tx.execute(stmt, &[&json])
                 .await
                 .map_err(PostgresError::query(format!(
@@ -893,53 +793,6 @@ mod tests {
             key: vec![0],
             quoted: "\"public\".\"t\"".into(),
         }
-    }
-
-    fn event(changes: Vec<TargetChange>) -> MappedEvent {
-        MappedEvent {
-            record: sluice_core::RecordRef {
-                topic: Arc::from("t"),
-                partition: 0,
-                offset: 0,
-            },
-            changes,
-            key: None,
-            value: None,
-        }
-    }
-
-    fn upsert(cols: &[(usize, serde_json::Value)]) -> TargetChange {
-        TargetChange::Upsert {
-            table: 0,
-            columns: cols.to_vec(),
-        }
-    }
-
-    #[test]
-    fn later_upserts_overlay_and_deletes_win() {
-        use serde_json::json;
-        let events = vec![
-            event(vec![upsert(&[
-                (0, json!(1)),
-                (1, json!("a")),
-                (2, json!("big")),
-            ])]),
-            // an update without the unchanged TOAST column `doc`
-            event(vec![upsert(&[(0, json!(1)), (1, json!("b"))])]),
-            event(vec![upsert(&[(0, json!(2)), (1, json!("x"))])]),
-            event(vec![TargetChange::Delete {
-                table: 0,
-                key: vec![json!(2)],
-            }]),
-        ];
-        let folded = fold(&events, &[table()]);
-        assert_eq!(folded.len(), 1);
-        assert_eq!(folded[0].deletes, vec!["{\"id\":2}".to_owned()]);
-        let rows = &folded[0].upserts[&vec![0, 1, 2]];
-        assert_eq!(
-            rows,
-            &vec!["{\"id\":1,\"name\":\"b\",\"doc\":\"big\"}".to_owned()]
-        );
     }
 
     #[test]

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod mariadb;
 pub mod process;
 pub mod sluice;
 
 pub use kafka::{Broker, TopicReader};
+pub use mariadb::MariaDb;
 pub use sluice::SluiceProcess;
 
 /// A directory under the system temp dir, removed on drop.

@@ -1,0 +1,84 @@
+//! Errors of the MySQL connector, each with its [`ErrorClass`].
+
+use sluice_core::ErrorClass;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MySqlError {
+    #[error("cannot connect to mysql {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error("{context}")]
+    Query {
+        context: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    /// Misconfiguration the operator must fix; the message says how.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Server error codes that mean "this data is refused", whatever their SQLSTATE.
+const DATA_ERRORS: &[u16] = &[
+    1048, // column cannot be null
+    1062, // duplicate entry (a unique key other than the one upserted on)
+    1264, // out of range
+    1265, // data truncated
+    1292, // incorrect value (dates, numbers)
+    1366, // incorrect value for column
+    1406, // data too long
+    1411, // incorrect datetime value
+    1452, // foreign key fails
+    3819, // check constraint violated (MySQL)
+    4025, // check constraint failed (MariaDB)
+];
+
+/// Need a person: unknown table or column, access denied, unknown database.
+const DEFINITE: &[u16] = &[1044, 1045, 1049, 1054, 1142, 1143, 1146];
+
+impl MySqlError {
+    pub(crate) fn query(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Self {
+        let context = context.into();
+        move |source| MySqlError::Query { context, source }
+    }
+
+    fn server(&self) -> Option<&mysql_async::ServerError> {
+        match self {
+            MySqlError::Connect { source, .. } | MySqlError::Query { source, .. } => match source {
+                mysql_async::Error::Server(e) => Some(e),
+                _ => None,
+            },
+            MySqlError::Setup(_) => None,
+        }
+    }
+
+    /// The server's SQLSTATE and error code, e.g. `23000/4025`.
+    pub fn sqlstate(&self) -> Option<String> {
+        self.server().map(|e| format!("{}/{}", e.state, e.code))
+    }
+
+    /// The server's message without our context (it may quote the refused value).
+    pub fn server_message(&self) -> Option<&str> {
+        self.server().map(|e| e.message.as_str())
+    }
+
+    /// The target refuses this data for good (constraint, type, range).
+    pub fn is_data_error(&self) -> bool {
+        self.server().is_some_and(|e| {
+            e.state.starts_with("22") || e.state.starts_with("23") || DATA_ERRORS.contains(&e.code)
+        })
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MySqlError::Setup(_) => ErrorClass::Definite,
+            _ => match self.server() {
+                Some(e) if DEFINITE.contains(&e.code) => ErrorClass::Definite,
+                _ => ErrorClass::Transient,
+            },
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The MySQL/MariaDB target: mapped row changes, Kafka progress and dead letters in one
+//! transaction, like the Postgres target (see `sluice_postgres::sink`).
+//!
+//! Folded batches become one multi-row `delete … where key in (…)` and one multi-row
+//! `insert … on duplicate key update` per table and set of carried columns. Progress rows are
+//! read `for update` and compared with what the batch expected before they are written, which
+//! fences off a second consumer of the same partition. A batch refused for a data reason is
+//! applied again event by event under savepoints, each refused event becoming a dead letter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, TxOpts, Value};
+use sluice_core::{
+    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
+    PartitionProgress, TableId, TableShape,
+};
+
+use crate::client::{connect, quote_ident};
+use crate::config::MySqlConnection;
+use crate::error::MySqlError;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_apply_state.sql",
+    include_str!("../../../migrations/mysql/0001_apply_state.sql"),
+)];
+
+/// Most placeholders in one statement (the protocol allows 65535).
+const MAX_PLACEHOLDERS: usize = 60_000;
+
+/// Creates or upgrades Sluice's tables in the target database (under a named lock, so
+/// concurrent processes do not race).
+pub async fn migrate(conn: &mut Conn) -> Result<Vec<String>, MySqlError> {
+    let ctx =
+        "creating Sluice's tables (sluice_*) in the target database (the user needs CREATE there)";
+    conn.query_drop("SELECT GET_LOCK('sluice_migrations', 60)")
+        .await
+        .map_err(MySqlError::query(ctx))?;
+    let result = async {
+        conn.query_drop(
+            "create table if not exists sluice_schema_migrations (
+                 version int primary key, name varchar(255) not null,
+                 applied_at timestamp(6) not null default current_timestamp(6)) engine = InnoDB",
+        )
+        .await
+        .map_err(MySqlError::query(ctx))?;
+        let done: Vec<i32> = conn
+            .query("select version from sluice_schema_migrations")
+            .await
+            .map_err(MySqlError::query(ctx))?;
+        let mut applied = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                let statement: String = statement
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if statement.trim().is_empty() {
+                    continue;
+                }
+                conn.query_drop(statement)
+                    .await
+                    .map_err(MySqlError::query(format!("applying migration {name}")))?;
+            }
+            conn.exec_drop(
+                "insert into sluice_schema_migrations (version, name) values (?, ?)",
+                (version, name),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+            applied.push((*name).to_owned());
+        }
+        Ok(applied)
+    }
+    .await;
+    let _ = conn
+        .query_drop("SELECT RELEASE_LOCK('sluice_migrations')")
+        .await;
+    result
+}
+
+/// How JSON values are turned into MySQL values for a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Integer,
+    Float,
+    Bytes,
+    DateTime,
+    Json,
+    Text,
+}
+
+fn kind_of(data_type: &str) -> ColumnKind {
+    match data_type {
+        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" | "bit" => {
+            ColumnKind::Integer
+        }
+        "float" | "double" => ColumnKind::Float,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            ColumnKind::Bytes
+        }
+        "datetime" | "timestamp" => ColumnKind::DateTime,
+        "json" => ColumnKind::Json,
+        _ => ColumnKind::Text,
+    }
+}
+
+/// A target table as the sink writes it.
+#[derive(Debug, Clone)]
+pub struct MySqlTable {
+    pub id: TableId,
+    pub columns: Vec<(String, ColumnKind)>,
+    pub key: Vec<usize>,
+    quoted: String,
+}
+
+impl MySqlTable {
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn shape(&self) -> TableShape {
+        TableShape {
+            columns: self.columns.len(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The database a mapping's table lives in: `public` (the default schema of a mapping) means
+/// the connection's database.
+fn database_of<'a>(id: &'a TableId, conn: &'a MySqlConnection) -> &'a str {
+    if id.schema == "public" {
+        &conn.database
+    } else {
+        &id.schema
+    }
+}
+
+/// Reads the target tables' shapes. The inner `Err` is a configuration problem, with its fix.
+pub async fn describe_targets(
+    conn: &mut Conn,
+    connection: &MySqlConnection,
+    tables: &[TableId],
+) -> Result<Vec<Result<MySqlTable, String>>, MySqlError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for id in tables {
+        let db = database_of(id, connection).to_owned();
+        let ctx = format!("reading the columns of target table {db}.{}", id.name);
+        let columns: Vec<(String, String)> = conn
+            .exec(
+                "select column_name, data_type from information_schema.columns
+                  where table_schema = ? and table_name = ? order by ordinal_position",
+                (&db, &id.name),
+            )
+            .await
+            .map_err(MySqlError::query(ctx.clone()))?;
+        if columns.is_empty() {
+            out.push(Err(format!(
+                "target table {db}.{} does not exist: create it in the target database (Sluice does not create target tables)",
+                id.name
+            )));
+            continue;
+        }
+        let key_names: Vec<String> = conn
+            .exec(
+                "select column_name from information_schema.key_column_usage
+                  where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
+                  order by ordinal_position",
+                (&db, &id.name),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+        if key_names.is_empty() {
+            out.push(Err(format!(
+                "target table {db}.{} has no primary key: upserts and deletes need one (alter table {db}.{} add primary key (…))",
+                id.name, id.name
+            )));
+            continue;
+        }
+        let columns: Vec<(String, ColumnKind)> = columns
+            .into_iter()
+            .map(|(name, ty)| (name, kind_of(&ty.to_ascii_lowercase())))
+            .collect();
+        let key = key_names
+            .iter()
+            .filter_map(|k| columns.iter().position(|(c, _)| c == k))
+            .collect();
+        out.push(Ok(MySqlTable {
+            quoted: format!("{}.{}", quote_ident(&db), quote_ident(&id.name)),
+            id: id.clone(),
+            columns,
+            key,
+        }));
+    }
+    Ok(out)
+}
+
+/// Reads the stored progress of `partitions` for `sink`.
+pub async fn load_offsets(
+    conn: &mut Conn,
+    sink: &str,
+    partitions: &[(Arc<str>, i32)],
+) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, MySqlError> {
+    let rows: Vec<(String, i32, i64, Option<String>)> = conn
+        .exec(
+            "select topic, `partition`, next_offset, cast(source_position as char)
+               from sluice_apply_offsets where sink = ?",
+            (sink,),
+        )
+        .await
+        .map_err(MySqlError::query("reading sluice_apply_offsets"))?;
+    let mut out = HashMap::new();
+    for (topic, partition, next, position) in rows {
+        if let Some(tp) = partitions
+            .iter()
+            .find(|(t, p)| **t == *topic && *p == partition)
+        {
+            out.insert(tp.clone(), (next, position));
+        }
+    }
+    Ok(out)
+}
+
+/// One sink's writer: a connection and its target tables.
+pub struct MySqlSink {
+    connection: MySqlConnection,
+    conn: Option<Conn>,
+    sink: String,
+    tables: Vec<MySqlTable>,
+    shapes: Vec<TableShape>,
+}
+
+impl MySqlSink {
+    pub fn new(connection: MySqlConnection, sink: &str, tables: Vec<MySqlTable>) -> Self {
+        MySqlSink {
+            connection,
+            conn: None,
+            sink: sink.to_owned(),
+            shapes: tables.iter().map(MySqlTable::shape).collect(),
+            tables,
+        }
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, MySqlError> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.connection).await?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))
+    }
+
+    /// Forgets the connection (after an error that may have broken it).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    pub async fn load_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, MySqlError> {
+        let sink = self.sink.clone();
+        load_offsets(self.conn().await?, &sink, partitions).await
+    }
+
+    /// Applies a batch in one transaction (see the module docs).
+    pub async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, MySqlError> {
+        match self.apply_once(batch, false).await {
+            Err(e) if e.is_data_error() => {
+                tracing::debug!(error = %e, "batch refused; applying it event by event");
+                self.reset();
+                self.apply_once(batch, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_once(
+        &mut self,
+        batch: &ApplyBatch,
+        one_by_one: bool,
+    ) -> Result<ApplyOutcome, MySqlError> {
+        let sink = self.sink.clone();
+        let tables = self.tables.clone();
+        let shapes = self.shapes.clone();
+        let conn = self.conn().await?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(MySqlError::query("beginning a target transaction"))?;
+        let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
+        if one_by_one {
+            for event in &batch.events {
+                tx.query_drop("savepoint sluice_event")
+                    .await
+                    .map_err(MySqlError::query("creating a savepoint"))?;
+                let folded = fold(std::slice::from_ref(event), &shapes);
+                match write_folded(&mut tx, &tables, &folded).await {
+                    Ok(()) => tx
+                        .query_drop("release savepoint sluice_event")
+                        .await
+                        .map_err(MySqlError::query("releasing a savepoint"))?,
+                    Err(e) if e.is_data_error() => {
+                        tx.query_drop("rollback to savepoint sluice_event")
+                            .await
+                            .map_err(MySqlError::query("rolling back a savepoint"))?;
+                        dead.push(dead_letter_for(event, &e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            let folded = fold(&batch.events, &shapes);
+            write_folded(&mut tx, &tables, &folded).await?;
+        }
+        let dead_lettered = dead.len() - batch.dead_letters.len();
+        write_dead_letters(&mut tx, &sink, &dead).await?;
+        let fenced = write_progress(&mut tx, &sink, &batch.progress).await?;
+        if !fenced.is_empty() {
+            tx.rollback()
+                .await
+                .map_err(MySqlError::query("rolling back a fenced batch"))?;
+            return Ok(ApplyOutcome::Fenced(fenced));
+        }
+        tx.commit()
+            .await
+            .map_err(MySqlError::query("committing a target transaction"))?;
+        Ok(ApplyOutcome::Committed { dead_lettered })
+    }
+
+    /// Handles a truncate that reached `progress.partition` (see the Postgres sink).
+    pub async fn truncate_barrier(
+        &mut self,
+        topic: &str,
+        position: &str,
+        partition_count: i32,
+        tables: &[usize],
+        truncate_tables: bool,
+        progress: &PartitionProgress,
+    ) -> Result<BarrierOutcome, MySqlError> {
+        let sink = self.sink.clone();
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| self.tables[*t].quoted.clone())
+            .collect();
+        let conn = self.conn().await?;
+        let ctx = "recording a truncate barrier";
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(MySqlError::query(ctx))?;
+        // Serialise the partitions of one topic: lock the barrier's done row (or its gap).
+        let done: Option<i32> = tx
+            .exec_first(
+                "select 1 from sluice_truncates_done where sink = ? and topic = ? and position = ? for update",
+                (&sink, topic, position),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+        if done.is_none() {
+            tx.exec_drop(
+                "insert ignore into sluice_truncate_barriers (sink, topic, position, `partition`) values (?, ?, ?, ?)",
+                (&sink, topic, position, progress.partition),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+            let arrived: Option<i64> = tx
+                .exec_first(
+                    "select count(*) from sluice_truncate_barriers where sink = ? and topic = ? and position = ? for update",
+                    (&sink, topic, position),
+                )
+                .await
+                .map_err(MySqlError::query(ctx))?;
+            if arrived.unwrap_or(0) < i64::from(partition_count) {
+                tx.commit().await.map_err(MySqlError::query(ctx))?;
+                return Ok(BarrierOutcome::Waiting);
+            }
+            if truncate_tables {
+                // TRUNCATE commits implicitly in MySQL: delete keeps it inside the transaction.
+                for name in &names {
+                    tx.query_drop(format!("delete from {name}"))
+                        .await
+                        .map_err(MySqlError::query(format!("emptying {name} in the target")))?;
+                }
+            }
+            tx.exec_drop(
+                "insert into sluice_truncates_done (sink, topic, position) values (?, ?, ?)",
+                (&sink, topic, position),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+            tx.exec_drop(
+                "delete from sluice_truncate_barriers where sink = ? and topic = ? and position = ?",
+                (&sink, topic, position),
+            )
+            .await
+            .map_err(MySqlError::query(ctx))?;
+        }
+        let fenced = write_progress(&mut tx, &sink, std::slice::from_ref(progress)).await?;
+        if !fenced.is_empty() {
+            tx.rollback().await.map_err(MySqlError::query(ctx))?;
+            return Ok(BarrierOutcome::Fenced);
+        }
+        tx.commit().await.map_err(MySqlError::query(ctx))?;
+        Ok(BarrierOutcome::Passed)
+    }
+}
+
+fn dead_letter_for(event: &MappedEvent, e: &MySqlError) -> DeadLetter {
+    DeadLetter {
+        record: event.record.clone(),
+        key: event.key.clone(),
+        value: event.value.clone(),
+        error: format!(
+            "target refused the row: {}",
+            e.server_message().unwrap_or("unknown error")
+        ),
+        sqlstate: e.sqlstate(),
+    }
+}
+
+/// A JSON value as a MySQL value for a column of `kind`.
+fn to_mysql(kind: ColumnKind, v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match (kind, v) {
+        (_, J::Null) => Value::NULL,
+        (_, J::Bool(b)) => Value::Int(i64::from(*b)),
+        (_, J::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                Value::Double(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        (ColumnKind::Bytes, J::String(s)) => {
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(bytes) => Value::Bytes(bytes),
+                Err(_) => Value::Bytes(s.clone().into_bytes()),
+            }
+        }
+        // `2024-05-01T12:00:00.000000Z` (UTC; the session time zone is UTC) → `2024-05-01 12:00:00.000000`.
+        (ColumnKind::DateTime, J::String(s)) => {
+            let t = s.strip_suffix('Z').unwrap_or(s).replacen('T', " ", 1);
+            Value::Bytes(t.into_bytes())
+        }
+        (_, J::String(s)) => Value::Bytes(s.clone().into_bytes()),
+        // Arrays and objects: JSON text (a JSON column, or text).
+        (_, other) => Value::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+async fn write_folded(
+    tx: &mut mysql_async::Transaction<'_>,
+    tables: &[MySqlTable],
+    folded: &[FoldedTable],
+) -> Result<(), MySqlError> {
+    for f in folded {
+        let t = &tables[f.table];
+        if !f.deletes.is_empty() {
+            let per_row = t.key.len();
+            for chunk in f.deletes.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
+                let tuple = format!("({})", vec!["?"; per_row].join(","));
+                let cols = t
+                    .key
+                    .iter()
+                    .map(|k| quote_ident(&t.columns[*k].0))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "delete from {} where ({cols}) in ({})",
+                    t.quoted,
+                    vec![tuple.as_str(); chunk.len()].join(",")
+                );
+                let params: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|key| {
+                        t.key
+                            .iter()
+                            .zip(key)
+                            .map(|(k, v)| to_mysql(t.columns[*k].1, v))
+                    })
+                    .collect();
+                tx.exec_drop(sql, params)
+                    .await
+                    .map_err(MySqlError::query(format!(
+                        "deleting rows from {}",
+                        t.quoted
+                    )))?;
+            }
+        }
+        for (shape, rows) in &f.upserts {
+            let cols: Vec<String> = shape
+                .iter()
+                .map(|c| quote_ident(&t.columns[*c].0))
+                .collect();
+            let updates: Vec<String> = shape
+                .iter()
+                .filter(|c| !t.key.contains(c))
+                .map(|c| {
+                    let q = quote_ident(&t.columns[*c].0);
+                    format!("{q} = values({q})")
+                })
+                .collect();
+            let on_duplicate = if updates.is_empty() {
+                // Only key columns: nothing to update, but the statement must not fail.
+                let q = &cols[0];
+                format!("{q} = {q}")
+            } else {
+                updates.join(", ")
+            };
+            let tuple = format!("({})", vec!["?"; shape.len()].join(","));
+            for chunk in rows.chunks((MAX_PLACEHOLDERS / shape.len()).max(1)) {
+                let sql = format!(
+                    "insert into {} ({}) values {} on duplicate key update {on_duplicate}",
+                    t.quoted,
+                    cols.join(", "),
+                    vec![tuple.as_str(); chunk.len()].join(",")
+                );
+                let params: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|row| {
+                        shape
+                            .iter()
+                            .zip(row)
+                            .map(|(c, v)| to_mysql(t.columns[*c].1, v))
+                    })
+                    .collect();
+                tx.exec_drop(sql, params)
+                    .await
+                    .map_err(MySqlError::query(format!(
+                        "upserting rows into {}",
+                        t.quoted
+                    )))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_dead_letters(
+    tx: &mut mysql_async::Transaction<'_>,
+    sink: &str,
+    dead: &[DeadLetter],
+) -> Result<(), MySqlError> {
+    for d in dead {
+        let reason = match &d.sqlstate {
+            Some(code) => format!("refused by the target, {code}"),
+            None => d.error.clone(),
+        };
+        tracing::warn!(
+            sink = %sink,
+            topic = %d.record.topic,
+            partition = d.record.partition,
+            offset = d.record.offset,
+            reason = %reason,
+            "event refused: recorded in sluice_dead_letters with the full error"
+        );
+        tx.exec_drop(
+            "insert into sluice_dead_letters (sink, topic, `partition`, `offset`, `key`, value, error, `sqlstate`)
+             values (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sink,
+                &*d.record.topic,
+                d.record.partition,
+                d.record.offset,
+                d.key.as_deref(),
+                d.value.as_deref(),
+                &d.error,
+                &d.sqlstate,
+            ),
+        )
+        .await
+        .map_err(MySqlError::query("writing to sluice_dead_letters"))?;
+    }
+    Ok(())
+}
+
+/// Writes each partition's progress if the stored offset is still the expected one; returns
+/// the partitions where it was not.
+async fn write_progress(
+    tx: &mut mysql_async::Transaction<'_>,
+    sink: &str,
+    progress: &[PartitionProgress],
+) -> Result<Vec<(Arc<str>, i32)>, MySqlError> {
+    let mut fenced = Vec::new();
+    for p in progress {
+        let stored: Option<i64> = tx
+            .exec_first(
+                "select next_offset from sluice_apply_offsets where sink = ? and topic = ? and `partition` = ? for update",
+                (sink, &*p.topic, p.partition),
+            )
+            .await
+            .map_err(MySqlError::query("reading sluice_apply_offsets"))?;
+        if stored != p.expected {
+            fenced.push((p.topic.clone(), p.partition));
+            continue;
+        }
+        let written = if stored.is_some() {
+            tx.exec_drop(
+                "update sluice_apply_offsets
+                    set next_offset = ?, source_position = coalesce(?, source_position), updated_at = current_timestamp(6)
+                  where sink = ? and topic = ? and `partition` = ?",
+                (p.next_offset, &p.position, sink, &*p.topic, p.partition),
+            )
+            .await
+        } else {
+            tx.exec_drop(
+                "insert into sluice_apply_offsets (sink, topic, `partition`, next_offset, source_position)
+                 values (?, ?, ?, ?, ?)",
+                (sink, &*p.topic, p.partition, p.next_offset, &p.position),
+            )
+            .await
+        };
+        match written {
+            Ok(()) => {}
+            // Another consumer inserted the row first.
+            Err(mysql_async::Error::Server(e)) if e.code == 1062 => {
+                fenced.push((p.topic.clone(), p.partition));
+            }
+            Err(e) => {
+                return Err(MySqlError::Query {
+                    context: "writing sluice_apply_offsets".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(fenced)
+}
+
+/// Connects and describes the target tables: a sink's preflight.
+pub async fn preflight_target(
+    connection: &MySqlConnection,
+    tables: &[TableId],
+) -> Result<Vec<Result<MySqlTable, String>>, MySqlError> {
+    let mut conn = connect(connection).await?;
+    let out = describe_targets(&mut conn, connection, tables).await;
+    let _ = conn.disconnect().await;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_converted_for_their_columns() {
+        assert_eq!(
+            to_mysql(ColumnKind::Bytes, &json!("AP8=")),
+            Value::Bytes(vec![0, 255])
+        );
+        assert_eq!(
+            to_mysql(ColumnKind::DateTime, &json!("2024-05-01T12:00:00.000000Z")),
+            Value::Bytes(b"2024-05-01 12:00:00.000000".to_vec())
+        );
+        assert_eq!(to_mysql(ColumnKind::Integer, &json!(true)), Value::Int(1));
+        assert_eq!(
+            to_mysql(ColumnKind::Json, &json!({"a": [1]})),
+            Value::Bytes(b"{\"a\":[1]}".to_vec())
+        );
+        assert_eq!(to_mysql(ColumnKind::Text, &json!(null)), Value::NULL);
+        assert_eq!(
+            to_mysql(ColumnKind::Integer, &json!(u64::MAX)),
+            Value::UInt(u64::MAX)
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! A private MariaDB server (Debian ships MariaDB 10.11) with row-based binlog, on a free port.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, require_binary, signal_child, TempDir};
+
+const INSTALL: &str = "apt-get install -y mariadb-server";
+
+/// A MariaDB server in a temp dir; root has no password. Killed on drop.
+pub struct MariaDb {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    pub fn start() -> MariaDb {
+        let install = require_binary("mariadb-install-db", &["/usr/bin"], INSTALL);
+        let mariadbd = require_binary("mariadbd", &["/usr/sbin"], INSTALL);
+        let mut dir = TempDir::new("mariadb");
+        let data = dir.path().join("data");
+        let user = whoami();
+        let status = Command::new(&install)
+            .arg("--no-defaults")
+            .arg(format!("--user={user}"))
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run mariadb-install-db");
+        assert!(
+            status.success(),
+            "mariadb-install-db failed in {}",
+            data.display()
+        );
+        for _ in 0..5 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("mariadb.log")).expect("log file");
+            let child = Command::new(&mariadbd)
+                .arg("--no-defaults")
+                .arg(format!("--user={user}"))
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", dir.path().join("sock").display()))
+                .arg(format!("--port={port}"))
+                .args([
+                    "--bind-address=127.0.0.1",
+                    "--server-id=1",
+                    "--binlog-format=ROW",
+                    "--binlog-row-image=FULL",
+                    "--binlog-row-metadata=FULL",
+                    "--binlog-checksum=CRC32",
+                    "--gtid-strict-mode=ON",
+                    "--character-set-server=utf8mb4",
+                    "--collation-server=utf8mb4_bin",
+                    "--innodb-flush-log-at-trx-commit=2",
+                    "--skip-name-resolve",
+                ])
+                .arg(format!("--log-bin={}", data.join("binlog").display()))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn mariadbd");
+            let mut server = MariaDb {
+                dir,
+                port,
+                child: Some(child),
+            };
+            if server.wait_ready(Duration::from_secs(30)) {
+                return server;
+            }
+            server.kill();
+            dir = server.take_dir();
+        }
+        panic!("mariadbd did not start");
+    }
+
+    fn take_dir(mut self) -> TempDir {
+        self.child = None;
+        std::mem::replace(&mut self.dir, TempDir::new("mariadb-spent"))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            let ok = Command::new("mariadb-admin")
+                .arg("--no-defaults")
+                .arg(format!(
+                    "--socket={}",
+                    self.dir.path().join("sock").display()
+                ))
+                .args(["-uroot", "ping"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal_child(&mut c, false);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs SQL through the `mariadb` client as root (for set-up).
+    pub fn execute(&self, database: Option<&str>, sql: &str) {
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .arg("-uroot");
+        if let Some(db) = database {
+            cmd.arg(db);
+        }
+        let out = cmd
+            .args(["-e", sql])
+            .output()
+            .expect("run the mariadb client");
+        assert!(
+            out.status.success(),
+            "mariadb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a query and returns its rows, tab-separated (for checks).
+    pub fn query(&self, database: &str, sql: &str) -> Vec<String> {
+        let out = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .args([
+                "-uroot",
+                "--batch",
+                "--skip-column-names",
+                database,
+                "-e",
+                sql,
+            ])
+            .output()
+            .expect("run the mariadb client");
+        assert!(
+            out.status.success(),
+            "mariadb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A `mysql = { … }` config value for Sluice.
+    pub fn sluice_connection(&self, database: &str) -> String {
+        format!(
+            "{{ host = \"127.0.0.1\", port = {}, user = \"root\", database = \"{database}\" }}",
+            self.port
+        )
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn whoami() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "root".into())
+}
