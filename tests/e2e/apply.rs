@@ -274,9 +274,11 @@ async fn two_apply_processes_share_the_partitions() {
     let p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "workers = 2").await;
     let mut src = p.source_db().await;
     seed(&src, 1000).await;
+    // An apply process started before capture waits for the topics capture creates.
+    let mut a = p.start("apply-a", &["--only", "apply"]);
+    a.wait_log("waiting for the sink's topics", 1, LONG);
     let mut capture = p.start("capture", &["--only", "capture"]);
     capture.wait_log("replication stream started", 1, LONG);
-    let mut a = p.start("apply-a", &["--only", "apply"]);
     a.wait_log("partitions assigned", 1, LONG);
     let mut b = p.start("apply-b", &["--only", "apply"]);
     // b joins the group: the partitions are split between the two.
@@ -306,6 +308,39 @@ async fn two_apply_processes_share_the_partitions() {
     for s in [&mut a, &mut b, &mut capture] {
         assert!(s.stop(LONG).success());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_ignore_leaves_the_target_as_it_is() {
+    let p = Pipeline::new(&["lines"], SCHEMA, SCHEMA, "truncate = \"ignore\"").await;
+    let src = p.source_db().await;
+    src.batch_execute("insert into lines select g, 1, 1, 'before' from generate_series(1, 100) g")
+        .await
+        .expect("rows");
+    let sluice = p.start("sluice", &[]);
+    p.wait_equal(WAIT).await;
+    src.batch_execute(
+        "truncate lines; insert into lines select g, 2, 2, 'after' from generate_series(1, 10) g",
+    )
+    .await
+    .expect("truncate and insert");
+    let dst = p.target_db().await;
+    sluice_test_support::wait_for("the rows after the truncate", LONG, || async {
+        let n: i64 = dst
+            .query_one("select count(*) from lines where note = 'after'", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 10).then_some(())
+    })
+    .await;
+    let before: i64 = dst
+        .query_one("select count(*) from lines where note = 'before'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(before, 100, "truncate = ignore keeps the target's rows");
+    assert!(!sluice.log_text().contains("truncate reached"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
