@@ -239,9 +239,9 @@ impl SinkConsumer {
             // Offsets live in the target, written with the rows.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // Only used when an assigned offset is out of range (e.g. deleted by retention):
-            // never skip to the end silently.
-            .set("auto.offset.reset", "earliest")
+            // A stored offset Kafka no longer has (deleted by retention) means changes are gone:
+            // stop that partition with an error rather than jump anywhere silently.
+            .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
             // A crashed member holds its partitions until its session times out: keep that
             // short (Kafka Connect uses 10 s), so a restarted apply resumes quickly.
@@ -380,6 +380,16 @@ fn poll_loop(
                     value: m.payload().map(<[u8]>::to_vec),
                 };
                 sink.deliver(ConsumerEvent::Record(record));
+            }
+            Some(Err(e))
+                if e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange) =>
+            {
+                tracing::error!(
+                    group = %consumer.context().group,
+                    error = %e,
+                    "a stored offset is no longer in Kafka (retention deleted it): the changes in between are lost to this sink; this partition stops here. Re-snapshot the source (sluice run --resnapshot) or move the sink's offsets on, then restart"
+                );
             }
             // librdkafka reconnects by itself; say so once in a while, not on every poll.
             Some(Err(e)) if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
