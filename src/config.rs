@@ -100,8 +100,10 @@ fn default_sink_batch_delay_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Connection to a Postgres source (the only kind of source so far).
+    /// Connection to a Postgres source…
     pub postgres: Option<PostgresConnection>,
+    /// …or to a MySQL/MariaDB source (checked by `sluice check`; capture not built yet).
+    pub mysql: Option<MySqlConnection>,
     /// Tables to capture, as `schema.table` (or `table` for `public.table`).
     pub tables: Vec<String>,
     /// Replication slot name; default `sluice_<source name>`.
@@ -211,10 +213,14 @@ impl Config {
                     "{at}: source names may use only lower-case letters, digits and '_' (they name replication slots)"
                 ));
             }
-            if source.postgres.is_none() {
-                problems.push(format!(
-                    "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}`"
-                ));
+            match (&source.postgres, &source.mysql) {
+                (None, None) => problems.push(format!(
+                    "{at}: no connection: add `postgres = {{ host = …, user = …, database = … }}` or `mysql = {{ … }}`"
+                )),
+                (Some(_), Some(_)) => problems.push(format!(
+                    "{at}: both `postgres` and `mysql` are set: a source reads one database; use two sources"
+                )),
+                _ => {}
             }
             if let Some(pg) = &source.postgres {
                 if pg.user.is_empty() || pg.database.is_empty() {

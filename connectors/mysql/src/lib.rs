@@ -3,11 +3,15 @@
 //! * [`MySqlSink`] writes mapped row changes into a target database together with the Kafka
 //!   offsets they complete, in one transaction (see [`sink`]), like the Postgres sink.
 //!
-//! The binlog source is not built yet.
+//! * [`preflight`](preflight::preflight) checks a server for binlog capture (binlog on, ROW
+//!   format, FULL row image and metadata, grants, tables with primary keys).
+//!
+//! The binlog source itself is not built yet.
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod preflight;
 pub mod sink;
 
 pub use config::MySqlConnection;

@@ -16,6 +16,12 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> MariaDb {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `mariadbd` options, which win over the defaults (e.g.
+    /// `--binlog-format=STATEMENT`, or `--skip-log-bin`).
+    pub fn start_with(extra: &[&str]) -> MariaDb {
         let install = require_binary("mariadb-install-db", &["/usr/bin"], INSTALL);
         let mariadbd = require_binary("mariadbd", &["/usr/sbin"], INSTALL);
         let mut dir = TempDir::new("mariadb");
@@ -58,6 +64,7 @@ impl MariaDb {
                     "--skip-name-resolve",
                 ])
                 .arg(format!("--log-bin={}", data.join("binlog").display()))
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -1,0 +1,116 @@
+//! `sluice check` on a MySQL/MariaDB source: every problem that would stop binlog capture is
+//! named with its fix (binlog settings, grants, tables), and `run` says capture is not built.
+
+use std::path::Path;
+
+use sluice_test_support::sluice::run_to_end;
+use sluice_test_support::{Broker, MariaDb, TempDir};
+
+use crate::common::{LONG, SLUICE};
+
+fn check(
+    broker: &Broker,
+    server: &MariaDb,
+    user: &str,
+    tables: &str,
+    dir: &TempDir,
+) -> (i32, String) {
+    let config = dir.path().join(format!("{user}-{}.toml", server.port()));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[sources.directory]\nmysql = {{ host = \"127.0.0.1\", port = {}, user = \"{user}\", database = \"app\" }}\ntables = [{tables}]\n",
+            broker.brokers(),
+            server.port()
+        ),
+    )
+    .expect("config");
+    let (status, out, err) = run_to_end(
+        Path::new(SLUICE),
+        &["check", "--config", config.to_str().expect("path")],
+        LONG,
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    (status.code().unwrap_or(-1), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_source_problems_are_explained() {
+    let broker = Broker::start();
+    let dir = TempDir::new("mysql-preflight");
+
+    // A well-configured server: only the table problems are reported.
+    let good = MariaDb::start();
+    good.execute(
+        None,
+        "create database app;
+         create table app.users (id int primary key, name text);
+         create table app.logs (line text);
+         create view app.names as select name from app.users;
+         create user 'plain'@'%';
+         grant select on app.* to 'plain'@'%';",
+    );
+    let (code, out) = check(&broker, &good, "root", "\"users\"", &dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("source directory: ok"), "{out}");
+    let (code, out) = check(
+        &broker,
+        &good,
+        "root",
+        "\"users\", \"logs\", \"names\", \"app.missing\"",
+        &dir,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("table app.logs has no primary key"), "{out}");
+    assert!(out.contains("app.names is a VIEW, not a table"), "{out}");
+    assert!(out.contains("table app.missing does not exist"), "{out}");
+    assert!(!out.contains("binlog_format"), "{out}");
+
+    // A user without the replication grants.
+    let (code, out) = check(&broker, &good, "plain", "\"users\"", &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lacks REPLICATION SLAVE"), "{out}");
+    assert!(out.contains("lacks BINLOG MONITOR"), "{out}");
+
+    // Binlog settings capture cannot work with.
+    let statement = MariaDb::start_with(&[
+        "--binlog-format=STATEMENT",
+        "--binlog-row-image=MINIMAL",
+        "--binlog-row-metadata=MINIMAL",
+    ]);
+    statement.execute(
+        None,
+        "create database app; create table app.users (id int primary key)",
+    );
+    let (code, out) = check(&broker, &statement, "root", "\"users\"", &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("binlog_format is STATEMENT, capture needs ROW"),
+        "{out}"
+    );
+    assert!(out.contains("binlog_row_image is MINIMAL"), "{out}");
+    assert!(out.contains("binlog_row_metadata is MINIMAL"), "{out}");
+
+    // No binary log at all.
+    let no_binlog = MariaDb::start_with(&["--skip-log-bin"]);
+    no_binlog.execute(
+        None,
+        "create database app; create table app.users (id int primary key)",
+    );
+    let (code, out) = check(&broker, &no_binlog, "root", "\"users\"", &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the binary log is off"), "{out}");
+
+    // `run` says capture from MySQL is not built, instead of pretending.
+    let config = dir.path().join(format!("root-{}.toml", good.port()));
+    let (status, _, err) = run_to_end(
+        Path::new(SLUICE),
+        &["run", "--config", config.to_str().expect("path")],
+        LONG,
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("capture from MySQL/MariaDB is not built yet"),
+        "{err}"
+    );
+}
