@@ -217,11 +217,11 @@ impl TargetSink {
     ) -> Result<BarrierOutcome, SinkError> {
         Ok(match self {
             TargetSink::Postgres(s) => {
-                s.truncate_barrier(topic, position, partition_count, tables, true, progress)
+                s.truncate_barrier(topic, position, partition_count, tables, progress)
                     .await?
             }
             TargetSink::MySql(s) => {
-                s.truncate_barrier(topic, position, partition_count, tables, true, progress)
+                s.truncate_barrier(topic, position, partition_count, tables, progress)
                     .await?
             }
         })

@@ -241,8 +241,8 @@ impl Worker {
             match mapped {
                 Err(error) => plan.batch.dead_letters.push(DeadLetter {
                     record: record_ref,
-                    key: r.key.as_deref().map(text_of),
-                    value: r.value.as_deref().map(text_of),
+                    key: r.key.clone(),
+                    value: r.value.clone(),
                     error,
                     sqlstate: None,
                 }),
@@ -273,8 +273,8 @@ impl Worker {
                     plan.batch.events.push(MappedEvent {
                         record: record_ref,
                         changes,
-                        key: r.key.as_deref().map(text_of),
-                        value: r.value.as_deref().map(text_of),
+                        key: r.key.clone(),
+                        value: r.value.clone(),
                     });
                 }
             }
@@ -502,8 +502,4 @@ fn parse_position(json: &str) -> Option<Position> {
         .ok()
         .as_ref()
         .and_then(Position::from_envelope_source)
-}
-
-fn text_of(bytes: &[u8]) -> Arc<str> {
-    Arc::from(String::from_utf8_lossy(bytes).as_ref())
 }

@@ -38,17 +38,17 @@ pub struct RecordRef {
 pub struct MappedEvent {
     pub record: RecordRef,
     pub changes: Vec<TargetChange>,
-    /// The record's key and value as text, kept for a dead letter.
-    pub key: Option<Arc<str>>,
-    pub value: Option<Arc<str>>,
+    /// The record's key and value as received (shared, not copied), kept for a dead letter.
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Arc<[u8]>>,
 }
 
 /// An event that will not be applied, and why.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub record: RecordRef,
-    pub key: Option<Arc<str>>,
-    pub value: Option<Arc<str>>,
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Arc<[u8]>>,
     pub error: String,
     /// The target's SQLSTATE when the target refused the event.
     pub sqlstate: Option<String>,
@@ -73,6 +73,17 @@ pub struct ApplyBatch {
     pub events: Vec<MappedEvent>,
     pub dead_letters: Vec<DeadLetter>,
     pub progress: Vec<PartitionProgress>,
+}
+
+impl DeadLetter {
+    /// The record's key and value as text, for the dead-letter table.
+    pub fn texts(&self) -> (Option<String>, Option<String>) {
+        let text = |b: &Option<Arc<[u8]>>| {
+            b.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        (text(&self.key), text(&self.value))
+    }
 }
 
 impl ApplyBatch {

@@ -45,8 +45,8 @@ pub struct Record {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Arc<[u8]>>,
 }
 
 /// What the consumer hands on, in the order it happened.
@@ -376,8 +376,8 @@ fn poll_loop(
                     topic: Arc::from(m.topic()),
                     partition: m.partition(),
                     offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
+                    key: m.key().map(Arc::from),
+                    value: m.payload().map(Arc::from),
                 };
                 sink.deliver(ConsumerEvent::Record(record));
             }

@@ -288,10 +288,18 @@ impl MySqlSink {
         batch: &ApplyBatch,
         one_by_one: bool,
     ) -> Result<ApplyOutcome, MySqlError> {
-        let sink = self.sink.clone();
-        let tables = self.tables.clone();
-        let shapes = self.shapes.clone();
-        let conn = self.conn().await?;
+        self.conn().await?;
+        let MySqlSink {
+            conn,
+            sink,
+            tables,
+            shapes,
+            ..
+        } = self;
+        let conn = conn
+            .as_mut()
+            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))?;
+        let (sink, tables, shapes) = (sink.as_str(), tables.as_slice(), shapes.as_slice());
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
@@ -302,8 +310,8 @@ impl MySqlSink {
                 tx.query_drop("savepoint sluice_event")
                     .await
                     .map_err(MySqlError::query("creating a savepoint"))?;
-                let folded = fold(std::slice::from_ref(event), &shapes);
-                match write_folded(&mut tx, &tables, &folded).await {
+                let folded = fold(std::slice::from_ref(event), shapes);
+                match write_folded(&mut tx, tables, &folded).await {
                     Ok(()) => tx
                         .query_drop("release savepoint sluice_event")
                         .await
@@ -318,12 +326,12 @@ impl MySqlSink {
                 }
             }
         } else {
-            let folded = fold(&batch.events, &shapes);
-            write_folded(&mut tx, &tables, &folded).await?;
+            let folded = fold(&batch.events, shapes);
+            write_folded(&mut tx, tables, &folded).await?;
         }
         let dead_lettered = dead.len() - batch.dead_letters.len();
-        write_dead_letters(&mut tx, &sink, &dead).await?;
-        let fenced = write_progress(&mut tx, &sink, &batch.progress).await?;
+        write_dead_letters(&mut tx, sink, &dead).await?;
+        let fenced = write_progress(&mut tx, sink, &batch.progress).await?;
         if !fenced.is_empty() {
             tx.rollback()
                 .await
@@ -343,7 +351,6 @@ impl MySqlSink {
         position: &str,
         partition_count: i32,
         tables: &[usize],
-        truncate_tables: bool,
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, MySqlError> {
         let sink = self.sink.clone();
@@ -383,13 +390,11 @@ impl MySqlSink {
                 tx.commit().await.map_err(MySqlError::query(ctx))?;
                 return Ok(BarrierOutcome::Waiting);
             }
-            if truncate_tables {
-                // TRUNCATE commits implicitly in MySQL: delete keeps it inside the transaction.
-                for name in &names {
-                    tx.query_drop(format!("delete from {name}"))
-                        .await
-                        .map_err(MySqlError::query(format!("emptying {name} in the target")))?;
-                }
+            // TRUNCATE commits implicitly in MySQL: delete keeps it inside the transaction.
+            for name in &names {
+                tx.query_drop(format!("delete from {name}"))
+                    .await
+                    .map_err(MySqlError::query(format!("emptying {name} in the target")))?;
             }
             tx.exec_drop(
                 "insert into sluice_truncates_done (sink, topic, position) values (?, ?, ?)",
@@ -565,6 +570,7 @@ async fn write_dead_letters(
             reason = %reason,
             "event refused: recorded in sluice_dead_letters with the full error"
         );
+        let (key, value) = d.texts();
         tx.exec_drop(
             "insert into sluice_dead_letters (sink, topic, `partition`, `offset`, `key`, value, error, `sqlstate`)
              values (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -573,8 +579,8 @@ async fn write_dead_letters(
                 &*d.record.topic,
                 d.record.partition,
                 d.record.offset,
-                d.key.as_deref(),
-                d.value.as_deref(),
+                key,
+                value,
                 &d.error,
                 &d.sqlstate,
             ),

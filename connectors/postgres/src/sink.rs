@@ -277,8 +277,18 @@ impl PostgresSink {
         batch: &ApplyBatch,
         one_by_one: bool,
     ) -> Result<ApplyOutcome, PostgresError> {
+        // Fold once: the whole batch, or (retrying after a data error) each event alone.
+        let groups: Vec<Vec<FoldedTable>> = if one_by_one {
+            batch
+                .events
+                .iter()
+                .map(|e| fold(std::slice::from_ref(e), &self.shapes))
+                .collect()
+        } else {
+            vec![fold(&batch.events, &self.shapes)]
+        };
         // Prepare outside the transaction's borrow of the client.
-        self.prepare_for(batch, one_by_one).await?;
+        self.prepare_for(&groups).await?;
         let sink = self.sink.clone();
         let client = self
             .client
@@ -290,13 +300,12 @@ impl PostgresSink {
             .map_err(PostgresError::query("beginning a target transaction"))?;
         let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
         if one_by_one {
-            for event in &batch.events {
+            for (event, folded) in batch.events.iter().zip(&groups) {
                 let sp = tx
                     .savepoint("sluice_event")
                     .await
                     .map_err(PostgresError::query("creating a savepoint"))?;
-                let folded = fold(std::slice::from_ref(event), &self.shapes);
-                match write_folded(&sp, &self.tables, &self.statements, &folded).await {
+                match write_folded(&sp, &self.tables, &self.statements, folded).await {
                     Ok(()) => sp
                         .commit()
                         .await
@@ -311,8 +320,9 @@ impl PostgresSink {
                 }
             }
         } else {
-            let folded = fold(&batch.events, &self.shapes);
-            write_folded(&tx, &self.tables, &self.statements, &folded).await?;
+            for folded in &groups {
+                write_folded(&tx, &self.tables, &self.statements, folded).await?;
+            }
         }
         let dead_lettered = dead.len() - batch.dead_letters.len();
         write_dead_letters(&tx, &sink, &dead).await?;
@@ -329,22 +339,10 @@ impl PostgresSink {
         Ok(ApplyOutcome::Committed { dead_lettered })
     }
 
-    async fn prepare_for(
-        &mut self,
-        batch: &ApplyBatch,
-        one_by_one: bool,
-    ) -> Result<(), PostgresError> {
+    /// Prepares (once per connection) every statement the folded changes need.
+    async fn prepare_for(&mut self, groups: &[Vec<FoldedTable>]) -> Result<(), PostgresError> {
         let mut wanted = Vec::new();
-        let folded: Vec<FoldedTable> = if one_by_one {
-            batch
-                .events
-                .iter()
-                .flat_map(|e| fold(std::slice::from_ref(e), &self.shapes))
-                .collect()
-        } else {
-            fold(&batch.events, &self.shapes)
-        };
-        for f in &folded {
+        for f in groups.iter().flatten() {
             if !f.deletes.is_empty() {
                 wanted.push(StatementKey::Delete(f.table));
             }
@@ -374,15 +372,13 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`
-    /// (`truncate_tables = false` when the sink ignores truncates: the barrier still orders it).
+    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`.
     pub async fn truncate_barrier(
         &mut self,
         topic: &str,
         position: &str,
         partition_count: i32,
         tables: &[usize],
-        truncate_tables: bool,
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, PostgresError> {
         let sink = self.sink.clone();
@@ -431,7 +427,7 @@ impl PostgresSink {
                 tx.commit().await.map_err(PostgresError::query(ctx))?;
                 return Ok(BarrierOutcome::Waiting);
             }
-            if truncate_tables && !table_names.is_empty() {
+            if !table_names.is_empty() {
                 tx.batch_execute(&format!("truncate table {}", table_names.join(", ")))
                     .await
                     .map_err(PostgresError::query(format!(
@@ -704,8 +700,7 @@ async fn write_dead_letters(
             reason = %reason,
             "event refused: recorded in sluice.dead_letters with the full error"
         );
-        let key = d.key.as_deref();
-        let value = d.value.as_deref();
+        let (key, value) = d.texts();
         tx.execute(
             "insert into sluice.dead_letters (sink, topic, partition, \"offset\", key, value, error, sqlstate)
              values ($1, $2, $3, $4, $5, $6, $7, $8)",
