@@ -26,11 +26,16 @@ impl MariaDb {
         let mariadbd = require_binary("mariadbd", &["/usr/sbin"], INSTALL);
         let mut dir = TempDir::new("mariadb");
         let data = dir.path().join("data");
+        // A tmpdir of its own: installs running side by side in /tmp collide on temp-table
+        // names ("Unknown table 'mysql.tmp_user_sys'").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mariadb tmpdir");
         let user = whoami();
         let status = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--user={user}"))
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,6 +53,7 @@ impl MariaDb {
                 .arg("--no-defaults")
                 .arg(format!("--user={user}"))
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--socket={}", dir.path().join("sock").display()))
                 .arg(format!("--port={port}"))
                 .args([
@@ -127,13 +133,26 @@ impl MariaDb {
 
     /// Runs SQL through the `mariadb` client as root (for set-up).
     pub fn execute(&self, database: Option<&str>, sql: &str) {
+        self.client(database, sql);
+    }
+
+    /// Runs a query and returns its rows, tab-separated (for checks).
+    pub fn query(&self, database: &str, sql: &str) -> Vec<String> {
+        self.client(Some(database), sql)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The `mariadb` client as root over the socket, in batch mode; its output.
+    fn client(&self, database: Option<&str>, sql: &str) -> String {
         let mut cmd = Command::new("mariadb");
         cmd.arg("--no-defaults")
             .arg(format!(
                 "--socket={}",
                 self.dir.path().join("sock").display()
             ))
-            .arg("-uroot");
+            .args(["-uroot", "--batch", "--skip-column-names"]);
         if let Some(db) = database {
             cmd.arg(db);
         }
@@ -146,35 +165,7 @@ impl MariaDb {
             "mariadb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    /// Runs a query and returns its rows, tab-separated (for checks).
-    pub fn query(&self, database: &str, sql: &str) -> Vec<String> {
-        let out = Command::new("mariadb")
-            .arg("--no-defaults")
-            .arg(format!(
-                "--socket={}",
-                self.dir.path().join("sock").display()
-            ))
-            .args([
-                "-uroot",
-                "--batch",
-                "--skip-column-names",
-                database,
-                "-e",
-                sql,
-            ])
-            .output()
-            .expect("run the mariadb client");
-        assert!(
-            out.status.success(),
-            "mariadb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A `mysql = { … }` config value for Sluice.
