@@ -35,6 +35,7 @@ pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod secret;
 pub mod value;
 
 pub use apply::{

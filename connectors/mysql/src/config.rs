@@ -30,14 +30,16 @@ fn default_port() -> u16 {
 impl MySqlConnection {
     /// The password from the environment. `Err` names the missing variable.
     pub fn password(&self) -> Result<Option<SecretString>, String> {
-        match &self.password_env {
-            None => Ok(None),
-            Some(var) => match std::env::var(var) {
-                Ok(p) => Ok(Some(SecretString::from(p))),
-                Err(_) => Err(format!(
-                    "environment variable {var} (named by password_env) is not set: export it with the password"
-                )),
-            },
+        sluice_core::secret::password_from_env(self.password_env.as_deref())
+    }
+
+    /// The database a configured table lives in: `public` (the default schema of a table
+    /// name without one) means this connection's database.
+    pub fn database_of<'a>(&'a self, table: &'a sluice_core::TableId) -> &'a str {
+        if table.schema == "public" {
+            &self.database
+        } else {
+            &table.schema
         }
     }
 

@@ -118,11 +118,7 @@ async fn checks(
     }
 
     for t in tables {
-        let db = if t.schema == "public" {
-            connection.database.clone()
-        } else {
-            t.schema.clone()
-        };
+        let db = connection.database_of(t).to_owned();
         let exists: Option<String> = conn
             .exec_first(
                 "select table_type from information_schema.tables where table_schema = ? and table_name = ?",

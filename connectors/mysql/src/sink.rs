@@ -134,16 +134,6 @@ impl MySqlTable {
     }
 }
 
-/// The database a mapping's table lives in: `public` (the default schema of a mapping) means
-/// the connection's database.
-fn database_of<'a>(id: &'a TableId, conn: &'a MySqlConnection) -> &'a str {
-    if id.schema == "public" {
-        &conn.database
-    } else {
-        &id.schema
-    }
-}
-
 /// Reads the target tables' shapes. The inner `Err` is a configuration problem, with its fix.
 pub async fn describe_targets(
     conn: &mut Conn,
@@ -152,7 +142,7 @@ pub async fn describe_targets(
 ) -> Result<Vec<Result<MySqlTable, String>>, MySqlError> {
     let mut out = Vec::with_capacity(tables.len());
     for id in tables {
-        let db = database_of(id, connection).to_owned();
+        let db = connection.database_of(id).to_owned();
         let ctx = format!("reading the columns of target table {db}.{}", id.name);
         let columns: Vec<(String, String)> = conn
             .exec(

@@ -31,15 +31,7 @@ fn default_port() -> u16 {
 impl PostgresConnection {
     /// The password from the environment. `Err` names the missing variable.
     pub fn password(&self) -> Result<Option<SecretString>, String> {
-        match &self.password_env {
-            None => Ok(None),
-            Some(var) => match std::env::var(var) {
-                Ok(p) => Ok(Some(SecretString::from(p))),
-                Err(_) => Err(format!(
-                    "environment variable {var} (named by password_env) is not set: export it with the password"
-                )),
-            },
-        }
+        sluice_core::secret::password_from_env(self.password_env.as_deref())
     }
 
     /// `user@host:port/database`, for messages: never contains the password.
