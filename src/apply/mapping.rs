@@ -85,7 +85,6 @@ pub fn map_record(
     let position = envelope
         .get("source")
         .and_then(Position::from_envelope_source);
-    let record_key: Option<J> = key.and_then(|k| serde_json::from_slice(k).ok());
     let row = |field: &str| -> Result<&serde_json::Map<String, J>, String> {
         envelope
             .get(field)
@@ -127,6 +126,8 @@ pub fn map_record(
         "d" => {
             let before = envelope.get("before").and_then(J::as_object);
             let empty = serde_json::Map::new();
+            // The record key is only needed when `before` lacks a key column.
+            let record_key: Option<J> = key.and_then(|k| serde_json::from_slice(k).ok());
             let fallback = record_key.as_ref().and_then(J::as_object);
             for route in routes {
                 let key = key_values(route, before.unwrap_or(&empty), fallback)?;
