@@ -21,7 +21,7 @@ async fn workload(db: &mut tokio_postgres::Client, changes: u64) -> (i64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_mixed_changes_arrive_equal() {
-    let p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "").await;
+    let p = Pipeline::new(&TABLES, &SCHEMA, &SCHEMA, "").await;
     let mut src = p.source_db().await;
     seed(&src, 3334).await;
     let mut sluice = p.start("sluice", &[]);
@@ -73,7 +73,7 @@ create trigger audit_apply after insert or update on accounts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
-    let p = Pipeline::new(&TABLES, SCHEMA, &format!("{SCHEMA}{AUDIT}"), "").await;
+    let p = Pipeline::new(&TABLES, &SCHEMA, &format!("{}{AUDIT}", *SCHEMA), "").await;
     let mut src = p.source_db().await;
     seed(&src, 3334).await;
     let dst = p.target_db().await;
@@ -89,14 +89,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
         (n >= 3334).then_some(())
     })
     .await;
-    sluice_test_support::wait_for("a checkpoint after the snapshot", LONG, || {
-        let log = sluice.log_text();
-        let after = log
-            .find("initial snapshot read")
-            .map(|i| log[i..].contains("checkpoint written"));
-        async move { after.unwrap_or(false).then_some(()) }
-    })
-    .await;
+    sluice.wait_snapshot_checkpointed(LONG);
 
     let writer = tokio::spawn(async move {
         let mut made = 0;
@@ -156,7 +149,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_restart_mid_stream_converges() {
-    let mut p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "").await;
+    let mut p = Pipeline::new(&TABLES, &SCHEMA, &SCHEMA, "").await;
     let mut src = p.source_db().await;
     seed(&src, 1000).await;
     let sluice = p.start("sluice", &[]);
@@ -180,7 +173,7 @@ async fn target_restart_mid_stream_converges() {
 async fn poison_events_go_to_dead_letters_and_the_rest_applies() {
     // The target refuses negative quantities; the source does not.
     let target_schema = SCHEMA.replace("qty int not null,", "qty int not null check (qty >= 0),");
-    let p = Pipeline::new(&["lines"], SCHEMA, &target_schema, "").await;
+    let p = Pipeline::new(&["lines"], &SCHEMA, &target_schema, "").await;
     let src = p.source_db().await;
     src.batch_execute("insert into lines select g, 1, g % 5, 'ok' from generate_series(1, 500) g")
         .await
@@ -271,7 +264,7 @@ fn produce_garbage(brokers: &str, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apply_processes_share_the_partitions() {
-    let p = Pipeline::new(&TABLES, SCHEMA, SCHEMA, "workers = 2").await;
+    let p = Pipeline::new(&TABLES, &SCHEMA, &SCHEMA, "workers = 2").await;
     let mut src = p.source_db().await;
     seed(&src, 1000).await;
     // An apply process started before capture waits for the topics capture creates.
@@ -312,7 +305,7 @@ async fn two_apply_processes_share_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_ignore_leaves_the_target_as_it_is() {
-    let p = Pipeline::new(&["lines"], SCHEMA, SCHEMA, "truncate = \"ignore\"").await;
+    let p = Pipeline::new(&["lines"], &SCHEMA, &SCHEMA, "truncate = \"ignore\"").await;
     let src = p.source_db().await;
     src.batch_execute("insert into lines select g, 1, 1, 'before' from generate_series(1, 100) g")
         .await
@@ -347,7 +340,7 @@ async fn truncate_ignore_leaves_the_target_as_it_is() {
 async fn misconfigured_sinks_are_explained() {
     let p = Pipeline::new(
         &["lines"],
-        SCHEMA,
+        &SCHEMA,
         "create table other (id int primary key, label text)",
         "",
     )

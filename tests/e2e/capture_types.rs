@@ -5,7 +5,8 @@ use serde_json::json;
 
 use crate::common::{Fixture, LONG};
 
-const SETUP: &str = r#"
+/// A table with every documented type (also used by the whole-pipeline tests).
+pub const SETUP: &str = r#"
 create type mood as enum ('sad', 'happy');
 create table types (
     id int primary key,

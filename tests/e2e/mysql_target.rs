@@ -113,33 +113,44 @@ impl MySqlPipeline {
     /// Waits until both tables hold the same rows on both sides.
     async fn wait_equal(&self) -> (usize, usize) {
         let src = self.source.connect("app").await;
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            let mut counts = Vec::new();
-            let mut equal = true;
-            for (pg, my) in [(PG_PEOPLE, MY_PEOPLE), (PG_VISITS, MY_VISITS)] {
-                let mut a: Vec<String> = src
-                    .query(pg, &[])
-                    .await
-                    .expect("source checksums")
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let mut b = self.target.query("warehouse", my);
-                a.sort();
-                b.sort();
-                equal &= a == b;
-                counts.push((a.len(), b.len()));
+        let last = std::cell::RefCell::new(Vec::new());
+        let equal = sluice_test_support::wait_for_quiet(LONG, || {
+            let (src, last) = (&src, &last);
+            async move {
+                let mut counts = Vec::new();
+                let mut equal = true;
+                for (pg, my) in [(PG_PEOPLE, MY_PEOPLE), (PG_VISITS, MY_VISITS)] {
+                    let mut a: Vec<String> = src
+                        .query(pg, &[])
+                        .await
+                        .expect("source checksums")
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let mut b = self.target.query("warehouse", my);
+                    a.sort();
+                    b.sort();
+                    equal &= a == b;
+                    counts.push((a.len(), b.len()));
+                }
+                let rows = (counts[0].0, counts[1].0);
+                *last.borrow_mut() = counts;
+                equal.then_some(rows)
             }
-            if equal {
-                return (counts[0].0, counts[1].0);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "MariaDB never equalled the source: row counts (source, target) {counts:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
+        equal.unwrap_or_else(|| {
+            panic!(
+                "MariaDB never equalled the source: row counts (source, target) {:?}",
+                last.borrow()
+            )
+        })
+    }
+
+    /// Row versions the target's trigger saw applied more than once (must be 0).
+    fn applied_twice(&self) -> Vec<String> {
+        self.target
+            .query("warehouse", "select count(*) from applications where n > 1")
     }
 }
 
@@ -196,11 +207,8 @@ async fn postgres_to_mariadb_equal_after_snapshot_and_mixed_changes() {
     let counts = p.wait_equal().await;
     assert!(sluice.stop(LONG).success());
     println!("10k snapshot rows + {changes} changes in {r} transactions: MariaDB equals the source ({counts:?} rows)");
-    let twice = p
-        .target
-        .query("warehouse", "select count(*) from applications where n > 1");
     assert_eq!(
-        twice,
+        p.applied_twice(),
         vec!["0".to_owned()],
         "a row version was applied twice"
     );
@@ -217,14 +225,7 @@ async fn mariadb_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters()
     seed(&src, 2000).await;
     let mut sluice = p.start();
     sluice.wait_log("replication stream started", 1, LONG);
-    sluice_test_support::wait_for("a checkpoint after the snapshot", LONG, || {
-        let log = sluice.log_text();
-        let ok = log
-            .find("initial snapshot read")
-            .is_some_and(|i| log[i..].contains("checkpoint written"));
-        async move { ok.then_some(()) }
-    })
-    .await;
+    sluice.wait_snapshot_checkpointed(LONG);
     let mut made = 0;
     for kill in 0..3 {
         for r in (kill * 5)..(kill * 5 + 5) {
@@ -264,11 +265,8 @@ async fn mariadb_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters()
     println!("{made} changes, 3 kill -9: equal ({counts:?} rows); dead letters: {dead:?}");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].contains("23000/4025"), "{dead:?}");
-    let twice = p
-        .target
-        .query("warehouse", "select count(*) from applications where n > 1");
     assert_eq!(
-        twice,
+        p.applied_twice(),
         vec!["0".to_owned()],
         "a row version was applied twice"
     );

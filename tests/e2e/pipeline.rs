@@ -103,7 +103,7 @@ impl Pipeline {
         let src = self.source_db().await;
         let dst = self.target_db().await;
         let last = std::cell::RefCell::new(String::new());
-        let result = sluice_test_support::wait_for_quiet("target equals source", timeout, || {
+        let result = sluice_test_support::wait_for_quiet(timeout, || {
             let (src, dst, last) = (&src, &dst, &last);
             async move {
                 let mut counts = Vec::new();
@@ -149,17 +149,12 @@ pub async fn checksum(db: &tokio_postgres::Client, table: &str) -> (i64, String)
 
 pub const WAIT: Duration = LONG;
 
-/// Three tables covering every type, TOASTed values, composite and changing keys.
-pub const SCHEMA: &str = r#"
-create type mood as enum ('sad', 'happy');
-create table types (
-    id int primary key,
-    b bool, i2 smallint, i4 int, i8 bigint,
-    n numeric, n_scale numeric(12,3), f4 real, f8 double precision,
-    t text, vc varchar(20), ts timestamp, tstz timestamptz, d date, tm time, tmtz timetz,
-    iv interval, u uuid, j json, jb jsonb, by bytea,
-    arr_i int[], arr_t text[], arr_empty int[], arr_2d int[][], m mood
-);
+/// Three tables covering every type (the capture type test's table), TOASTed values, composite
+/// and changing keys.
+pub static SCHEMA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{}{TABLES_MORE}", crate::capture_types::SETUP));
+
+const TABLES_MORE: &str = r#"
 create table accounts (
     id bigint primary key,
     owner text not null,

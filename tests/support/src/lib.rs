@@ -84,7 +84,19 @@ pub fn require_binary(name: &str, extra_dirs: &[&str], install: &str) -> PathBuf
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_quiet(timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Like [`wait_for`], but returns `None` after `timeout` instead of panicking, so the caller
+/// can say what it saw last.
+pub async fn wait_for_quiet<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -93,34 +105,13 @@ where
     let mut delay = Duration::from_millis(20);
     loop {
         if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// Like [`wait_for`], but returns `None` after `timeout` instead of panicking, so the caller
-/// can say what it saw last.
-pub async fn wait_for_quiet<T, F, Fut>(_what: &str, timeout: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        if let Some(v) = check().await {
             return Some(v);
         }
         if Instant::now() > deadline {
             return None;
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
+        delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
 

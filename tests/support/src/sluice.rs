@@ -85,6 +85,26 @@ impl SluiceProcess {
         }
     }
 
+    /// Waits until a capture checkpoint was written after the initial snapshot was read, so
+    /// that a crash from now on does not take the snapshot again.
+    pub fn wait_snapshot_checkpointed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            let done = log
+                .find("initial snapshot read")
+                .is_some_and(|i| log[i..].contains("checkpoint written"));
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for a checkpoint after the snapshot:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
