@@ -35,8 +35,10 @@ pub enum Command {
         /// config share each sink's partitions (one consumer group per sink).
         #[arg(long, value_enum)]
         only: Option<Side>,
-        /// Drop this source's replication slot and capture state and start over with a new
-        /// snapshot (for a slot that was dropped or invalidated).
+        /// Start this source over with a new snapshot, ignoring its checkpoint: for Postgres
+        /// the replication slot is dropped and recreated (after a slot was dropped or
+        /// invalidated); for MySQL/MariaDB streaming restarts at the new snapshot's binlog
+        /// position (after the checkpoint's binlog file was purged).
         #[arg(long, value_name = "SOURCE")]
         resnapshot: Vec<String>,
     },

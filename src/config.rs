@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_core::TableId;
 use sluice_kafka::KafkaConfig;
-use sluice_mysql::MySqlConnection;
+use sluice_mysql::{MySqlConnection, MySqlSnapshotMode, MySqlSourceSettings};
 use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,16 +102,20 @@ fn default_sink_batch_delay_ms() -> u64 {
 pub struct SourceConfig {
     /// Connection to a Postgres source…
     pub postgres: Option<PostgresConnection>,
-    /// …or to a MySQL/MariaDB source (checked by `sluice check`; capture not built yet).
+    /// …or to a MySQL/MariaDB source (binlog capture).
     pub mysql: Option<MySqlConnection>,
-    /// Tables to capture, as `schema.table` (or `table` for `public.table`).
+    /// Tables to capture, as `schema.table` (or `table` for `public.table`). For MySQL the
+    /// schema is the database; `table` alone means a table of the connection's database.
     pub tables: Vec<String>,
-    /// Replication slot name; default `sluice_<source name>`.
+    /// Postgres: replication slot name; default `sluice_<source name>`.
     pub slot: Option<String>,
-    /// Publication name; default `sluice_<source name>`.
+    /// Postgres: publication name; default `sluice_<source name>`.
     pub publication: Option<String>,
-    /// `initial` (default): a new slot starts with a snapshot of existing rows; `never`: only
-    /// changes from the moment the slot is created.
+    /// MySQL/MariaDB: the server id Sluice registers as a replica with; it must differ from
+    /// every other replica's. Default: derived from the source name (1000000000 + a hash).
+    pub server_id: Option<u32>,
+    /// `initial` (default): a source without a checkpoint starts with a snapshot of existing
+    /// rows; `never`: only changes from the moment capture first starts.
     #[serde(default)]
     pub snapshot: SnapshotSetting,
     /// Most events in one batch handed from the source to the publisher.
@@ -228,6 +232,29 @@ impl Config {
                         "{at}.postgres: user and database must not be empty"
                     ));
                 }
+                if source.server_id.is_some() {
+                    problems.push(format!(
+                        "{at}.server_id is a MySQL/MariaDB setting: remove it from this Postgres source"
+                    ));
+                }
+            }
+            if let Some(my) = &source.mysql {
+                if my.user.is_empty() || my.database.is_empty() {
+                    problems.push(format!("{at}.mysql: user and database must not be empty"));
+                }
+                for (field, value) in [("slot", &source.slot), ("publication", &source.publication)]
+                {
+                    if value.is_some() {
+                        problems.push(format!(
+                            "{at}.{field} is a Postgres setting: remove it from this MySQL/MariaDB source"
+                        ));
+                    }
+                }
+                if source.server_id == Some(0) {
+                    problems.push(format!(
+                        "{at}.server_id must not be 0 (the server refuses replicas with id 0)"
+                    ));
+                }
             }
             if source.tables.is_empty() {
                 problems.push(format!(
@@ -304,8 +331,8 @@ impl Config {
         }
         let captured: Vec<TableId> = self
             .sources
-            .values()
-            .flat_map(|s| s.tables.iter().filter_map(|t| TableId::parse(t, "public")))
+            .keys()
+            .flat_map(|name| self.source_tables(name))
             .collect();
         for (i, m) in sink.tables.iter().enumerate() {
             let at = format!("{at}.tables[{i}]");
@@ -336,6 +363,42 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// A source's tables as they are named in topics: for MySQL/MariaDB, `table` alone is a
+    /// table of the connection's database.
+    pub fn source_tables(&self, name: &str) -> Vec<TableId> {
+        let Some(source) = self.sources.get(name) else {
+            return Vec::new();
+        };
+        source
+            .tables
+            .iter()
+            .filter_map(|t| TableId::parse(t, "public"))
+            .map(|t| match &source.mysql {
+                Some(my) => TableId::new(my.database_of(&t), t.name.clone()),
+                None => t,
+            })
+            .collect()
+    }
+
+    /// The settings of a MySQL/MariaDB source, defaults filled in.
+    pub fn mysql_source(&self, name: &str) -> Option<MySqlSourceSettings> {
+        let source = self.sources.get(name)?;
+        let connection = source.mysql.clone()?;
+        Some(MySqlSourceSettings {
+            name: name.to_owned(),
+            connection,
+            tables: self.source_tables(name),
+            server_id: source.server_id.unwrap_or_else(|| default_server_id(name)),
+            snapshot: match source.snapshot {
+                SnapshotSetting::Initial => MySqlSnapshotMode::Initial,
+                SnapshotSetting::Never => MySqlSnapshotMode::Never,
+            },
+            topic_prefix: self.kafka.topic_prefix.clone(),
+            max_batch_events: source.max_batch_events,
+            max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
+        })
     }
 
     /// The settings of a Postgres source, defaults filled in.
@@ -386,6 +449,16 @@ impl TableMapping {
     pub fn target_table(&self) -> Option<TableId> {
         TableId::parse(self.to.as_deref().unwrap_or(&self.from), "public")
     }
+}
+
+/// 1000000000 + a stable hash of the source name (FNV-1a), below 2^31.
+fn default_server_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    1_000_000_000 + h % 1_000_000_000
 }
 
 fn is_plain_name(s: &str) -> bool {

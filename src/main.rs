@@ -69,11 +69,7 @@ async fn preflight(config: &Config, only: Option<Side>) -> Vec<Problem> {
                 problems.extend(sluice_postgres::preflight::preflight(&settings).await);
             }
             if let Some(my) = &source.mysql {
-                let tables: Vec<sluice_core::TableId> = source
-                    .tables
-                    .iter()
-                    .filter_map(|t| sluice_core::TableId::parse(t, "public"))
-                    .collect();
+                let tables = config.source_tables(name);
                 problems.extend(sluice_mysql::preflight::preflight(name, my, &tables).await);
             }
         }
@@ -140,21 +136,6 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         }
     }
     let runs_capture = only != Some(Side::Apply) && !config.sources.is_empty();
-    if runs_capture {
-        if let Some(name) = config
-            .sources
-            .iter()
-            .find(|(_, s)| s.mysql.is_some())
-            .map(|(n, _)| n)
-        {
-            eprintln!(
-                "error: sources.{name}: capture from MySQL/MariaDB is not built yet (`sluice check` \
-                 validates the server's binlog settings, grants and tables); run the sinks with \
-                 --only apply, or remove the source"
-            );
-            return ExitCode::from(2);
-        }
-    }
     let runs_apply = only != Some(Side::Capture) && !config.sinks.is_empty();
     if !runs_capture && !runs_apply {
         eprintln!(
@@ -185,8 +166,10 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
 
     let mut tasks = tokio::task::JoinSet::new();
     for name in config.sources.keys().filter(|_| runs_capture) {
-        let Some(source) = config.postgres_source(name) else {
-            continue;
+        let source = match (config.postgres_source(name), config.mysql_source(name)) {
+            (Some(pg), _) => capture::SourceKind::Postgres(pg),
+            (None, Some(my)) => capture::SourceKind::MySql(my),
+            (None, None) => continue,
         };
         let interval = Duration::from_millis(config.sources[name].checkpoint_interval_ms);
         let settings = capture::CaptureSettings {

@@ -19,20 +19,89 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::producer::DeliveryFuture;
-use sluice_core::{Backoff, Batch, ErrorClass, SourceCheckpoint};
+use sluice_core::{Backoff, Batch, ErrorClass, RunHandles, SourceCheckpoint, TableSchema};
 use sluice_kafka::{
     confirm, ensure_topics, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec,
 };
-use sluice_postgres::{PostgresSource, RunHandles, SourceSettings};
+use sluice_mysql::{MySqlSource, MySqlSourceSettings};
+use sluice_postgres::{PostgresSource, SourceSettings};
 use tokio::sync::{mpsc, watch};
 
 use crate::telemetry::error_chain;
 
+/// Which database a capture pipeline reads.
+pub enum SourceKind {
+    Postgres(SourceSettings),
+    MySql(MySqlSourceSettings),
+}
+
+impl SourceKind {
+    fn name(&self) -> &str {
+        match self {
+            SourceKind::Postgres(s) => &s.name,
+            SourceKind::MySql(s) => &s.name,
+        }
+    }
+}
+
 /// One capture pipeline's settings.
 pub struct CaptureSettings {
-    pub source: SourceSettings,
+    pub source: SourceKind,
     pub checkpoint_interval: Duration,
     pub resnapshot: bool,
+}
+
+/// An opened source of either kind.
+enum Source {
+    Postgres(PostgresSource),
+    MySql(MySqlSource),
+}
+
+/// A failed source run: the error and whether retrying can help.
+struct RunFailure {
+    class: ErrorClass,
+    error: anyhow::Error,
+}
+
+impl Source {
+    async fn open(settings: SourceKind) -> anyhow::Result<Source> {
+        Ok(match settings {
+            SourceKind::Postgres(s) => Source::Postgres(PostgresSource::open(s).await?),
+            SourceKind::MySql(s) => Source::MySql(MySqlSource::open(s).await?),
+        })
+    }
+
+    fn tables(&self) -> Vec<&TableSchema> {
+        match self {
+            Source::Postgres(s) => s.tables().collect(),
+            Source::MySql(s) => s.tables().collect(),
+        }
+    }
+
+    async fn run(
+        &self,
+        resume: Option<SourceCheckpoint>,
+        resnapshot: bool,
+        handles: RunHandles,
+    ) -> Result<(), RunFailure> {
+        match self {
+            Source::Postgres(s) => {
+                s.run(resume, resnapshot, handles)
+                    .await
+                    .map_err(|e| RunFailure {
+                        class: e.class(),
+                        error: e.into(),
+                    })
+            }
+            Source::MySql(s) => s
+                .run(resume, resnapshot, handles)
+                .await
+                .map_err(|e| RunFailure {
+                    class: e.class(),
+                    error: e.into(),
+                }),
+        }
+    }
 }
 
 struct InFlight {
@@ -47,12 +116,13 @@ pub async fn run(
     settings: CaptureSettings,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let name = settings.source.name.clone();
-    let source = PostgresSource::open(settings.source)
+    let name = settings.source.name().to_owned();
+    let source = Source::open(settings.source)
         .await
         .with_context(|| format!("source {name}"))?;
     let topics: Vec<TopicSpec> = source
         .tables()
+        .into_iter()
         .map(|t| TopicSpec {
             name: t.topic.to_string(),
             partitions: kafka.partitions,
@@ -115,22 +185,22 @@ pub async fn run(
         match result {
             Ok(()) => break Ok(()),
             Err(e) if publish_task.is_finished() || ack_task.is_finished() => {
-                tracing::debug!(error = %error_chain(&e), "source stopped after the pipeline ended");
+                tracing::debug!(error = %format!("{:#}", e.error), "source stopped after the pipeline ended");
                 break Ok(());
             }
-            Err(e) if e.class() == ErrorClass::Transient && !stopping(&stop) => {
+            Err(e) if e.class == ErrorClass::Transient && !stopping(&stop) => {
                 // A session that moved the checkpoint worked for a while: start the backoff over.
                 if *durable_rx.borrow() != resume {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(source = %name, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
+                tracing::warn!(source = %name, error = %format!("{:#}", e.error), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => break Ok(()),
                 }
             }
-            Err(e) => break Err(anyhow::Error::new(e).context(format!("source {name}"))),
+            Err(e) => break Err(e.error.context(format!("source {name}"))),
         }
     };
     drop(batch_tx);

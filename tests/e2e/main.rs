@@ -10,6 +10,8 @@ mod bad_input;
 mod capture_changes;
 mod capture_types;
 mod idle_source;
+mod mysql_capture;
+mod mysql_pipeline;
 mod mysql_preflight;
 mod mysql_target;
 mod resnapshot;

@@ -2,7 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::{mpsc, watch};
+
 use crate::event::ChangeEvent;
+
+/// What a source run is handed by the capture pipeline: where batches go, which checkpoint is
+/// durable, and when to stop.
+pub struct RunHandles {
+    pub out: mpsc::Sender<Batch>,
+    pub durable: watch::Receiver<Option<SourceCheckpoint>>,
+    pub stop: watch::Receiver<bool>,
+}
 
 /// A run of change events in source order, optionally closing at a resumable point.
 #[derive(Debug, Default)]
@@ -19,14 +29,19 @@ pub struct Batch {
 pub struct SourceCheckpoint {
     /// `postgres` or `mysql`.
     pub connector: String,
-    /// Connector-specific resume position; for Postgres the end LSN of the last transaction
-    /// whose events are all in Kafka, as `16/B374D848`.
+    /// Connector-specific resume position: the end of the last transaction whose events are
+    /// all in Kafka; for Postgres its end LSN, `16/B374D848`, for MySQL/MariaDB its binlog
+    /// `file:pos`, `binlog.000007:4711`.
     pub position: String,
     /// Whether the initial snapshot finished (all its rows are in Kafka).
     pub snapshot_done: bool,
     /// The replication slot (Postgres) the position belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// MySQL/MariaDB: the GTID of the last transaction whose events are all in Kafka (the
+    /// `position` is its binlog `file:pos`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<String>,
     /// When the checkpoint was written, milliseconds since the Unix epoch.
     pub written_at_ms: i64,
 }

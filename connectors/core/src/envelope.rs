@@ -15,7 +15,9 @@
 //!   `REPLICA IDENTITY FULL` or when the key changed.
 //! * `after` is the new row for `r`, `c` and `u`. A column missing from it was not sent by the
 //!   source (an unchanged TOASTed value): the consumer must keep what it has.
-//! * `source.commit_lsn` + `source.seq` is the event's position (see [`crate::Position`]).
+//! * `source.commit_lsn` + `source.seq` is the event's position (see [`crate::Position`]);
+//!   for MySQL/MariaDB it is `source.file` + `source.pos` + `source.row`, next to the
+//!   transaction's `source.gtid`.
 //! * `ts_ms` at the top level is when Sluice handled the event.
 //! * `op = "t"` (truncate) has neither `before` nor `after`.
 
@@ -67,6 +69,22 @@ pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
             write_hex(commit_lsn & 0xffff_ffff, out);
             out.extend_from_slice(b"\",\"seq\":");
             write_u64(seq, out);
+        }
+        Position::MySql { file, pos, seq } => {
+            out.extend_from_slice(b",\"file\":");
+            match &s.binlog {
+                Some(txn) => write_json_str(&txn.file, out),
+                None => write_json_str(&format!("binlog.{file:06}"), out),
+            }
+            out.extend_from_slice(b",\"pos\":");
+            write_u64(pos, out);
+            out.extend_from_slice(b",\"row\":");
+            write_u64(seq, out);
+            out.extend_from_slice(b",\"gtid\":");
+            match s.binlog.as_ref().and_then(|t| t.gtid.as_deref()) {
+                Some(g) => write_json_str(g, out),
+                None => out.extend_from_slice(b"null"),
+            }
         }
     }
     out.extend_from_slice(b",\"tx_id\":");
@@ -172,6 +190,7 @@ mod tests {
                 tx_id: Some(9),
                 commit_time_us: 1_500_999,
                 snapshot: false,
+                binlog: None,
             },
         }
     }

@@ -129,6 +129,11 @@ pub enum Position {
     /// Postgres: the commit LSN of the transaction and the change's sequence number in it.
     /// Snapshot rows carry the slot's consistent point and their read order.
     Postgres { commit_lsn: u64, seq: u64 },
+    /// MySQL/MariaDB: the binlog file's sequence number (`binlog.000007` → 7), the position in
+    /// it where the transaction's events start (just after its GTID or BEGIN), and the change's
+    /// sequence number in the transaction. Snapshot rows carry the snapshot's binlog position
+    /// (which is before any transaction that follows it) and their read order.
+    MySql { file: u32, pos: u64, seq: u64 },
 }
 
 impl PartialOrd for Position {
@@ -147,6 +152,17 @@ impl Ord for Position {
                     seq: s2,
                 },
             ) => (commit_lsn, seq).cmp(&(l2, s2)),
+            (
+                Position::MySql { file, pos, seq },
+                Position::MySql {
+                    file: f2,
+                    pos: p2,
+                    seq: s2,
+                },
+            ) => (file, pos, seq).cmp(&(f2, p2, s2)),
+            // Positions of different connectors never meet in one source; order them anyway.
+            (Position::Postgres { .. }, Position::MySql { .. }) => Ordering::Less,
+            (Position::MySql { .. }, Position::Postgres { .. }) => Ordering::Greater,
         }
     }
 }
@@ -159,17 +175,27 @@ impl Position {
                 commit_lsn: parse_lsn(source.get("commit_lsn")?.as_str()?)?,
                 seq: source.get("seq")?.as_u64()?,
             }),
+            "mysql" => Some(Position::MySql {
+                file: binlog_file_seq(source.get("file")?.as_str()?)?,
+                pos: source.get("pos")?.as_u64()?,
+                seq: source.get("row")?.as_u64()?,
+            }),
             _ => None,
         }
     }
 
     /// The position as a JSON object, the form stored next to apply offsets:
-    /// `{"connector":"postgres","commit_lsn":"0/16B3748","seq":3}`.
+    /// `{"connector":"postgres","commit_lsn":"0/16B3748","seq":3}` or
+    /// `{"connector":"mysql","file":"binlog.000007","pos":4711,"row":3}` (only the file's
+    /// number is kept, so the stored name is `binlog.<number>` whatever the server's base name).
     pub fn to_json(&self) -> String {
         match self {
             Position::Postgres { commit_lsn, seq } => format!(
                 "{{\"connector\":\"postgres\",\"commit_lsn\":\"{}\",\"seq\":{seq}}}",
                 format_lsn(*commit_lsn)
+            ),
+            Position::MySql { file, pos, seq } => format!(
+                "{{\"connector\":\"mysql\",\"file\":\"binlog.{file:06}\",\"pos\":{pos},\"row\":{seq}}}"
             ),
         }
     }
@@ -181,8 +207,19 @@ impl std::fmt::Display for Position {
             Position::Postgres { commit_lsn, seq } => {
                 write!(f, "{}:{seq}", format_lsn(*commit_lsn))
             }
+            Position::MySql { file, pos, seq } => write!(f, "{file:06}:{pos}:{seq}"),
         }
     }
+}
+
+/// The sequence number of a binlog file name, the digits after its last dot
+/// (`mysql-bin.000042` → 42).
+pub fn binlog_file_seq(file: &str) -> Option<u32> {
+    let (_, digits) = file.rsplit_once('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Formats an LSN the way Postgres does, `16/B374D848`.
@@ -214,6 +251,18 @@ pub struct SourceInfo {
     /// epoch.
     pub commit_time_us: i64,
     pub snapshot: bool,
+    /// MySQL/MariaDB: the binlog file and the transaction's GTID, shared by the events of one
+    /// transaction.
+    pub binlog: Option<Arc<BinlogTxn>>,
+}
+
+/// Where a MySQL/MariaDB transaction sits in the server's binlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogTxn {
+    /// The binlog file name, `binlog.000007`.
+    pub file: String,
+    /// The transaction's GTID (`0-1-42` on MariaDB, `uuid:42` on MySQL), when it has one.
+    pub gtid: Option<String>,
 }
 
 /// One row change.
@@ -260,6 +309,27 @@ mod tests {
         assert_eq!(json["commit_lsn"], "16/B374D848");
         assert_eq!(Position::from_envelope_source(&json), Some(p));
         assert_eq!(p.to_string(), "16/B374D848:7");
+    }
+
+    #[test]
+    fn mysql_positions_round_trip_and_order() {
+        let p = Position::MySql {
+            file: 7,
+            pos: 4711,
+            seq: 3,
+        };
+        let json: serde_json::Value = serde_json::from_str(&p.to_json()).expect("json");
+        assert_eq!(json["file"], "binlog.000007");
+        assert_eq!(Position::from_envelope_source(&json), Some(p));
+        let later_file = Position::MySql {
+            file: 8,
+            pos: 4,
+            seq: 0,
+        };
+        assert!(p < later_file);
+        assert_eq!(binlog_file_seq("mysql-bin.000042"), Some(42));
+        assert_eq!(binlog_file_seq("binlog"), None);
+        assert_eq!(binlog_file_seq("binlog.x1"), None);
     }
 
     #[test]

@@ -42,9 +42,9 @@ pub use apply::{
     fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
     PartitionProgress, RecordRef, TableShape, TargetChange,
 };
-pub use batch::{Batch, SourceCheckpoint};
+pub use batch::{Batch, RunHandles, SourceCheckpoint};
 pub use error::{error_chain, Backoff, ErrorClass, Problem};
-pub use event::{ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};
+pub use event::{BinlogTxn, ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};
 pub use value::{Row, Value};
 
 /// The Kafka topic that carries the changes of `table`, `<prefix>.<schema>.<table>`.

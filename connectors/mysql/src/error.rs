@@ -19,6 +19,17 @@ pub enum MySqlError {
     /// Misconfiguration the operator must fix; the message says how.
     #[error("{0}")]
     Setup(String),
+    /// A binlog event Sluice cannot decode.
+    #[error("cannot decode the binlog: {0}")]
+    Decode(String),
+    /// The server ended the binlog stream (it is shutting down, or killed our session).
+    #[error("the server ended the binlog stream")]
+    Ended,
+    #[error("no binlog event or heartbeat for {0:?}: the connection is presumed dead")]
+    Silent(std::time::Duration),
+    /// The capture pipeline stopped taking batches.
+    #[error("the capture pipeline closed")]
+    Closed,
 }
 
 /// Server error codes that mean "this data is refused", whatever their SQLSTATE.
@@ -51,7 +62,7 @@ impl MySqlError {
                 mysql_async::Error::Server(e) => Some(e),
                 _ => None,
             },
-            MySqlError::Setup(_) => None,
+            _ => None,
         }
     }
 
@@ -74,7 +85,8 @@ impl MySqlError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            MySqlError::Setup(_) => ErrorClass::Definite,
+            MySqlError::Setup(_) | MySqlError::Decode(_) => ErrorClass::Definite,
+            MySqlError::Ended | MySqlError::Silent(_) | MySqlError::Closed => ErrorClass::Transient,
             _ => match self.server() {
                 Some(e) if DEFINITE.contains(&e.code) => ErrorClass::Definite,
                 _ => ErrorClass::Transient,

@@ -6,14 +6,20 @@
 //! * [`preflight`](preflight::preflight) checks a server for binlog capture (binlog on, ROW
 //!   format, FULL row image and metadata, grants, tables with primary keys).
 //!
-//! The binlog source itself is not built yet.
+//! * [`MySqlSource`] captures row changes from the binlog (with a consistent snapshot first),
+//!   see [`source`] and [`stream`]; [`binlog`] and [`types`] decode rows losslessly.
 
+pub mod binlog;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod preflight;
 pub mod sink;
+pub mod source;
+pub mod stream;
+pub mod types;
 
 pub use config::MySqlConnection;
 pub use error::MySqlError;
 pub use sink::{MySqlSink, MySqlTable};
+pub use source::{MySqlSnapshotMode, MySqlSource, MySqlSourceSettings};

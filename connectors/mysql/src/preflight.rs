@@ -1,5 +1,4 @@
 //! Checks that a MySQL/MariaDB server can be captured from, each failure explained with its fix.
-//! (The binlog source itself is not built yet; these are the checks it will start with.)
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;

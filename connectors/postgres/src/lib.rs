@@ -31,4 +31,5 @@ pub mod types;
 pub use config::PostgresConnection;
 pub use error::PostgresError;
 pub use sink::{PostgresSink, TargetTable};
-pub use source::{PostgresSource, RunHandles, SnapshotMode, SourceSettings};
+pub use sluice_core::RunHandles;
+pub use source::{PostgresSource, SnapshotMode, SourceSettings};

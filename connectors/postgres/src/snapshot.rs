@@ -114,6 +114,7 @@ pub async fn read_snapshot(
                         tx_id: None,
                         commit_time_us: read_at_us,
                         snapshot: true,
+                        binlog: None,
                     },
                 });
                 seq += 1;

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationConfig};
 use sluice_core::event::{format_lsn, parse_lsn};
-use sluice_core::{topic_name, Batch, SourceCheckpoint, TableId, TableSchema};
-use tokio::sync::{mpsc, oneshot, watch};
+use sluice_core::{topic_name, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema};
+use tokio::sync::oneshot;
 
 use crate::catalog;
 use crate::client::{connect, quote_ident, SESSION_OPTIONS};
@@ -64,13 +64,6 @@ pub struct PostgresSource {
     settings: SourceSettings,
     tables: Vec<Arc<CapturedTable>>,
     types: Arc<TypeMap>,
-}
-
-/// How one run of the source ends when it does not fail.
-pub struct RunHandles {
-    pub out: mpsc::Sender<Batch>,
-    pub durable: watch::Receiver<Option<SourceCheckpoint>>,
-    pub stop: watch::Receiver<bool>,
 }
 
 impl PostgresSource {
@@ -259,6 +252,7 @@ impl PostgresSource {
                             position: format_lsn(point),
                             snapshot_done: true,
                             slot: Some(s.slot.clone()),
+                            gtid: None,
                             written_at_ms: now_us() / 1000,
                         }),
                     })

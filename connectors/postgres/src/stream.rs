@@ -289,6 +289,7 @@ impl Session {
                 position: format_lsn(lsn),
                 snapshot_done: true,
                 slot: Some(self.ctx.slot.clone()),
+                gtid: None,
                 written_at_ms: now_us() / 1000,
             }
         });
@@ -431,6 +432,7 @@ impl Session {
                 tx_id: Some(u64::from(xid)),
                 commit_time_us,
                 snapshot: false,
+                binlog: None,
             },
         }
     }

@@ -12,6 +12,43 @@ pub struct MariaDb {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    mariadbd: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+fn spawn(mariadbd: &std::path::Path, dir: &std::path::Path, port: u16, extra: &[String]) -> Child {
+    let data = dir.join("data");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mariadb.log"))
+        .expect("log file");
+    Command::new(mariadbd)
+        .arg("--no-defaults")
+        .arg(format!("--user={}", whoami()))
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--server-id=1",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+            "--binlog-checksum=CRC32",
+            "--gtid-strict-mode=ON",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_bin",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--skip-name-resolve",
+        ])
+        .arg(format!("--log-bin={}", data.join("binlog").display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn mariadbd")
 }
 
 impl MariaDb {
@@ -46,39 +83,16 @@ impl MariaDb {
             "mariadb-install-db failed in {}",
             data.display()
         );
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let log = std::fs::File::create(dir.path().join("mariadb.log")).expect("log file");
-            let child = Command::new(&mariadbd)
-                .arg("--no-defaults")
-                .arg(format!("--user={user}"))
-                .arg(format!("--datadir={}", data.display()))
-                .arg(format!("--tmpdir={}", tmp.display()))
-                .arg(format!("--socket={}", dir.path().join("sock").display()))
-                .arg(format!("--port={port}"))
-                .args([
-                    "--bind-address=127.0.0.1",
-                    "--server-id=1",
-                    "--binlog-format=ROW",
-                    "--binlog-row-image=FULL",
-                    "--binlog-row-metadata=FULL",
-                    "--binlog-checksum=CRC32",
-                    "--gtid-strict-mode=ON",
-                    "--character-set-server=utf8mb4",
-                    "--collation-server=utf8mb4_bin",
-                    "--innodb-flush-log-at-trx-commit=2",
-                    "--skip-name-resolve",
-                ])
-                .arg(format!("--log-bin={}", data.join("binlog").display()))
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn mariadbd");
+            let child = spawn(&mariadbd, dir.path(), port, &extra);
             let mut server = MariaDb {
                 dir,
                 port,
                 child: Some(child),
+                mariadbd: mariadbd.clone(),
+                extra: extra.clone(),
             };
             if server.wait_ready(Duration::from_secs(30)) {
                 return server;
@@ -127,6 +141,25 @@ impl MariaDb {
         }
     }
 
+    /// Stops the server (SIGTERM, waiting for it to exit) and starts it again on the same port
+    /// and data directory.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal_child(&mut c, true);
+            let _ = c.wait();
+        }
+        self.child = Some(spawn(
+            &self.mariadbd,
+            self.dir.path(),
+            self.port,
+            &self.extra,
+        ));
+        assert!(
+            self.wait_ready(Duration::from_secs(60)),
+            "mariadbd did not come back after a restart"
+        );
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -152,7 +185,12 @@ impl MariaDb {
                 "--socket={}",
                 self.dir.path().join("sock").display()
             ))
-            .args(["-uroot", "--batch", "--skip-column-names"]);
+            .args([
+                "-uroot",
+                "--batch",
+                "--skip-column-names",
+                "--default-character-set=utf8mb4",
+            ]);
         if let Some(db) = database {
             cmd.arg(db);
         }

@@ -1,0 +1,461 @@
+//! The MySQL/MariaDB source: table shapes, the consistent snapshot, and where a run starts.
+//!
+//! # Where a run starts
+//!
+//! | durable checkpoint      | what happens                                                   |
+//! |-------------------------|----------------------------------------------------------------|
+//! | none, or snapshot unfinished | snapshot (or, with `snapshot = "never"`, the current end of the binlog), then stream from the snapshot's binlog position |
+//! | snapshot done           | stream from the checkpoint's `file:pos`                        |
+//! | its binlog file purged  | refuse: the changes since then are gone; `--resnapshot` starts over |
+//!
+//! The snapshot needs no global lock on MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT`
+//! and the `binlog_snapshot_file`/`binlog_snapshot_position` status of that same transaction
+//! name exactly the binlog point the snapshot's rows are consistent with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use sluice_core::event::binlog_file_seq;
+use sluice_core::{
+    topic_name, Batch, BinlogTxn, ChangeEvent, Op, Position, Row, RunHandles, SourceCheckpoint,
+    SourceInfo, TableId, TableSchema,
+};
+
+use crate::client::{connect, quote_ident};
+use crate::config::MySqlConnection;
+use crate::error::MySqlError;
+use crate::stream::{spawn_session, StreamContext};
+use crate::types::Kind;
+
+/// Whether a source without a checkpoint starts with a snapshot of the existing rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MySqlSnapshotMode {
+    Initial,
+    Never,
+}
+
+/// Everything a MySQL/MariaDB source needs to run.
+#[derive(Debug, Clone)]
+pub struct MySqlSourceSettings {
+    pub name: String,
+    pub connection: MySqlConnection,
+    /// Tables as `database.table`.
+    pub tables: Vec<TableId>,
+    /// The replica server id Sluice registers with (unique among the server's replicas).
+    pub server_id: u32,
+    pub snapshot: MySqlSnapshotMode,
+    pub topic_prefix: String,
+    pub max_batch_events: usize,
+    pub max_batch_delay: Duration,
+}
+
+/// A captured table as `information_schema` describes it at start.
+#[derive(Debug)]
+pub struct CapturedTable {
+    pub schema: Arc<TableSchema>,
+    pub kinds: Vec<Kind>,
+    pub key_names: Vec<String>,
+    /// Columns MariaDB declares JSON (LONGTEXT with a `json_valid` check).
+    pub json_columns: Vec<String>,
+}
+
+pub struct MySqlSource {
+    settings: MySqlSourceSettings,
+    tables: Vec<Arc<CapturedTable>>,
+}
+
+/// A binlog coordinate, `file:pos`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogPos {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl BinlogPos {
+    pub fn parse(text: &str) -> Option<BinlogPos> {
+        let (file, pos) = text.rsplit_once(':')?;
+        binlog_file_seq(file)?;
+        Some(BinlogPos {
+            file: file.to_owned(),
+            pos: pos.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for BinlogPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+impl MySqlSource {
+    /// Reads each configured table's columns and key. Preflight has run before; problems
+    /// found here are still explained.
+    pub async fn open(settings: MySqlSourceSettings) -> Result<Self, MySqlError> {
+        let mut conn = connect(&settings.connection).await?;
+        let mut tables = Vec::new();
+        for id in &settings.tables {
+            tables.push(Arc::new(describe(&mut conn, &settings, id).await?));
+        }
+        let _ = conn.disconnect().await;
+        Ok(MySqlSource { settings, tables })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
+        self.tables.iter().map(|t| &*t.schema)
+    }
+
+    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
+    /// The caller retries transient errors with the then-durable checkpoint.
+    pub async fn run(
+        &self,
+        resume: Option<SourceCheckpoint>,
+        resnapshot: bool,
+        handles: RunHandles,
+    ) -> Result<(), MySqlError> {
+        let s = &self.settings;
+        let resume = resume
+            .filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot)
+            .map(|c| {
+                BinlogPos::parse(&c.position).ok_or_else(|| {
+                    MySqlError::Setup(format!(
+                        "source {}: the checkpoint position {:?} is not a binlog file:pos; start over with `sluice run --resnapshot {}`",
+                        s.name, c.position, s.name
+                    ))
+                })
+            })
+            .transpose()?;
+        let mut conn = connect(&s.connection).await?;
+        let start = match resume {
+            Some(pos) => {
+                let files: Vec<(String, u64)> = conn
+                    .query("SHOW BINARY LOGS")
+                    .await
+                    .map_err(MySqlError::query("listing the server's binlog files"))?;
+                if !files.iter().any(|(f, _)| *f == pos.file) {
+                    return Err(MySqlError::Setup(format!(
+                        "source {}: the checkpoint is at {pos} but the server no longer has binlog file {} (purged; it keeps {}): the changes since then cannot be recovered; start over with a new snapshot with `sluice run --resnapshot {}`",
+                        s.name,
+                        pos.file,
+                        files.first().map(|(f, _)| format!("{f} and later")).unwrap_or_else(|| "none".into()),
+                        s.name
+                    )));
+                }
+                tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
+                pos
+            }
+            None => {
+                let pos = match s.snapshot {
+                    MySqlSnapshotMode::Initial => self.snapshot(&mut conn, &handles).await?,
+                    MySqlSnapshotMode::Never => current_position(&mut conn).await?,
+                };
+                handles
+                    .out
+                    .send(Batch {
+                        events: Vec::new(),
+                        checkpoint: Some(SourceCheckpoint {
+                            connector: "mysql".into(),
+                            position: pos.to_string(),
+                            snapshot_done: true,
+                            slot: None,
+                            gtid: None,
+                            written_at_ms: now_us() / 1000,
+                        }),
+                    })
+                    .await
+                    .map_err(|_| MySqlError::Closed)?;
+                pos
+            }
+        };
+        let _ = conn.disconnect().await;
+        let ctx = StreamContext {
+            source_name: Arc::from(s.name.as_str()),
+            connection: s.connection.clone(),
+            server_id: s.server_id,
+            tables: self
+                .tables
+                .iter()
+                .map(|t| {
+                    (
+                        (t.schema.id.schema.clone(), t.schema.id.name.clone()),
+                        t.clone(),
+                    )
+                })
+                .collect::<HashMap<_, _>>(),
+            max_batch: s.max_batch_events,
+            max_delay: s.max_batch_delay,
+            out: handles.out,
+            stop: handles.stop,
+        };
+        let session = spawn_session(start, ctx);
+        tokio::task::spawn_blocking(move || session.join())
+            .await
+            .map_err(|e| MySqlError::Setup(format!("stream thread lost: {e}")))?
+            .unwrap_or_else(|_| Err(MySqlError::Setup("stream thread panicked".into())))
+    }
+
+    /// Reads every table inside one consistent-snapshot transaction and returns the binlog
+    /// position the rows are consistent with.
+    async fn snapshot(
+        &self,
+        conn: &mut Conn,
+        handles: &RunHandles,
+    ) -> Result<BinlogPos, MySqlError> {
+        let s = &self.settings;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(MySqlError::query("setting the snapshot's isolation level"))?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(MySqlError::query("starting the snapshot transaction"))?;
+        let status: Vec<(String, String)> = conn
+            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(MySqlError::query("reading the snapshot's binlog position"))?;
+        let get = |name: &str| {
+            status
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(file), Some(pos)) = (
+            get("binlog_snapshot_file"),
+            get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
+        ) else {
+            return Err(MySqlError::Setup(format!(
+                "source {}: the server reports no binlog_snapshot_file/position (a MariaDB feature): a lock-free consistent snapshot cannot be taken; on MySQL use snapshot = \"never\" and load existing rows another way",
+                s.name
+            )));
+        };
+        let Some(file_seq) = binlog_file_seq(&file) else {
+            return Err(MySqlError::Setup(format!(
+                "binlog file name {file:?} has no numeric suffix"
+            )));
+        };
+        let point = BinlogPos { file, pos };
+        tracing::info!(source = %s.name, tables = self.tables.len(), at = %point, "initial snapshot started");
+        let txn = Arc::new(BinlogTxn {
+            file: point.file.clone(),
+            gtid: None,
+        });
+        let read_at = now_us();
+        let mut seq: u64 = 0;
+        let mut total: u64 = 0;
+        let mut batch = Vec::with_capacity(s.max_batch_events);
+        for table in &self.tables {
+            let cols = table
+                .schema
+                .columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {cols} FROM {}.{}",
+                quote_ident(&table.schema.id.schema),
+                quote_ident(&table.schema.id.name)
+            );
+            let context = || format!("reading the snapshot of {}", table.schema.id);
+            let mut result = conn
+                .exec_iter(sql, ())
+                .await
+                .map_err(MySqlError::query(context()))?;
+            let mut stream = result
+                .stream::<mysql_async::Row>()
+                .await
+                .map_err(MySqlError::query(context()))?
+                .ok_or_else(|| MySqlError::Setup(format!("{}: no result set", context())))?;
+            use futures_util::StreamExt as _;
+            while let Some(row) = stream.next().await {
+                let row = row.map_err(MySqlError::query(context()))?;
+                let values = row
+                    .unwrap()
+                    .into_iter()
+                    .zip(&table.kinds)
+                    .map(|(v, k)| Some(k.convert(v)))
+                    .collect();
+                batch.push(ChangeEvent {
+                    op: Op::Read,
+                    table: table.schema.clone(),
+                    before: None,
+                    after: Some(Row { values }),
+                    source: SourceInfo {
+                        connector: "mysql",
+                        position: Position::MySql {
+                            file: file_seq,
+                            pos: point.pos,
+                            seq,
+                        },
+                        tx_id: None,
+                        commit_time_us: read_at,
+                        snapshot: true,
+                        binlog: Some(txn.clone()),
+                    },
+                });
+                seq += 1;
+                total += 1;
+                if batch.len() >= s.max_batch_events {
+                    let events =
+                        std::mem::replace(&mut batch, Vec::with_capacity(s.max_batch_events));
+                    handles
+                        .out
+                        .send(Batch {
+                            events,
+                            checkpoint: None,
+                        })
+                        .await
+                        .map_err(|_| MySqlError::Closed)?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            handles
+                .out
+                .send(Batch {
+                    events: batch,
+                    checkpoint: None,
+                })
+                .await
+                .map_err(|_| MySqlError::Closed)?;
+        }
+        conn.query_drop("COMMIT")
+            .await
+            .map_err(MySqlError::query("ending the snapshot transaction"))?;
+        tracing::info!(source = %s.name, rows = total, "initial snapshot read");
+        Ok(point)
+    }
+}
+
+/// The end of the server's binlog now.
+async fn current_position(conn: &mut Conn) -> Result<BinlogPos, MySqlError> {
+    let row: Option<mysql_async::Row> = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map_err(MySqlError::query("reading the binlog position"))?;
+    let row = row.ok_or_else(|| {
+        MySqlError::Setup("SHOW MASTER STATUS is empty: the binary log is off".into())
+    })?;
+    let file: Option<String> = row.get(0);
+    let pos: Option<u64> = row.get(1);
+    match (file, pos) {
+        (Some(file), Some(pos)) => Ok(BinlogPos { file, pos }),
+        _ => Err(MySqlError::Setup(
+            "SHOW MASTER STATUS returned no file and position".into(),
+        )),
+    }
+}
+
+async fn describe(
+    conn: &mut Conn,
+    settings: &MySqlSourceSettings,
+    id: &TableId,
+) -> Result<CapturedTable, MySqlError> {
+    let columns: Vec<(String, String, String, Option<String>)> = conn
+        .exec(
+            "select column_name, data_type, column_type, character_set_name
+               from information_schema.columns
+              where table_schema = ? and table_name = ?
+              order by ordinal_position",
+            (&id.schema, &id.name),
+        )
+        .await
+        .map_err(MySqlError::query(format!("reading the columns of {id}")))?;
+    if columns.is_empty() {
+        return Err(MySqlError::Setup(format!(
+            "table {id} does not exist (or the user cannot see it): create it or fix sources.{}.tables",
+            settings.name
+        )));
+    }
+    let key_names: Vec<String> = conn
+        .exec(
+            "select column_name from information_schema.key_column_usage
+              where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
+              order by ordinal_position",
+            (&id.schema, &id.name),
+        )
+        .await
+        .map_err(MySqlError::query(format!("reading the key of {id}")))?;
+    if key_names.is_empty() {
+        return Err(MySqlError::Setup(format!(
+            "table {id} has no primary key: Sluice keys every change by it (alter table {id} add primary key (…))"
+        )));
+    }
+    // MariaDB's JSON is LONGTEXT with a json_valid() check; MySQL has no such table column
+    // (and a real JSON type), so a failing query means "none".
+    let checks: Vec<String> = conn
+        .exec(
+            "select check_clause from information_schema.check_constraints
+              where constraint_schema = ? and table_name = ?",
+            (&id.schema, &id.name),
+        )
+        .await
+        .unwrap_or_default();
+    let json_columns: Vec<String> = columns
+        .iter()
+        .map(|(name, ..)| name.clone())
+        .filter(|name| {
+            let needle = format!("json_valid(`{}`)", name.replace('`', "``"));
+            checks.iter().any(|c| c.contains(&needle))
+        })
+        .collect();
+    let names: Arc<[Arc<str>]> = columns
+        .iter()
+        .map(|(n, ..)| Arc::from(n.as_str()))
+        .collect();
+    let key = key_names
+        .iter()
+        .filter_map(|k| columns.iter().position(|(n, ..)| n == k))
+        .collect();
+    let kinds = columns
+        .iter()
+        .map(|(name, data_type, column_type, charset)| {
+            Kind::from_information_schema(
+                data_type,
+                column_type,
+                charset.as_deref(),
+                json_columns.contains(name),
+            )
+        })
+        .collect();
+    Ok(CapturedTable {
+        schema: Arc::new(TableSchema::new(
+            Arc::from(settings.name.as_str()),
+            Arc::from(id.schema.as_str()),
+            id.clone(),
+            names,
+            key,
+            Arc::from(topic_name(&settings.topic_prefix, id)),
+        )),
+        kinds,
+        key_names,
+        json_columns,
+    })
+}
+
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binlog_positions_parse() {
+        assert_eq!(
+            BinlogPos::parse("binlog.000007:4711"),
+            Some(BinlogPos {
+                file: "binlog.000007".into(),
+                pos: 4711
+            })
+        );
+        assert_eq!(BinlogPos::parse("16/B374D848"), None);
+        assert_eq!(BinlogPos::parse("binlog.000007"), None);
+    }
+}
