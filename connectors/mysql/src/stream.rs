@@ -509,27 +509,22 @@ impl Session {
                     (Some(b), Some(a))
                 }
             };
-            let txn = self.txn.as_mut().ok_or(MySqlError::Closed)?;
-            let event = ChangeEvent {
-                op,
-                table: mapped.schema.clone(),
-                before: b,
-                after: a,
-                source: SourceInfo {
-                    connector: "mysql",
-                    position: Position::MySql {
-                        file: self.file_seq,
-                        pos: txn.begin,
-                        seq: txn.seq,
-                    },
-                    tx_id: txn.tx_id,
-                    commit_time_us: txn.commit_time_us,
-                    snapshot: false,
-                    binlog: Some(txn.info.clone()),
-                },
+            let key_changed = match (&b, &a) {
+                (Some(b), Some(a)) => mapped
+                    .schema
+                    .key
+                    .iter()
+                    .any(|&i| b.values.get(i) != a.values.get(i)),
+                _ => false,
             };
-            txn.seq += 1;
-            self.batch.push(event);
+            if key_changed {
+                // A key change is a delete of the old key and a create of the new one, so that
+                // each key's partition sees its own history in order.
+                self.push(&mapped.schema, Op::Delete, b, None)?;
+                self.push(&mapped.schema, Op::Insert, None, a)?;
+            } else {
+                self.push(&mapped.schema, op, b, a)?;
+            }
             if self.batch.len() >= self.ctx.max_batch {
                 self.flush().await?;
             }
@@ -537,20 +532,19 @@ impl Session {
         Ok(())
     }
 
-    /// A `TRUNCATE` of a captured table: one truncate event, published to every partition.
-    fn truncate(&mut self, db: &str, table: &str) {
-        let key = (db.to_owned(), table.to_owned());
-        let Some(schema) = self.shapes.get(&key).cloned() else {
-            return;
-        };
-        let Some(txn) = self.txn.as_mut() else {
-            return;
-        };
-        let event = ChangeEvent {
-            op: Op::Truncate,
-            table: schema,
-            before: None,
-            after: None,
+    fn push(
+        &mut self,
+        table: &Arc<TableSchema>,
+        op: Op,
+        before: Option<sluice_core::Row>,
+        after: Option<sluice_core::Row>,
+    ) -> Result<(), MySqlError> {
+        let txn = self.txn.as_mut().ok_or(MySqlError::Closed)?;
+        self.batch.push(ChangeEvent {
+            op,
+            table: table.clone(),
+            before,
+            after,
             source: SourceInfo {
                 connector: "mysql",
                 position: Position::MySql {
@@ -563,9 +557,20 @@ impl Session {
                 snapshot: false,
                 binlog: Some(txn.info.clone()),
             },
-        };
+        });
         txn.seq += 1;
-        self.batch.push(event);
+        Ok(())
+    }
+
+    /// A `TRUNCATE` of a captured table: one truncate event, published to every partition.
+    fn truncate(&mut self, db: &str, table: &str) {
+        let key = (db.to_owned(), table.to_owned());
+        let Some(schema) = self.shapes.get(&key).cloned() else {
+            return;
+        };
+        if self.txn.is_some() {
+            let _ = self.push(&schema, Op::Truncate, None, None);
+        }
     }
 
     async fn flush(&mut self) -> Result<(), MySqlError> {
