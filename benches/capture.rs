@@ -69,25 +69,6 @@ fn recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Seconds since midnight of a log line's leading RFC 3339 timestamp.
-fn log_time(line: &str) -> f64 {
-    let t = line.split('T').nth(1).unwrap_or("");
-    let t = t.split('Z').next().unwrap_or("");
-    let mut parts = t.split(':');
-    let h: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let m: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let s: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    h * 3600.0 + m * 60.0 + s
-}
-
-fn field(line: &str, name: &str) -> Option<u64> {
-    let rest = &line[line.find(name)? + name.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -> Figures {
     let pg = PgCluster::start_with(&[
         ("shared_buffers", "512MB"),
@@ -175,33 +156,14 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
             .spawn()
             .expect("perf")
     });
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    // CPU spent before the stream starts (preflight, catalog, client start-up) is not per row.
-    let mut cpu_at_start = None;
-    let (started_at, done_at) = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let this_run = text
-            .match_indices("replication stream started")
-            .nth(runs_before)
-            .map(|(i, _)| &text[text[..i].rfind('\n').map(|n| n + 1).unwrap_or(0)..]);
-        if let Some(run) = this_run {
-            cpu_at_start.get_or_insert_with(|| process::cpu_seconds(pid));
-            let started = log_time(run.lines().next().unwrap_or_default());
-            let done = run.lines().find(|l| {
-                l.contains("checkpoint written")
-                    && field(l, "events_published=").is_some_and(|n| n >= rows)
-            });
-            if let Some(done) = done {
-                break (started, log_time(done));
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice did not publish {rows} rows in time"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let cpu = process::cpu_seconds(pid) - cpu_at_start.unwrap_or(0.0);
+    let run = process::time_publish(
+        &log,
+        "replication stream started",
+        runs_before,
+        rows,
+        pid,
+        Duration::from_secs(1800),
+    );
     if let Some(p) = perf.as_mut() {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
@@ -209,10 +171,6 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         let _ = p.wait();
     }
     let rss = process::peak_rss_mb(pid);
-    let mut sluice_s = done_at - started_at;
-    if sluice_s < 0.0 {
-        sluice_s += 86400.0;
-    }
     assert!(sluice.stop(Duration::from_secs(60)).success());
     let recv_after_s = recvlogical(&pg, "recv_after", &end_lsn);
     let recvlogical_s = recv_before_s.min(recv_after_s);
@@ -225,8 +183,8 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
     Figures {
         rows,
         recvlogical_s,
-        sluice_s,
-        cpu_us_per_row: cpu * 1e6 / rows as f64,
+        sluice_s: run.seconds,
+        cpu_us_per_row: run.cpu_seconds * 1e6 / rows as f64,
         peak_rss_mb: rss,
     }
 }

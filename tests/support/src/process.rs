@@ -22,3 +22,75 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+/// What a capture run cost: seconds from its stream start to the checkpoint covering every
+/// row, and the CPU seconds the process spent in between.
+pub struct PublishRun {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+}
+
+/// Follows a Sluice log until the `run_index`-th occurrence of `started` (the stream start of
+/// this run) is followed by a `checkpoint written` line whose `events_published` reaches
+/// `rows`. Times come from the log lines' timestamps; CPU from /proc for `pid`.
+pub fn time_publish(
+    log: &std::path::Path,
+    started: &str,
+    run_index: usize,
+    rows: u64,
+    pid: u32,
+    timeout: std::time::Duration,
+) -> PublishRun {
+    let deadline = std::time::Instant::now() + timeout;
+    // CPU spent before the stream starts (preflight, catalog, client start-up) is not per row.
+    let mut cpu_at_start = None;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let this_run = text
+            .match_indices(started)
+            .nth(run_index)
+            .map(|(i, _)| &text[text[..i].rfind('\n').map(|n| n + 1).unwrap_or(0)..]);
+        if let Some(run) = this_run {
+            cpu_at_start.get_or_insert_with(|| cpu_seconds(pid));
+            let start = log_time(run.lines().next().unwrap_or_default());
+            let done = run.lines().find(|l| {
+                l.contains("checkpoint written")
+                    && field(l, "events_published=").is_some_and(|n| n >= rows)
+            });
+            if let Some(done) = done {
+                let mut seconds = log_time(done) - start;
+                if seconds < 0.0 {
+                    seconds += 86400.0;
+                }
+                return PublishRun {
+                    seconds,
+                    cpu_seconds: cpu_seconds(pid) - cpu_at_start.unwrap_or(0.0),
+                };
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice did not publish {rows} rows in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Seconds since midnight of a log line's leading RFC 3339 timestamp.
+fn log_time(line: &str) -> f64 {
+    let t = line.split('T').nth(1).unwrap_or("");
+    let t = t.split('Z').next().unwrap_or("");
+    let mut parts = t.split(':');
+    let h: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let m: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let s: f64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    h * 3600.0 + m * 60.0 + s
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let rest = &line[line.find(name)? + name.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
