@@ -140,7 +140,9 @@ async fn main() {
 
     println!("wrote {inserts} inserted rows (10k per statement) and {updates} single-row updates in {write_s:.1}s; engine={engine}");
     println!();
-    println!("MariaDB capture benchmark (broker: tansu {engine}; this machine, all services co-located)");
+    println!(
+        "MariaDB capture benchmark (broker: tansu {engine}; this machine, all services co-located)"
+    );
     println!("| reader | row changes | seconds | rows/s | CPU s | CPU µs/row | peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");
     println!(

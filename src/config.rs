@@ -592,4 +592,55 @@ columns = { full_name = "name" }
         let cfg = Config::parse(&text).expect("parses");
         assert!(!format!("{cfg:?}").contains("hunter2-secret"));
     }
+
+    #[test]
+    fn mysql_sources_name_tables_by_database_and_refuse_postgres_settings() {
+        let text = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[sources.directory]
+mysql = { user = "sluice", database = "lms" }
+tables = ["users", "other.institutes"]
+
+[sinks.svc]
+postgres = { user = "sluice", database = "svc" }
+[[sinks.svc.tables]]
+from = "lms.users"
+"#;
+        let cfg = Config::parse(text).expect("parses");
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        let s = cfg.mysql_source("directory").expect("mysql source");
+        assert_eq!(
+            s.tables,
+            vec![
+                TableId::new("lms", "users"),
+                TableId::new("other", "institutes")
+            ]
+        );
+        assert!(s.server_id >= 1_000_000_000 && s.server_id < 2_000_000_000);
+        assert_eq!(s.server_id, default_server_id("directory"));
+        assert!(cfg.postgres_source("directory").is_none());
+
+        let bad = text
+            .replace(
+                "tables = [\"users\"",
+                "slot = \"x\"\nserver_id = 0\ntables = [\"users\"",
+            )
+            .replace("from = \"lms.users\"", "from = \"public.users\"");
+        let problems = Config::parse(&bad).expect("parses").validate();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("sources.directory.slot is a Postgres setting"),
+            "{all}"
+        );
+        assert!(
+            all.contains("sources.directory.server_id must not be 0"),
+            "{all}"
+        );
+        assert!(
+            all.contains("public.users is not captured by any source"),
+            "{all}"
+        );
+    }
 }

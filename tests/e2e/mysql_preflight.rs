@@ -1,5 +1,5 @@
 //! `sluice check` on a MySQL/MariaDB source: every problem that would stop binlog capture is
-//! named with its fix (binlog settings, grants, tables), and `run` says capture is not built.
+//! named with its fix (binlog settings, grants, tables), and `run` refuses to start on them.
 
 use std::path::Path;
 
@@ -101,16 +101,15 @@ async fn mysql_source_problems_are_explained() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the binary log is off"), "{out}");
 
-    // `run` says capture from MySQL is not built, instead of pretending.
-    let config = dir.path().join(format!("root-{}.toml", good.port()));
+    // `run` refuses on the same problems, with the same explanation and exit status 1.
+    let config = dir.path().join(format!("root-{}.toml", no_binlog.port()));
     let (status, _, err) = run_to_end(
         Path::new(SLUICE),
         &["run", "--config", config.to_str().expect("path")],
         LONG,
     );
-    assert_eq!(status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("capture from MySQL/MariaDB is not built yet"),
-        "{err}"
-    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the binary log is off"), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
