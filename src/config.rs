@@ -75,6 +75,51 @@ pub struct TableMapping {
     /// column takes the source column of the same name, when the event carries one.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// Target column = CEL expression over `after`, `before`, `op` and `source`
+    /// (`name = "after.first_name + ' ' + after.last_name"`; a literal is a static value).
+    #[serde(default)]
+    pub compute: BTreeMap<String, String>,
+    /// Target column = a source column's value translated through a table.
+    #[serde(default)]
+    pub maps: BTreeMap<String, ValueMap>,
+    /// Only these target columns (and the key) take source columns of the same name or
+    /// renames; computed and mapped columns are always written. Default: all.
+    pub include: Option<Vec<String>>,
+    /// Target columns never written from the source.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Row filter (CEL, true or false): rows it rejects are not written, and an update that
+    /// makes a row stop matching removes it from the target (per `on_delete`).
+    pub filter: Option<String>,
+    /// What a source delete (or a row leaving the filter) does: `delete` (default), `soft`
+    /// (sets the `soft_delete` columns of the existing row) or `ignore`.
+    #[serde(default)]
+    pub on_delete: DeleteMode,
+    /// For `on_delete = "soft"`: target column = CEL expression, e.g.
+    /// `{ is_active = "false", deleted_at = "source.commit_time" }`.
+    #[serde(default)]
+    pub soft_delete: BTreeMap<String, String>,
+}
+
+/// A value map: `{ from = "user_type", values = { TEACHER = "FACULTY" }, default = "STUDENT" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMap {
+    /// The source column whose value is looked up (as text: `1`, `true`, `"ADMIN"`).
+    pub from: String,
+    /// Source value → target value.
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// The target value for anything not in `values`; without it, such values pass through.
+    pub default: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    #[default]
+    Delete,
+    Soft,
+    Ignore,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -359,6 +404,40 @@ impl Config {
             for (target, source) in &m.columns {
                 if target.is_empty() || source.is_empty() {
                     problems.push(format!("{at}.columns: column names must not be empty"));
+                }
+            }
+            let expressions = m
+                .compute
+                .iter()
+                .map(|(c, e)| (format!("{at}.compute.{c}"), e))
+                .chain(m.filter.iter().map(|f| (format!("{at}.filter"), f)))
+                .chain(
+                    m.soft_delete
+                        .iter()
+                        .map(|(c, e)| (format!("{at}.soft_delete.{c}"), e)),
+                );
+            for (path, text) in expressions {
+                if let Err(e) = crate::apply::expr::Expr::compile(text) {
+                    problems.push(format!("{path}: {e}"));
+                }
+            }
+            match (m.on_delete, m.soft_delete.is_empty()) {
+                (DeleteMode::Soft, true) => problems.push(format!(
+                    "{at}.on_delete is \"soft\" but soft_delete is empty: name the columns to set, e.g. soft_delete = {{ is_active = \"false\" }}"
+                )),
+                (DeleteMode::Delete | DeleteMode::Ignore, false) => problems.push(format!(
+                    "{at}.soft_delete is set but on_delete is not \"soft\": add on_delete = \"soft\" or remove soft_delete"
+                )),
+                _ => {}
+            }
+            for (target, map) in &m.maps {
+                if map.from.is_empty() {
+                    problems.push(format!("{at}.maps.{target}.from must name a source column"));
+                }
+                if m.compute.contains_key(target) {
+                    problems.push(format!(
+                        "{at}: target column {target:?} is both computed and mapped: keep one"
+                    ));
                 }
             }
         }

@@ -13,6 +13,7 @@
 //! [`worker`] for batching, de-duplication, fencing and truncates, and
 //! [`sluice_postgres::sink`] for the transaction itself.
 
+pub mod expr;
 pub mod mapping;
 pub mod target;
 pub mod worker;
@@ -58,7 +59,7 @@ fn resolve(
             continue;
         };
         let (id, columns, key) = &shapes[index];
-        match TableRoute::new(index, (id, columns, key), &m.columns, &at) {
+        match TableRoute::new(index, (id, columns, key), m, &at) {
             Ok(route) => router.add(&topic_name(prefix, &source), route),
             Err(p) => problems.push(p),
         }

@@ -22,6 +22,13 @@ pub enum TargetChange {
         table: usize,
         key: Vec<serde_json::Value>,
     },
+    /// Set these columns of the row with this key, if it exists (never inserts): a soft
+    /// delete.
+    Update {
+        table: usize,
+        key: Vec<serde_json::Value>,
+        columns: Vec<(usize, serde_json::Value)>,
+    },
 }
 
 /// Where a record came from, to record progress and dead letters.
@@ -123,23 +130,43 @@ pub struct TableShape {
 
 /// One table's changes in a batch after folding by key: the keys to delete first (values in
 /// key order), then the rows to upsert, grouped by the set of columns they carry (values in
-/// that set's order).
+/// that set's order), then the update-only rows (key columns included), grouped the same way.
+/// A key appears in at most one of `upserts` and `updates`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FoldedTable {
     pub table: usize,
     pub deletes: Vec<Vec<serde_json::Value>>,
     pub upserts: Vec<(Vec<usize>, Vec<Vec<serde_json::Value>>)>,
+    pub updates: Vec<(Vec<usize>, Vec<Vec<serde_json::Value>>)>,
+}
+
+/// Adds a row (a value per column, `None` for columns it does not carry) to the group of rows
+/// carrying the same columns.
+fn group(
+    groups: &mut Vec<(Vec<usize>, Vec<Vec<serde_json::Value>>)>,
+    row: Vec<Option<serde_json::Value>>,
+) {
+    let shape: Vec<usize> = (0..row.len()).filter(|c| row[*c].is_some()).collect();
+    let values: Vec<serde_json::Value> = row.into_iter().flatten().collect();
+    match groups.iter_mut().find(|(s, _)| *s == shape) {
+        Some((_, rows)) => rows.push(values),
+        None => groups.push((shape, vec![values])),
+    }
 }
 
 /// Folds a batch's changes by table and key, keeping each key's last word: a delete wins over
 /// everything before it (and is applied before a later upsert of the key); an upsert overlays
-/// the columns it carries on the previous upsert of the key. Applying the result (deletes,
-/// then upserts) leaves the target as applying every change in order would.
+/// the columns it carries on the previous upsert of the key; an update overlays an upsert of
+/// the key in the batch, does nothing after a delete in the batch (there is no row), and is
+/// otherwise kept as an update of the existing row (an upsert after it carries its columns
+/// along). Applying the result (deletes, upserts, updates) leaves the target as applying every
+/// change in order would.
 pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
     struct KeyState {
         key: Vec<serde_json::Value>,
         delete_first: bool,
         upsert: Option<Vec<Option<serde_json::Value>>>,
+        update: Option<Vec<Option<serde_json::Value>>>,
     }
     let mut per_table: Vec<(std::collections::HashMap<String, usize>, Vec<KeyState>)> = shapes
         .iter()
@@ -163,7 +190,9 @@ pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
                     })
                     .collect(),
             ),
-            TargetChange::Delete { table, key } => (*table, key.clone()),
+            TargetChange::Delete { table, key } | TargetChange::Update { table, key, .. } => {
+                (*table, key.clone())
+            }
         };
         let (index, states) = &mut per_table[table];
         let key_text = serde_json::Value::Array(key.clone()).to_string();
@@ -172,15 +201,17 @@ pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
                 key,
                 delete_first: false,
                 upsert: None,
+                update: None,
             });
             states.len() - 1
         });
         let state = &mut states[slot];
         match change {
             TargetChange::Upsert { columns, .. } => {
-                let row = state
-                    .upsert
-                    .get_or_insert_with(|| vec![None; shapes[table].columns]);
+                let pending_update = state.update.take();
+                let row = state.upsert.get_or_insert_with(|| {
+                    pending_update.unwrap_or_else(|| vec![None; shapes[table].columns])
+                });
                 for (c, v) in columns {
                     row[*c] = Some(v.clone());
                 }
@@ -188,6 +219,25 @@ pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
             TargetChange::Delete { .. } => {
                 state.delete_first = true;
                 state.upsert = None;
+                state.update = None;
+            }
+            TargetChange::Update { columns, key, .. } => {
+                let row = if let Some(row) = state.upsert.as_mut() {
+                    row
+                } else if state.delete_first {
+                    continue; // deleted earlier in the batch: no row to update
+                } else {
+                    state.update.get_or_insert_with(|| {
+                        let mut row = vec![None; shapes[table].columns];
+                        for (k, v) in shapes[table].key.iter().zip(key) {
+                            row[*k] = Some(v.clone());
+                        }
+                        row
+                    })
+                };
+                for (c, v) in columns {
+                    row[*c] = Some(v.clone());
+                }
             }
         }
     }
@@ -200,18 +250,17 @@ pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
             table,
             deletes: Vec::new(),
             upserts: Vec::new(),
+            updates: Vec::new(),
         };
         for state in states {
             if state.delete_first {
                 folded.deletes.push(state.key);
             }
             if let Some(row) = state.upsert {
-                let shape: Vec<usize> = (0..row.len()).filter(|c| row[*c].is_some()).collect();
-                let values: Vec<serde_json::Value> = row.into_iter().flatten().collect();
-                match folded.upserts.iter_mut().find(|(s, _)| *s == shape) {
-                    Some((_, rows)) => rows.push(values),
-                    None => folded.upserts.push((shape, vec![values])),
-                }
+                group(&mut folded.upserts, row);
+            }
+            if let Some(row) = state.update {
+                group(&mut folded.updates, row);
             }
         }
         out.push(folded);
@@ -281,6 +330,51 @@ mod tests {
                 ),
                 (vec![0, 1], vec![vec![json!(3), json!("again")]]),
             ]
+        );
+    }
+
+    #[test]
+    fn updates_never_insert_and_fold_with_upserts() {
+        let shapes = [TableShape {
+            columns: 3,
+            key: vec![0],
+        }];
+        let update = |k: i64, v: &str| TargetChange::Update {
+            table: 0,
+            key: vec![json!(k)],
+            columns: vec![(2, json!(v))],
+        };
+        let events = vec![
+            // 1: update only → an update of the existing row
+            event(vec![update(1, "soft")]),
+            // 2: upsert then update → one upsert carrying the update
+            event(vec![upsert(&[(0, json!(2)), (1, json!("b"))])]),
+            event(vec![update(2, "soft")]),
+            // 3: delete then update → only the delete (no row to update)
+            event(vec![TargetChange::Delete {
+                table: 0,
+                key: vec![json!(3)],
+            }]),
+            event(vec![update(3, "soft")]),
+            // 4: update then upsert → an upsert carrying both
+            event(vec![update(4, "soft")]),
+            event(vec![upsert(&[(0, json!(4)), (1, json!("d"))])]),
+        ];
+        let folded = fold(&events, &shapes);
+        assert_eq!(folded[0].deletes, vec![vec![json!(3)]]);
+        assert_eq!(
+            folded[0].upserts,
+            vec![(
+                vec![0, 1, 2],
+                vec![
+                    vec![json!(2), json!("b"), json!("soft")],
+                    vec![json!(4), json!("d"), json!("soft")]
+                ]
+            )]
+        );
+        assert_eq!(
+            folded[0].updates,
+            vec![(vec![0, 2], vec![vec![json!(1), json!("soft")]])]
         );
     }
 }

@@ -538,6 +538,43 @@ async fn write_folded(
                     )))?;
             }
         }
+        for (shape, rows) in &f.updates {
+            let sets: Vec<usize> = shape
+                .iter()
+                .copied()
+                .filter(|c| !t.key.contains(c))
+                .collect();
+            if sets.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "update {} set {} where {}",
+                t.quoted,
+                sets.iter()
+                    .map(|c| format!("{} = ?", quote_ident(&t.columns[*c].0)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.key
+                    .iter()
+                    .map(|k| format!("{} = ?", quote_ident(&t.columns[*k].0)))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            for row in rows {
+                let value_of = |c: usize| {
+                    shape
+                        .iter()
+                        .position(|s| *s == c)
+                        .and_then(|i| row.get(i))
+                        .map(|v| to_mysql(t.columns[c].1, v))
+                        .unwrap_or(Value::NULL)
+                };
+                let params: Vec<Value> = sets.iter().chain(&t.key).map(|c| value_of(*c)).collect();
+                tx.exec_drop(&sql, params)
+                    .await
+                    .map_err(MySqlError::query(format!("updating rows of {}", t.quoted)))?;
+            }
+        }
     }
     Ok(())
 }

@@ -256,32 +256,7 @@ pub fn bit_string(bytes: &[u8], bits: u32) -> String {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for seconds (and microseconds) since the Unix epoch.
-pub fn utc_timestamp(secs: i64, micros: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+pub use sluice_core::value::utc_timestamp;
 
 /// The number in `bit(12)` / `binary(16)`.
 fn paren_number(column_type: &str) -> Option<u32> {
@@ -358,16 +333,6 @@ mod tests {
         assert_eq!(bit_string(&[0x01, 0xff], 10), "0111111111");
         assert_eq!(bit_string(&[1], 1), "1");
         assert_eq!(bit_string(&[0xff; 8], 64), "1".repeat(64));
-    }
-
-    #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(utc_timestamp(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            utc_timestamp(2_147_483_647, 999_999),
-            "2038-01-19T03:14:07.999999Z"
-        );
-        assert_eq!(utc_timestamp(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
     }
 
     #[test]

@@ -209,6 +209,7 @@ pub struct PostgresSink {
 enum StatementKey {
     Delete(usize),
     Upsert(usize, Vec<usize>),
+    Update(usize, Vec<usize>),
 }
 
 impl PostgresSink {
@@ -349,6 +350,9 @@ impl PostgresSink {
             for (shape, _) in &f.upserts {
                 wanted.push(StatementKey::Upsert(f.table, shape.clone()));
             }
+            for (shape, _) in &f.updates {
+                wanted.push(StatementKey::Update(f.table, shape.clone()));
+            }
         }
         self.client().await?;
         for key in wanted {
@@ -358,6 +362,7 @@ impl PostgresSink {
             let sql = match &key {
                 StatementKey::Delete(t) => delete_sql(&self.tables[*t]),
                 StatementKey::Upsert(t, shape) => upsert_sql(&self.tables[*t], shape),
+                StatementKey::Update(t, shape) => update_sql(&self.tables[*t], shape),
             };
             let client = self.client().await?;
             let stmt = client
@@ -460,7 +465,7 @@ impl PostgresSink {
 
 fn key_table(key: &StatementKey) -> usize {
     match key {
-        StatementKey::Delete(t) | StatementKey::Upsert(t, _) => *t,
+        StatementKey::Delete(t) | StatementKey::Upsert(t, _) | StatementKey::Update(t, _) => *t,
     }
 }
 
@@ -643,6 +648,32 @@ fn upsert_sql(t: &TargetTable, shape: &[usize]) -> String {
     )
 }
 
+/// Sets the shape's non-key columns of existing rows; rows whose key is absent stay absent.
+fn update_sql(t: &TargetTable, shape: &[usize]) -> String {
+    let sets = shape
+        .iter()
+        .filter(|c| !t.key.contains(c))
+        .map(|c| {
+            let q = &t.columns[*c].quoted;
+            format!("{q} = d.{q}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cond = t
+        .key
+        .iter()
+        .map(|k| {
+            let q = &t.columns[*k].quoted;
+            format!("t.{q} = d.{q}")
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    format!(
+        "update {table} as t set {sets} from json_populate_recordset(null::{table}, $1::text::json) as d where {cond}",
+        table = t.quoted
+    )
+}
+
 async fn write_folded(
     tx: &impl GenericClient,
     tables: &[TargetTable],
@@ -673,6 +704,21 @@ async fn write_folded(
                 .await
                 .map_err(PostgresError::query(format!(
                     "upserting rows into {}",
+                    table.id
+                )))?;
+        }
+        for (shape, rows) in &f.updates {
+            if shape.iter().all(|c| table.key.contains(c)) {
+                continue; // nothing to set
+            }
+            let stmt = statements
+                .get(&StatementKey::Update(f.table, shape.clone()))
+                .ok_or_else(missing)?;
+            let json = rows_json(table, shape, rows);
+            tx.execute(stmt, &[&json])
+                .await
+                .map_err(PostgresError::query(format!(
+                    "updating rows of {}",
                     table.id
                 )))?;
         }
