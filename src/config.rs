@@ -59,6 +59,11 @@ pub struct SinkConfig {
     /// Longest a started batch waits for more events, in milliseconds.
     #[serde(default = "default_sink_batch_delay_ms")]
     pub max_batch_delay_ms: u64,
+    /// How long a row a target foreign key refuses (its parent, from another topic, has not
+    /// arrived yet) is retried before it becomes a dead letter, in milliseconds; its partition
+    /// waits meanwhile, the others go on. 0: a dead letter at once.
+    #[serde(default = "default_foreign_key_wait_ms")]
+    pub foreign_key_wait_ms: u64,
     /// Source table → target table mappings.
     pub tables: Vec<TableMapping>,
 }
@@ -136,6 +141,10 @@ fn default_workers() -> usize {
 
 fn default_sink_batch_events() -> usize {
     5000
+}
+
+fn default_foreign_key_wait_ms() -> u64 {
+    60_000
 }
 
 fn default_sink_batch_delay_ms() -> u64 {

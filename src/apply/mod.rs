@@ -253,6 +253,7 @@ pub async fn run(
                 max_batch_events: sink.max_batch_events,
                 max_batch_delay: Duration::from_millis(sink.max_batch_delay_ms),
                 apply_truncates: sink.truncate == TruncateSetting::Apply,
+                fk_wait: Duration::from_millis(sink.foreign_key_wait_ms),
             },
             rx,
             control: consumer.control(),

@@ -56,12 +56,32 @@ struct PartitionState {
     parked_at: Option<Position>,
     /// The consumer's assignment number (for pause and resume requests).
     generation: u64,
+    /// Held at a record a foreign key refused (its parent row not in the target yet).
+    fk: Option<FkHold>,
+    /// The foreign-key wait of this partition is over: its next refusal is a dead letter.
+    fk_expired: bool,
 }
+
+/// A partition held at a record a foreign key refused, with the records after it.
+#[derive(Debug)]
+struct FkHold {
+    records: VecDeque<Record>,
+    /// When the record was first refused.
+    since: Instant,
+    next_try: Instant,
+    delay: Duration,
+}
+
+const FK_FIRST_RETRY: Duration = Duration::from_millis(100);
+const FK_MAX_RETRY: Duration = Duration::from_secs(2);
 
 pub struct WorkerSettings {
     pub max_batch_events: usize,
     pub max_batch_delay: Duration,
     pub apply_truncates: bool,
+    /// How long a record refused for a foreign key is retried before it becomes a dead
+    /// letter (zero: at once).
+    pub fk_wait: Duration,
 }
 
 pub struct Worker {
@@ -97,12 +117,16 @@ impl Worker {
                 return Ok(());
             }
             let parked = states.values().any(|s| !s.parked.is_empty());
+            let next_fk = self.release_due_holds(&mut states, &mut ready);
             if ready.is_empty() {
-                let wait = if parked {
+                let mut wait = if parked {
                     BARRIER_POLL
                 } else {
                     Duration::from_secs(3600)
                 };
+                if let Some(at) = next_fk {
+                    wait = wait.min(at.saturating_duration_since(Instant::now()));
+                }
                 tokio::select! {
                     msg = self.rx.recv() => match msg {
                         Some(m) => self.handle(m, &mut states, &mut ready),
@@ -184,7 +208,9 @@ impl Worker {
                     // Not (or no longer) ours.
                     return;
                 };
-                if !state.parked.is_empty() {
+                if let Some(hold) = state.fk.as_mut() {
+                    hold.records.push_back(record);
+                } else if !state.parked.is_empty() {
                     state.parked.push_back(record);
                 } else if state.expected.is_some_and(|e| record.offset < e) {
                     // Applied already.
@@ -195,10 +221,24 @@ impl Worker {
         }
     }
 
-    /// Builds the batch from `ready` without touching the partitions' state.
-    fn plan(&self, states: &HashMap<TopicPartition, PartitionState>, ready: &[Record]) -> Plan {
+    /// Builds the batch from `ready` without touching the partitions' state. A partition in
+    /// `stop_at` contributes only its records before that offset.
+    fn plan(
+        &self,
+        states: &HashMap<TopicPartition, PartitionState>,
+        ready: &[Record],
+        stop_at: &HashMap<TopicPartition, i64>,
+    ) -> Plan {
         let mut plan = Plan {
-            batch: ApplyBatch::default(),
+            batch: ApplyBatch {
+                hold_foreign_keys: !self.settings.fk_wait.is_zero(),
+                fk_expired: states
+                    .iter()
+                    .filter(|(_, s)| s.fk_expired)
+                    .map(|(tp, _)| tp.clone())
+                    .collect(),
+                ..ApplyBatch::default()
+            },
             positions: HashMap::new(),
             parks: HashMap::new(),
             events: 0,
@@ -209,6 +249,9 @@ impl Worker {
             let Some(state) = states.get(&tp) else {
                 continue;
             };
+            if stop_at.get(&tp).is_some_and(|stop| r.offset >= *stop) {
+                continue;
+            }
             if let Some((_, held)) = plan.parks.get_mut(&tp) {
                 held.push(r.clone());
                 continue;
@@ -302,8 +345,9 @@ impl Worker {
         ready: &mut Vec<Record>,
     ) -> anyhow::Result<bool> {
         let mut backoff = Backoff::default();
+        let mut stop_at: HashMap<TopicPartition, i64> = HashMap::new();
         loop {
-            let plan = self.plan(states, ready);
+            let plan = self.plan(states, ready, &stop_at);
             let outcome = if plan.batch.is_empty() {
                 ApplyOutcome::Committed { dead_lettered: 0 }
             } else {
@@ -336,6 +380,33 @@ impl Worker {
                             let _ = self.control.send(Control::Pause(tp, state.generation));
                         }
                     }
+                    for (tp, state) in states.iter_mut() {
+                        if !stop_at.contains_key(tp) {
+                            state.fk_expired = false;
+                        }
+                    }
+                    for (tp, stop) in &stop_at {
+                        let Some(state) = states.get_mut(tp) else {
+                            continue;
+                        };
+                        let held: VecDeque<Record> = ready
+                            .iter()
+                            .filter(|r| r.topic == tp.0 && r.partition == tp.1 && r.offset >= *stop)
+                            .cloned()
+                            .collect();
+                        let now = Instant::now();
+                        let (since, delay) = match state.fk.take() {
+                            Some(h) => (h.since, (h.delay * 2).min(FK_MAX_RETRY)),
+                            None => (now, FK_FIRST_RETRY),
+                        };
+                        state.fk = Some(FkHold {
+                            records: held,
+                            since,
+                            next_try: now + delay,
+                            delay,
+                        });
+                        let _ = self.control.send(Control::Pause(tp.clone(), state.generation));
+                    }
                     let dead = plan.batch.dead_letters.len() as u64 + dead_lettered as u64;
                     self.stats
                         .events_applied
@@ -350,6 +421,22 @@ impl Worker {
                     );
                     ready.clear();
                     return Ok(true);
+                }
+                ApplyOutcome::Held(record) => {
+                    let tp = (record.topic.clone(), record.partition);
+                    let first = states.get(&tp).is_none_or(|s| s.fk.is_none());
+                    if first {
+                        tracing::info!(
+                            worker = self.id,
+                            topic = %record.topic,
+                            partition = record.partition,
+                            offset = record.offset,
+                            wait_ms = self.settings.fk_wait.as_millis() as u64,
+                            "a foreign key refused a row (its parent is not in the target yet): holding this partition and retrying; other partitions go on"
+                        );
+                    }
+                    let stop = stop_at.entry(tp).or_insert(record.offset);
+                    *stop = (*stop).min(record.offset);
                 }
                 ApplyOutcome::Fenced(tps) => {
                     tracing::info!(
@@ -416,6 +503,43 @@ impl Worker {
             _ = tokio::time::sleep(delay) => !*self.stop.borrow(),
             _ = self.stop.changed() => false,
         }
+    }
+
+    /// Puts the records of partitions whose foreign-key retry is due back into `ready`
+    /// (marking those that waited long enough, so that a refusal now becomes a dead letter).
+    /// Returns when the next retry is due.
+    fn release_due_holds(
+        &self,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (tp, state) in states.iter_mut() {
+            let Some(hold) = state.fk.as_ref() else {
+                continue;
+            };
+            if hold.next_try > now {
+                next = Some(next.map_or(hold.next_try, |n| n.min(hold.next_try)));
+                continue;
+            }
+            let Some(hold) = state.fk.take() else {
+                continue;
+            };
+            if hold.since.elapsed() >= self.settings.fk_wait {
+                tracing::warn!(
+                    worker = self.id,
+                    topic = %tp.0,
+                    partition = tp.1,
+                    waited_ms = hold.since.elapsed().as_millis() as u64,
+                    "a foreign key still refuses a row after the wait: it goes to the dead letters"
+                );
+                state.fk_expired = true;
+            }
+            ready.extend(hold.records);
+            let _ = self.control.send(Control::Resume(tp.clone(), state.generation));
+        }
+        next
     }
 
     /// Moves parked partitions past their truncate once the barrier allows.

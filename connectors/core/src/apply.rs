@@ -32,7 +32,7 @@ pub enum TargetChange {
 }
 
 /// Where a record came from, to record progress and dead letters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef {
     pub topic: Arc<str>,
     pub partition: i32,
@@ -80,6 +80,12 @@ pub struct ApplyBatch {
     pub events: Vec<MappedEvent>,
     pub dead_letters: Vec<DeadLetter>,
     pub progress: Vec<PartitionProgress>,
+    /// Whether an event refused for a foreign key (its parent row is not in the target yet,
+    /// or a parent delete still has children) holds its partition ([`ApplyOutcome::Held`])
+    /// rather than becoming a dead letter. Partitions listed in `fk_expired` waited long
+    /// enough: their foreign-key refusals become dead letters.
+    pub hold_foreign_keys: bool,
+    pub fk_expired: Vec<(Arc<str>, i32)>,
 }
 
 impl DeadLetter {
@@ -119,6 +125,21 @@ pub enum ApplyOutcome {
     /// Nothing was committed: the stored offsets of these partitions are not the ones this
     /// batch expected (another consumer moved them). The caller reloads them and retries.
     Fenced(Vec<(Arc<str>, i32)>),
+    /// Nothing was committed: this event was refused for a foreign key (see
+    /// [`ApplyBatch::hold_foreign_keys`]). The caller holds its partition from this record on,
+    /// applies the rest, and retries the held records later.
+    Held(RecordRef),
+}
+
+impl ApplyBatch {
+    /// Whether a foreign-key refusal of `event` holds its partition (instead of a dead letter).
+    pub fn holds(&self, event: &MappedEvent) -> bool {
+        self.hold_foreign_keys
+            && !self
+                .fk_expired
+                .iter()
+                .any(|(t, p)| *t == event.record.topic && *p == event.record.partition)
+    }
 }
 
 /// What folding needs to know of a target table: its column count and key column indexes.

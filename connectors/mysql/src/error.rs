@@ -76,6 +76,12 @@ impl MySqlError {
         self.server().map(|e| e.message.as_str())
     }
 
+    /// A foreign key refused the row: no parent (1452), or a parent that still has children
+    /// (1451).
+    pub fn is_foreign_key_error(&self) -> bool {
+        self.server().is_some_and(|e| e.code == 1452 || e.code == 1451)
+    }
+
     /// The target refuses this data for good (constraint, type, range).
     pub fn is_data_error(&self) -> bool {
         self.server().is_some_and(|e| {

@@ -306,6 +306,14 @@ impl MySqlSink {
                         .query_drop("release savepoint sluice_event")
                         .await
                         .map_err(MySqlError::query("releasing a savepoint"))?,
+                    Err(e) if e.is_foreign_key_error() && batch.holds(event) => {
+                        // A foreign key: the parent row may still be on its way (another
+                        // topic). Nothing commits; the caller holds this partition.
+                        tx.rollback()
+                            .await
+                            .map_err(MySqlError::query("rolling back a held batch"))?;
+                        return Ok(ApplyOutcome::Held(event.record.clone()));
+                    }
                     Err(e) if e.is_data_error() => {
                         tx.query_drop("rollback to savepoint sluice_event")
                             .await

@@ -311,6 +311,15 @@ impl PostgresSink {
                         .commit()
                         .await
                         .map_err(PostgresError::query("releasing a savepoint"))?,
+                    Err(e) if sqlstate(&e) == Some("23503") && batch.holds(event) => {
+                        // A foreign key: the parent row may still be on its way (another
+                        // topic). Nothing commits; the caller holds this partition.
+                        drop(sp);
+                        tx.rollback()
+                            .await
+                            .map_err(PostgresError::query("rolling back a held batch"))?;
+                        return Ok(ApplyOutcome::Held(event.record.clone()));
+                    }
                     Err(e) if is_data_error(&e) => {
                         sp.rollback()
                             .await
