@@ -60,16 +60,16 @@ struct PartitionState {
     fk: Option<FkHold>,
     /// The foreign-key wait of this partition is over: its next refusal is a dead letter.
     fk_expired: bool,
+    /// When a foreign key first refused the record this partition is held at (kept while the
+    /// hold is released for a retry and taken again), and the current retry delay.
+    fk_since: Option<(Instant, Duration)>,
 }
 
 /// A partition held at a record a foreign key refused, with the records after it.
 #[derive(Debug)]
 struct FkHold {
     records: VecDeque<Record>,
-    /// When the record was first refused.
-    since: Instant,
     next_try: Instant,
-    delay: Duration,
 }
 
 const FK_FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -380,9 +380,14 @@ impl Worker {
                             let _ = self.control.send(Control::Pause(tp, state.generation));
                         }
                     }
-                    for (tp, state) in states.iter_mut() {
-                        if !stop_at.contains_key(tp) {
-                            state.fk_expired = false;
+                    for p in &plan.batch.progress {
+                        let tp = (p.topic.clone(), p.partition);
+                        if !stop_at.contains_key(&tp) {
+                            if let Some(state) = states.get_mut(&tp) {
+                                // Past the held record: the next refusal starts a new wait.
+                                state.fk_expired = false;
+                                state.fk_since = None;
+                            }
                         }
                     }
                     for (tp, stop) in &stop_at {
@@ -395,17 +400,18 @@ impl Worker {
                             .cloned()
                             .collect();
                         let now = Instant::now();
-                        let (since, delay) = match state.fk.take() {
-                            Some(h) => (h.since, (h.delay * 2).min(FK_MAX_RETRY)),
+                        let (since, delay) = match state.fk_since {
+                            Some((since, delay)) => (since, (delay * 2).min(FK_MAX_RETRY)),
                             None => (now, FK_FIRST_RETRY),
                         };
+                        state.fk_since = Some((since, delay));
                         state.fk = Some(FkHold {
                             records: held,
-                            since,
                             next_try: now + delay,
-                            delay,
                         });
-                        let _ = self.control.send(Control::Pause(tp.clone(), state.generation));
+                        let _ = self
+                            .control
+                            .send(Control::Pause(tp.clone(), state.generation));
                     }
                     let dead = plan.batch.dead_letters.len() as u64 + dead_lettered as u64;
                     self.stats
@@ -526,18 +532,24 @@ impl Worker {
             let Some(hold) = state.fk.take() else {
                 continue;
             };
-            if hold.since.elapsed() >= self.settings.fk_wait {
+            let waited = state
+                .fk_since
+                .map(|(since, _)| since.elapsed())
+                .unwrap_or_default();
+            if waited >= self.settings.fk_wait {
                 tracing::warn!(
                     worker = self.id,
                     topic = %tp.0,
                     partition = tp.1,
-                    waited_ms = hold.since.elapsed().as_millis() as u64,
+                    waited_ms = waited.as_millis() as u64,
                     "a foreign key still refuses a row after the wait: it goes to the dead letters"
                 );
                 state.fk_expired = true;
             }
             ready.extend(hold.records);
-            let _ = self.control.send(Control::Resume(tp.clone(), state.generation));
+            let _ = self
+                .control
+                .send(Control::Resume(tp.clone(), state.generation));
         }
         next
     }

@@ -10,6 +10,7 @@ mod bad_input;
 mod capture_changes;
 mod capture_types;
 mod idle_source;
+mod mappings;
 mod mysql_capture;
 mod mysql_pipeline;
 mod mysql_preflight;

@@ -79,7 +79,8 @@ impl MySqlError {
     /// A foreign key refused the row: no parent (1452), or a parent that still has children
     /// (1451).
     pub fn is_foreign_key_error(&self) -> bool {
-        self.server().is_some_and(|e| e.code == 1452 || e.code == 1451)
+        self.server()
+            .is_some_and(|e| e.code == 1452 || e.code == 1451)
     }
 
     /// The target refuses this data for good (constraint, type, range).
