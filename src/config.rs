@@ -731,4 +731,36 @@ from = "lms.users"
             "{all}"
         );
     }
+
+    #[test]
+    fn mapping_expressions_are_checked_when_the_config_loads() {
+        let text = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[sinks.svc]
+postgres = { user = "sluice", database = "svc" }
+[[sinks.svc.tables]]
+from = "lms.users"
+compute = { name = "after.first_name + ' ' +" }
+filter = "row.status == 'ACTIVE'"
+on_delete = "soft"
+[[sinks.svc.tables]]
+from = "lms.users"
+soft_delete = { is_active = "false" }
+maps.role = { from = "", values = { A = "B" } }
+compute = { role = "'x'" }
+"#;
+        let cfg = Config::parse(text).expect("parses");
+        let all = cfg.validate().join("\n");
+        assert!(all.contains("sinks.svc.tables[0].compute.name: CEL syntax error in \"after.first_name + ' ' +\" at line 1, column"), "{all}");
+        assert!(all.contains("sinks.svc.tables[0].filter: expression \"row.status == 'ACTIVE'\" uses unknown variable(s) row"), "{all}");
+        assert!(all.contains("sinks.svc.tables[0].on_delete is \"soft\" but soft_delete is empty"), "{all}");
+        assert!(all.contains("sinks.svc.tables[1].soft_delete is set but on_delete is not \"soft\""), "{all}");
+        assert!(all.contains("sinks.svc.tables[1].maps.role.from must name a source column"), "{all}");
+        assert!(all.contains("target column \"role\" is both computed and mapped"), "{all}");
+        let bad_mode = text.replace("on_delete = \"soft\"", "on_delete = \"erase\"");
+        let err = Config::parse(&bad_mode).expect_err("unknown variant");
+        assert!(err.contains("sinks.svc.tables[0].on_delete"), "{err}");
+    }
 }

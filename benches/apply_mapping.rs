@@ -1,0 +1,175 @@
+//! Apply throughput with a plain 1:1 mapping next to a mapping with five expression columns,
+//! a value map and a filter, over the same Kafka records in the same run.
+//!
+//! `cargo bench --bench apply_mapping` (release build). It captures `BENCH_ROWS` rows (default
+//! 300000) from a source Postgres into the broker once (`--only capture`), then runs
+//! `--only apply` twice, one sink at a time, into two tables of a target Postgres: `plain`
+//! (every column as is) and `mapped`. Each run's rate is counted from the first row seen in
+//! its target table to the last (start-up and group join excluded); CPU per row from /proc.
+//! The filter lets every row through, so both runs write the same number of rows.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const LONG: Duration = Duration::from_secs(1800);
+
+const SOURCE: &str = "create table users (id bigint primary key, first_name text not null,
+    last_name text not null, email text, user_type text not null, status text not null,
+    score int not null, created_at timestamptz not null default now())";
+
+const TARGET: &str = "
+create table plain (id bigint primary key, first_name text, last_name text, email text,
+    user_type text, status text, score int, created_at timestamptz);
+create table mapped (id bigint primary key, name text, email text, role text, is_active boolean,
+    score2 bigint, label text, has_email boolean, created_at timestamptz);";
+
+const PLAIN: &str = r#"
+[[sinks.bench.tables]]
+from = "public.users"
+to = "public.plain"
+"#;
+
+const MAPPED: &str = r#"
+[[sinks.bench.tables]]
+from = "public.users"
+to = "public.mapped"
+filter = "after.status != 'DELETED'"
+compute = { name = "after.first_name + ' ' + after.last_name", is_active = "after.status == 'ACTIVE'", score2 = "after.score * 2", label = "after.user_type + ':' + string(after.id)", has_email = "after.email != null && size(after.email) > 0" }
+maps.role = { from = "user_type", values = { ADMIN = "ADMIN", TEACHER = "FACULTY", INSTRUCTOR = "FACULTY", STUDENT = "STUDENT" }, default = "STUDENT" }
+"#;
+
+struct Run {
+    rows_per_s: f64,
+    cpu_us_per_row: f64,
+}
+
+/// Runs `--only apply` with one sink until `table` holds `rows` rows.
+async fn apply(
+    dir: &Path,
+    head: &str,
+    target: &PgCluster,
+    group: &str,
+    mapping: &str,
+    table: &str,
+    rows: i64,
+) -> Run {
+    let config = dir.join(format!("{table}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "{head}\n[sinks.bench]\npostgres = {}\ngroup = \"{group}\"\n{mapping}",
+            target.sluice_connection("bench")
+        ),
+    )
+    .expect("config");
+    let log = dir.join(format!("{table}.log"));
+    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &["--only", "apply"], &log);
+    let pid = sluice.pid();
+    let db = target.connect("bench").await;
+    let count = |db: &tokio_postgres::Client| {
+        let sql = format!("select count(*) from {table}");
+        let db = db.clone();
+        async move {
+            db.query_one(sql.as_str(), &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        }
+    };
+    let deadline = Instant::now() + LONG;
+    let (t0, n0, cpu0) = loop {
+        let n = count(&db).await;
+        if n > 0 {
+            break (Instant::now(), n, process::cpu_seconds(pid));
+        }
+        assert!(Instant::now() < deadline, "{table}: nothing applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        if count(&db).await >= rows {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{table}: not every row applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = process::cpu_seconds(pid) - cpu0;
+    assert!(sluice.stop(LONG).success());
+    let applied = (rows - n0) as f64;
+    Run {
+        rows_per_s: applied / secs,
+        cpu_us_per_row: cpu * 1e6 / applied,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let tuned = [("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
+    let source = PgCluster::start_with(&tuned);
+    let target = PgCluster::start_with(&tuned);
+    let broker = Broker::start_with_engine("memory");
+    source.create_database("bench").await;
+    target.create_database("bench").await;
+    let src = source.connect("bench").await;
+    src.batch_execute(SOURCE).await.expect("source schema");
+    target
+        .connect("bench")
+        .await
+        .batch_execute(TARGET)
+        .await
+        .expect("target schema");
+    src.batch_execute(&format!(
+        "insert into users select g, 'First' || g, 'Last' || g,
+           case when g % 10 = 0 then null else 'u' || g || '@example.com' end,
+           (array['ADMIN','TEACHER','INSTRUCTOR','STUDENT','STAFF'])[g % 5 + 1],
+           case when g % 7 = 0 then 'INACTIVE' else 'ACTIVE' end, g % 1000
+         from generate_series(1, {rows}) g"
+    ))
+    .await
+    .expect("rows");
+
+    // Capture once: the snapshot puts every row into the topic.
+    let dir = TempDir::new("bench-mapping");
+    let head = format!(
+        "[kafka]\nbrokers = \"{}\"\npartitions = 4\ntombstones = false\n\n\
+         [sources.app]\npostgres = {}\ntables = [\"public.users\"]\n",
+        broker.brokers(),
+        source.sluice_connection("bench"),
+    );
+    let capture_config = dir.path().join("capture.toml");
+    std::fs::write(&capture_config, &head).expect("capture config");
+    let mut capture = SluiceProcess::run(
+        Path::new(SLUICE),
+        &capture_config,
+        &["--only", "capture"],
+        &dir.path().join("capture.log"),
+    );
+    capture.wait_snapshot_checkpointed(LONG);
+    assert!(capture.stop(LONG).success());
+
+    let plain = apply(dir.path(), &head, &target, "bench-plain", PLAIN, "plain", rows).await;
+    let mapped = apply(dir.path(), &head, &target, "bench-mapped", MAPPED, "mapped", rows).await;
+    println!();
+    println!("apply mapping benchmark ({rows} rows from one topic of 4 partitions into a target Postgres; tansu memory; this machine, all co-located)");
+    println!("| mapping | rows/s | apply CPU µs/row |");
+    println!("|---|---|---|");
+    println!(
+        "| 1:1 (8 columns as they are) | {:.0} | {:.1} |",
+        plain.rows_per_s, plain.cpu_us_per_row
+    );
+    println!(
+        "| 5 expressions + a value map + a filter | {:.0} | {:.1} |",
+        mapped.rows_per_s, mapped.cpu_us_per_row
+    );
+    println!(
+        "mapped / 1:1 throughput: {:.2}",
+        mapped.rows_per_s / plain.rows_per_s
+    );
+}
