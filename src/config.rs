@@ -755,10 +755,22 @@ compute = { role = "'x'" }
         let all = cfg.validate().join("\n");
         assert!(all.contains("sinks.svc.tables[0].compute.name: CEL syntax error in \"after.first_name + ' ' +\" at line 1, column"), "{all}");
         assert!(all.contains("sinks.svc.tables[0].filter: expression \"row.status == 'ACTIVE'\" uses unknown variable(s) row"), "{all}");
-        assert!(all.contains("sinks.svc.tables[0].on_delete is \"soft\" but soft_delete is empty"), "{all}");
-        assert!(all.contains("sinks.svc.tables[1].soft_delete is set but on_delete is not \"soft\""), "{all}");
-        assert!(all.contains("sinks.svc.tables[1].maps.role.from must name a source column"), "{all}");
-        assert!(all.contains("target column \"role\" is both computed and mapped"), "{all}");
+        assert!(
+            all.contains("sinks.svc.tables[0].on_delete is \"soft\" but soft_delete is empty"),
+            "{all}"
+        );
+        assert!(
+            all.contains("sinks.svc.tables[1].soft_delete is set but on_delete is not \"soft\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("sinks.svc.tables[1].maps.role.from must name a source column"),
+            "{all}"
+        );
+        assert!(
+            all.contains("target column \"role\" is both computed and mapped"),
+            "{all}"
+        );
         let bad_mode = text.replace("on_delete = \"soft\"", "on_delete = \"erase\"");
         let err = Config::parse(&bad_mode).expect_err("unknown variant");
         assert!(err.contains("sinks.svc.tables[0].on_delete"), "{err}");

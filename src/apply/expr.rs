@@ -13,6 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::Val;
 use serde_json::Value as J;
 
 /// The variables an expression may use.
@@ -24,6 +28,27 @@ static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib
 pub struct Expr {
     text: String,
     program: cel::Program,
+    vars: Vars,
+}
+
+/// Which of the four variables expressions use (only those are converted for an event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vars {
+    pub after: bool,
+    pub before: bool,
+    pub op: bool,
+    pub source: bool,
+}
+
+impl Vars {
+    pub fn union(self, other: Vars) -> Vars {
+        Vars {
+            after: self.after || other.after,
+            before: self.before || other.before,
+            op: self.op || other.op,
+            source: self.source || other.source,
+        }
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -69,14 +94,25 @@ impl Expr {
                 unknown.join(", ")
             ));
         }
+        let vars = Vars {
+            after: references.has_variable("after"),
+            before: references.has_variable("before"),
+            op: references.has_variable("op"),
+            source: references.has_variable("source"),
+        };
         Ok(Expr {
             text: text.to_owned(),
             program,
+            vars,
         })
     }
 
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    pub fn vars(&self) -> Vars {
+        self.vars
     }
 
     /// Evaluates to a JSON value (the form target values take).
@@ -99,55 +135,64 @@ impl Expr {
     }
 
     fn eval_cel(&self, bindings: &Bindings) -> Result<cel::Value, String> {
-        let mut ctx = cel::Context::with_env(ENV.clone());
-        ctx.add_variable_from_value("after", bindings.after.clone());
-        ctx.add_variable_from_value("before", bindings.before.clone());
-        ctx.add_variable_from_value("op", bindings.op.clone());
-        ctx.add_variable_from_value("source", bindings.source.clone());
         self.program
-            .execute(&ctx)
+            .execute(&bindings.ctx)
             .map_err(|e| format!("expression {:?}: {e}", self.text))
     }
 }
 
-/// One event's variables, converted once for every expression of the event.
-pub struct Bindings {
-    after: cel::Value,
-    before: cel::Value,
-    op: cel::Value,
-    source: cel::Value,
+/// One event's variables, converted once (and only those some expression uses) for every
+/// expression of the event. Strings are borrowed from the envelope, not copied.
+pub struct Bindings<'v> {
+    ctx: cel::Context<'v, 'v>,
 }
 
-impl Bindings {
-    /// `after` is the row expressions read (for a delete: the old row).
-    pub fn new(after: Option<&J>, before: Option<&J>, op: &str, source: Option<&J>) -> Bindings {
-        let conv = |v: Option<&J>| v.map(to_cel).unwrap_or(cel::Value::Null);
-        Bindings {
-            after: conv(after),
-            before: conv(before),
-            op: cel::Value::String(Arc::new(op.to_owned())),
-            source: conv(source),
+impl<'v> Bindings<'v> {
+    /// `after` is the row expressions read (for a delete: the old row). `source` is computed
+    /// only when an expression reads it.
+    pub fn new(
+        vars: Vars,
+        after: Option<&'v J>,
+        before: Option<&'v J>,
+        op: &'v str,
+        source: Option<&'v J>,
+    ) -> Bindings<'v> {
+        let mut ctx = cel::Context::with_env(ENV.clone());
+        let null = || -> Box<dyn Val + 'v> { Box::new(CelNull) };
+        if vars.after {
+            ctx.add_variable_as_val("after", after.map(to_val).unwrap_or_else(null));
         }
+        if vars.before {
+            ctx.add_variable_as_val("before", before.map(to_val).unwrap_or_else(null));
+        }
+        if vars.op {
+            ctx.add_variable_as_val("op", Box::new(CelString::from(op)));
+        }
+        if vars.source {
+            ctx.add_variable_as_val("source", source.map(to_val).unwrap_or_else(null));
+        }
+        Bindings { ctx }
     }
 }
 
-/// JSON → CEL: integers as `int` (or `uint` beyond i64), other numbers as `double`.
-pub fn to_cel(v: &J) -> cel::Value {
+/// JSON → a CEL value borrowing its strings: integers as `int` (or `uint` beyond i64), other
+/// numbers as `double`.
+fn to_val(v: &J) -> Box<dyn Val + '_> {
     match v {
-        J::Null => cel::Value::Null,
-        J::Bool(b) => cel::Value::Bool(*b),
+        J::Null => Box::new(CelNull),
+        J::Bool(b) => Box::new(CelBool::from(*b)),
         J::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => cel::Value::Int(i),
-            (None, Some(u)) => cel::Value::UInt(u),
-            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        J::String(s) => cel::Value::String(Arc::new(s.clone())),
-        J::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
-        J::Object(map) => {
-            let m: HashMap<String, cel::Value> =
-                map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
-            cel::Value::from(m)
-        }
+        J::String(s) => Box::new(CelString::from(s.as_str())),
+        J::Array(items) => Box::new(CelList::from(items.iter().map(to_val).collect::<Vec<_>>())),
+        J::Object(map) => Box::new(CelMap::from(
+            map.iter()
+                .map(|(k, v)| (CelMapKey::from(k.as_str()), to_val(v)))
+                .collect::<HashMap<_, _>>(),
+        )),
     }
 }
 
@@ -156,19 +201,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn bind(after: J) -> Bindings {
-        Bindings::new(
-            Some(&after),
-            None,
-            "c",
-            Some(&json!({"ts_ms": 1_700_000_000_123i64, "table": "users"})),
-        )
+    const ALL: Vars = Vars {
+        after: true,
+        before: true,
+        op: true,
+        source: true,
+    };
+
+    static SOURCE: LazyLock<J> =
+        LazyLock::new(|| json!({"ts_ms": 1_700_000_000_123i64, "table": "users"}));
+
+    fn bind(after: &J) -> Bindings<'_> {
+        Bindings::new(ALL, Some(after), None, "c", Some(&SOURCE))
     }
 
     #[test]
     fn expressions_compute_values() {
         let row = json!({"first_name": "Ada", "last_name": "Lovelace", "status": "ACTIVE", "n": 41, "big": u64::MAX});
-        let b = bind(row);
+        let b = bind(&row);
         let e = |s: &str| Expr::compile(s).expect(s).eval(&b).expect(s);
         assert_eq!(
             e("after.first_name + ' ' + after.last_name"),
@@ -201,7 +251,8 @@ mod tests {
         assert!(err.contains("column"), "{err}");
         let err = Expr::compile("row.name").expect_err("unknown variable");
         assert!(err.contains("unknown variable(s) row"), "{err}");
-        let b = bind(json!({"first_name": null}));
+        let row = json!({"first_name": null});
+        let b = bind(&row);
         let err = Expr::compile("after.first_name + 'x'")
             .expect("compiles")
             .eval(&b)
@@ -238,8 +289,8 @@ mod tests {
             }
             seed = seed.wrapping_add(0x632b_e59b_d9b4_e019);
             if let Ok(e) = Expr::compile(&text) {
-                let b = bind(json!({"x": 1}));
-                let _ = e.eval(&b);
+                let row = json!({"x": 1});
+                let _ = e.eval(&bind(&row));
             }
         }
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::Value as J;
 use sluice_core::{Position, TableId, TargetChange};
 
-use super::expr::{Bindings, Expr};
+use super::expr::{Bindings, Expr, Vars};
 use crate::config::{DeleteMode, TableMapping};
 
 /// Where a target column's value comes from.
@@ -59,14 +59,15 @@ impl ColumnSource {
                 values,
                 default,
             } => Ok(row.get(column).map(|v| {
-                let text = match v {
-                    J::String(s) => Some(s.clone()),
-                    J::Number(n) => Some(n.to_string()),
-                    J::Bool(b) => Some(b.to_string()),
+                let found = match v {
+                    J::String(s) => values.get(s.as_str()),
+                    J::Number(n) => values.get(&n.to_string()),
+                    J::Bool(b) => values.get(if *b { "true" } else { "false" }),
                     _ => None,
                 };
-                text.and_then(|t| values.get(&t).cloned())
-                    .or_else(|| default.clone())
+                found
+                    .or(default.as_ref())
+                    .cloned()
                     .unwrap_or_else(|| v.clone())
             })),
         }
@@ -92,8 +93,9 @@ pub struct TableRoute {
     key: Vec<(usize, ColumnSource)>,
     filter: Option<Arc<Expr>>,
     on_delete: OnDelete,
-    /// Whether any expression needs the event's variables.
+    /// Whether any expression needs the event's variables, and which.
     needs_bindings: bool,
+    vars: Vars,
 }
 
 impl TableRoute {
@@ -205,6 +207,17 @@ impl TableRoute {
         let needs_bindings = filter.is_some()
             || matches!(on_delete, OnDelete::Soft(_))
             || columns.iter().any(|(_, s)| s.uses_expressions());
+        let mut vars = filter.as_ref().map(|f| f.vars()).unwrap_or_default();
+        for (_, s) in columns.iter().chain(&key_sources) {
+            if let ColumnSource::Expr(e) = s {
+                vars = vars.union(e.vars());
+            }
+        }
+        if let OnDelete::Soft(sets) = &on_delete {
+            for (_, e) in sets {
+                vars = vars.union(e.vars());
+            }
+        }
         Ok(TableRoute {
             table,
             columns,
@@ -212,6 +225,7 @@ impl TableRoute {
             filter,
             on_delete,
             needs_bindings,
+            vars,
         })
     }
 
@@ -232,6 +246,7 @@ impl TableRoute {
             filter: None,
             on_delete: OnDelete::Delete,
             needs_bindings: false,
+            vars: Vars::default(),
         }
     }
 
@@ -310,6 +325,12 @@ pub fn map_record(
             .ok_or_else(|| format!("op {op:?} without a {field:?} row"))
     };
     let needs_bindings = routes.iter().any(|r| r.needs_bindings);
+    let vars = routes.iter().fold(Vars::default(), |v, r| v.union(r.vars));
+    let timed_source = if vars.source {
+        source_with_time(source)
+    } else {
+        None
+    };
     let mut changes = Vec::with_capacity(routes.len());
     match op {
         "c" | "r" | "u" => {
@@ -317,10 +338,11 @@ pub fn map_record(
             let before = envelope.get("before").and_then(J::as_object);
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
+                    vars,
                     envelope.get("after"),
                     envelope.get("before"),
                     op,
-                    source_with_time(source).as_ref(),
+                    timed_source.as_ref(),
                 )
             });
             for route in routes {
@@ -371,10 +393,11 @@ pub fn map_record(
             // Expressions read the deleted row as `after`.
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
+                    vars,
                     envelope.get("before"),
                     envelope.get("before"),
                     op,
-                    source_with_time(source).as_ref(),
+                    timed_source.as_ref(),
                 )
             });
             for route in routes {
