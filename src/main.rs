@@ -78,6 +78,48 @@ async fn preflight(config: &Config, only: Option<Side>) -> Vec<Problem> {
         for (name, sink) in &config.sinks {
             problems.extend(apply::preflight(name, sink, &config.kafka.topic_prefix).await);
         }
+        problems.extend(check_mappings_against_sources(config).await);
+    }
+    problems
+}
+
+/// Checks every mapping whose source table a source of this config captures against that
+/// table's live columns (the names a mapping reads must exist there).
+async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (sink_name, sink) in &config.sinks {
+        for (i, m) in sink.tables.iter().enumerate() {
+            let Some(table) = m.source_table() else {
+                continue;
+            };
+            let Some((source_name, source)) = config
+                .sources
+                .iter()
+                .find(|(n, _)| config.source_tables(n).contains(&table))
+            else {
+                continue;
+            };
+            let described = match (&source.postgres, &source.mysql) {
+                (Some(pg), _) => sluice_postgres::catalog::source_columns(pg, &table)
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                (None, Some(my)) => sluice_mysql::source::source_columns(my, &table)
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                (None, None) => continue,
+            };
+            // A missing table or an unreachable source is reported by the source's checks.
+            let Ok(Some((columns, _key))) = described else {
+                continue;
+            };
+            let at = format!("sinks.{sink_name}.tables[{i}]");
+            for p in apply::mapping::check_source(m, &table, &columns, &at) {
+                problems.push(Problem::new(
+                    format!("sink {sink_name}"),
+                    format!("{p} (source {source_name})"),
+                ));
+            }
+        }
     }
     problems
 }

@@ -115,6 +115,13 @@ impl Expr {
         self.vars
     }
 
+    /// The columns the expression reads as `<var>.column` (outside string literals), or
+    /// `None` when it uses `<var>` some other way (`size(after)`, `after['x']`), so that which
+    /// columns it needs cannot be told.
+    pub fn fields_of(&self, var: &str) -> Option<Vec<String>> {
+        fields_of(&self.text, var)
+    }
+
     /// Evaluates to a JSON value (the form target values take).
     pub fn eval(&self, bindings: &Bindings) -> Result<J, String> {
         let value = self.eval_cel(bindings)?;
@@ -196,6 +203,55 @@ fn to_val(v: &J) -> Box<dyn Val + '_> {
     }
 }
 
+fn fields_of(text: &str, var: &str) -> Option<Vec<String>> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let chars: Vec<char> = text.chars().collect();
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' || c == '"' {
+            // Skip a string literal (with escapes).
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if ident(c) {
+            let start = i;
+            while i < chars.len() && ident(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let after_dot = start > 0 && chars[start - 1] == '.';
+            if word == var && !after_dot {
+                if chars.get(i) == Some(&'.') {
+                    let f = i + 1;
+                    let mut j = f;
+                    while j < chars.len() && ident(chars[j]) {
+                        j += 1;
+                    }
+                    if j == f {
+                        return None;
+                    }
+                    fields.push(chars[f..j].iter().collect());
+                    i = j;
+                } else {
+                    return None;
+                }
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Some(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +324,20 @@ mod tests {
             .eval_bool(&b)
             .expect_err("not a bool");
         assert!(err.contains("must be true or false"), "{err}");
+    }
+
+    #[test]
+    fn fields_read_by_an_expression() {
+        let e = Expr::compile("after.first_name + ' after.x ' + after.last_name").expect("ok");
+        assert_eq!(
+            e.fields_of("after"),
+            Some(vec!["first_name".to_owned(), "last_name".to_owned()])
+        );
+        assert_eq!(e.fields_of("before"), Some(vec![]));
+        let e = Expr::compile("size(after) > 2 && has(after.x)").expect("ok");
+        assert_eq!(e.fields_of("after"), None);
+        let e = Expr::compile("source.after.y == 1").expect("ok");
+        assert_eq!(e.fields_of("after"), Some(vec![]));
     }
 
     #[test]

@@ -286,6 +286,60 @@ impl TableRoute {
     }
 }
 
+/// Checks a mapping against its source table's live columns: every source column it names
+/// (renames, value maps, `after.x` / `before.x` in expressions) must exist. Returns the
+/// problems, each naming the field.
+pub fn check_source(
+    m: &TableMapping,
+    source: &TableId,
+    source_columns: &[String],
+    at: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let listing = source_columns.join(", ");
+    let missing = |c: &str| !source_columns.iter().any(|s| s == c);
+    for (target, column) in &m.columns {
+        if missing(column) {
+            problems.push(format!(
+                "{at}.columns.{target}: source table {source} has no column {column:?} (its columns: {listing})"
+            ));
+        }
+    }
+    for (target, map) in &m.maps {
+        if !map.from.is_empty() && missing(&map.from) {
+            problems.push(format!(
+                "{at}.maps.{target}.from: source table {source} has no column {:?} (its columns: {listing})",
+                map.from
+            ));
+        }
+    }
+    let expressions = m
+        .compute
+        .iter()
+        .map(|(c, e)| (format!("compute.{c}"), e))
+        .chain(m.filter.iter().map(|f| ("filter".to_owned(), f)))
+        .chain(
+            m.soft_delete
+                .iter()
+                .map(|(c, e)| (format!("soft_delete.{c}"), e)),
+        );
+    for (field, text) in expressions {
+        let Ok(expr) = Expr::compile(text) else {
+            continue; // reported when the config loaded
+        };
+        for var in ["after", "before"] {
+            for column in expr.fields_of(var).unwrap_or_default() {
+                if missing(&column) {
+                    problems.push(format!(
+                        "{at}.{field}: {text:?} reads {var}.{column}, but source table {source} has no column {column:?} (its columns: {listing})"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// What one record means for the sink.
 #[derive(Debug)]
 pub enum Mapped {
@@ -723,6 +777,35 @@ exclude = ["deleted_at"]
         assert!(e.contains("key column"), "{e}");
         let e = err("on_delete = \"soft\"\nsoft_delete = { id = \"0\" }");
         assert!(e.contains("cannot change the key"), "{e}");
+    }
+
+    #[test]
+    fn source_columns_a_mapping_names_must_exist() {
+        let m: TableMapping = toml::from_str(
+            r#"
+from = "lms.users"
+columns = { userId = "idd" }
+compute = { name = "after.first_name + ' ' + after.lastname" }
+maps.role = { from = "usertype", values = {} }
+filter = "after.status == 'ACTIVE'"
+"#,
+        )
+        .expect("mapping");
+        let cols: Vec<String> = ["id", "first_name", "last_name", "status", "user_type"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let problems = check_source(
+            &m,
+            &TableId::new("lms", "users"),
+            &cols,
+            "sinks.o.tables[0]",
+        );
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 3, "{all}");
+        assert!(all.contains("sinks.o.tables[0].columns.userId: source table lms.users has no column \"idd\" (its columns: id, first_name"), "{all}");
+        assert!(all.contains("sinks.o.tables[0].compute.name: \"after.first_name + ' ' + after.lastname\" reads after.lastname, but source table lms.users has no column \"lastname\""), "{all}");
+        assert!(all.contains("sinks.o.tables[0].maps.role.from: source table lms.users has no column \"usertype\""), "{all}");
     }
 
     #[test]

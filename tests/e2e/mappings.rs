@@ -269,6 +269,36 @@ fn seed(db: &MariaDb) {
 async fn org_directory_mapped_from_mariadb_into_postgres() {
     let org = Org::new(60_000).await;
     seed(&org.lms);
+
+    // `sluice check` reads the live schemas: names a mapping reads from the source, or writes
+    // in the target, that do not exist are named with the field.
+    let good = std::fs::read_to_string(org.dir.path().join("sluice.toml")).expect("config");
+    let bad = good
+        .replace(
+            "after.first_name + ' ' + after.last_name\", isActive",
+            "after.firstname + ' ' + after.last_name\", isActive",
+        )
+        .replace(
+            "columns = { instituteId = \"id\", createdAt",
+            "columns = { instituteId = \"institute\", createdAt",
+        )
+        .replace("include = [\"bio\"]", "include = [\"biography\"]");
+    let bad_path = org.dir.path().join("bad.toml");
+    std::fs::write(&bad_path, bad).expect("bad config");
+    let (status, out, _) = sluice_test_support::sluice::run_to_end(
+        Path::new(SLUICE),
+        &["check", "--config", bad_path.to_str().expect("path")],
+        LONG,
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    for needle in [
+        "sinks.orgs.tables[1].compute.name: \"after.firstname + ' ' + after.last_name\" reads after.firstname, but source table lms.users has no column \"firstname\"",
+        "sinks.orgs.tables[0].columns.instituteId: source table lms.institutes has no column \"institute\"",
+        "sinks.orgs.tables[5].include: target table organizations.user_card has no column \"biography\"",
+    ] {
+        assert!(out.contains(needle), "{needle}\n{out}");
+    }
+
     let mut sluice = org.start();
     org.converge("snapshot", &[]).await;
 

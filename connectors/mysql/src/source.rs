@@ -435,6 +435,34 @@ async fn describe(
     })
 }
 
+/// A table's column names and primary-key columns (for checking mappings against the
+/// source); `None` if it does not exist.
+pub async fn source_columns(
+    connection: &MySqlConnection,
+    id: &TableId,
+) -> Result<Option<(Vec<String>, Vec<String>)>, MySqlError> {
+    let mut conn = connect(connection).await?;
+    let columns: Vec<String> = conn
+        .exec(
+            "select column_name from information_schema.columns
+              where table_schema = ? and table_name = ? order by ordinal_position",
+            (&id.schema, &id.name),
+        )
+        .await
+        .map_err(MySqlError::query(format!("reading the columns of {id}")))?;
+    let key: Vec<String> = conn
+        .exec(
+            "select column_name from information_schema.key_column_usage
+              where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
+              order by ordinal_position",
+            (&id.schema, &id.name),
+        )
+        .await
+        .map_err(MySqlError::query(format!("reading the key of {id}")))?;
+    let _ = conn.disconnect().await;
+    Ok((!columns.is_empty()).then_some((columns, key)))
+}
+
 pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
