@@ -216,6 +216,23 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, Postg
     }))
 }
 
+/// A table's column names and key columns, as a source (for checking mappings against it);
+/// `None` if it does not exist.
+pub async fn source_columns(
+    connection: &crate::config::PostgresConnection,
+    table: &TableId,
+) -> Result<Option<(Vec<String>, Vec<String>)>, PostgresError> {
+    let client = crate::client::connect(connection, "check").await?;
+    let Some(info) = describe_table(&client, table).await? else {
+        return Ok(None);
+    };
+    let key = info.key().unwrap_or_default();
+    Ok(Some((
+        info.columns.iter().map(|(n, _)| n.clone()).collect(),
+        key,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,21 +268,4 @@ mod tests {
         let nothing = info(&["a"], &[], b'n').key().expect_err("refused");
         assert!(nothing.contains("REPLICA IDENTITY NOTHING"));
     }
-}
-
-/// A table's column names and key columns, as a source (for checking mappings against it);
-/// `None` if it does not exist.
-pub async fn source_columns(
-    connection: &crate::config::PostgresConnection,
-    table: &TableId,
-) -> Result<Option<(Vec<String>, Vec<String>)>, PostgresError> {
-    let client = crate::client::connect(connection, "check").await?;
-    let Some(info) = describe_table(&client, table).await? else {
-        return Ok(None);
-    };
-    let key = info.key().unwrap_or_default();
-    Ok(Some((
-        info.columns.iter().map(|(n, _)| n.clone()).collect(),
-        key,
-    )))
 }
