@@ -10,7 +10,7 @@
 //! and the position. Evaluation errors (a missing field, `null + "x"`, an operator the values
 //! do not support) make the event a dead letter, with the expression and the message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use cel::common::types::{
@@ -31,22 +31,60 @@ pub struct Expr {
     vars: Vars,
 }
 
-/// Which of the four variables expressions use (only those are converted for an event).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How much of one variable expressions read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Need {
+    #[default]
+    Nothing,
+    /// Only these fields, as `var.field`.
+    Fields(BTreeSet<String>),
+    /// The value itself (`size(after)`, `has(after.x)`, `op`).
+    Whole,
+}
+
+impl Need {
+    fn union(self, other: Need) -> Need {
+        match (self, other) {
+            (Need::Whole, _) | (_, Need::Whole) => Need::Whole,
+            (Need::Fields(mut a), Need::Fields(b)) => {
+                a.extend(b);
+                Need::Fields(a)
+            }
+            (Need::Nothing, n) | (n, Need::Nothing) => n,
+        }
+    }
+
+    fn of(expr: &str, var: &str, referenced: bool) -> Need {
+        if !referenced {
+            return Need::Nothing;
+        }
+        match fields_of(expr, var) {
+            Some(fields) if !fields.is_empty() => Need::Fields(fields.into_iter().collect()),
+            _ => Need::Whole,
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        *self != Need::Nothing
+    }
+}
+
+/// What of the four variables expressions read: only that is converted for an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Vars {
-    pub after: bool,
-    pub before: bool,
-    pub op: bool,
-    pub source: bool,
+    pub after: Need,
+    pub before: Need,
+    pub op: Need,
+    pub source: Need,
 }
 
 impl Vars {
     pub fn union(self, other: Vars) -> Vars {
         Vars {
-            after: self.after || other.after,
-            before: self.before || other.before,
-            op: self.op || other.op,
-            source: self.source || other.source,
+            after: self.after.union(other.after),
+            before: self.before.union(other.before),
+            op: self.op.union(other.op),
+            source: self.source.union(other.source),
         }
     }
 }
@@ -95,10 +133,14 @@ impl Expr {
             ));
         }
         let vars = Vars {
-            after: references.has_variable("after"),
-            before: references.has_variable("before"),
-            op: references.has_variable("op"),
-            source: references.has_variable("source"),
+            after: Need::of(text, "after", references.has_variable("after")),
+            before: Need::of(text, "before", references.has_variable("before")),
+            op: if references.has_variable("op") {
+                Need::Whole
+            } else {
+                Need::Nothing
+            },
+            source: Need::of(text, "source", references.has_variable("source")),
         };
         Ok(Expr {
             text: text.to_owned(),
@@ -112,7 +154,7 @@ impl Expr {
     }
 
     pub fn vars(&self) -> Vars {
-        self.vars
+        self.vars.clone()
     }
 
     /// The columns the expression reads as `<var>.column` (outside string literals), or
@@ -158,27 +200,41 @@ impl<'v> Bindings<'v> {
     /// `after` is the row expressions read (for a delete: the old row). `source` is computed
     /// only when an expression reads it.
     pub fn new(
-        vars: Vars,
+        vars: &Vars,
         after: Option<&'v J>,
         before: Option<&'v J>,
         op: &'v str,
         source: Option<&'v J>,
     ) -> Bindings<'v> {
         let mut ctx = cel::Context::with_env(ENV.clone());
-        let null = || -> Box<dyn Val + 'v> { Box::new(CelNull) };
-        if vars.after {
-            ctx.add_variable_as_val("after", after.map(to_val).unwrap_or_else(null));
-        }
-        if vars.before {
-            ctx.add_variable_as_val("before", before.map(to_val).unwrap_or_else(null));
-        }
-        if vars.op {
+        bind(&mut ctx, "after", &vars.after, after);
+        bind(&mut ctx, "before", &vars.before, before);
+        if vars.op.any() {
             ctx.add_variable_as_val("op", Box::new(CelString::from(op)));
         }
-        if vars.source {
-            ctx.add_variable_as_val("source", source.map(to_val).unwrap_or_else(null));
-        }
+        bind(&mut ctx, "source", &vars.source, source);
         Bindings { ctx }
+    }
+}
+
+/// Binds what expressions read of `var`. A field read as `var.field` is bound as the variable
+/// named `var.field` (CEL resolves a qualified name to the longest bound prefix), so that a
+/// row is neither converted whole nor looked up as a map: only the fields read are. A field
+/// the row lacks is left unbound (reading it is an error, as for a missing key).
+fn bind<'v>(ctx: &mut cel::Context<'v, 'v>, var: &str, need: &Need, value: Option<&'v J>) {
+    match (need, value) {
+        (Need::Nothing, _) => {}
+        (Need::Fields(fields), Some(J::Object(row))) => {
+            for f in fields {
+                if let Some(v) = row.get(f) {
+                    ctx.add_variable_as_val(format!("{var}.{f}"), to_val(v));
+                }
+            }
+        }
+        (_, value) => ctx.add_variable_as_val(
+            var.to_owned(),
+            value.map(to_val).unwrap_or_else(|| Box::new(CelNull)),
+        ),
     }
 }
 
@@ -230,6 +286,11 @@ fn fields_of(text: &str, var: &str) -> Option<Vec<String>> {
             let word: String = chars[start..i].iter().collect();
             let after_dot = start > 0 && chars[start - 1] == '.';
             if word == var && !after_dot {
+                // `has(var.x)` tests the map for the field: it needs the whole value.
+                let before: String = chars[..start].iter().collect();
+                if before.trim_end().ends_with("has(") {
+                    return None;
+                }
                 if chars.get(i) == Some(&'.') {
                     let f = i + 1;
                     let mut j = f;
@@ -257,18 +318,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ALL: Vars = Vars {
-        after: true,
-        before: true,
-        op: true,
-        source: true,
-    };
+    static ALL: LazyLock<Vars> = LazyLock::new(|| Vars {
+        after: Need::Whole,
+        before: Need::Whole,
+        op: Need::Whole,
+        source: Need::Whole,
+    });
 
     static SOURCE: LazyLock<J> =
         LazyLock::new(|| json!({"ts_ms": 1_700_000_000_123i64, "table": "users"}));
 
     fn bind(after: &J) -> Bindings<'_> {
-        Bindings::new(ALL, Some(after), None, "c", Some(&SOURCE))
+        Bindings::new(&ALL, Some(after), None, "c", Some(&SOURCE))
     }
 
     #[test]
@@ -334,7 +395,9 @@ mod tests {
             Some(vec!["first_name".to_owned(), "last_name".to_owned()])
         );
         assert_eq!(e.fields_of("before"), Some(vec![]));
-        let e = Expr::compile("size(after) > 2 && has(after.x)").expect("ok");
+        let e = Expr::compile("size(after) > 2").expect("ok");
+        assert_eq!(e.fields_of("after"), None);
+        let e = Expr::compile("after.y && has( after.x)").expect("ok");
         assert_eq!(e.fields_of("after"), None);
         let e = Expr::compile("source.after.y == 1").expect("ok");
         assert_eq!(e.fields_of("after"), Some(vec![]));

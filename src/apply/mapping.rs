@@ -379,8 +379,10 @@ pub fn map_record(
             .ok_or_else(|| format!("op {op:?} without a {field:?} row"))
     };
     let needs_bindings = routes.iter().any(|r| r.needs_bindings);
-    let vars = routes.iter().fold(Vars::default(), |v, r| v.union(r.vars));
-    let timed_source = if vars.source {
+    let vars = routes
+        .iter()
+        .fold(Vars::default(), |v, r| v.union(r.vars.clone()));
+    let timed_source = if vars.source.any() {
         source_with_time(source)
     } else {
         None
@@ -392,7 +394,7 @@ pub fn map_record(
             let before = envelope.get("before").and_then(J::as_object);
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
-                    vars,
+                    &vars,
                     envelope.get("after"),
                     envelope.get("before"),
                     op,
@@ -447,7 +449,7 @@ pub fn map_record(
             // Expressions read the deleted row as `after`.
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
-                    vars,
+                    &vars,
                     envelope.get("before"),
                     envelope.get("before"),
                     op,
