@@ -109,11 +109,39 @@ async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
                 (None, None) => continue,
             };
             // A missing table or an unreachable source is reported by the source's checks.
-            let Ok(Some((columns, _key))) = described else {
+            let Ok(Some((columns, source_key))) = described else {
                 continue;
             };
             let at = format!("sinks.{sink_name}.tables[{i}]");
-            for p in apply::mapping::check_source(m, &table, &columns, &at) {
+            let mut found = apply::mapping::check_source(m, &table, &columns, &at);
+            // The target's key, from the target (its absence is reported by the sink's checks).
+            if let Some(target) = m.target_table() {
+                let target_key = match (&sink.postgres, &sink.mysql) {
+                    (Some(pg), _) => sluice_postgres::catalog::source_columns(pg, &target)
+                        .await
+                        .ok()
+                        .flatten(),
+                    (None, Some(my)) => {
+                        let id =
+                            sluice_core::TableId::new(my.database_of(&target), target.name.clone());
+                        sluice_mysql::source::source_columns(my, &id)
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    (None, None) => None,
+                };
+                if let Some((_, key)) = target_key {
+                    found.extend(apply::mapping::check_key(
+                        m,
+                        &target,
+                        &key,
+                        &source_key,
+                        &at,
+                    ));
+                }
+            }
+            for p in found {
                 problems.push(Problem::new(
                     format!("sink {sink_name}"),
                     format!("{p} (source {source_name})"),

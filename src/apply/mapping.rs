@@ -340,6 +340,41 @@ pub fn check_source(
     problems
 }
 
+/// Checks that the target's key is determined by the source's key: each target key column
+/// must come from source key columns (a rename, a value map, or an expression reading only
+/// key columns). Otherwise a delete (whose old row may hold only the key) cannot name the
+/// target row, and two source rows could claim one target row.
+pub fn check_key(
+    m: &TableMapping,
+    target: &TableId,
+    target_key: &[String],
+    source_key: &[String],
+    at: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let keyed = |c: &str| source_key.iter().any(|k| k == c);
+    let listing = source_key.join(", ");
+    for column in target_key {
+        let (field, reads): (String, Vec<String>) = if let Some(text) = m.compute.get(column) {
+            match Expr::compile(text).ok().and_then(|e| e.fields_of("after")) {
+                Some(fields) => (format!("compute.{column}"), fields),
+                None => continue, // reads the row some other way: cannot tell
+            }
+        } else if let Some(map) = m.maps.get(column) {
+            (format!("maps.{column}.from"), vec![map.from.clone()])
+        } else {
+            let source = m.columns.get(column).unwrap_or(column);
+            (format!("columns.{column}"), vec![source.clone()])
+        };
+        for r in reads.iter().filter(|r| !keyed(r)) {
+            problems.push(format!(
+                "{at}.{field}: key column {column:?} of target table {target} comes from source column {r:?}, which is not in the source key ({listing}): the target key must follow the source key (a delete carries only the key), so map it from key columns"
+            ));
+        }
+    }
+    problems
+}
+
 /// What one record means for the sink.
 #[derive(Debug)]
 pub enum Mapped {
@@ -808,6 +843,26 @@ filter = "after.status == 'ACTIVE'"
         assert!(all.contains("sinks.o.tables[0].columns.userId: source table lms.users has no column \"idd\" (its columns: id, first_name"), "{all}");
         assert!(all.contains("sinks.o.tables[0].compute.name: \"after.first_name + ' ' + after.lastname\" reads after.lastname, but source table lms.users has no column \"lastname\""), "{all}");
         assert!(all.contains("sinks.o.tables[0].maps.role.from: source table lms.users has no column \"usertype\""), "{all}");
+    }
+
+    #[test]
+    fn the_target_key_must_come_from_the_source_key() {
+        let m: TableMapping = toml::from_str(
+            r#"
+from = "lms.users"
+columns = { userId = "id", email = "mail" }
+compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
+"#,
+        )
+        .expect("mapping");
+        let key = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let target = TableId::new("o", "u");
+        assert!(check_key(&m, &target, &key(&["userId", "tenant"]), &key(&["id"]), "t").is_empty());
+        let problems = check_key(&m, &target, &key(&["email", "code"]), &key(&["id"]), "t");
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 2, "{all}");
+        assert!(all.contains("t.columns.email: key column \"email\" of target table o.u comes from source column \"mail\", which is not in the source key (id)"), "{all}");
+        assert!(all.contains("t.compute.code: key column \"code\""), "{all}");
     }
 
     #[test]

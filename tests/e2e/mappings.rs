@@ -282,10 +282,14 @@ async fn org_directory_mapped_from_mariadb_into_postgres() {
             "columns = { instituteId = \"id\", createdAt",
             "columns = { instituteId = \"institute\", createdAt",
         )
-        .replace("include = [\"bio\"]", "include = [\"biography\"]");
+        .replace("include = [\"bio\"]", "include = [\"biography\"]")
+        .replace(
+            "columns = { userId = \"id\" }\ninclude = []",
+            "columns = { userId = \"email\" }\ninclude = []",
+        );
     let bad_path = org.dir.path().join("bad.toml");
     std::fs::write(&bad_path, bad).expect("bad config");
-    let (status, out, _) = sluice_test_support::sluice::run_to_end(
+    let (status, out, err) = sluice_test_support::sluice::run_to_end(
         Path::new(SLUICE),
         &["check", "--config", bad_path.to_str().expect("path")],
         LONG,
@@ -295,8 +299,9 @@ async fn org_directory_mapped_from_mariadb_into_postgres() {
         "sinks.orgs.tables[1].compute.name: \"after.firstname + ' ' + after.last_name\" reads after.firstname, but source table lms.users has no column \"firstname\"",
         "sinks.orgs.tables[0].columns.instituteId: source table lms.institutes has no column \"institute\"",
         "sinks.orgs.tables[5].include: target table organizations.user_card has no column \"biography\"",
+        "sinks.orgs.tables[4].columns.userId: key column \"userId\" of target table organizations.user_card comes from source column \"email\", which is not in the source key (id)",
     ] {
-        assert!(out.contains(needle), "{needle}\n{out}");
+        assert!(out.contains(needle), "{needle}\n{out}\n{err}");
     }
 
     let mut sluice = org.start();
