@@ -152,6 +152,13 @@ impl MySqlSource {
                     MySqlSnapshotMode::Initial => self.snapshot(&mut conn, &handles).await?,
                     MySqlSnapshotMode::Never => current_position(&mut conn).await?,
                 };
+                // MariaDB: the GTID position of that binlog point (MySQL has no such function).
+                let gtid: Option<String> = conn
+                    .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|g: &String| !g.is_empty());
                 handles
                     .out
                     .send(Batch {
@@ -161,7 +168,7 @@ impl MySqlSource {
                             position: pos.to_string(),
                             snapshot_done: true,
                             slot: None,
-                            gtid: None,
+                            gtid,
                             written_at_ms: now_us() / 1000,
                         }),
                     })

@@ -93,6 +93,14 @@ async fn run_session(start: BinlogPos, ctx: StreamContext) -> Result<(), MySqlEr
                 "preparing the binlog session ({sql})"
             )))?;
     }
+    // MariaDB's GTID position at the start point, one GTID per replication domain: kept up to
+    // date at every commit, so that each checkpoint carries the complete position (MySQL has
+    // no BINLOG_GTID_POS: its checkpoints carry the last transaction's GTID only).
+    let gtid_state: Option<String> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&start.file, start.pos))
+        .await
+        .ok()
+        .flatten();
     let request = BinlogStreamRequest::new(ctx.server_id)
         .with_filename(start.file.as_bytes())
         .with_pos(start.pos);
@@ -106,6 +114,7 @@ async fn run_session(start: BinlogPos, ctx: StreamContext) -> Result<(), MySqlEr
         start,
         checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
     );
+    session.gtids = gtid_state.map(|s| parse_gtid_state(&s));
     let result = session.stream(&mut stream).await;
     drop(stream);
     result
@@ -162,6 +171,8 @@ struct Session {
     pending_since: Option<Instant>,
     /// End position of the last event read.
     last_end: u64,
+    /// MariaDB: the last committed GTID of each replication domain (`None` on MySQL).
+    gtids: Option<std::collections::BTreeMap<u32, String>>,
 }
 
 impl Session {
@@ -176,6 +187,7 @@ impl Session {
             ctx,
             file_seq: binlog_file_seq(&start.file).unwrap_or(0),
             last_end: start.pos,
+            gtids: None,
             file: start.file,
             checksums,
             seen_fde: false,
@@ -378,7 +390,7 @@ impl Session {
             position: format!("{}:{end}", self.file),
             snapshot_done: true,
             slot: None,
-            gtid: txn.and_then(|t| t.gtid),
+            gtid: self.gtid_position(txn.and_then(|t| t.gtid)),
             written_at_ms: now_us() / 1000,
         });
         self.pending_since.get_or_insert_with(Instant::now);
@@ -390,6 +402,23 @@ impl Session {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// The GTID position after a commit of `gtid`: on MariaDB every domain's last GTID
+    /// (`0-1-42,1-2-7`), else the transaction's own GTID.
+    fn gtid_position(&mut self, gtid: Option<String>) -> Option<String> {
+        match (self.gtids.as_mut(), gtid) {
+            (Some(state), Some(g)) => {
+                if let Some(domain) = g.split('-').next().and_then(|d| d.parse().ok()) {
+                    state.insert(domain, g);
+                }
+                Some(state.values().cloned().collect::<Vec<_>>().join(","))
+            }
+            (Some(state), None) => {
+                (!state.is_empty()).then(|| state.values().cloned().collect::<Vec<_>>().join(","))
+            }
+            (None, g) => g,
+        }
     }
 
     fn table_map(&mut self, tme: &TableMapEvent<'_>) -> Result<(), MySqlError> {
@@ -653,6 +682,15 @@ fn split_qualified(name: &str) -> Option<Vec<String>> {
     }
 }
 
+/// `0-1-42,1-2-7` → domain → GTID.
+fn parse_gtid_state(text: &str) -> std::collections::BTreeMap<u32, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .filter_map(|g| Some((g.split('-').next()?.parse().ok()?, g.to_owned())))
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -667,6 +705,14 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gtid_positions_keep_one_gtid_per_domain() {
+        let state = parse_gtid_state("0-1-42, 1-2-7");
+        assert_eq!(state.len(), 2);
+        assert_eq!(state[&1], "1-2-7");
+        assert!(parse_gtid_state("").is_empty());
+    }
 
     #[test]
     fn truncate_statements_name_their_table() {
