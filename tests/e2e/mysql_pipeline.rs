@@ -290,6 +290,12 @@ async fn mariadb_capture_survives_kill_9_without_loss_or_double_application() {
         changes += p.round(r);
     }
     let counts = p.wait_equal().await;
+    assert!(
+        sluice
+            .log_text()
+            .contains("binlog stream started (from the GTID position)"),
+        "a restarted capture resumes from its checkpoint's GTID position"
+    );
     assert!(sluice.stop(LONG).success());
     let (twice, regressions) = p.audit().await;
     println!("{changes} changes in 24 transactions, 3 kill -9: equal ({counts:?} rows)");

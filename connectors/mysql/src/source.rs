@@ -117,8 +117,14 @@ impl MySqlSource {
         handles: RunHandles,
     ) -> Result<(), MySqlError> {
         let s = &self.settings;
+        let resume = resume.filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot);
+        // A MariaDB GTID position to resume from (digits, dashes and commas only).
+        let resume_gtid = resume.as_ref().and_then(|c| c.gtid.clone()).filter(|g| {
+            !g.is_empty()
+                && g.chars()
+                    .all(|c| c.is_ascii_digit() || c == '-' || c == ',')
+        });
         let resume = resume
-            .filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot)
             .map(|c| {
                 BinlogPos::parse(&c.position).ok_or_else(|| {
                     MySqlError::Setup(format!(
@@ -197,7 +203,7 @@ impl MySqlSource {
             out: handles.out,
             stop: handles.stop,
         };
-        let session = spawn_session(start, ctx);
+        let session = spawn_session(start, resume_gtid, ctx);
         tokio::task::spawn_blocking(move || session.join())
             .await
             .map_err(|e| MySqlError::Setup(format!("stream thread lost: {e}")))?

@@ -56,8 +56,12 @@ pub struct StreamContext {
 }
 
 /// Runs one binlog session to its end on a dedicated thread.
+/// Starts at `start`, or — on MariaDB, when resuming with a GTID position — right after the
+/// transactions of `gtid`, through `@slave_connect_state` (the server checks that its binlog
+/// holds that history: a diverged or purged one is refused).
 pub fn spawn_session(
     start: BinlogPos,
+    gtid: Option<String>,
     ctx: StreamContext,
 ) -> std::thread::JoinHandle<Result<(), MySqlError>> {
     std::thread::Builder::new()
@@ -67,7 +71,7 @@ pub fn spawn_session(
                 .enable_all()
                 .build()
                 .map_err(|e| MySqlError::Setup(format!("cannot start the stream runtime: {e}")))?;
-            rt.block_on(run_session(start, ctx))
+            rt.block_on(run_session(start, gtid, ctx))
         })
         .unwrap_or_else(|e| {
             let msg = format!("cannot start the stream thread: {e}");
@@ -75,7 +79,11 @@ pub fn spawn_session(
         })
 }
 
-async fn run_session(start: BinlogPos, ctx: StreamContext) -> Result<(), MySqlError> {
+async fn run_session(
+    start: BinlogPos,
+    gtid: Option<String>,
+    ctx: StreamContext,
+) -> Result<(), MySqlError> {
     let mut conn = connect(&ctx.connection).await?;
     let checksum: Option<String> = conn
         .query_first("SELECT @@global.binlog_checksum")
@@ -101,14 +109,39 @@ async fn run_session(start: BinlogPos, ctx: StreamContext) -> Result<(), MySqlEr
         .await
         .ok()
         .flatten();
-    let request = BinlogStreamRequest::new(ctx.server_id)
-        .with_filename(start.file.as_bytes())
-        .with_pos(start.pos);
+    // GTID start only where the server has GTIDs (MariaDB: BINLOG_GTID_POS answered).
+    let by_gtid = gtid.filter(|_| gtid_state.is_some());
+    if let Some(g) = &by_gtid {
+        for sql in [
+            format!("SET @slave_connect_state = '{g}'"),
+            "SET @slave_gtid_strict_mode = 1".to_owned(),
+        ] {
+            conn.query_drop(&sql)
+                .await
+                .map_err(MySqlError::query(format!(
+                    "preparing the binlog session ({sql})"
+                )))?;
+        }
+    }
+    let request = match &by_gtid {
+        // With @slave_connect_state the server ignores the file name and position.
+        Some(_) => BinlogStreamRequest::new(ctx.server_id)
+            .with_filename(b"")
+            .with_pos(4u64),
+        None => BinlogStreamRequest::new(ctx.server_id)
+            .with_filename(start.file.as_bytes())
+            .with_pos(start.pos),
+    };
     let mut stream = conn
         .get_binlog_stream(request)
         .await
         .map_err(|e| dump_error(e, &start, &ctx.source_name))?;
-    tracing::info!(source = %ctx.source_name, from = %start, "binlog stream started");
+    match &by_gtid {
+        Some(g) => {
+            tracing::info!(source = %ctx.source_name, from = %start, gtid = %g, "binlog stream started (from the GTID position)")
+        }
+        None => tracing::info!(source = %ctx.source_name, from = %start, "binlog stream started"),
+    }
     let mut session = Session::new(
         ctx,
         start,
@@ -125,7 +158,7 @@ async fn run_session(start: BinlogPos, ctx: StreamContext) -> Result<(), MySqlEr
 fn dump_error(e: mysql_async::Error, at: &BinlogPos, source: &str) -> MySqlError {
     match &e {
         mysql_async::Error::Server(s) if s.code == 1236 => MySqlError::Setup(format!(
-            "the server cannot send the binlog from {at}: {}; if the file was purged, the changes since then are lost: start over with `sluice run --resnapshot {source}`",
+            "the server cannot send the binlog from {at} (or its GTID position): {}; if the binlog was purged or the server's history diverged, the changes since then are lost: start over with `sluice run --resnapshot {source}`",
             s.message
         )),
         _ => MySqlError::Query {
