@@ -84,8 +84,10 @@ async fn preflight(config: &Config, only: Option<Side>) -> Vec<Problem> {
 }
 
 /// Checks every mapping whose source table a source of this config captures against that
-/// table's live columns (the names a mapping reads must exist there).
+/// table's live columns (the names a mapping reads must exist there), and its target key
+/// against the source key. Each table is read once, however many mappings name it.
 async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
+    let mut tables = LiveTables::default();
     let mut problems = Vec::new();
     for (sink_name, sink) in &config.sinks {
         for (i, m) in sink.tables.iter().enumerate() {
@@ -99,39 +101,18 @@ async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
             else {
                 continue;
             };
-            let described = match (&source.postgres, &source.mysql) {
-                (Some(pg), _) => sluice_postgres::catalog::source_columns(pg, &table)
-                    .await
-                    .map_err(|e| error_chain(&e)),
-                (None, Some(my)) => sluice_mysql::source::source_columns(my, &table)
-                    .await
-                    .map_err(|e| error_chain(&e)),
-                (None, None) => continue,
-            };
+            let source_db = Db::of(source.postgres.as_ref(), source.mysql.as_ref());
             // A missing table or an unreachable source is reported by the source's checks.
-            let Ok(Some((columns, source_key))) = described else {
+            let Some((columns, source_key)) = tables.get(source_name, source_db, &table).await
+            else {
                 continue;
             };
             let at = format!("sinks.{sink_name}.tables[{i}]");
             let mut found = apply::mapping::check_source(m, &table, &columns, &at);
             // The target's key, from the target (its absence is reported by the sink's checks).
             if let Some(target) = m.target_table() {
-                let target_key = match (&sink.postgres, &sink.mysql) {
-                    (Some(pg), _) => sluice_postgres::catalog::source_columns(pg, &target)
-                        .await
-                        .ok()
-                        .flatten(),
-                    (None, Some(my)) => {
-                        let id =
-                            sluice_core::TableId::new(my.database_of(&target), target.name.clone());
-                        sluice_mysql::source::source_columns(my, &id)
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    (None, None) => None,
-                };
-                if let Some((_, key)) = target_key {
+                let sink_db = Db::of(sink.postgres.as_ref(), sink.mysql.as_ref());
+                if let Some((_, key)) = tables.get(sink_name, sink_db, &target).await {
                     found.extend(apply::mapping::check_key(
                         m,
                         &target,
@@ -150,6 +131,60 @@ async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A database a source or sink connects to.
+#[derive(Clone, Copy)]
+enum Db<'a> {
+    Postgres(&'a sluice_postgres::PostgresConnection),
+    MySql(&'a sluice_mysql::MySqlConnection),
+    None,
+}
+
+impl<'a> Db<'a> {
+    fn of(
+        pg: Option<&'a sluice_postgres::PostgresConnection>,
+        my: Option<&'a sluice_mysql::MySqlConnection>,
+    ) -> Db<'a> {
+        match (pg, my) {
+            (Some(pg), _) => Db::Postgres(pg),
+            (None, Some(my)) => Db::MySql(my),
+            (None, None) => Db::None,
+        }
+    }
+}
+
+/// Live tables' (columns, key), read once per (source or sink, table).
+type Described = Option<(Vec<String>, Vec<String>)>;
+
+#[derive(Default)]
+struct LiveTables {
+    read: std::collections::HashMap<(String, sluice_core::TableId), Described>,
+}
+
+impl LiveTables {
+    async fn get(&mut self, owner: &str, db: Db<'_>, table: &sluice_core::TableId) -> Described {
+        let key = (owner.to_owned(), table.clone());
+        if let Some(d) = self.read.get(&key) {
+            return d.clone();
+        }
+        let described = match db {
+            Db::Postgres(pg) => sluice_postgres::catalog::source_columns(pg, table)
+                .await
+                .ok()
+                .flatten(),
+            Db::MySql(my) => {
+                let id = sluice_core::TableId::new(my.database_of(table), table.name.clone());
+                sluice_mysql::source::source_columns(my, &id)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Db::None => None,
+        };
+        self.read.insert(key, described.clone());
+        described
+    }
 }
 
 async fn check(path: &std::path::Path) -> ExitCode {

@@ -389,13 +389,14 @@ pub enum Mapped {
     Tombstone,
 }
 
-/// Decodes a record's envelope and maps it through `routes`. `Err` is why the event cannot
-/// be applied (it becomes a dead letter).
+/// Decodes a record's envelope and maps it through the topic's routes. `Err` is why the event
+/// cannot be applied (it becomes a dead letter).
 pub fn map_record(
-    routes: &[TableRoute],
+    topic: &TopicRoute,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<Mapped, String> {
+    let routes = &topic.routes;
     let Some(value) = value else {
         return Ok(Mapped::Tombstone);
     };
@@ -413,10 +414,7 @@ pub fn map_record(
             .and_then(J::as_object)
             .ok_or_else(|| format!("op {op:?} without a {field:?} row"))
     };
-    let needs_bindings = routes.iter().any(|r| r.needs_bindings);
-    let vars = routes
-        .iter()
-        .fold(Vars::default(), |v, r| v.union(r.vars.clone()));
+    let (needs_bindings, vars) = (topic.needs_bindings, &topic.vars);
     let timed_source = if vars.source.any() {
         source_with_time(source)
     } else {
@@ -429,7 +427,7 @@ pub fn map_record(
             let before = envelope.get("before").and_then(J::as_object);
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
-                    &vars,
+                    vars,
                     envelope.get("after"),
                     envelope.get("before"),
                     op,
@@ -484,7 +482,7 @@ pub fn map_record(
             // Expressions read the deleted row as `after`.
             let bindings = needs_bindings.then(|| {
                 Bindings::new(
-                    &vars,
+                    vars,
                     envelope.get("before"),
                     envelope.get("before"),
                     op,
@@ -565,6 +563,28 @@ pub struct Router {
 pub struct TopicRoute {
     pub routes: Vec<TableRoute>,
     pub partitions: i32,
+    /// What the routes' expressions read of an event, and whether any needs the event's
+    /// variables: worked out once here, not for every record.
+    vars: Vars,
+    needs_bindings: bool,
+}
+
+impl TopicRoute {
+    pub fn push(&mut self, route: TableRoute) {
+        self.vars = std::mem::take(&mut self.vars).union(route.vars.clone());
+        self.needs_bindings |= route.needs_bindings;
+        self.routes.push(route);
+    }
+}
+
+impl From<Vec<TableRoute>> for TopicRoute {
+    fn from(routes: Vec<TableRoute>) -> TopicRoute {
+        let mut topic = TopicRoute::default();
+        for r in routes {
+            topic.push(r);
+        }
+        topic
+    }
 }
 
 impl Router {
@@ -572,7 +592,6 @@ impl Router {
         self.by_topic
             .entry(Arc::from(topic))
             .or_default()
-            .routes
             .push(route);
     }
 
@@ -605,7 +624,7 @@ mod tests {
 
     fn map(value: J) -> Result<Mapped, String> {
         let bytes = value.to_string().into_bytes();
-        map_record(&[route()], Some(b"{\"id\":1}"), Some(&bytes))
+        map_record(&vec![route()].into(), Some(b"{\"id\":1}"), Some(&bytes))
     }
 
     #[test]
@@ -670,14 +689,14 @@ mod tests {
 
     #[test]
     fn bad_events_say_why() {
-        let err = map_record(&[route()], None, Some(b"not json")).expect_err("refused");
+        let err = map_record(&vec![route()].into(), None, Some(b"not json")).expect_err("refused");
         assert!(err.contains("not a JSON change envelope"), "{err}");
         let err = map(json!({"op": "c", "after": {"name": "no id"}})).expect_err("refused");
         assert!(err.contains("\"id\""), "{err}");
         let err = map(json!({"op": "x"})).expect_err("refused");
         assert!(err.contains("unknown op"), "{err}");
         assert!(matches!(
-            map_record(&[route()], None, None),
+            map_record(&vec![route()].into(), None, None),
             Ok(Mapped::Tombstone)
         ));
     }
@@ -723,7 +742,7 @@ exclude = ["deleted_at"]
     }
 
     fn changes(route: &TableRoute, value: &[u8]) -> Vec<TargetChange> {
-        match map_record(std::slice::from_ref(route), None, Some(value)).expect("maps") {
+        match map_record(&vec![route.clone()].into(), None, Some(value)).expect("maps") {
             Mapped::Changes { changes, .. } => changes,
             other => panic!("changes expected, got {other:?}"),
         }
@@ -869,7 +888,7 @@ compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
     fn mapping_a_row_is_deterministic_and_bad_rows_never_panic() {
         // Property: for generated rows (strings, numbers, nulls, missing fields), mapping twice
         // gives the same result, and errors are messages, not panics.
-        let r = org_route("filter = \"after.status == 'ACTIVE'\"");
+        let topic: TopicRoute = vec![org_route("filter = \"after.status == 'ACTIVE'\"")].into();
         let values = [
             json!(null),
             json!(""),
@@ -910,8 +929,8 @@ compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
                              "source": {"ts_us": 5}})
             .to_string()
             .into_bytes();
-            let a = map_record(std::slice::from_ref(&r), Some(b"{\"id\":1}"), Some(&env));
-            let b = map_record(std::slice::from_ref(&r), Some(b"{\"id\":1}"), Some(&env));
+            let a = map_record(&topic, Some(b"{\"id\":1}"), Some(&env));
+            let b = map_record(&topic, Some(b"{\"id\":1}"), Some(&env));
             assert_eq!(format!("{a:?}"), format!("{b:?}"));
         }
     }

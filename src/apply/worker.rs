@@ -58,10 +58,9 @@ struct PartitionState {
     generation: u64,
     /// Held at a record a foreign key refused (its parent row not in the target yet).
     fk: Option<FkHold>,
-    /// The foreign-key wait of this partition is over: its next refusal is a dead letter.
-    fk_expired: bool,
     /// When a foreign key first refused the record this partition is held at (kept while the
-    /// hold is released for a retry and taken again), and the current retry delay.
+    /// hold is released for a retry and taken again), and the current retry delay. Once that
+    /// is `fk_wait` ago, the next refusal is a dead letter.
     fk_since: Option<(Instant, Duration)>,
 }
 
@@ -234,7 +233,10 @@ impl Worker {
                 hold_foreign_keys: !self.settings.fk_wait.is_zero(),
                 fk_expired: states
                     .iter()
-                    .filter(|(_, s)| s.fk_expired)
+                    .filter(|(_, s)| {
+                        s.fk_since
+                            .is_some_and(|(since, _)| since.elapsed() >= self.settings.fk_wait)
+                    })
                     .map(|(tp, _)| tp.clone())
                     .collect(),
                 ..ApplyBatch::default()
@@ -278,7 +280,7 @@ impl Worker {
             };
             let routes = self.router.get(&r.topic);
             let mapped = match routes {
-                Some(route) => map_record(&route.routes, r.key.as_deref(), r.value.as_deref()),
+                Some(route) => map_record(route, r.key.as_deref(), r.value.as_deref()),
                 None => Err(format!("no mapping for topic {}", r.topic)),
             };
             match mapped {
@@ -385,7 +387,6 @@ impl Worker {
                         if !stop_at.contains_key(&tp) {
                             if let Some(state) = states.get_mut(&tp) {
                                 // Past the held record: the next refusal starts a new wait.
-                                state.fk_expired = false;
                                 state.fk_since = None;
                             }
                         }
@@ -544,7 +545,6 @@ impl Worker {
                     waited_ms = waited.as_millis() as u64,
                     "a foreign key still refuses a row after the wait: it goes to the dead letters"
                 );
-                state.fk_expired = true;
             }
             ready.extend(hold.records);
             let _ = self

@@ -123,6 +123,17 @@ impl TableSchema {
     }
 }
 
+impl TableSchema {
+    /// Whether two row images of this table have different keys: an update that changes the
+    /// key is published as a delete of the old key and a create of the new one, so that each
+    /// key's partition sees its own history in order.
+    pub fn key_differs(&self, before: &crate::value::Row, after: &crate::value::Row) -> bool {
+        self.key
+            .iter()
+            .any(|&i| before.values.get(i) != after.values.get(i))
+    }
+}
+
 /// A resumable position, totally ordered within one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Position {

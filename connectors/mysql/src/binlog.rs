@@ -19,11 +19,9 @@ use sluice_core::{Row, Value};
 
 use crate::types::{set_labels, utc_timestamp, Charset, Kind};
 
-/// MariaDB event types (mysql_common knows MySQL's only).
-pub const MARIADB_ANNOTATE_ROWS: u8 = 0xa0;
-pub const MARIADB_BINLOG_CHECKPOINT: u8 = 0xa1;
+/// MariaDB event types (mysql_common knows MySQL's only). Its others (annotate rows 0xa0,
+/// binlog checkpoint 0xa1, GTID list 0xa3) carry nothing capture needs.
 pub const MARIADB_GTID: u8 = 0xa2;
-pub const MARIADB_GTID_LIST: u8 = 0xa3;
 /// 0xa4 is START_ENCRYPTION; 0xa5–0xab are compressed query and rows events.
 pub const MARIADB_COMPRESSED_FIRST: u8 = 0xa5;
 pub const MARIADB_COMPRESSED_LAST: u8 = 0xab;

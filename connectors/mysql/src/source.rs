@@ -382,15 +382,7 @@ async fn describe(
             settings.name
         )));
     }
-    let key_names: Vec<String> = conn
-        .exec(
-            "select column_name from information_schema.key_column_usage
-              where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
-              order by ordinal_position",
-            (&id.schema, &id.name),
-        )
-        .await
-        .map_err(MySqlError::query(format!("reading the key of {id}")))?;
+    let key_names = primary_key(conn, id).await?;
     if key_names.is_empty() {
         return Err(MySqlError::Setup(format!(
             "table {id} has no primary key: Sluice keys every change by it (alter table {id} add primary key (…))"
@@ -448,6 +440,18 @@ async fn describe(
     })
 }
 
+/// A table's primary-key columns, in key order (empty without a primary key).
+async fn primary_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>, MySqlError> {
+    conn.exec(
+        "select column_name from information_schema.key_column_usage
+          where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
+          order by ordinal_position",
+        (&id.schema, &id.name),
+    )
+    .await
+    .map_err(MySqlError::query(format!("reading the key of {id}")))
+}
+
 /// A table's column names and primary-key columns (for checking mappings against the
 /// source); `None` if it does not exist.
 pub async fn source_columns(
@@ -463,15 +467,7 @@ pub async fn source_columns(
         )
         .await
         .map_err(MySqlError::query(format!("reading the columns of {id}")))?;
-    let key: Vec<String> = conn
-        .exec(
-            "select column_name from information_schema.key_column_usage
-              where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
-              order by ordinal_position",
-            (&id.schema, &id.name),
-        )
-        .await
-        .map_err(MySqlError::query(format!("reading the key of {id}")))?;
+    let key = primary_key(&mut conn, id).await?;
     let _ = conn.disconnect().await;
     Ok((!columns.is_empty()).then_some((columns, key)))
 }

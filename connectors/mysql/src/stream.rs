@@ -572,16 +572,10 @@ impl Session {
                 }
             };
             let key_changed = match (&b, &a) {
-                (Some(b), Some(a)) => mapped
-                    .schema
-                    .key
-                    .iter()
-                    .any(|&i| b.values.get(i) != a.values.get(i)),
+                (Some(b), Some(a)) => mapped.schema.key_differs(b, a),
                 _ => false,
             };
             if key_changed {
-                // A key change is a delete of the old key and a create of the new one, so that
-                // each key's partition sees its own history in order.
                 self.push(&mapped.schema, Op::Delete, b, None)?;
                 self.push(&mapped.schema, Op::Insert, None, a)?;
             } else {

@@ -610,16 +610,20 @@ fn bc_timestamp(s: &str) -> Option<String> {
     Some(format!("{:04}{tail} BC", y + 1))
 }
 
-fn delete_sql(t: &TargetTable) -> String {
-    let cond = t
-        .key
+/// `t.k1 = d.k1 and …`: a target row (`t`) and a JSON row (`d`) with the same key.
+fn key_match(t: &TargetTable) -> String {
+    t.key
         .iter()
         .map(|k| {
             let q = &t.columns[*k].quoted;
             format!("t.{q} = d.{q}")
         })
         .collect::<Vec<_>>()
-        .join(" and ");
+        .join(" and ")
+}
+
+fn delete_sql(t: &TargetTable) -> String {
+    let cond = key_match(t);
     format!(
         "delete from {table} as t using json_populate_recordset(null::{table}, $1::text::json) as d where {cond}",
         table = t.quoted
@@ -668,15 +672,7 @@ fn update_sql(t: &TargetTable, shape: &[usize]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let cond = t
-        .key
-        .iter()
-        .map(|k| {
-            let q = &t.columns[*k].quoted;
-            format!("t.{q} = d.{q}")
-        })
-        .collect::<Vec<_>>()
-        .join(" and ");
+    let cond = key_match(t);
     format!(
         "update {table} as t set {sets} from json_populate_recordset(null::{table}, $1::text::json) as d where {cond}",
         table = t.quoted

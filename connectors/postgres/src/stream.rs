@@ -360,15 +360,10 @@ impl Session {
                     };
                     let after = row(rel, &new, full_old, false)?;
                     let table = rel.table.clone();
-                    let key_changed = before.as_ref().is_some_and(|b| {
-                        table
-                            .key
-                            .iter()
-                            .any(|&i| b.values.get(i) != after.values.get(i))
-                    });
-                    if key_changed {
-                        // A key change is a delete of the old key and a create of the new one, so
-                        // that each key's partition sees its own history in order.
+                    if before
+                        .as_ref()
+                        .is_some_and(|b| table.key_differs(b, &after))
+                    {
                         let del = self.event(table.clone(), Op::Delete, before, None);
                         self.batch.push(del);
                         let ins = self.event(table, Op::Insert, None, Some(after));
