@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::LONG;
+use crate::common::{audit, AUDIT, LONG};
 use crate::pipeline::{seed, workload_round, Pipeline, SCHEMA, WAIT};
 
 const TABLES: [&str; 3] = ["types", "accounts", "lines"];
@@ -51,25 +51,6 @@ async fn snapshot_and_mixed_changes_arrive_equal() {
         .get(0);
     assert_eq!(truncates, 1);
 }
-
-/// The target counts every application of each account version; the source bumps `version`
-/// on every update, so a change applied twice shows up as a count of 2 or a version that
-/// does not increase.
-const AUDIT: &str = r#"
-create table applications (id bigint, version int, n int not null, primary key (id, version));
-create table regressions (id bigint, old_version int, new_version int);
-create function audit_apply() returns trigger language plpgsql as $$
-begin
-  if tg_op = 'UPDATE' and new.version <= old.version then
-    insert into regressions values (new.id, old.version, new.version);
-  end if;
-  insert into applications values (new.id, new.version, 1)
-    on conflict (id, version) do update set n = applications.n + 1;
-  return new;
-end $$;
-create trigger audit_apply after insert or update on accounts
-  for each row execute function audit_apply();
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
@@ -125,21 +106,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
     let changes = writer.await.expect("writer");
     let counts = p.wait_equal(WAIT).await;
     sluice.stop(LONG);
-    let twice: i64 = dst
-        .query_one("select count(*) from applications where n > 1", &[])
-        .await
-        .expect("applications")
-        .get(0);
-    let regressed: i64 = dst
-        .query_one("select count(*) from regressions", &[])
-        .await
-        .expect("regressions")
-        .get(0);
-    let applied: i64 = dst
-        .query_one("select count(*) from applications", &[])
-        .await
-        .expect("applications")
-        .get(0);
+    let (applied, twice, regressed) = audit(&dst).await;
     println!(
         "{changes} changes, kill -9 after {kills:?} ms: target equal ({counts:?} rows), {applied} account versions applied, {twice} twice, {regressed} regressions"
     );

@@ -8,6 +8,84 @@ use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir, TopicReader
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 pub const LONG: Duration = Duration::from_secs(120);
 
+/// Runs sluice with `dir/sluice.toml`, logging to `dir/sluice.log`.
+pub fn start_in(dir: &Path, args: &[&str]) -> SluiceProcess {
+    SluiceProcess::run(
+        Path::new(SLUICE),
+        &dir.join("sluice.toml"),
+        args,
+        &dir.join("sluice.log"),
+    )
+}
+
+/// Waits until every (source rows, target rows) pair `sides` returns holds the same rows in
+/// any order; returns each pair's source row count. Panics with the last counts.
+pub async fn wait_same_rows<F, Fut>(what: &str, mut sides: F) -> Vec<usize>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<(Vec<String>, Vec<String>)>>,
+{
+    let last = std::cell::RefCell::new(Vec::new());
+    let equal = sluice_test_support::wait_for_quiet(LONG, || {
+        let pairs = sides();
+        let last = &last;
+        async move {
+            let mut equal = true;
+            let mut counts = Vec::new();
+            for (mut a, mut b) in pairs.await {
+                a.sort();
+                b.sort();
+                equal &= a == b;
+                counts.push((a.len(), b.len()));
+            }
+            let sources = counts.iter().map(|(a, _)| *a).collect::<Vec<_>>();
+            *last.borrow_mut() = counts;
+            equal.then_some(sources)
+        }
+    })
+    .await;
+    equal.unwrap_or_else(|| {
+        panic!(
+            "{what}: never equal; row counts (source, target) {:?}",
+            last.borrow()
+        )
+    })
+}
+
+/// A target-side audit of `accounts`: every application of each (id, version) is counted,
+/// and a version that does not increase is recorded. The source bumps `version` on every
+/// update, so a change applied twice shows up as a count of 2 or a regression.
+pub const AUDIT: &str = r#"
+create table applications (id bigint, version int, n int not null, primary key (id, version));
+create table regressions (id bigint, old_version int, new_version int);
+create function audit_apply() returns trigger language plpgsql as $$
+begin
+  if tg_op = 'UPDATE' and new.version <= old.version then
+    insert into regressions values (new.id, old.version, new.version);
+  end if;
+  insert into applications values (new.id, new.version, 1)
+    on conflict (id, version) do update set n = applications.n + 1;
+  return new;
+end $$;
+create trigger audit_apply after insert or update on accounts
+  for each row execute function audit_apply();
+"#;
+
+/// (versions applied, versions applied more than once, regressions) from [`AUDIT`].
+pub async fn audit(db: &tokio_postgres::Client) -> (i64, i64, i64) {
+    let count = |sql: &'static str| async move {
+        db.query_one(sql, &[])
+            .await
+            .expect("audit tables")
+            .get::<_, i64>(0)
+    };
+    (
+        count("select count(*) from applications").await,
+        count("select count(*) from applications where n > 1").await,
+        count("select count(*) from regressions").await,
+    )
+}
+
 pub struct Fixture {
     pub pg: PgCluster,
     pub broker: Broker,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{start_in, LONG, SLUICE};
 
 const LMS: &str = r#"
 create table institutes (
@@ -198,12 +198,7 @@ impl Org {
     }
 
     fn start(&self) -> SluiceProcess {
-        SluiceProcess::run(
-            Path::new(SLUICE),
-            &self.dir.path().join("sluice.toml"),
-            &[],
-            &self.dir.path().join("sluice.log"),
-        )
+        start_in(self.dir.path(), &[])
     }
 
     /// Waits until the target holds exactly the expected mapped rows.
@@ -245,6 +240,26 @@ impl Org {
             .map(|r| r.get(0))
             .collect()
     }
+}
+
+/// Waits until the target's institute `id` has `name` (a change flowing through).
+async fn wait_institute_name(pg: &tokio_postgres::Client, id: i64, name: &str) {
+    sluice_test_support::wait_for(
+        &format!("institute {id} named {name:?}"),
+        LONG,
+        || async move {
+            let current: String = pg
+                .query_one(
+                    "select name from organizations.institute where \"instituteId\" = $1",
+                    &[&id],
+                )
+                .await
+                .expect("institute")
+                .get(0);
+            (current == name).then_some(())
+        },
+    )
+    .await;
 }
 
 fn seed(db: &MariaDb) {
@@ -382,21 +397,7 @@ async fn children_before_their_parents_converge_without_dead_letters() {
         "update institutes set name = 'Renamed' where id = 5",
     );
     let pg = org.orgs.connect("orgs").await;
-    sluice_test_support::wait_for("an unrelated table to move on", LONG, || {
-        let pg = &pg;
-        async move {
-            let name: String = pg
-                .query_one(
-                    "select name from organizations.institute where \"instituteId\" = 5",
-                    &[],
-                )
-                .await
-                .expect("institute 5")
-                .get(0);
-            (name == "Renamed").then_some(())
-        }
-    })
-    .await;
+    wait_institute_name(&pg, 5, "Renamed").await;
     // The parents arrive.
     org.lms.execute(
         Some("lms"),
@@ -438,20 +439,6 @@ async fn a_row_whose_parent_never_comes_is_dead_lettered_after_the_wait() {
     assert_eq!(dead.1.as_deref(), Some("23503"), "{dead:?}");
     assert!(dead.0.contains("foreign key"), "{dead:?}");
     // The rest of the partition went on after it.
-    sluice_test_support::wait_for("the institute rename", LONG, || {
-        let pg = &pg;
-        async move {
-            let name: String = pg
-                .query_one(
-                    "select name from organizations.institute where \"instituteId\" = 4",
-                    &[],
-                )
-                .await
-                .expect("institute 4")
-                .get(0);
-            (name == "After").then_some(())
-        }
-    })
-    .await;
+    wait_institute_name(&pg, 4, "After").await;
     assert!(sluice.stop(LONG).success());
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sluice_test_support::{Broker, MariaDb, SluiceProcess, TempDir, TopicReader};
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{start_in, LONG, SLUICE};
 
 /// A MariaDB (database `shop`), a broker, and a config capturing `tables` of `shop`.
 pub struct MyFixture {
@@ -49,12 +49,7 @@ impl MyFixture {
     }
 
     pub fn start(&self, args: &[&str]) -> SluiceProcess {
-        SluiceProcess::run(
-            Path::new(SLUICE),
-            &self.config,
-            args,
-            &self.dir.path().join("sluice.log"),
-        )
+        start_in(self.dir.path(), args)
     }
 
     pub fn reader(&self, table: &str) -> TopicReader {

@@ -3,12 +3,11 @@
 //! Sluice several times without a change lost or applied twice. Compared by per-row checksums
 //! computed by each database.
 
-use std::path::Path;
 use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{audit, start_in, wait_same_rows, AUDIT, LONG};
 
 const SOURCE: &str = r#"
 create table accounts (
@@ -31,19 +30,6 @@ create table visits (
   account_id bigint, n int, at timestamptz not null, score double precision,
   primary key (account_id, n)
 );
-create table applications (id bigint, version int, n int not null, primary key (id, version));
-create table regressions (id bigint, old_version int, new_version int);
-create function audit_apply() returns trigger language plpgsql as $$
-begin
-  if tg_op = 'UPDATE' and new.version <= old.version then
-    insert into regressions values (new.id, old.version, new.version);
-  end if;
-  insert into applications values (new.id, new.version, 1)
-    on conflict (id, version) do update set n = applications.n + 1;
-  return new;
-end $$;
-create trigger audit_apply after insert or update on accounts
-  for each row execute function audit_apply();
 "#;
 
 const MY_ACCOUNTS: &str = "select md5(concat_ws('|', id, name, balance, coalesce(born, '~'),
@@ -77,7 +63,7 @@ impl Pipeline {
         target
             .connect("warehouse")
             .await
-            .batch_execute(TARGET)
+            .batch_execute(&format!("{TARGET}{AUDIT}"))
             .await
             .expect("target schema");
         let broker = Broker::start();
@@ -105,12 +91,7 @@ impl Pipeline {
     }
 
     fn start(&self) -> SluiceProcess {
-        SluiceProcess::run(
-            Path::new(SLUICE),
-            &self.dir.path().join("sluice.toml"),
-            &[],
-            &self.dir.path().join("sluice.log"),
-        )
+        start_in(self.dir.path(), &[])
     }
 
     fn seed(&self, n: i64) {
@@ -167,69 +148,31 @@ impl Pipeline {
     }
 
     /// Waits until both tables hold the same rows on both sides; returns the row counts.
-    async fn wait_equal(&self) -> (usize, usize) {
+    async fn wait_equal(&self) -> Vec<usize> {
         let dst = self.target.connect("warehouse").await;
-        let last = std::cell::RefCell::new(Vec::new());
-        let equal = sluice_test_support::wait_for_quiet(LONG, || {
-            let (dst, last) = (&dst, &last);
+        wait_same_rows("Postgres against MariaDB", || {
+            let dst = &dst;
             async move {
-                let mut counts = Vec::new();
-                let mut equal = true;
+                let mut pairs = Vec::new();
                 for (my, pg) in [(MY_ACCOUNTS, PG_ACCOUNTS), (MY_VISITS, PG_VISITS)] {
-                    let mut a = self.source.query("shop", my);
-                    let mut b: Vec<String> = dst
+                    let target: Vec<String> = dst
                         .query(pg, &[])
                         .await
                         .expect("target checksums")
                         .iter()
                         .map(|r| r.get(0))
                         .collect();
-                    a.sort();
-                    b.sort();
-                    equal &= a == b;
-                    counts.push((a.len(), b.len()));
+                    pairs.push((self.source.query("shop", my), target));
                 }
-                let rows = (counts[0].0, counts[1].0);
-                *last.borrow_mut() = counts;
-                equal.then_some(rows)
+                pairs
             }
         })
-        .await;
-        if equal.is_none() {
-            let src: std::collections::BTreeSet<String> = self
-                .source
-                .query("shop", "select concat(account_id, '/', n) from visits")
-                .into_iter()
-                .collect();
-            let dst: std::collections::BTreeSet<String> = dst
-                .query("select account_id || '/' || n from visits", &[])
-                .await
-                .expect("target keys")
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let extra: Vec<&String> = dst.difference(&src).take(20).collect();
-            let missing: Vec<&String> = src.difference(&dst).take(20).collect();
-            panic!(
-                "Postgres never equalled MariaDB: row counts (source, target) {:?}; visits only in the target: {extra:?}; only in the source: {missing:?}",
-                last.borrow()
-            )
-        }
-        equal.unwrap_or_default()
+        .await
     }
 
+    /// (row versions applied twice, version regressions) in the target.
     async fn audit(&self) -> (i64, i64) {
-        let dst = self.target.connect("warehouse").await;
-        let twice: i64 = dst
-            .query_one("select count(*) from applications where n > 1", &[])
-            .await
-            .expect("applications")
-            .get(0);
-        let regressions: i64 = dst
-            .query_one("select count(*) from regressions", &[])
-            .await
-            .expect("regressions")
-            .get(0);
+        let (_, twice, regressions) = audit(&self.target.connect("warehouse").await).await;
         (twice, regressions)
     }
 }

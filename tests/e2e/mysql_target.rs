@@ -2,12 +2,11 @@
 //! changes (checksums computed on both sides), `kill -9` without loss or double application,
 //! refused rows in `sluice_dead_letters`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{start_in, wait_same_rows, LONG};
 
 const SOURCE: &str = r#"
 create table people (
@@ -102,49 +101,30 @@ impl MySqlPipeline {
     }
 
     fn start(&self) -> SluiceProcess {
-        SluiceProcess::run(
-            Path::new(SLUICE),
-            &self.dir.path().join("sluice.toml"),
-            &[],
-            &self.dir.path().join("sluice.log"),
-        )
+        start_in(self.dir.path(), &[])
     }
 
-    /// Waits until both tables hold the same rows on both sides.
-    async fn wait_equal(&self) -> (usize, usize) {
+    /// Waits until both tables hold the same rows on both sides; returns the row counts.
+    async fn wait_equal(&self) -> Vec<usize> {
         let src = self.source.connect("app").await;
-        let last = std::cell::RefCell::new(Vec::new());
-        let equal = sluice_test_support::wait_for_quiet(LONG, || {
-            let (src, last) = (&src, &last);
+        wait_same_rows("MariaDB against the source", || {
+            let src = &src;
             async move {
-                let mut counts = Vec::new();
-                let mut equal = true;
+                let mut pairs = Vec::new();
                 for (pg, my) in [(PG_PEOPLE, MY_PEOPLE), (PG_VISITS, MY_VISITS)] {
-                    let mut a: Vec<String> = src
+                    let source: Vec<String> = src
                         .query(pg, &[])
                         .await
                         .expect("source checksums")
                         .iter()
                         .map(|r| r.get(0))
                         .collect();
-                    let mut b = self.target.query("warehouse", my);
-                    a.sort();
-                    b.sort();
-                    equal &= a == b;
-                    counts.push((a.len(), b.len()));
+                    pairs.push((source, self.target.query("warehouse", my)));
                 }
-                let rows = (counts[0].0, counts[1].0);
-                *last.borrow_mut() = counts;
-                equal.then_some(rows)
+                pairs
             }
         })
-        .await;
-        equal.unwrap_or_else(|| {
-            panic!(
-                "MariaDB never equalled the source: row counts (source, target) {:?}",
-                last.borrow()
-            )
-        })
+        .await
     }
 
     /// Row versions the target's trigger saw applied more than once (must be 0).
