@@ -517,8 +517,17 @@ impl Session {
         let Some(EventData::RowsEvent(rows)) = data else {
             return Ok(());
         };
-        let Some(Some(mapped)) = self.maps.get(&rows.table_id()).cloned() else {
-            return Ok(());
+        let mapped = match self.maps.get(&rows.table_id()) {
+            Some(Some(mapped)) => mapped.clone(),
+            Some(None) => return Ok(()), // a table Sluice does not capture
+            None => {
+                // Every rows event follows its table map: skipping it could drop a captured
+                // table's rows, so stop instead.
+                return Err(MySqlError::Decode(format!(
+                    "a rows event for table id {} came without its table map",
+                    rows.table_id()
+                )));
+            }
         };
         if self.txn.is_none() {
             self.begin(end, None, false, None, ts);
