@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs Sluice's whole test suite against real services (private Postgres clusters and tansu
+# Runs Sluice's whole test suite against real services (private Postgres clusters, MariaDB servers and tansu
 # brokers that the tests start themselves), installing what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
