@@ -23,6 +23,8 @@ use sluice_kafka::KafkaConfig;
 use sluice_mysql::{MySqlConnection, MySqlSnapshotMode, MySqlSourceSettings};
 use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
 
+use crate::apply::direct::{Ty, Var};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -426,8 +428,21 @@ impl Config {
                         .map(|(c, e)| (format!("{at}.soft_delete.{c}"), e)),
                 );
             for (path, text) in expressions {
-                if let Err(e) = crate::apply::expr::Expr::compile(text) {
-                    problems.push(format!("{path}: {e}"));
+                // Type errors that show without the tables' column types (`'a' + 1`, a filter
+                // giving a number) are caught here; the rest by `sluice check` and `run`.
+                let unknown = |_: Var, _: &str| Ty::Dyn;
+                match crate::apply::expr::Expr::compile(text) {
+                    Err(e) => problems.push(format!("{path}: {e}")),
+                    Ok(e) => match e.result_type(&unknown) {
+                        Err(e) => problems.push(format!("{path}: {e}")),
+                        Ok(ty) if path.ends_with(".filter") && !matches!(ty, Ty::Bool | Ty::Dyn) => {
+                            problems.push(format!(
+                                "{path}: {text:?} gives {}, but a filter must give true or false",
+                                ty.name()
+                            ))
+                        }
+                        Ok(_) => {}
+                    },
                 }
             }
             match (m.on_delete, m.soft_delete.is_empty()) {
@@ -749,7 +764,10 @@ on_delete = "soft"
 from = "lms.users"
 soft_delete = { is_active = "false" }
 maps.role = { from = "", values = { A = "B" } }
-compute = { role = "'x'" }
+compute = { role = "'x'", label = "'n' + 1" }
+[[sinks.svc.tables]]
+from = "lms.users"
+filter = "size(after.name) + 1"
 "#;
         let cfg = Config::parse(text).expect("parses");
         let all = cfg.validate().join("\n");
@@ -769,6 +787,14 @@ compute = { role = "'x'" }
         );
         assert!(
             all.contains("target column \"role\" is both computed and mapped"),
+            "{all}"
+        );
+        assert!(
+            all.contains("sinks.svc.tables[1].compute.label: CEL type error in \"'n' + 1\" at line 1, column 5: no `+` for string and int (convert with string())"),
+            "{all}"
+        );
+        assert!(
+            all.contains("sinks.svc.tables[2].filter: \"size(after.name) + 1\" gives int, but a filter must give true or false"),
             "{all}"
         );
         let bad_mode = text.replace("on_delete = \"soft\"", "on_delete = \"erase\"");

@@ -108,16 +108,26 @@ async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
                 continue;
             };
             let at = format!("sinks.{sink_name}.tables[{i}]");
-            let mut found = apply::mapping::check_source(m, &table, &columns, &at);
-            // The target's key, from the target (its absence is reported by the sink's checks).
+            let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+            let mut found = apply::mapping::check_source(m, &table, &names, &at);
+            // The target's key and types, from the target (its absence is reported by the
+            // sink's checks).
             if let Some(target) = m.target_table() {
                 let sink_db = Db::of(sink.postgres.as_ref(), sink.mysql.as_ref());
-                if let Some((_, key)) = tables.get(sink_name, sink_db, &target).await {
+                if let Some((target_columns, key)) = tables.get(sink_name, sink_db, &target).await
+                {
                     found.extend(apply::mapping::check_key(
                         m,
                         &target,
                         &key,
                         &source_key,
+                        &at,
+                    ));
+                    found.extend(apply::mapping::check_types(
+                        m,
+                        &columns,
+                        &target,
+                        &target_columns,
                         &at,
                     ));
                 }
@@ -155,7 +165,7 @@ impl<'a> Db<'a> {
 }
 
 /// Live tables' (columns, key), read once per (source or sink, table).
-type Described = Option<(Vec<String>, Vec<String>)>;
+type Described = Option<(Vec<sluice_core::ColumnDesc>, Vec<String>)>;
 
 #[derive(Default)]
 struct LiveTables {

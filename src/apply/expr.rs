@@ -7,7 +7,9 @@
 //! timestamps as strings, booleans as `bool`, JSON documents as maps and lists.
 //!
 //! Programs are compiled once, when the config is loaded; a syntax error names the expression
-//! and the position. Evaluation errors (a missing field, `null + "x"`, an operator the values
+//! and the position. An expression within the common subset [`super::direct`] evaluates is
+//! evaluated directly over the event's JSON; the cel interpreter runs the rest, and answers
+//! wherever the direct evaluation does not (so values and errors are CEL's). Evaluation errors (a missing field, `null + "x"`, an operator the values
 //! do not support) make the event a dead letter, with the expression and the message.
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,6 +21,8 @@ use cel::common::types::{
 use cel::common::value::Val;
 use serde_json::Value as J;
 
+use super::direct::{self, Node, Row};
+
 /// The variables an expression may use.
 pub const VARIABLES: [&str; 4] = ["after", "before", "op", "source"];
 
@@ -29,6 +33,8 @@ pub struct Expr {
     text: String,
     program: cel::Program,
     vars: Vars,
+    /// The expression as a directly evaluated tree, when it is in that subset.
+    direct: Option<Node>,
 }
 
 /// How much of one variable expressions read.
@@ -121,10 +127,12 @@ impl Expr {
                 format!("CEL syntax error in {text:?} {detail}")
             })?;
         let references = program.references();
+        let mut own = Vec::new();
+        direct::macro_variables(program.expression(), &mut own);
         let unknown: Vec<&str> = references
             .variables()
             .into_iter()
-            .filter(|v| !VARIABLES.contains(v))
+            .filter(|v| !VARIABLES.contains(v) && !own.iter().any(|o| o == v))
             .collect();
         if !unknown.is_empty() {
             return Err(format!(
@@ -142,10 +150,12 @@ impl Expr {
             },
             source: Need::of(text, "source", references.has_variable("source")),
         };
+        let direct = direct::translate(program.expression());
         Ok(Expr {
             text: text.to_owned(),
             program,
             vars,
+            direct,
         })
     }
 
@@ -164,8 +174,41 @@ impl Expr {
         fields_of(&self.text, var)
     }
 
+    /// The expression's result type where `column` gives the columns' types, or its first type
+    /// error, quoting the expression and the position.
+    pub fn result_type(&self, column: &dyn Fn(direct::Var, &str) -> direct::Ty) -> Result<direct::Ty, String> {
+        direct::infer(self.program.expression(), column).map_err(|e| {
+            let at = self
+                .program
+                .source_info()
+                .offset_for(e.node)
+                .map(|(start, _)| {
+                    let before: String = self.text.chars().take(start as usize).collect();
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
+            format!("CEL type error in {:?}{at}: {}", self.text, e.message)
+        })
+    }
+
+    /// Whether the expression is evaluated directly (not by the cel interpreter) where it can be.
+    #[cfg(test)]
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// Evaluates to a JSON value (the form target values take).
-    pub fn eval(&self, bindings: &Bindings) -> Result<J, String> {
+    pub fn eval(&self, event: &Event) -> Result<J, String> {
+        if let Some(v) = self.direct.as_ref().and_then(|n| direct::eval(n, &event.row)) {
+            return Ok(v);
+        }
+        self.eval_interpreted(event.bindings())
+    }
+
+    /// Evaluates with the cel interpreter only.
+    pub(crate) fn eval_interpreted(&self, bindings: &Bindings) -> Result<J, String> {
         let value = self.eval_cel(bindings)?;
         value
             .json()
@@ -173,8 +216,15 @@ impl Expr {
     }
 
     /// Evaluates a condition: it must yield a boolean.
-    pub fn eval_bool(&self, bindings: &Bindings) -> Result<bool, String> {
-        match self.eval_cel(bindings)? {
+    pub fn eval_bool(&self, event: &Event) -> Result<bool, String> {
+        if let Some(v) = self
+            .direct
+            .as_ref()
+            .and_then(|n| direct::eval_bool(n, &event.row))
+        {
+            return Ok(v);
+        }
+        match self.eval_cel(event.bindings())? {
             cel::Value::Bool(b) => Ok(b),
             other => Err(format!(
                 "expression {:?} must be true or false, it gave {other:?}",
@@ -187,6 +237,44 @@ impl Expr {
         self.program
             .execute(&bindings.ctx)
             .map_err(|e| format!("expression {:?}: {e}", self.text))
+    }
+}
+
+/// One event as expressions read it: the rows for direct evaluation, and the interpreter's
+/// variables, built when an expression first needs them (once for all the event's expressions).
+pub struct Event<'v> {
+    vars: &'v Vars,
+    row: Row<'v>,
+    bindings: std::cell::OnceCell<Bindings<'v>>,
+}
+
+impl<'v> Event<'v> {
+    /// `after` is the row expressions read (for a delete: the old row). `vars` says what the
+    /// interpreter needs bound.
+    pub fn new(
+        vars: &'v Vars,
+        after: Option<&'v J>,
+        before: Option<&'v J>,
+        op: &'v str,
+        source: Option<&'v J>,
+    ) -> Event<'v> {
+        Event {
+            vars,
+            row: Row {
+                after,
+                before,
+                op,
+                source,
+            },
+            bindings: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn bindings(&self) -> &Bindings<'v> {
+        self.bindings.get_or_init(|| {
+            let r = self.row;
+            Bindings::new(self.vars, r.after, r.before, r.op, r.source)
+        })
     }
 }
 
@@ -328,8 +416,8 @@ mod tests {
     static SOURCE: LazyLock<J> =
         LazyLock::new(|| json!({"ts_ms": 1_700_000_000_123i64, "table": "users"}));
 
-    fn bind(after: &J) -> Bindings<'_> {
-        Bindings::new(&ALL, Some(after), None, "c", Some(&SOURCE))
+    fn bind(after: &J) -> Event<'_> {
+        Event::new(&ALL, Some(after), None, "c", Some(&SOURCE))
     }
 
     #[test]
@@ -385,6 +473,25 @@ mod tests {
             .eval_bool(&b)
             .expect_err("not a bool");
         assert!(err.contains("must be true or false"), "{err}");
+    }
+
+    #[test]
+    fn common_expressions_skip_the_interpreter() {
+        for text in [
+            "after.first_name + ' ' + after.last_name",
+            "after.status == 'ACTIVE'",
+            "after.score * 2",
+            "after.user_type + ':' + string(after.id)",
+            "after.email != null && size(after.email) > 0",
+            "after.status != 'DELETED'",
+            "source.commit_time",
+            "false",
+        ] {
+            assert!(Expr::compile(text).expect(text).is_direct(), "{text}");
+        }
+        assert!(!Expr::compile("after.tags.exists(t, t == 'x')")
+            .expect("compiles")
+            .is_direct());
     }
 
     #[test]

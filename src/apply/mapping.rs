@@ -17,9 +17,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value as J;
-use sluice_core::{Position, TableId, TargetChange};
+use sluice_core::{ColumnClass, ColumnDesc, Position, TableId, TargetChange};
 
-use super::expr::{Bindings, Expr, Vars};
+use super::direct::{Ty, Var};
+use super::expr::{Event, Expr, Vars};
 use crate::config::{DeleteMode, TableMapping};
 
 /// Where a target column's value comes from.
@@ -46,7 +47,7 @@ impl ColumnSource {
     fn value(
         &self,
         row: &serde_json::Map<String, J>,
-        bindings: Option<&Bindings>,
+        bindings: Option<&Event>,
     ) -> Result<Option<J>, String> {
         match self {
             ColumnSource::Column(name) => Ok(row.get(name).cloned()),
@@ -255,7 +256,7 @@ impl TableRoute {
         &self,
         old: &serde_json::Map<String, J>,
         fallback: Option<&serde_json::Map<String, J>>,
-        bindings: Option<&Bindings>,
+        bindings: Option<&Event>,
         out: &mut Vec<TargetChange>,
     ) -> Result<(), String> {
         match &self.on_delete {
@@ -335,6 +336,172 @@ pub fn check_source(
                     ));
                 }
             }
+        }
+    }
+    problems
+}
+
+/// The type an envelope value of a source column of this class has in expressions.
+fn source_type(class: ColumnClass) -> Ty {
+    match class {
+        ColumnClass::Bool => Ty::Bool,
+        ColumnClass::Integer => Ty::Int,
+        ColumnClass::Float => Ty::Double,
+        // Exact decimals, text, timestamps and bytes travel as strings.
+        ColumnClass::Decimal | ColumnClass::Text | ColumnClass::Temporal | ColumnClass::Bytes => {
+            Ty::String
+        }
+        ColumnClass::Json | ColumnClass::Other => Ty::Dyn,
+    }
+}
+
+/// Whether a value of type `ty` can be written to `column`. Only what cannot work is refused:
+/// a string may be the text form of any type.
+fn accepts(column: &ColumnDesc, ty: Ty) -> bool {
+    use ColumnClass as C;
+    match ty {
+        Ty::Dyn | Ty::String => true,
+        Ty::Null => column.nullable,
+        // MySQL's booleans are tinyint.
+        Ty::Bool => {
+            matches!(column.class, C::Bool | C::Text | C::Json | C::Other)
+                || column.class == C::Integer && column.sql_type.starts_with("tinyint")
+        }
+        Ty::Int | Ty::UInt => matches!(
+            column.class,
+            C::Integer | C::Float | C::Decimal | C::Text | C::Json | C::Other
+        ),
+        Ty::Double => matches!(
+            column.class,
+            C::Float | C::Decimal | C::Text | C::Json | C::Other
+        ),
+    }
+}
+
+/// A hint for writing a value of type `ty` into `column`, after a refusal.
+fn hint(column: &ColumnDesc, ty: Ty) -> &'static str {
+    match (ty, column.class) {
+        (Ty::Null, _) => "",
+        (Ty::Double, ColumnClass::Integer) => ": convert it with int(...)",
+        (_, ColumnClass::Temporal) => ": a timestamp takes text such as source.commit_time",
+        (Ty::Bool, _) => ": write a value of the column's type, e.g. (cond ? 1 : 0)",
+        _ => ": write a value of the column's type",
+    }
+}
+
+/// Checks the types a mapping writes against the live source and target columns: expressions
+/// are type-checked with the source columns' types, and every value a target column would get
+/// (a source column, an expression's result, a value map's entries) must suit that column.
+/// Returns the problems, each naming the field.
+pub fn check_types(
+    m: &TableMapping,
+    source_columns: &[ColumnDesc],
+    target: &TableId,
+    target_columns: &[ColumnDesc],
+    at: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let source_col = |name: &str| source_columns.iter().find(|c| c.name == name);
+    let column_type = |var: Var, name: &str| -> Ty {
+        match var {
+            Var::After | Var::Before => source_col(name)
+                .map(|c| source_type(c.class))
+                .unwrap_or(Ty::Dyn),
+            Var::Source => match name {
+                "ts_ms" | "ts_us" | "ts_ns" | "pos" | "row" | "txId" => Ty::Int,
+                "table" | "db" | "schema" | "commit_time" | "name" | "connector" => Ty::String,
+                _ => Ty::Dyn,
+            },
+        }
+    };
+    let refuse = |problems: &mut Vec<String>, field: String, what: String, col: &ColumnDesc, ty: Ty| {
+        if ty == Ty::Null {
+            problems.push(format!(
+                "{at}.{field}: {what} is always null, but target column {:?} of {target} is NOT NULL",
+                col.name
+            ));
+        } else {
+            problems.push(format!(
+                "{at}.{field}: {what} gives {}, but target column {:?} of {target} is {}{}",
+                ty.name(),
+                col.name,
+                col.sql_type,
+                hint(col, ty)
+            ));
+        }
+    };
+    let typed = |text: &str| -> Option<Result<Ty, String>> {
+        Expr::compile(text)
+            .ok()
+            .map(|e| e.result_type(&column_type))
+    };
+    for col in target_columns {
+        let c = &col.name;
+        if let Some(text) = m.compute.get(c) {
+            match typed(text) {
+                Some(Ok(ty)) if !accepts(col, ty) => {
+                    refuse(&mut problems, format!("compute.{c}"), format!("{text:?}"), col, ty)
+                }
+                Some(Err(e)) => problems.push(format!("{at}.compute.{c}: {e}")),
+                _ => {}
+            }
+        } else if let Some(map) = m.maps.get(c) {
+            let mut entries: Vec<(String, Ty)> = map
+                .values
+                .iter()
+                .map(|(k, v)| (format!("values.{k}"), Ty::of_json(v)))
+                .collect();
+            match &map.default {
+                Some(d) => entries.push(("default".into(), Ty::of_json(d))),
+                None => {
+                    if let Some(s) = source_col(&map.from) {
+                        entries.push(("from".into(), source_type(s.class)));
+                    }
+                }
+            }
+            for (field, ty) in entries {
+                if !accepts(col, ty) {
+                    refuse(&mut problems, format!("maps.{c}.{field}"), "the value".into(), col, ty);
+                }
+            }
+        } else if !m.exclude.contains(c) && m.include.as_ref().is_none_or(|i| i.contains(c)) {
+            let from = m.columns.get(c).unwrap_or(c);
+            if let Some(s) = source_col(from) {
+                let ty = source_type(s.class);
+                // A nullable source column into a NOT NULL target is the database's to judge.
+                if ty != Ty::Null && !accepts(col, ty) {
+                    refuse(
+                        &mut problems,
+                        format!("columns.{c}"),
+                        format!("source column {from:?} ({})", s.sql_type),
+                        col,
+                        ty,
+                    );
+                }
+            }
+        }
+        if let Some(text) = m.soft_delete.get(c) {
+            match typed(text) {
+                Some(Ok(ty)) if !accepts(col, ty) => refuse(
+                    &mut problems,
+                    format!("soft_delete.{c}"),
+                    format!("{text:?}"),
+                    col,
+                    ty,
+                ),
+                Some(Err(e)) => problems.push(format!("{at}.soft_delete.{c}: {e}")),
+                _ => {}
+            }
+        }
+    }
+    if let Some(text) = &m.filter {
+        match typed(text) {
+            Some(Ok(ty)) if !matches!(ty, Ty::Bool | Ty::Dyn) => problems.push(format!(
+                "{at}.filter: {text:?} gives {}, but a filter must give true or false",
+                ty.name()
+            )),
+            Some(Err(e)) => problems.push(format!("{at}.filter: {e}")),
+            _ => {}
         }
     }
     problems
@@ -426,7 +593,7 @@ pub fn map_record(
             let after = row("after")?;
             let before = envelope.get("before").and_then(J::as_object);
             let bindings = needs_bindings.then(|| {
-                Bindings::new(
+                Event::new(
                     vars,
                     envelope.get("after"),
                     envelope.get("before"),
@@ -481,7 +648,7 @@ pub fn map_record(
             let fallback = record_key.as_ref().and_then(J::as_object);
             // Expressions read the deleted row as `after`.
             let bindings = needs_bindings.then(|| {
-                Bindings::new(
+                Event::new(
                     vars,
                     envelope.get("before"),
                     envelope.get("before"),
@@ -530,7 +697,7 @@ fn key_values(
     route: &TableRoute,
     row: &serde_json::Map<String, J>,
     fallback: Option<&serde_json::Map<String, J>>,
-    bindings: Option<&Bindings>,
+    bindings: Option<&Event>,
 ) -> Result<Vec<J>, String> {
     route
         .key
@@ -882,6 +1049,67 @@ compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
         assert_eq!(problems.len(), 2, "{all}");
         assert!(all.contains("t.columns.email: key column \"email\" of target table o.u comes from source column \"mail\", which is not in the source key (id)"), "{all}");
         assert!(all.contains("t.compute.code: key column \"code\""), "{all}");
+    }
+
+    #[test]
+    fn types_written_must_suit_the_target_columns() {
+        let col = |name: &str, sql: &str, class: ColumnClass, nullable: bool| ColumnDesc {
+            name: name.into(),
+            sql_type: sql.into(),
+            class,
+            nullable,
+        };
+        let source = vec![
+            col("id", "bigint", ColumnClass::Integer, false),
+            col("first_name", "varchar(40)", ColumnClass::Text, true),
+            col("price", "double", ColumnClass::Float, true),
+            col("user_type", "varchar(20)", ColumnClass::Text, false),
+            col("born", "int", ColumnClass::Integer, true),
+        ];
+        let target = vec![
+            col("id", "bigint", ColumnClass::Integer, false),
+            col("name", "text", ColumnClass::Text, false),
+            col("cents", "integer", ColumnClass::Integer, true),
+            col("born", "date", ColumnClass::Temporal, true),
+            col("active", "boolean", ColumnClass::Bool, false),
+            col("role", "smallint", ColumnClass::Integer, true),
+            col("note", "text", ColumnClass::Text, false),
+        ];
+        let problems = |extra: &str| {
+            let m: TableMapping = toml::from_str(&format!("from = \"lms.users\"\n{extra}"))
+                .expect("mapping");
+            check_types(&m, &source, &TableId::new("o", "u"), &target, "t")
+        };
+        // A well-typed mapping passes.
+        let ok = problems(
+            r#"
+compute = { name = "after.first_name + '!'", cents = "int(after.price * 100.0)", active = "after.id > 0", note = "string(after.id)" }
+maps.role = { from = "user_type", values = { A = 1, B = 2 }, default = 0 }
+exclude = ["born"]
+filter = "after.price > 1.0"
+"#,
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let all = problems(
+            r#"
+compute = { name = "after.first_name + 1", cents = "after.price * 100.0", active = "after.id", note = "null" }
+maps.role = { from = "user_type", values = { A = true, B = 2 } }
+filter = "after.price"
+"#,
+        )
+        .join("\n");
+        for expected in [
+            "t.compute.name: CEL type error in \"after.first_name + 1\" at line 1, column 18: no `+` for string and int",
+            "t.compute.cents: \"after.price * 100.0\" gives double, but target column \"cents\" of o.u is integer: convert it with int(...)",
+            "t.compute.active: \"after.id\" gives int, but target column \"active\" of o.u is boolean",
+            "t.compute.note: \"null\" is always null, but target column \"note\" of o.u is NOT NULL",
+            "t.maps.role.values.A: the value gives bool, but target column \"role\" of o.u is smallint",
+            "t.columns.born: source column \"born\" (int) gives int, but target column \"born\" of o.u is date",
+            "t.filter: \"after.price\" gives double, but a filter must give true or false",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        assert_eq!(all.lines().count(), 7, "{all}");
     }
 
     #[test]

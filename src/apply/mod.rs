@@ -13,6 +13,7 @@
 //! [`worker`] for batching, de-duplication, fencing and truncates, and
 //! [`sluice_postgres::sink`] for the transaction itself.
 
+pub mod direct;
 pub mod expr;
 pub mod mapping;
 pub mod target;

@@ -301,6 +301,13 @@ async fn org_directory_mapped_from_mariadb_into_postgres() {
         .replace(
             "columns = { userId = \"id\" }\ninclude = []",
             "columns = { userId = \"email\" }\ninclude = []",
+        )
+        // Type mistakes, seen only with the columns' types: an integer into a timestamp, and
+        // a string column added to a number.
+        .replace("deletedAt = \"source.commit_time\"", "deletedAt = \"source.ts_ms\"")
+        .replace(
+            "compute = { isActive = \"after.status == 'ACTIVE'\" }",
+            "compute = { isActive = \"after.status + 1 == 2\" }",
         );
     let bad_path = org.dir.path().join("bad.toml");
     std::fs::write(&bad_path, bad).expect("bad config");
@@ -315,6 +322,8 @@ async fn org_directory_mapped_from_mariadb_into_postgres() {
         "sinks.orgs.tables[0].columns.instituteId: source table lms.institutes has no column \"institute\"",
         "sinks.orgs.tables[5].include: target table organizations.user_card has no column \"biography\"",
         "sinks.orgs.tables[4].columns.userId: key column \"userId\" of target table organizations.user_card comes from source column \"email\", which is not in the source key (id)",
+        "sinks.orgs.tables[1].soft_delete.deletedAt: \"source.ts_ms\" gives int, but target column \"deletedAt\" of organizations.user is timestamp with time zone: a timestamp takes text such as source.commit_time",
+        "sinks.orgs.tables[3].compute.isActive: CEL type error in \"after.status + 1 == 2\" at line 1, column 14: no `+` for string and int",
     ] {
         assert!(out.contains(needle), "{needle}\n{out}\n{err}");
     }

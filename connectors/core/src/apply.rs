@@ -399,3 +399,30 @@ mod tests {
         );
     }
 }
+
+/// A table column as mappings are checked against it: its name, its SQL type and the class
+/// of values that type produces (as a source) or accepts (as a target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDesc {
+    pub name: String,
+    /// The type as the database spells it (`bigint`, `varchar(80)`, `timestamp with time zone`).
+    pub sql_type: String,
+    pub class: ColumnClass,
+    pub nullable: bool,
+}
+
+/// Kinds of column types, as far as checking a mapping's values needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnClass {
+    Bool,
+    Integer,
+    Float,
+    Decimal,
+    Text,
+    /// Dates, times and timestamps.
+    Temporal,
+    Bytes,
+    Json,
+    /// Anything else (uuid, arrays, enums of the database, unsigned 64-bit, …): not checked.
+    Other,
+}

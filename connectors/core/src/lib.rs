@@ -39,7 +39,8 @@ pub mod secret;
 pub mod value;
 
 pub use apply::{
-    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
+    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, ColumnClass, ColumnDesc, DeadLetter,
+    FoldedTable, MappedEvent,
     PartitionProgress, RecordRef, TableShape, TargetChange,
 };
 pub use batch::{Batch, RunHandles, SourceCheckpoint};

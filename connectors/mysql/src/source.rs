@@ -452,16 +452,16 @@ async fn primary_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>, MySql
     .map_err(MySqlError::query(format!("reading the key of {id}")))
 }
 
-/// A table's column names and primary-key columns (for checking mappings against the
-/// source); `None` if it does not exist.
+/// A table's columns (with their types, for checking mappings) and primary-key columns;
+/// `None` if it does not exist.
 pub async fn source_columns(
     connection: &MySqlConnection,
     id: &TableId,
-) -> Result<Option<(Vec<String>, Vec<String>)>, MySqlError> {
+) -> Result<Option<(Vec<sluice_core::ColumnDesc>, Vec<String>)>, MySqlError> {
     let mut conn = connect(connection).await?;
-    let columns: Vec<String> = conn
+    let rows: Vec<(String, String, String, String)> = conn
         .exec(
-            "select column_name from information_schema.columns
+            "select column_name, data_type, column_type, is_nullable from information_schema.columns
               where table_schema = ? and table_name = ? order by ordinal_position",
             (&id.schema, &id.name),
         )
@@ -469,7 +469,35 @@ pub async fn source_columns(
         .map_err(MySqlError::query(format!("reading the columns of {id}")))?;
     let key = primary_key(&mut conn, id).await?;
     let _ = conn.disconnect().await;
+    let columns: Vec<sluice_core::ColumnDesc> = rows
+        .into_iter()
+        .map(|(name, data_type, column_type, nullable)| sluice_core::ColumnDesc {
+            name,
+            class: class_of(&data_type.to_ascii_lowercase(), &column_type.to_ascii_lowercase()),
+            sql_type: column_type,
+            nullable: nullable.eq_ignore_ascii_case("YES"),
+        })
+        .collect();
     Ok((!columns.is_empty()).then_some((columns, key)))
+}
+
+/// The class of a column type from `information_schema.columns` (`data_type`, `column_type`).
+fn class_of(data_type: &str, column_type: &str) -> sluice_core::ColumnClass {
+    use sluice_core::ColumnClass as C;
+    match data_type {
+        // An unsigned bigint may exceed a signed one: not checked.
+        "bigint" if column_type.contains("unsigned") => C::Other,
+        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => C::Integer,
+        "float" | "double" => C::Float,
+        "decimal" => C::Decimal,
+        "date" | "datetime" | "timestamp" | "time" => C::Temporal,
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
+            C::Text
+        }
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => C::Bytes,
+        "json" => C::Json,
+        _ => C::Other,
+    }
 }
 
 pub(crate) fn now_us() -> i64 {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sluice_core::TableId;
+use sluice_core::{ColumnClass, ColumnDesc, TableId};
 use tokio_postgres::Client;
 
 use crate::error::PostgresError;
@@ -218,19 +218,59 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, Postg
 
 /// A table's column names and key columns, as a source (for checking mappings against it);
 /// `None` if it does not exist.
+/// A table's columns (with their types, for checking mappings) and its key, or `None` when it
+/// does not exist.
 pub async fn source_columns(
     connection: &crate::config::PostgresConnection,
     table: &TableId,
-) -> Result<Option<(Vec<String>, Vec<String>)>, PostgresError> {
+) -> Result<Option<(Vec<ColumnDesc>, Vec<String>)>, PostgresError> {
     let client = crate::client::connect(connection, "check").await?;
     let Some(info) = describe_table(&client, table).await? else {
         return Ok(None);
     };
     let key = info.key().unwrap_or_default();
-    Ok(Some((
-        info.columns.iter().map(|(n, _)| n.clone()).collect(),
-        key,
-    )))
+    let rows = client
+        .query(
+            "select a.attname::text, format_type(a.atttypid, a.atttypmod), not a.attnotnull,
+                    b.typcategory::text, b.oid
+               from pg_catalog.pg_attribute a
+               join pg_catalog.pg_type t on t.oid = a.atttypid
+               join pg_catalog.pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end
+              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+              order by a.attnum",
+            &[&info.oid],
+        )
+        .await
+        .map_err(PostgresError::query(format!("reading the column types of {table}")))?;
+    let columns = rows
+        .iter()
+        .map(|r| {
+            let category: String = r.get(3);
+            let oid: u32 = r.get(4);
+            ColumnDesc {
+                name: r.get(0),
+                sql_type: r.get(1),
+                nullable: r.get(2),
+                class: class_of(oid, category.as_bytes().first().copied().unwrap_or(b'U')),
+            }
+        })
+        .collect();
+    Ok(Some((columns, key)))
+}
+
+/// The class of a (base) type, from its OID and `pg_type.typcategory`.
+fn class_of(oid: u32, category: u8) -> ColumnClass {
+    match (oid, category) {
+        (16, _) => ColumnClass::Bool,
+        (20 | 21 | 23, _) => ColumnClass::Integer,
+        (700 | 701, _) => ColumnClass::Float,
+        (1700, _) => ColumnClass::Decimal,
+        (17, _) => ColumnClass::Bytes,
+        (114 | 3802, _) => ColumnClass::Json,
+        (_, b'D') => ColumnClass::Temporal,
+        (_, b'S') => ColumnClass::Text,
+        _ => ColumnClass::Other,
+    }
 }
 
 #[cfg(test)]
