@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Sluice's tests and demo need, skipping whatever is already there:
-# Debian packages (Postgres 15, a C toolchain for the bundled librdkafka), cargo-nextest,
-# and the tansu Kafka-API broker (built with its sqlite storage engine).
+# Debian packages (Postgres 15, MariaDB, a C toolchain for the bundled librdkafka),
+# cargo-nextest, the tansu Kafka-API broker (built with its sqlite storage engine) and the
+# garage S3-compatible object store.
 set -euo pipefail
 
 phase_start=$(date +%s)
@@ -60,6 +61,24 @@ if tansu_ok; then
 else
   say "cargo install tansu 0.6.0 --features libsql,dynostore (about 15-20 minutes on 2 cores)"
   cargo install tansu --version 0.6.0 --locked --features libsql,dynostore
+fi
+
+garage_ok() {
+  command -v garage >/dev/null && python3 - <<'PY'
+import json, os, sys
+path = os.path.expanduser("~/.cargo/.crates2.json")
+try:
+    installs = json.load(open(path))["installs"]
+except Exception:
+    sys.exit(1)
+sys.exit(0 if any(k.startswith("garage 2.5.0 ") for k in installs) else 1)
+PY
+}
+if garage_ok; then
+  say "garage 2.5.0: present"
+else
+  say "cargo install garage 2.5.0 (about 12-15 minutes on 2 cores)"
+  cargo install garage --version 2.5.0 --locked
 fi
 
 say "done in $(( $(date +%s) - phase_start ))s"

@@ -42,6 +42,11 @@ pub enum Command {
         #[arg(long, value_name = "SOURCE")]
         resnapshot: Vec<String>,
     },
+    /// Blob columns: check the objects in the buckets against the ledger.
+    Blobs {
+        #[command(subcommand)]
+        action: BlobsAction,
+    },
     /// Validate the config and run every preflight check against the configured systems.
     ///
     /// Prints each problem with its fix; exits 0 when all is well, 1 otherwise.
@@ -49,6 +54,32 @@ pub enum Command {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlobsAction {
+    /// Compare each sink's blob ledger (sluice.blobs in its target) with the buckets.
+    ///
+    /// Every object a live ledger row names must exist with the recorded size and SHA-256;
+    /// every object under a store's prefix must be named by the ledger. Prints what is
+    /// missing, damaged or orphaned; exits 0 when nothing is (after repairs), 1 otherwise.
+    Verify {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Only this sink (default: every sink with blob columns).
+        #[arg(long, value_name = "SINK")]
+        sink: Option<String>,
+        /// Upload missing or damaged objects again from their source files (when a file still
+        /// holds the recorded content), delete released objects no row references, and delete
+        /// orphans older than --grace-s.
+        #[arg(long)]
+        repair: bool,
+        /// Orphans younger than this many seconds are left alone: they may belong to a batch
+        /// being written right now.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        grace_s: i64,
     },
 }
 

@@ -35,6 +35,130 @@ pub struct Config {
     /// Databases Sluice applies changes to, by name.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// S3-compatible object stores that blob columns upload to, by name.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// `[stores.<name>]`: an S3-compatible bucket (AWS S3, DigitalOcean Spaces, MinIO, garage).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The service's URL, e.g. `https://nyc3.digitaloceanspaces.com`; default: AWS S3.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`), as MinIO and garage need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Environment variables holding the credentials (never the values in the file).
+    #[serde(default = "default_access_key_env")]
+    pub access_key_id_env: String,
+    #[serde(default = "default_secret_key_env")]
+    pub secret_access_key_env: String,
+    /// The URL written into target rows: a template over `{key}` (e.g.
+    /// `https://cdn.example.com/{key}`). Without it, a presigned GET URL valid for
+    /// `presign_ttl_s`, which Sluice renews in the target rows before it expires.
+    pub public_url: Option<String>,
+    #[serde(default = "default_presign_ttl_s")]
+    pub presign_ttl_s: u64,
+    /// Uploads running at once, per sink worker.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Objects larger than this go up in parts of `multipart_part_mb`.
+    #[serde(default = "default_multipart_threshold_mb")]
+    pub multipart_threshold_mb: u64,
+    #[serde(default = "default_multipart_part_mb")]
+    pub multipart_part_mb: u64,
+    /// Keys Sluice owns start with this: `sluice blobs verify` reports other objects under it
+    /// as orphans. Empty: the whole bucket.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials are only ever named by their variables; still, keep Debug explicit.
+        f.debug_struct("StoreConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("path_style", &self.path_style)
+            .field("access_key_id_env", &self.access_key_id_env)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_access_key_env() -> String {
+    "SLUICE_S3_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_key_env() -> String {
+    "SLUICE_S3_SECRET_ACCESS_KEY".into()
+}
+
+fn default_presign_ttl_s() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_upload_concurrency() -> usize {
+    16
+}
+
+fn default_multipart_threshold_mb() -> u64 {
+    16
+}
+
+fn default_multipart_part_mb() -> u64 {
+    8
+}
+
+/// `blobs.<url column> = { ... }` in a table mapping: an object uploaded for each row, its URL
+/// written into the target column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobColumn {
+    /// The `[stores.<name>]` to upload to.
+    pub store: String,
+    /// A source column holding a file path (relative paths are resolved under `base_dirs`; a
+    /// path outside them is refused)…
+    pub path: Option<String>,
+    /// …or a source byte column (bytea, BLOB) whose bytes become the object; the target row
+    /// no longer carries it.
+    pub bytes: Option<String>,
+    /// Directories files may be read from (with `path`).
+    #[serde(default)]
+    pub base_dirs: Vec<String>,
+    /// The object key: a template over the row's source columns (`sessions/{id}.pdf`), plus
+    /// `{sha256}` (the content's hex SHA-256: `sha256/{sha256}` is content-addressed) and
+    /// `{ext}` (the file's extension, with its dot).
+    pub key: String,
+    /// Default: from the file extension, else `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// Target columns that also receive the content's hex SHA-256 and its size in bytes.
+    pub sha256_column: Option<String>,
+    pub size_column: Option<String>,
+    /// `delete` (default): the object goes once no target row references it (row deleted,
+    /// soft-deleted or filtered out, or its file replaced); `keep`: objects stay.
+    #[serde(default)]
+    pub on_delete: BlobDeleteMode,
+    /// How long a row whose file does not exist yet (written after the row) is retried
+    /// before it becomes a dead letter, in milliseconds. Its partition waits meanwhile.
+    #[serde(default = "default_missing_file_wait_ms")]
+    pub missing_file_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobDeleteMode {
+    #[default]
+    Delete,
+    Keep,
+}
+
+fn default_missing_file_wait_ms() -> u64 {
+    60_000
 }
 
 /// `[sinks.<name>]`: one target database fed from Kafka by one consumer group.
@@ -106,6 +230,9 @@ pub struct TableMapping {
     /// `{ is_active = "false", deleted_at = "source.commit_time" }`.
     #[serde(default)]
     pub soft_delete: BTreeMap<String, String>,
+    /// Target URL column = an object uploaded from a file or byte column (see [`BlobColumn`]).
+    #[serde(default)]
+    pub blobs: BTreeMap<String, BlobColumn>,
 }
 
 /// A value map: `{ from = "user_type", values = { TEACHER = "FACULTY" }, default = "STUDENT" }`.
@@ -265,6 +392,32 @@ impl Config {
             problems.push(
                 "no [sources.<name>] or [sinks.<name>] section: configure a source to capture from, a sink to apply to, or both".into(),
             );
+        }
+        for (name, store) in &self.stores {
+            let at = format!("stores.{name}");
+            if store.bucket.is_empty() || store.region.is_empty() {
+                problems.push(format!("{at}: bucket and region must not be empty"));
+            }
+            if let Some(url) = &store.public_url {
+                if !url.contains("{key}") {
+                    problems.push(format!(
+                        "{at}.public_url: {url:?} has no {{key}}: write e.g. \"https://cdn.example.com/{{key}}\""
+                    ));
+                }
+            }
+            if store.public_url.is_none() && !(1..=7 * 24 * 3600).contains(&store.presign_ttl_s) {
+                problems.push(format!(
+                    "{at}.presign_ttl_s: presigned URLs last from 1 s to 7 days (604800 s)"
+                ));
+            }
+            if store.upload_concurrency == 0 {
+                problems.push(format!("{at}.upload_concurrency must be at least 1"));
+            }
+            if store.multipart_part_mb < 5 {
+                problems.push(format!(
+                    "{at}.multipart_part_mb: S3 parts are at least 5 MB"
+                ));
+            }
         }
         for (name, source) in &self.sources {
             let at = format!("sources.{name}");
@@ -435,7 +588,9 @@ impl Config {
                     Err(e) => problems.push(format!("{path}: {e}")),
                     Ok(e) => match e.result_type(&unknown) {
                         Err(e) => problems.push(format!("{path}: {e}")),
-                        Ok(ty) if path.ends_with(".filter") && !matches!(ty, Ty::Bool | Ty::Dyn) => {
+                        Ok(ty)
+                            if path.ends_with(".filter") && !matches!(ty, Ty::Bool | Ty::Dyn) =>
+                        {
                             problems.push(format!(
                                 "{path}: {text:?} gives {}, but a filter must give true or false",
                                 ty.name()
@@ -453,6 +608,43 @@ impl Config {
                     "{at}.soft_delete is set but on_delete is not \"soft\": add on_delete = \"soft\" or remove soft_delete"
                 )),
                 _ => {}
+            }
+            for (column, blob) in &m.blobs {
+                let at = format!("{at}.blobs.{column}");
+                if sink.mysql.is_some() {
+                    problems.push(format!(
+                        "{at}: blob columns need a Postgres target (their ledger, sluice.blobs, lives there); MySQL targets do not support them yet"
+                    ));
+                }
+                if !self.stores.contains_key(&blob.store) {
+                    let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+                    problems.push(format!(
+                        "{at}.store: no [stores.{}] section (stores: {})",
+                        blob.store,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+                match (&blob.path, &blob.bytes) {
+                    (Some(_), Some(_)) | (None, None) => problems.push(format!(
+                        "{at}: set exactly one of `path` (a source column holding a file path) and `bytes` (a source byte column)"
+                    )),
+                    (Some(_), None) if blob.base_dirs.is_empty() => problems.push(format!(
+                        "{at}.base_dirs: name the directories files may be read from, e.g. base_dirs = [\"/var/app/files\"]"
+                    )),
+                    _ => {}
+                }
+                if let Err(e) = crate::blobs::KeyTemplate::parse(&blob.key) {
+                    problems.push(format!("{at}.key: {e}"));
+                }
+                if m.compute.contains_key(column) || m.maps.contains_key(column) {
+                    problems.push(format!(
+                        "{at}: target column {column:?} is also computed or mapped: keep one"
+                    ));
+                }
             }
             for (target, map) in &m.maps {
                 if map.from.is_empty() {
@@ -745,6 +937,55 @@ from = "lms.users"
             all.contains("public.users is not captured by any source"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn blob_columns_and_stores_are_checked_when_the_config_loads() {
+        let text = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[stores.docs]
+region = "garage"
+bucket = "b"
+public_url = "https://cdn.example.com/"
+presign_ttl_s = 0
+multipart_part_mb = 2
+
+[sinks.svc]
+postgres = { user = "sluice", database = "svc" }
+[[sinks.svc.tables]]
+from = "app.sessions"
+blobs.pdf_url = { store = "reports", path = "pdf_path", bytes = "pdf", key = "/sessions/{id" }
+blobs.json_url = { store = "docs", path = "json_path", key = "sessions/{id}.json" }
+compute = { json_url = "'x'" }
+
+[sinks.my]
+mysql = { user = "sluice", database = "svc" }
+[[sinks.my.tables]]
+from = "app.files"
+blobs.url = { store = "docs", bytes = "data", key = "files/{sha256}" }
+"#;
+        let cfg = Config::parse(text).expect("parses");
+        let all = cfg.validate().join("\n");
+        for expected in [
+            "stores.docs.public_url: \"https://cdn.example.com/\" has no {key}",
+            "stores.docs.multipart_part_mb: S3 parts are at least 5 MB",
+            "sinks.svc.tables[0].blobs.pdf_url.store: no [stores.reports] section (stores: docs)",
+            "sinks.svc.tables[0].blobs.pdf_url: set exactly one of `path`",
+            "sinks.svc.tables[0].blobs.pdf_url.key: \"/sessions/{id\" starts with '/'",
+            "sinks.svc.tables[0].blobs.json_url.base_dirs: name the directories files may be read from",
+            "sinks.svc.tables[0].blobs.json_url: target column \"json_url\" is also computed or mapped",
+            "sinks.my.tables[0].blobs.url: blob columns need a Postgres target",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        // The store's Debug output names the credentials' variables, never their values.
+        let debug = format!("{:?}", cfg.stores["docs"]);
+        assert!(debug.contains("SLUICE_S3_ACCESS_KEY_ID"), "{debug}");
+        let err = Config::parse(&text.replace("bucket = \"b\"", "bucket = \"b\"\nsecret = \"x\""))
+            .expect_err("unknown key");
+        assert!(err.contains("stores.docs"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `sluice` binary: command line, config, and the wiring of sources to Kafka.
 
 mod apply;
+mod blobs;
 mod capture;
 mod cli;
 mod config;
@@ -37,6 +38,15 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check { config } => check(&config).await,
+            Command::Blobs {
+                action:
+                    cli::BlobsAction::Verify {
+                        config,
+                        sink,
+                        repair,
+                        grace_s,
+                    },
+            } => blobs_verify(&config, sink.as_deref(), repair, grace_s).await,
             Command::Run {
                 config,
                 only,
@@ -44,6 +54,69 @@ fn main() -> ExitCode {
             } => run(&config, only, resnapshot).await,
         }
     })
+}
+
+async fn blobs_verify(
+    path: &std::path::Path,
+    only: Option<&str>,
+    repair: bool,
+    grace_s: i64,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sinks = blobs::verify::blob_sinks(&config);
+    if sinks.is_empty() {
+        eprintln!("error: no sink of {} has blob columns", path.display());
+        return ExitCode::from(2);
+    }
+    let mut left = 0;
+    for (sink, stores) in sinks {
+        if only.is_some_and(|o| o != sink) {
+            continue;
+        }
+        match blobs::verify::verify_sink(&config, &sink, &stores, repair, grace_s).await {
+            Ok(r) => {
+                println!(
+                    "sink {sink}: {} object(s) checked; {} missing, {} damaged, {} orphaned, {} released but not deleted",
+                    r.checked,
+                    r.missing.len(),
+                    r.damaged.len(),
+                    r.orphans.len(),
+                    r.released.len()
+                );
+                for (kind, list) in [
+                    ("missing", &r.missing),
+                    ("damaged", &r.damaged),
+                    ("orphan", &r.orphans),
+                    ("released", &r.released),
+                ] {
+                    for item in list {
+                        println!("  {kind}: {item}");
+                    }
+                }
+                for item in &r.repaired {
+                    println!("  repaired: {item}");
+                }
+                for item in &r.unrepairable {
+                    println!("  not repaired: {item}");
+                }
+                left += r.problems(repair);
+            }
+            Err(e) => {
+                println!("sink {sink}: {e}");
+                left += 1;
+            }
+        }
+    }
+    if left == 0 {
+        println!("blobs: ok");
+        ExitCode::SUCCESS
+    } else {
+        println!("blobs: {left} problem(s) left");
+        ExitCode::FAILURE
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -79,6 +152,44 @@ async fn preflight(config: &Config, only: Option<Side>) -> Vec<Problem> {
             problems.extend(apply::preflight(name, sink, &config.kafka.topic_prefix).await);
         }
         problems.extend(check_mappings_against_sources(config).await);
+        problems.extend(check_stores(config).await);
+    }
+    problems
+}
+
+/// Every store a sink's blob columns use: credentials in the environment, bucket reachable.
+async fn check_stores(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut used: Vec<&String> = config
+        .sinks
+        .values()
+        .flat_map(|s| {
+            s.tables
+                .iter()
+                .flat_map(|t| t.blobs.values().map(|b| &b.store))
+        })
+        .collect();
+    used.sort();
+    used.dedup();
+    for name in used {
+        let Some(cfg) = config.stores.get(name) else {
+            continue; // reported by the config's validation
+        };
+        let subject = format!("store {name}");
+        match blobs::store::Store::new(name, cfg) {
+            Err(e) => problems.push(Problem::new(subject, e)),
+            Ok(store) => {
+                if let Err(e) = store.check().await {
+                    problems.push(Problem::new(
+                        subject,
+                        format!(
+                            "{e}: check stores.{name}.endpoint, region, bucket and path_style, and the credentials in ${} / ${}",
+                            cfg.access_key_id_env, cfg.secret_access_key_env
+                        ),
+                    ));
+                }
+            }
+        }
     }
     problems
 }
@@ -114,8 +225,7 @@ async fn check_mappings_against_sources(config: &Config) -> Vec<Problem> {
             // sink's checks).
             if let Some(target) = m.target_table() {
                 let sink_db = Db::of(sink.postgres.as_ref(), sink.mysql.as_ref());
-                if let Some((target_columns, key)) = tables.get(sink_name, sink_db, &target).await
-                {
+                if let Some((target_columns, key)) = tables.get(sink_name, sink_db, &target).await {
                     found.extend(apply::mapping::check_key(
                         m,
                         &target,
@@ -304,8 +414,9 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         let kafka = config.kafka.clone();
         let stop = stop_rx.clone();
         let (name, sink) = (name.clone(), sink.clone());
+        let stores = config.stores.clone();
         tasks.spawn(async move {
-            let r = apply::run(&kafka, &name, &sink, stop).await;
+            let r = apply::run(&kafka, &name, &sink, &stores, stop).await;
             (format!("apply {name}"), r)
         });
     }

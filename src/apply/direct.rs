@@ -391,7 +391,13 @@ pub fn macro_variables(e: &IdedExpr, out: &mut Vec<String>) {
             out.push(c.iter_var.clone());
             out.extend(c.iter_var2.clone());
             out.push(c.accu_var.clone());
-            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for part in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 macro_variables(part, out);
             }
         }
@@ -574,7 +580,9 @@ pub fn infer(e: &IdedExpr, column: &dyn Fn(Var, &str) -> Ty) -> Result<Ty, TypeE
                                 b.name(),
                                 if a.numeric() && b.numeric() {
                                     " (CEL does not mix number types: convert one with int(), uint() or double())"
-                                } else if matches!((a, b), (Ty::String, _) | (_, Ty::String)) && name == ops::ADD {
+                                } else if matches!((a, b), (Ty::String, _) | (_, Ty::String))
+                                    && name == ops::ADD
+                                {
                                     " (convert with string())"
                                 } else {
                                     ""
@@ -646,7 +654,10 @@ mod tests {
 
     #[test]
     fn types_of_expressions() {
-        assert_eq!(ty("after.first_name + ' ' + after.last_name"), Ok(Ty::String));
+        assert_eq!(
+            ty("after.first_name + ' ' + after.last_name"),
+            Ok(Ty::String)
+        );
         assert_eq!(ty("after.score * 2"), Ok(Ty::Int));
         assert_eq!(ty("after.price * 1.1"), Ok(Ty::Double));
         assert_eq!(ty("after.status == 'ACTIVE'"), Ok(Ty::Bool));
@@ -739,7 +750,10 @@ mod tests {
                         let c = self.expr(0, atoms, unary, binary);
                         format!("({a}) in [{b}, {c}]")
                     } else {
-                        format!("({a}) {op} ({})", self.expr(depth - 1, atoms, unary, binary))
+                        format!(
+                            "({a}) {op} ({})",
+                            self.expr(depth - 1, atoms, unary, binary)
+                        )
                     }
                 }
             }
@@ -752,9 +766,30 @@ mod tests {
     fn direct_evaluation_agrees_with_cel() {
         use super::super::expr::{Bindings, Need, Vars};
         let atoms = [
-            "after.i", "after.j", "after.u", "after.d", "after.s", "after.t", "after.n",
-            "after.b", "after.missing", "before.i", "op", "source.ts_ms", "1", "-3", "0",
-            "9223372036854775807", "2u", "1.5", "'x'", "''", "'é€'", "null", "true", "false",
+            "after.i",
+            "after.j",
+            "after.u",
+            "after.d",
+            "after.s",
+            "after.t",
+            "after.n",
+            "after.b",
+            "after.missing",
+            "before.i",
+            "op",
+            "source.ts_ms",
+            "1",
+            "-3",
+            "0",
+            "9223372036854775807",
+            "2u",
+            "1.5",
+            "'x'",
+            "''",
+            "'é€'",
+            "null",
+            "true",
+            "false",
         ];
         let unary = ["!", "-", "size", "string", "int"];
         let binary = [
@@ -806,6 +841,9 @@ mod tests {
             }
         }
         // The comparison means something only if many generated cases were answered directly.
-        assert!(answered > total / 4, "{answered} of {total} answered directly");
+        assert!(
+            answered > total / 4,
+            "{answered} of {total} answered directly"
+        );
     }
 }

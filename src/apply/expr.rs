@@ -176,7 +176,10 @@ impl Expr {
 
     /// The expression's result type where `column` gives the columns' types, or its first type
     /// error, quoting the expression and the position.
-    pub fn result_type(&self, column: &dyn Fn(direct::Var, &str) -> direct::Ty) -> Result<direct::Ty, String> {
+    pub fn result_type(
+        &self,
+        column: &dyn Fn(direct::Var, &str) -> direct::Ty,
+    ) -> Result<direct::Ty, String> {
         direct::infer(self.program.expression(), column).map_err(|e| {
             let at = self
                 .program
@@ -201,7 +204,11 @@ impl Expr {
 
     /// Evaluates to a JSON value (the form target values take).
     pub fn eval(&self, event: &Event) -> Result<J, String> {
-        if let Some(v) = self.direct.as_ref().and_then(|n| direct::eval(n, &event.row)) {
+        if let Some(v) = self
+            .direct
+            .as_ref()
+            .and_then(|n| direct::eval(n, &event.row))
+        {
             return Ok(v);
         }
         self.eval_interpreted(event.bindings())

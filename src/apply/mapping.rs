@@ -21,7 +21,9 @@ use sluice_core::{ColumnClass, ColumnDesc, Position, TableId, TargetChange};
 
 use super::direct::{Ty, Var};
 use super::expr::{Event, Expr, Vars};
-use crate::config::{DeleteMode, TableMapping};
+use crate::blobs::stage::{BlobSpec, BlobWork, Input, InputValue};
+use crate::blobs::KeyTemplate;
+use crate::config::{BlobDeleteMode, DeleteMode, TableMapping};
 
 /// Where a target column's value comes from.
 #[derive(Debug, Clone)]
@@ -97,6 +99,17 @@ pub struct TableRoute {
     /// Whether any expression needs the event's variables, and which.
     needs_bindings: bool,
     vars: Vars,
+    /// Blob columns: uploaded objects whose URLs the rows carry.
+    blobs: Vec<BlobRoute>,
+}
+
+/// A blob column of a route: the target URL column (and hash and size columns) and the spec.
+#[derive(Debug, Clone)]
+struct BlobRoute {
+    url: usize,
+    sha: Option<usize>,
+    size: Option<usize>,
+    spec: Arc<BlobSpec>,
 }
 
 impl TableRoute {
@@ -126,6 +139,51 @@ impl TableRoute {
         known("include", &mut m.include.iter().flatten())?;
         known("exclude", &mut m.exclude.iter())?;
         known("soft_delete", &mut m.soft_delete.keys())?;
+        known("blobs", &mut m.blobs.keys())?;
+        for (c, b) in &m.blobs {
+            known(
+                &format!("blobs.{c}.sha256_column"),
+                &mut b.sha256_column.iter(),
+            )?;
+            known(&format!("blobs.{c}.size_column"), &mut b.size_column.iter())?;
+        }
+        let position = |name: &str| columns.iter().position(|n| n == name);
+        let mut blobs = Vec::new();
+        // Columns the blobs fill, and byte columns that travel as objects instead.
+        let mut blob_filled: Vec<&str> = Vec::new();
+        for (c, b) in &m.blobs {
+            let input = match (&b.path, &b.bytes) {
+                (Some(p), None) => Input::Path(p.clone()),
+                (None, Some(bytes)) => {
+                    blob_filled.push(bytes);
+                    Input::Bytes(bytes.clone())
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}.blobs.{c}: set exactly one of `path` and `bytes`"
+                    ))
+                }
+            };
+            let key = KeyTemplate::parse(&b.key).map_err(|e| format!("{at}.blobs.{c}.key: {e}"))?;
+            blob_filled.push(c);
+            blob_filled.extend(b.sha256_column.as_deref());
+            blob_filled.extend(b.size_column.as_deref());
+            blobs.push(BlobRoute {
+                url: position(c).unwrap_or(0),
+                sha: b.sha256_column.as_deref().and_then(position),
+                size: b.size_column.as_deref().and_then(position),
+                spec: Arc::new(BlobSpec {
+                    url_column: c.clone(),
+                    store: b.store.clone(),
+                    input,
+                    base_dirs: b.base_dirs.iter().map(std::path::PathBuf::from).collect(),
+                    key,
+                    content_type: b.content_type.clone(),
+                    delete_objects: b.on_delete == BlobDeleteMode::Delete,
+                    missing_wait: std::time::Duration::from_millis(b.missing_file_wait_ms),
+                }),
+            });
+        }
         let compile = |path: String, text: &str| {
             Expr::compile(text)
                 .map(Arc::new)
@@ -150,6 +208,8 @@ impl TableRoute {
                     ),
                     default: map.default.clone(),
                 })
+            } else if blob_filled.contains(&name.as_str()) && !is_key {
+                None
             } else if m.exclude.contains(name) {
                 if is_key {
                     return Err(format!(
@@ -227,6 +287,7 @@ impl TableRoute {
             on_delete,
             needs_bindings,
             vars,
+            blobs,
         })
     }
 
@@ -248,6 +309,7 @@ impl TableRoute {
             on_delete: OnDelete::Delete,
             needs_bindings: false,
             vars: Vars::default(),
+            blobs: Vec::new(),
         }
     }
 
@@ -258,11 +320,13 @@ impl TableRoute {
         fallback: Option<&serde_json::Map<String, J>>,
         bindings: Option<&Event>,
         out: &mut Vec<TargetChange>,
+        blobs: &mut Vec<BlobWork>,
     ) -> Result<(), String> {
         match &self.on_delete {
             OnDelete::Ignore => Ok(()),
             OnDelete::Delete => {
                 let key = key_values(self, old, fallback, bindings)?;
+                self.release_blobs(&key, blobs);
                 out.push(TargetChange::Delete {
                     table: self.table,
                     key,
@@ -272,10 +336,15 @@ impl TableRoute {
             OnDelete::Soft(sets) => {
                 let key = key_values(self, old, fallback, bindings)?;
                 let b = bindings.ok_or("a soft delete has no event to read")?;
-                let columns = sets
+                let mut columns = sets
                     .iter()
                     .map(|(c, e)| e.eval(b).map(|v| (*c, v)))
                     .collect::<Result<Vec<_>, _>>()?;
+                // The row stays; the objects it referenced go, and so do their URLs.
+                for blob in self.blobs.iter().filter(|b| b.spec.delete_objects) {
+                    columns.push((blob.url, J::Null));
+                }
+                self.release_blobs(&key, blobs);
                 out.push(TargetChange::Update {
                     table: self.table,
                     key,
@@ -283,6 +352,64 @@ impl TableRoute {
                 });
                 Ok(())
             }
+        }
+    }
+
+    fn release_blobs(&self, key: &[J], blobs: &mut Vec<BlobWork>) {
+        for blob in &self.blobs {
+            blobs.push(BlobWork::Release {
+                table: self.table,
+                target_key: key.to_vec(),
+                spec: blob.spec.clone(),
+            });
+        }
+    }
+
+    /// The blob work for the row `change` writes (the upsert of `row`, keyed `key`).
+    fn put_blobs(
+        &self,
+        change: usize,
+        row: &serde_json::Map<String, J>,
+        key: &[J],
+        blobs: &mut Vec<BlobWork>,
+    ) {
+        for blob in &self.blobs {
+            let (column, is_path) = match &blob.spec.input {
+                Input::Path(c) => (c, true),
+                Input::Bytes(c) => (c, false),
+            };
+            // An event without the column (an unchanged TOASTed value) leaves the object.
+            let Some(value) = row.get(column) else {
+                continue;
+            };
+            let input = match (value, is_path) {
+                (J::Null, _) => InputValue::Null,
+                (J::String(p), true) => InputValue::Path(p.clone()),
+                (J::String(b), false) => {
+                    use base64::Engine as _;
+                    match base64::engine::general_purpose::STANDARD.decode(b) {
+                        Ok(bytes) => InputValue::Bytes(bytes),
+                        Err(e) => InputValue::Bad(format!(
+                            "column {column:?} is not base64-encoded bytes: {e}"
+                        )),
+                    }
+                }
+                (other, _) => InputValue::Bad(format!(
+                    "column {column:?} holds {other}, not {}",
+                    if is_path { "a file path" } else { "bytes" }
+                )),
+            };
+            blobs.push(BlobWork::Put {
+                change,
+                table: self.table,
+                target_key: key.to_vec(),
+                url: blob.url,
+                sha: blob.sha,
+                size: blob.size,
+                spec: blob.spec.clone(),
+                input,
+                key: blob.spec.key.render(row),
+            });
         }
     }
 }
@@ -312,6 +439,21 @@ pub fn check_source(
                 "{at}.maps.{target}.from: source table {source} has no column {:?} (its columns: {listing})",
                 map.from
             ));
+        }
+    }
+    for (target, blob) in &m.blobs {
+        let input = blob.path.iter().map(|c| ("path", c.as_str()));
+        let input = input.chain(blob.bytes.iter().map(|c| ("bytes", c.as_str())));
+        let template = crate::blobs::KeyTemplate::parse(&blob.key).ok();
+        let keyed = template
+            .iter()
+            .flat_map(|t| t.columns().map(|c| ("key", c)).collect::<Vec<_>>());
+        for (field, column) in input.chain(keyed) {
+            if missing(column) {
+                problems.push(format!(
+                    "{at}.blobs.{target}.{field}: source table {source} has no column {column:?} (its columns: {listing})"
+                ));
+            }
         }
     }
     let expressions = m
@@ -414,7 +556,11 @@ pub fn check_types(
             },
         }
     };
-    let refuse = |problems: &mut Vec<String>, field: String, what: String, col: &ColumnDesc, ty: Ty| {
+    let refuse = |problems: &mut Vec<String>,
+                  field: String,
+                  what: String,
+                  col: &ColumnDesc,
+                  ty: Ty| {
         if ty == Ty::Null {
             problems.push(format!(
                 "{at}.{field}: {what} is always null, but target column {:?} of {target} is NOT NULL",
@@ -439,9 +585,13 @@ pub fn check_types(
         let c = &col.name;
         if let Some(text) = m.compute.get(c) {
             match typed(text) {
-                Some(Ok(ty)) if !accepts(col, ty) => {
-                    refuse(&mut problems, format!("compute.{c}"), format!("{text:?}"), col, ty)
-                }
+                Some(Ok(ty)) if !accepts(col, ty) => refuse(
+                    &mut problems,
+                    format!("compute.{c}"),
+                    format!("{text:?}"),
+                    col,
+                    ty,
+                ),
                 Some(Err(e)) => problems.push(format!("{at}.compute.{c}: {e}")),
                 _ => {}
             }
@@ -461,7 +611,13 @@ pub fn check_types(
             }
             for (field, ty) in entries {
                 if !accepts(col, ty) {
-                    refuse(&mut problems, format!("maps.{c}.{field}"), "the value".into(), col, ty);
+                    refuse(
+                        &mut problems,
+                        format!("maps.{c}.{field}"),
+                        "the value".into(),
+                        col,
+                        ty,
+                    );
                 }
             }
         } else if !m.exclude.contains(c) && m.include.as_ref().is_none_or(|i| i.contains(c)) {
@@ -549,6 +705,8 @@ pub enum Mapped {
     Changes {
         changes: Vec<TargetChange>,
         position: Option<Position>,
+        /// Objects to upload or release for these changes.
+        blobs: Vec<BlobWork>,
     },
     /// A source truncate: the topic's target tables are emptied once every partition got here.
     Truncate { position: Position },
@@ -588,6 +746,7 @@ pub fn map_record(
         None
     };
     let mut changes = Vec::with_capacity(routes.len());
+    let mut blobs = Vec::new();
     match op {
         "c" | "r" | "u" => {
             let after = row("after")?;
@@ -608,7 +767,7 @@ pub fn map_record(
                         // Not (or no longer) a row of this target. Only an update can have
                         // put it there before.
                         if op == "u" {
-                            route.removal(after, None, Some(b), &mut changes)?;
+                            route.removal(after, None, Some(b), &mut changes, &mut blobs)?;
                         }
                         continue;
                     }
@@ -622,6 +781,7 @@ pub fn map_record(
                 if let Some(old) = old_key {
                     // A key change seen as one update: delete the old row first.
                     if old != new_key {
+                        route.release_blobs(&old, &mut blobs);
                         changes.push(TargetChange::Delete {
                             table: route.table,
                             key: old,
@@ -633,6 +793,9 @@ pub fn map_record(
                     if let Some(v) = s.value(after, bindings.as_ref())? {
                         columns.push((*t, v));
                     }
+                }
+                if !route.blobs.is_empty() {
+                    route.put_blobs(changes.len(), after, &new_key, &mut blobs);
                 }
                 changes.push(TargetChange::Upsert {
                     table: route.table,
@@ -662,6 +825,7 @@ pub fn map_record(
                     fallback,
                     bindings.as_ref(),
                     &mut changes,
+                    &mut blobs,
                 )?;
             }
         }
@@ -672,7 +836,11 @@ pub fn map_record(
         }
         other => return Err(format!("unknown op {other:?}")),
     }
-    Ok(Mapped::Changes { changes, position })
+    Ok(Mapped::Changes {
+        changes,
+        position,
+        blobs,
+    })
 }
 
 /// The envelope's `source`, with `commit_time`: its `ts_us` as an ISO-8601 UTC timestamp
@@ -801,7 +969,10 @@ mod tests {
             "source": {"connector": "postgres", "commit_lsn": "0/10", "seq": 2}}),
         )
         .expect("maps");
-        let Mapped::Changes { changes, position } = m else {
+        let Mapped::Changes {
+            changes, position, ..
+        } = m
+        else {
             panic!("changes expected")
         };
         assert_eq!(
@@ -1052,6 +1223,93 @@ compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
     }
 
     #[test]
+    fn blob_columns_ask_for_uploads_and_releases() {
+        let m: TableMapping = toml::from_str(
+            r#"
+from = "lms.users"
+to = "organizations.user"
+filter = "after.status == 'ACTIVE'"
+on_delete = "soft"
+soft_delete = { deleted_at = "source.commit_time" }
+blobs.photo_url = { store = "s", path = "email", base_dirs = ["/files"], key = "users/{id}/{sha256}{ext}" }
+blobs.card_url = { store = "s", bytes = "first_name", key = "cards/{id}", on_delete = "keep" }
+"#,
+        )
+        .expect("mapping");
+        let columns: Vec<String> = ["id", "first_name", "photo_url", "card_url", "deleted_at"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let route = TableRoute::new(
+            0,
+            (&TableId::new("organizations", "user"), &columns, &[0]),
+            &m,
+            "t",
+        )
+        .expect("route");
+        let map = |value: &[u8]| match map_record(&vec![route.clone()].into(), None, Some(value))
+            .expect("maps")
+        {
+            Mapped::Changes { changes, blobs, .. } => (changes, blobs),
+            other => panic!("changes expected, got {other:?}"),
+        };
+        let row = |op: &str, status: &str, name: &str| {
+            json!({"op": op, "after": {"id": 7, "first_name": name, "email": "a/b.pdf", "status": status},
+                   "source": {"connector": "mysql", "ts_us": 1_700_000_000_000_000i64}})
+            .to_string()
+            .into_bytes()
+        };
+        // An insert: the byte column is not written as such, both blobs are asked for.
+        let (changes, blobs) = map(&row("c", "ACTIVE", "QUJD"));
+        let TargetChange::Upsert { columns, .. } = &changes[0] else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(
+            columns,
+            &vec![(0, json!(7))],
+            "first_name travels as an object"
+        );
+        assert_eq!(blobs.len(), 2);
+        let mut inputs = Vec::new();
+        for b in &blobs {
+            let BlobWork::Put {
+                input,
+                key,
+                target_key,
+                change,
+                ..
+            } = b
+            else {
+                panic!("{b:?}");
+            };
+            assert_eq!((target_key, *change), (&vec![json!(7)], 0));
+            inputs.push(format!("{input:?}"));
+            let key = key.as_ref().expect("key").finish("ff", ".pdf");
+            assert!(key == "users/7/ff.pdf" || key == "cards/7", "{key}");
+        }
+        inputs.sort();
+        assert_eq!(inputs, vec!["Bytes([65, 66, 67])", "Path(\"a/b.pdf\")"]);
+        // Not base64: the work says why (the event becomes a dead letter).
+        let (_, blobs) = map(&row("u", "ACTIVE", "not base64!"));
+        assert!(blobs.iter().any(|b| matches!(b, BlobWork::Put { input: InputValue::Bad(why), .. } if why.contains("not base64"))));
+        // Leaving the filter: a soft delete clears the deleted object's URL (not the kept one's)
+        // and releases both.
+        let (changes, blobs) = map(&row("u", "INACTIVE", "QUJD"));
+        let TargetChange::Update { columns, .. } = &changes[0] else {
+            panic!("{changes:?}");
+        };
+        assert!(columns.contains(&(2, J::Null)), "{columns:?}");
+        assert!(!columns.iter().any(|(c, _)| *c == 3), "{columns:?}");
+        assert_eq!(
+            blobs
+                .iter()
+                .filter(|b| matches!(b, BlobWork::Release { .. }))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
     fn types_written_must_suit_the_target_columns() {
         let col = |name: &str, sql: &str, class: ColumnClass, nullable: bool| ColumnDesc {
             name: name.into(),
@@ -1076,8 +1334,8 @@ compute = { code = "after.first_name + string(after.id)", tenant = "'t1'" }
             col("note", "text", ColumnClass::Text, false),
         ];
         let problems = |extra: &str| {
-            let m: TableMapping = toml::from_str(&format!("from = \"lms.users\"\n{extra}"))
-                .expect("mapping");
+            let m: TableMapping =
+                toml::from_str(&format!("from = \"lms.users\"\n{extra}")).expect("mapping");
             check_types(&m, &source, &TableId::new("o", "u"), &target, "t")
         };
         // A well-typed mapping passes.

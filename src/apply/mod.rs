@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use self::mapping::{Router, TableRoute};
 use self::target::{prepare, Target, TargetConnection, TargetSink};
 use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
-use crate::config::{SinkConfig, TruncateSetting};
+use crate::config::{SinkConfig, StoreConfig, TruncateSetting};
 use crate::telemetry::error_chain;
 
 /// Resolves a sink's mappings against its target tables: the routes per topic, or every
@@ -189,10 +189,33 @@ pub async fn run(
     kafka: &KafkaConfig,
     name: &str,
     sink: &SinkConfig,
+    stores: &std::collections::BTreeMap<String, StoreConfig>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let connection = TargetConnection::of(sink).context("the sink has no target connection")?;
-    let ids = target_ids(sink);
+    let mut ids = target_ids(sink);
+    // The blob ledger is written like a target table, in the same transactions.
+    let has_blobs = sink.tables.iter().any(|t| !t.blobs.is_empty());
+    let ledger_id = TableId::new("sluice", "blobs");
+    if has_blobs {
+        ids.push(ledger_id.clone());
+    }
+    let mut opened = HashMap::new();
+    if has_blobs {
+        for t in &sink.tables {
+            for b in t.blobs.values() {
+                if opened.contains_key(&b.store) {
+                    continue;
+                }
+                let cfg = stores
+                    .get(&b.store)
+                    .with_context(|| format!("no [stores.{}] section", b.store))?;
+                let store = crate::blobs::store::Store::new(&b.store, cfg)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                opened.insert(b.store.clone(), store);
+            }
+        }
+    }
     let target = prepare(&connection, &ids, true)
         .await?
         .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
@@ -246,8 +269,27 @@ pub async fn run(
     )?;
     let mut workers = tokio::task::JoinSet::new();
     for (id, rx) in receivers.into_iter().enumerate() {
+        let blobs = match (&target, has_blobs) {
+            (Target::Postgres(pg, _), true) => {
+                let tables: Vec<crate::blobs::stage::TableInfo> = target
+                    .shapes()
+                    .into_iter()
+                    .map(|(id, columns, key)| crate::blobs::stage::TableInfo { id, columns, key })
+                    .collect();
+                let ledger = tables.iter().position(|t| t.id == ledger_id).unwrap_or(0);
+                Some(crate::blobs::stage::Stage::new(
+                    name,
+                    opened.clone(),
+                    pg.clone(),
+                    tables,
+                    ledger,
+                ))
+            }
+            _ => None,
+        };
         let worker = Worker {
             id,
+            blobs,
             sink: TargetSink::new(&target, name, id),
             router: router.clone(),
             settings: WorkerSettings {

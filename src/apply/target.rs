@@ -82,6 +82,8 @@ pub enum SinkError {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     MySql(#[from] MySqlError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::stage::StageError),
 }
 
 impl SinkError {
@@ -89,6 +91,8 @@ impl SinkError {
         match self {
             SinkError::Postgres(e) => sluice_postgres::sink::apply_error_class(e),
             SinkError::MySql(e) => e.class(),
+            // A store or ledger that fails is waited for, never a reason to drop a row.
+            SinkError::Blob(_) => ErrorClass::Transient,
         }
     }
 }

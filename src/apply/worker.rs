@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::mapping::{map_record, Mapped, Router};
 use super::target::{SinkError, TargetSink};
+use crate::blobs::stage::{BlobWork, Prepared, Stage};
 use crate::telemetry::error_chain;
 
 /// What the consumer sends a worker.
@@ -92,7 +93,12 @@ pub struct Worker {
     pub control: std::sync::mpsc::Sender<Control>,
     pub stats: Arc<Stats>,
     pub stop: watch::Receiver<bool>,
+    /// The blob step, for sinks with blob columns.
+    pub blobs: Option<Stage>,
 }
+
+/// How often worker 0 looks for presigned URLs to renew and released objects to delete.
+const BLOB_UPKEEP: Duration = Duration::from_secs(5);
 
 /// A batch ready to write, and what it changes in the partitions' state once committed.
 struct Plan {
@@ -100,6 +106,8 @@ struct Plan {
     positions: HashMap<TopicPartition, Option<Position>>,
     parks: HashMap<TopicPartition, (Position, Vec<Record>)>,
     events: usize,
+    /// Blob work, by index of the event in `batch.events`.
+    blobs: Vec<(usize, Vec<BlobWork>)>,
 }
 
 const BARRIER_POLL: Duration = Duration::from_millis(200);
@@ -111,9 +119,15 @@ impl Worker {
         let mut states: HashMap<TopicPartition, PartitionState> = HashMap::new();
         let mut ready: Vec<Record> = Vec::new();
         let mut last_barrier_check = Instant::now();
+        // Worker 0 keeps the sink's blobs: renews presigned URLs, finishes deletions.
+        let mut next_upkeep = (self.id == 0 && self.blobs.is_some()).then(Instant::now);
         loop {
             if *self.stop.borrow() {
                 return Ok(());
+            }
+            if let Some(at) = next_upkeep.filter(|at| *at <= Instant::now()) {
+                self.blob_upkeep().await;
+                next_upkeep = Some(at.max(Instant::now()) + BLOB_UPKEEP);
             }
             let parked = states.values().any(|s| !s.parked.is_empty());
             let next_fk = self.release_due_holds(&mut states, &mut ready);
@@ -124,6 +138,9 @@ impl Worker {
                     Duration::from_secs(3600)
                 };
                 if let Some(at) = next_fk {
+                    wait = wait.min(at.saturating_duration_since(Instant::now()));
+                }
+                if let Some(at) = next_upkeep {
                     wait = wait.min(at.saturating_duration_since(Instant::now()));
                 }
                 tokio::select! {
@@ -244,6 +261,7 @@ impl Worker {
             positions: HashMap::new(),
             parks: HashMap::new(),
             events: 0,
+            blobs: Vec::new(),
         };
         let mut progress: HashMap<TopicPartition, usize> = HashMap::new();
         for r in ready {
@@ -304,7 +322,11 @@ impl Worker {
                     plan.batch.progress[slot].next_offset = r.offset;
                     plan.parks.insert(tp, (position, vec![r.clone()]));
                 }
-                Ok(Mapped::Changes { changes, position }) => {
+                Ok(Mapped::Changes {
+                    changes,
+                    position,
+                    blobs,
+                }) => {
                     if let (Some(p), Some(l)) = (position, *last) {
                         if p <= l {
                             // Re-published by capture after a crash: applied already.
@@ -315,6 +337,9 @@ impl Worker {
                         *last = position;
                     }
                     plan.events += 1;
+                    if !blobs.is_empty() {
+                        plan.blobs.push((plan.batch.events.len(), blobs));
+                    }
                     plan.batch.events.push(MappedEvent {
                         record: record_ref,
                         changes,
@@ -349,8 +374,48 @@ impl Worker {
         let mut backoff = Backoff::default();
         let mut stop_at: HashMap<TopicPartition, i64> = HashMap::new();
         loop {
-            let plan = self.plan(states, ready, &stop_at);
-            let outcome = if plan.batch.is_empty() {
+            let mut plan = self.plan(states, ready, &stop_at);
+            let mut released = Vec::new();
+            let mut hold = None;
+            if let (Some(stage), false) = (self.blobs.as_mut(), plan.blobs.is_empty()) {
+                let waited = |r: &RecordRef| {
+                    states
+                        .get(&(r.topic.clone(), r.partition))
+                        .and_then(|s| s.fk_since)
+                        .map(|(since, _)| since.elapsed())
+                        .unwrap_or_default()
+                };
+                match stage.prepare(&mut plan.batch, &plan.blobs, &waited).await {
+                    Ok(Prepared::Ready(r)) => released = r,
+                    Ok(Prepared::Hold(record, why)) => hold = Some((record, why)),
+                    Err(e) => {
+                        if !self
+                            .pause_after_error(&SinkError::Blob(e), &mut backoff)
+                            .await
+                        {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let blob_held = hold.is_some();
+            let outcome = if let Some((record, why)) = hold {
+                if states
+                    .get(&(record.topic.clone(), record.partition))
+                    .is_none_or(|s| s.fk.is_none())
+                {
+                    tracing::info!(
+                        worker = self.id,
+                        topic = %record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        reason = %why,
+                        "a row's file is not there yet: holding this partition and retrying; other partitions go on"
+                    );
+                }
+                ApplyOutcome::Held(record)
+            } else if plan.batch.is_empty() {
                 ApplyOutcome::Committed { dead_lettered: 0 }
             } else {
                 match self.sink.apply(&plan.batch).await {
@@ -427,12 +492,15 @@ impl Worker {
                         "batch applied"
                     );
                     ready.clear();
+                    if let (Some(stage), false) = (self.blobs.as_mut(), released.is_empty()) {
+                        stage.delete_unreferenced(released).await;
+                    }
                     return Ok(true);
                 }
                 ApplyOutcome::Held(record) => {
                     let tp = (record.topic.clone(), record.partition);
                     let first = states.get(&tp).is_none_or(|s| s.fk.is_none());
-                    if first {
+                    if first && !blob_held {
                         tracing::info!(
                             worker = self.id,
                             topic = %record.topic,
@@ -456,6 +524,24 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Renews presigned URLs due for it and deletes released objects a crash left behind.
+    /// Failures are logged and retried at the next round.
+    async fn blob_upkeep(&mut self) {
+        let Some(stage) = self.blobs.as_mut() else {
+            return;
+        };
+        match stage.renew_urls().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(worker = self.id, rows = n, "presigned URLs renewed"),
+            Err(e) => {
+                tracing::warn!(worker = self.id, error = %error_chain(&e), "renewing presigned URLs failed; retrying later")
+            }
+        }
+        if let Err(e) = stage.sweep().await {
+            tracing::warn!(worker = self.id, error = %error_chain(&e), "deleting released objects failed; retrying later");
         }
     }
 

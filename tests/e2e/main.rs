@@ -7,6 +7,7 @@ mod pipeline;
 mod apply;
 
 mod bad_input;
+mod blobs;
 mod capture_changes;
 mod capture_types;
 mod idle_source;

@@ -304,7 +304,10 @@ async fn org_directory_mapped_from_mariadb_into_postgres() {
         )
         // Type mistakes, seen only with the columns' types: an integer into a timestamp, and
         // a string column added to a number.
-        .replace("deletedAt = \"source.commit_time\"", "deletedAt = \"source.ts_ms\"")
+        .replace(
+            "deletedAt = \"source.commit_time\"",
+            "deletedAt = \"source.ts_ms\"",
+        )
         .replace(
             "compute = { isActive = \"after.status == 'ACTIVE'\" }",
             "compute = { isActive = \"after.status + 1 == 2\" }",

@@ -40,8 +40,7 @@ pub mod value;
 
 pub use apply::{
     fold, ApplyBatch, ApplyOutcome, BarrierOutcome, ColumnClass, ColumnDesc, DeadLetter,
-    FoldedTable, MappedEvent,
-    PartitionProgress, RecordRef, TableShape, TargetChange,
+    FoldedTable, MappedEvent, PartitionProgress, RecordRef, TableShape, TargetChange,
 };
 pub use batch::{Batch, RunHandles, SourceCheckpoint};
 pub use error::{error_chain, Backoff, ErrorClass, Problem};

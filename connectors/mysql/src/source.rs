@@ -471,12 +471,17 @@ pub async fn source_columns(
     let _ = conn.disconnect().await;
     let columns: Vec<sluice_core::ColumnDesc> = rows
         .into_iter()
-        .map(|(name, data_type, column_type, nullable)| sluice_core::ColumnDesc {
-            name,
-            class: class_of(&data_type.to_ascii_lowercase(), &column_type.to_ascii_lowercase()),
-            sql_type: column_type,
-            nullable: nullable.eq_ignore_ascii_case("YES"),
-        })
+        .map(
+            |(name, data_type, column_type, nullable)| sluice_core::ColumnDesc {
+                name,
+                class: class_of(
+                    &data_type.to_ascii_lowercase(),
+                    &column_type.to_ascii_lowercase(),
+                ),
+                sql_type: column_type,
+                nullable: nullable.eq_ignore_ascii_case("YES"),
+            },
+        )
         .collect();
     Ok((!columns.is_empty()).then_some((columns, key)))
 }

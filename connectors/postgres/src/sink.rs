@@ -31,11 +31,18 @@ use crate::types::{TypeKind, TypeMap};
 pub const SCHEMA: &str = "sluice";
 
 /// The migrations of Sluice's schema, in order. Append-only.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_apply_state.sql",
-    include_str!("../../../migrations/postgres/0001_apply_state.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_apply_state.sql",
+        include_str!("../../../migrations/postgres/0001_apply_state.sql"),
+    ),
+    (
+        2,
+        "0002_blobs.sql",
+        include_str!("../../../migrations/postgres/0002_blobs.sql"),
+    ),
+];
 
 /// Creates or upgrades Sluice's schema in the target. Safe to run from several processes at
 /// once (an advisory lock serialises them).

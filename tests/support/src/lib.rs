@@ -10,11 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod garage;
 pub mod kafka;
 pub mod mariadb;
 pub mod process;
 pub mod sluice;
 
+pub use garage::Garage;
 pub use kafka::{Broker, TopicReader};
 pub use mariadb::MariaDb;
 pub use sluice::SluiceProcess;

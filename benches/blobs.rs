@@ -1,0 +1,184 @@
+//! Blob upload throughput through Sluice next to a plain aws-sdk-s3 upload loop, against the
+//! same garage server in the same run.
+//!
+//! `cargo bench --bench blobs` (release build). `BENCH_FILES` files (default 1000) of
+//! `BENCH_FILE_KB` KB (default 100) are written to disk. Each round:
+//! - plain: the files are uploaded with `put_object`, 16 at a time (Sluice's default
+//!   `upload_concurrency`), timed from the first request to the last response;
+//! - Sluice: a running `sluice run` (capture and apply, warmed up with one row) gets one
+//!   transaction inserting a row per file; timed from the commit to the moment the target holds
+//!   every row with its URL (each object uploaded with its SHA-256 verified by the store,
+//!   before its row commits).
+//!
+//! Two rounds, alternating; the ratio compares the best of each.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use sluice_test_support::garage::Garage;
+use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const LONG: Duration = Duration::from_secs(600);
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+}
+
+/// Uploads every file with a plain put_object loop; returns the seconds it took.
+async fn plain_round(garage: &Garage, files: &[std::path::PathBuf], round: usize) -> f64 {
+    let client = garage.client();
+    let bodies: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("file"))
+        .collect();
+    let t0 = Instant::now();
+    let mut puts = futures_util::stream::iter(bodies.into_iter().enumerate().map(|(i, body)| {
+        let client = client.clone();
+        let bucket = garage.bucket.clone();
+        async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(format!("plain/{round}/{i}.bin"))
+                .body(aws_sdk_s3::primitives::ByteStream::from(body))
+                .send()
+                .await
+                .expect("put_object")
+        }
+    }))
+    .buffer_unordered(16);
+    while puts.next().await.is_some() {}
+    t0.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_or("BENCH_FILES", 1000);
+    let kb = env_or("BENCH_FILE_KB", 100);
+    for (k, v) in Garage::env() {
+        std::env::set_var(k, v);
+    }
+    let garage = Garage::start("bench");
+    let pg = PgCluster::start_with(&[("shared_buffers", "256MB")]);
+    let broker = Broker::start_with_engine("memory");
+    pg.create_database("app").await;
+    pg.create_database("cloud").await;
+    let src = pg.connect("app").await;
+    src.batch_execute("create table reports (id int primary key, path text not null)")
+        .await
+        .expect("source");
+    let cloud = pg.connect("cloud").await;
+    cloud
+        .batch_execute("create table reports (id int primary key, url text, sha text)")
+        .await
+        .expect("target");
+    let dir = TempDir::new("bench-blobs");
+    let files_dir = dir.path().join("files");
+    std::fs::create_dir_all(&files_dir).expect("files");
+    // Incompressible, distinct content.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut files = Vec::new();
+    for i in 0..n {
+        let mut body = Vec::with_capacity(kb * 1024);
+        while body.len() < kb * 1024 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            body.extend_from_slice(&seed.to_le_bytes());
+        }
+        body.truncate(kb * 1024);
+        let path = files_dir.join(format!("{i}.bin"));
+        std::fs::write(&path, body).expect("write file");
+        files.push(path);
+    }
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\npartitions = 4\n\n\
+             [sources.app]\npostgres = {}\ntables = [\"public.reports\"]\n\n\
+             {}\n\
+             [sinks.cloud]\npostgres = {}\n\
+             [[sinks.cloud.tables]]\nfrom = \"public.reports\"\n\
+             blobs.url = {{ store = \"bench\", path = \"path\", base_dirs = [\"{}\"], key = \"sluice/{{id}}.bin\", sha256_column = \"sha\" }}\n",
+            broker.brokers(),
+            pg.sluice_connection("app"),
+            garage.store_section("bench", &format!("public_url = \"{}/bench/{{key}}\"", garage.endpoint())),
+            pg.sluice_connection("cloud"),
+            files_dir.display(),
+        ),
+    )
+    .expect("config");
+    src.batch_execute("insert into reports values (0, '0.bin')")
+        .await
+        .expect("warm-up row");
+    let mut sluice = SluiceProcess::run(
+        Path::new(SLUICE),
+        &config,
+        &[],
+        &dir.path().join("sluice.log"),
+    );
+    let deadline = Instant::now() + LONG;
+    while count(&cloud, "select count(*) from reports where url is not null").await < 1 {
+        assert!(Instant::now() < deadline, "the warm-up row never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut plain = Vec::new();
+    let mut through = Vec::new();
+    for round in 0..2 {
+        plain.push(plain_round(&garage, &files, round).await);
+        let first = 1 + round * n;
+        let t0 = Instant::now();
+        src.batch_execute(&format!(
+            "insert into reports select g, ((g - 1) % {n}) || '.bin' from generate_series({first}, {}) g",
+            first + n - 1
+        ))
+        .await
+        .expect("rows");
+        let want = (1 + (round + 1) * n) as i64;
+        while count(&cloud, "select count(*) from reports where url is not null").await < want {
+            assert!(Instant::now() < deadline, "Sluice did not apply every row");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        through.push(t0.elapsed().as_secs_f64());
+    }
+    assert!(sluice.stop(LONG).success());
+    let mb = (n * kb) as f64 / 1024.0;
+    println!();
+    println!("blob benchmark: {n} files of {kb} KB ({mb:.1} MB) per round into one local garage node; this machine, all co-located");
+    println!("| path | objects/s (round 1 / 2) | MB/s (round 1 / 2) |");
+    println!("|---|---|---|");
+    for (name, secs) in [
+        ("plain aws-sdk-s3 put_object loop, 16 at a time", &plain),
+        (
+            "Sluice: insert → object uploaded and verified → row with URL committed",
+            &through,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.0} / {:.0} | {:.1} / {:.1} |",
+            n as f64 / secs[0],
+            n as f64 / secs[1],
+            mb / secs[0],
+            mb / secs[1]
+        );
+    }
+    let best = |s: &[f64]| s.iter().cloned().fold(f64::MAX, f64::min);
+    println!(
+        "Sluice / plain throughput: {:.2} (best of each)",
+        best(&plain) / best(&through)
+    );
+}

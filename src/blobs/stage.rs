@@ -1,0 +1,811 @@
+//! The apply worker's blob step, between mapping a batch and writing it.
+//!
+//! For every row a batch writes with a blob column, the bytes are read (a file under the
+//! configured directories, or a byte column), hashed, and uploaded unless the ledger shows the
+//! object is already there with that content; the store verifies each upload by its SHA-256.
+//! Only then does the batch go to the target, carrying the URLs in the rows and the ledger rows
+//! in the same transaction. Objects the committed batch released (a row deleted, soft-deleted
+//! or filtered out, a file replaced) are deleted after the commit once no live ledger row
+//! references them; a crash in between leaves them `released` in the ledger, and the next
+//! sweep deletes them.
+//!
+//! A file that does not exist yet (a report written after its row) holds the row's partition
+//! and is retried, like a row waiting for its foreign-key parent, for `missing_file_wait_ms`;
+//! then the row becomes a dead letter. A path outside the configured directories is a dead
+//! letter at once. A store that fails (after the SDK's own retries) fails the batch, which the
+//! worker retries with backoff: nothing is lost and nothing is dead-lettered for it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::Value as J;
+use sha2::{Digest, Sha256};
+use sluice_core::{ApplyBatch, DeadLetter, RecordRef, TableId, TargetChange};
+use sluice_postgres::PostgresConnection;
+
+use super::ledger::{self, Entry, Slot};
+use super::store::{Store, StoreError};
+use super::{content_type_of, hex, KeyTemplate, PartialKey};
+
+/// Where a blob column's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A source column holding a file path.
+    Path(String),
+    /// A source byte column (base64 in the envelope).
+    Bytes(String),
+}
+
+/// A blob column of a table mapping, resolved at start.
+#[derive(Debug)]
+pub struct BlobSpec {
+    /// The target URL column's name.
+    pub url_column: String,
+    pub store: String,
+    pub input: Input,
+    pub base_dirs: Vec<PathBuf>,
+    pub key: KeyTemplate,
+    pub content_type: Option<String>,
+    /// Delete objects no row references any more (else keep them).
+    pub delete_objects: bool,
+    pub missing_wait: Duration,
+}
+
+/// One event's value for a blob column.
+#[derive(Debug, Clone)]
+pub enum InputValue {
+    Path(String),
+    Bytes(Vec<u8>),
+    /// Null: the row has no object (any earlier one is released).
+    Null,
+    /// The value could not be read (bad base64, not a string): why.
+    Bad(String),
+}
+
+/// What mapping asks of the blob step for one event.
+#[derive(Debug, Clone)]
+pub enum BlobWork {
+    /// The row `change` writes gets the object's URL in column `url` (and its hash and size in
+    /// `sha` and `size`).
+    Put {
+        change: usize,
+        table: usize,
+        target_key: Vec<J>,
+        url: usize,
+        sha: Option<usize>,
+        size: Option<usize>,
+        spec: Arc<BlobSpec>,
+        input: InputValue,
+        key: Result<PartialKey, String>,
+    },
+    /// The target row is gone (deleted, soft-deleted, filtered out): its object is released.
+    Release {
+        table: usize,
+        target_key: Vec<J>,
+        spec: Arc<BlobSpec>,
+    },
+}
+
+/// The outcome of preparing a batch.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Ready to write; after the commit, these objects (store, key) may be unreferenced.
+    Ready(Vec<(String, String)>),
+    /// This record's file does not exist yet: hold its partition there.
+    Hold(RecordRef, String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the blob ledger (sluice.blobs) in the target: {0}")]
+    Ledger(String),
+}
+
+impl From<tokio_postgres::Error> for StageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StageError::Ledger(crate::telemetry::error_chain(&e))
+    }
+}
+
+/// A target table as the blob step needs it: its name, columns and key column indexes.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub id: TableId,
+    pub columns: Vec<String>,
+    pub key: Vec<usize>,
+}
+
+/// One worker's blob step.
+pub struct Stage {
+    sink: String,
+    stores: HashMap<String, Store>,
+    connection: PostgresConnection,
+    client: Option<tokio_postgres::Client>,
+    tables: Vec<TableInfo>,
+    /// The ledger's index among the sink's target tables.
+    ledger: usize,
+}
+
+/// An object a row needs, read and hashed.
+struct Loaded {
+    event: usize,
+    work: usize,
+    bytes: Vec<u8>,
+    sha_hex: String,
+    sha: Vec<u8>,
+    key: String,
+    content_type: String,
+    source_path: Option<String>,
+}
+
+impl Stage {
+    pub fn new(
+        sink: &str,
+        stores: HashMap<String, Store>,
+        connection: PostgresConnection,
+        tables: Vec<TableInfo>,
+        ledger: usize,
+    ) -> Stage {
+        Stage {
+            sink: sink.to_owned(),
+            stores,
+            connection,
+            client: None,
+            tables,
+            ledger,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut tokio_postgres::Client, StageError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let c = sluice_postgres::client::connect(&self.connection, "apply blobs")
+                .await
+                .map_err(|e| StageError::Ledger(crate::telemetry::error_chain(&e)))?;
+            self.client = Some(c);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StageError::Ledger("no connection".into()))
+    }
+
+    fn store(&self, name: &str) -> Result<&Store, StageError> {
+        self.stores
+            .get(name)
+            .ok_or_else(|| StageError::Ledger(format!("no store named {name}")))
+    }
+
+    fn slot(&self, table: usize, target_key: &[J], spec: &BlobSpec) -> Slot {
+        (
+            self.tables[table].id.to_string(),
+            J::Array(target_key.to_vec()).to_string(),
+            spec.url_column.clone(),
+        )
+    }
+
+    /// Uploads what `batch` needs and fills in its URLs and ledger rows. `waited` says how
+    /// long a record's partition has been held (for the missing-file window).
+    pub async fn prepare(
+        &mut self,
+        batch: &mut ApplyBatch,
+        work: &[(usize, Vec<BlobWork>)],
+        waited: &(dyn Fn(&RecordRef) -> Duration + Sync),
+    ) -> Result<Prepared, StageError> {
+        // Read and hash every file first: a missing one holds the batch before any upload.
+        let mut loaded: Vec<Loaded> = Vec::new();
+        let mut refused: HashMap<usize, String> = HashMap::new();
+        for (event, works) in work {
+            for (w, item) in works.iter().enumerate() {
+                let BlobWork::Put {
+                    spec, input, key, ..
+                } = item
+                else {
+                    continue;
+                };
+                let (bytes, source_path, ext) = match input {
+                    InputValue::Null => continue,
+                    InputValue::Bad(why) => {
+                        refused.insert(*event, why.clone());
+                        continue;
+                    }
+                    InputValue::Bytes(b) => (b.clone(), None, String::new()),
+                    InputValue::Path(p) => match read_under(p, &spec.base_dirs) {
+                        Ok((path, bytes)) => {
+                            let ext = path
+                                .extension()
+                                .and_then(|e| e.to_str())
+                                .map(|e| format!(".{e}"))
+                                .unwrap_or_default();
+                            (bytes, Some(path.display().to_string()), ext)
+                        }
+                        Err(ReadError::Missing(path)) => {
+                            let record = batch.events[*event].record.clone();
+                            let why = format!(
+                                "file {path} (column {:?}) does not exist",
+                                match &spec.input {
+                                    Input::Path(c) | Input::Bytes(c) => c,
+                                }
+                            );
+                            if waited(&record) >= spec.missing_wait {
+                                refused.insert(
+                                    *event,
+                                    format!(
+                                        "{why} after waiting {} ms (missing_file_wait_ms)",
+                                        spec.missing_wait.as_millis()
+                                    ),
+                                );
+                                continue;
+                            }
+                            return Ok(Prepared::Hold(record, why));
+                        }
+                        Err(ReadError::Refused(why)) => {
+                            refused.insert(*event, why);
+                            continue;
+                        }
+                    },
+                };
+                let key = match key {
+                    Ok(k) => k,
+                    Err(why) => {
+                        refused.insert(*event, why.clone());
+                        continue;
+                    }
+                };
+                let sha = Sha256::digest(&bytes).to_vec();
+                let sha_hex = hex(&sha);
+                let content_type = spec
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| content_type_of(&ext).to_owned());
+                loaded.push(Loaded {
+                    event: *event,
+                    work: w,
+                    key: key.finish(&sha_hex, &ext),
+                    bytes,
+                    sha_hex,
+                    sha,
+                    content_type,
+                    source_path,
+                });
+            }
+        }
+        // Events whose blob cannot be made: dead letters, written with the batch; none of
+        // their objects is uploaded.
+        loaded.retain(|l| !refused.contains_key(&l.event));
+        for (event, why) in &refused {
+            let e = &mut batch.events[*event];
+            e.changes.clear();
+            batch.dead_letters.push(DeadLetter {
+                record: e.record.clone(),
+                key: e.key.clone(),
+                value: e.value.clone(),
+                error: format!("blob: {why}"),
+                sqlstate: None,
+            });
+        }
+
+        // What the ledger already has for these rows, and which objects are already there.
+        let mut slots: Vec<Slot> = Vec::new();
+        for (event, works) in work {
+            if refused.contains_key(event) {
+                continue;
+            }
+            for item in works {
+                let (BlobWork::Put {
+                    table,
+                    target_key,
+                    spec,
+                    ..
+                }
+                | BlobWork::Release {
+                    table,
+                    target_key,
+                    spec,
+                }) = item;
+                slots.push(self.slot(*table, target_key, spec));
+            }
+        }
+        let sink = self.sink.clone();
+        let mut live = ledger::live(self.client().await?, &sink, &slots).await?;
+        let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
+        for l in &loaded {
+            if let BlobWork::Put { spec, .. } = &work_item(work, l.event, l.work) {
+                by_store
+                    .entry(spec.store.clone())
+                    .or_default()
+                    .push(l.key.clone());
+            }
+        }
+        let mut present: HashSet<(String, String, String)> = HashSet::new();
+        for (store, keys) in &by_store {
+            let found = ledger::referenced(self.client().await?, store, keys).await?;
+            for (k, sha) in found {
+                present.insert((store.clone(), k, sha));
+            }
+        }
+
+        // Upload what is not there yet, a bounded number at a time. Where a batch writes one
+        // key twice (a report replaced twice), only the last content goes up.
+        let mut uploads = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (i, l) in loaded.iter().enumerate().rev() {
+            let BlobWork::Put {
+                spec,
+                table,
+                target_key,
+                ..
+            } = work_item(work, l.event, l.work)
+            else {
+                continue;
+            };
+            let slot = self.slot(*table, target_key, spec);
+            let same = live
+                .get(&slot)
+                .is_some_and(|e| e.object_key == l.key && e.sha256 == l.sha_hex);
+            let shared = present.contains(&(spec.store.clone(), l.key.clone(), l.sha_hex.clone()));
+            if same || shared || !seen.insert((spec.store.clone(), l.key.clone())) {
+                continue;
+            }
+            uploads.push((i, spec.store.clone()));
+        }
+        let concurrency = self
+            .stores
+            .values()
+            .map(|s| s.concurrency)
+            .max()
+            .unwrap_or(8);
+        let mut results = futures_util::stream::iter(uploads.into_iter().map(|(i, store)| {
+            let l = &loaded[i];
+            let store = self.stores.get(&store).cloned();
+            async move {
+                let Some(store) = store else {
+                    return Ok(());
+                };
+                store
+                    .put(&l.key, l.bytes.clone(), &l.sha_hex, &l.sha, &l.content_type)
+                    .await
+            }
+        }))
+        .buffer_unordered(concurrency);
+        while let Some(r) = results.next().await {
+            r?;
+        }
+        drop(results);
+
+        // URLs into the rows, ledger rows into the batch.
+        let now = now_s();
+        let mut released: Vec<(String, String)> = Vec::new();
+        let mut urls: HashMap<(String, String), (String, Option<i64>)> = HashMap::new();
+        let mut by_work: HashMap<(usize, usize), usize> = HashMap::new();
+        for (i, l) in loaded.iter().enumerate() {
+            by_work.insert((l.event, l.work), i);
+        }
+        for (event, works) in work {
+            if refused.contains_key(event) {
+                continue;
+            }
+            for (w, item) in works.iter().enumerate() {
+                match item {
+                    BlobWork::Put {
+                        change,
+                        table,
+                        target_key,
+                        url,
+                        sha,
+                        size,
+                        spec,
+                        ..
+                    } => {
+                        let slot = self.slot(*table, target_key, spec);
+                        // The slot's entry as of this event: the ledger's, or an earlier
+                        // event's in this batch.
+                        let previous = live.get(&slot).cloned();
+                        let l = by_work.get(&(*event, w)).map(|i| &loaded[*i]);
+                        let (url_value, sha_value, size_value) = match l {
+                            None => (J::Null, J::Null, J::Null),
+                            Some(l) => {
+                                let store = self.store(&spec.store)?;
+                                let reuse = previous.as_ref().filter(|e| {
+                                    e.object_key == l.key
+                                        && e.sha256 == l.sha_hex
+                                        && e.expires_at.is_none_or(|x| x > now + 60)
+                                });
+                                let (u, expires) = match reuse {
+                                    Some(e) => (e.url.clone(), e.expires_at),
+                                    None => match urls.get(&(spec.store.clone(), l.key.clone())) {
+                                        Some(u) => u.clone(),
+                                        None => {
+                                            let u = store.url(&l.key).await?;
+                                            urls.insert(
+                                                (spec.store.clone(), l.key.clone()),
+                                                u.clone(),
+                                            );
+                                            u
+                                        }
+                                    },
+                                };
+                                let ledger_row =
+                                    self.ledger_row(&slot, &spec.store, l, &u, expires);
+                                batch.events[*event].changes.push(ledger_row);
+                                live.insert(
+                                    slot.clone(),
+                                    Entry {
+                                        target_table: slot.0.clone(),
+                                        target_key: slot.1.clone(),
+                                        url_column: slot.2.clone(),
+                                        object_key: l.key.clone(),
+                                        store: spec.store.clone(),
+                                        sha256: l.sha_hex.clone(),
+                                        size: l.bytes.len() as i64,
+                                        content_type: l.content_type.clone(),
+                                        source_path: l.source_path.clone(),
+                                        url: u.clone(),
+                                        expires_at: expires,
+                                        state: "live".into(),
+                                    },
+                                );
+                                (
+                                    J::String(u),
+                                    J::String(l.sha_hex.clone()),
+                                    J::from(l.bytes.len() as u64),
+                                )
+                            }
+                        };
+                        if let Some(TargetChange::Upsert { columns, .. }) =
+                            batch.events[*event].changes.get_mut(*change)
+                        {
+                            columns.push((*url, url_value));
+                            if let Some(c) = sha {
+                                columns.push((*c, sha_value));
+                            }
+                            if let Some(c) = size {
+                                columns.push((*c, size_value));
+                            }
+                        }
+                        if l.is_none() {
+                            live.remove(&slot);
+                        }
+                        if let Some(prev) = &previous {
+                            if l.is_none_or(|l| l.key != prev.object_key) {
+                                batch.events[*event].changes.push(self.release_row(
+                                    &slot,
+                                    prev,
+                                    spec.delete_objects,
+                                ));
+                                if spec.delete_objects {
+                                    released.push((prev.store.clone(), prev.object_key.clone()));
+                                }
+                            }
+                        }
+                    }
+                    BlobWork::Release {
+                        table,
+                        target_key,
+                        spec,
+                    } => {
+                        let slot = self.slot(*table, target_key, spec);
+                        if let Some(prev) = live.remove(&slot) {
+                            batch.events[*event].changes.push(self.release_row(
+                                &slot,
+                                &prev,
+                                spec.delete_objects,
+                            ));
+                            if spec.delete_objects {
+                                released.push((prev.store.clone(), prev.object_key.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Prepared::Ready(released))
+    }
+
+    fn ledger_row(
+        &self,
+        slot: &Slot,
+        store: &str,
+        l: &Loaded,
+        url: &str,
+        expires: Option<i64>,
+    ) -> TargetChange {
+        let values: [J; 14] = [
+            J::String(self.sink.clone()),
+            J::String(slot.0.clone()),
+            J::String(slot.1.clone()),
+            J::String(slot.2.clone()),
+            J::String(l.key.clone()),
+            J::String(store.to_owned()),
+            J::String(l.sha_hex.clone()),
+            J::from(l.bytes.len() as u64),
+            J::String(l.content_type.clone()),
+            l.source_path.clone().map(J::String).unwrap_or(J::Null),
+            J::String(url.to_owned()),
+            expires.map(utc).unwrap_or(J::Null),
+            J::String("live".into()),
+            utc(now_s()),
+        ];
+        TargetChange::Upsert {
+            table: self.ledger,
+            columns: self.ledger_columns(values.into_iter().enumerate()),
+        }
+    }
+
+    fn release_row(&self, slot: &Slot, prev: &Entry, delete: bool) -> TargetChange {
+        let key = vec![
+            J::String(self.sink.clone()),
+            J::String(slot.0.clone()),
+            J::String(slot.1.clone()),
+            J::String(slot.2.clone()),
+            J::String(prev.object_key.clone()),
+        ];
+        let state = if delete { "released" } else { "kept" };
+        TargetChange::Update {
+            table: self.ledger,
+            key,
+            columns: self
+                .ledger_columns([(12, J::String(state.into())), (13, utc(now_s()))].into_iter()),
+        }
+    }
+
+    /// Ledger values by position in [`ledger::COLUMNS`] → by the ledger table's column index.
+    fn ledger_columns(&self, values: impl Iterator<Item = (usize, J)>) -> Vec<(usize, J)> {
+        let columns = &self.tables[self.ledger].columns;
+        values
+            .filter_map(|(i, v)| {
+                columns
+                    .iter()
+                    .position(|c| c == ledger::COLUMNS[i])
+                    .map(|c| (c, v))
+            })
+            .collect()
+    }
+
+    /// Deletes these objects where no live ledger row references them any more, and forgets
+    /// their released rows. Failures are left for the next sweep.
+    pub async fn delete_unreferenced(&mut self, objects: Vec<(String, String)>) {
+        let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
+        for (s, k) in objects {
+            by_store.entry(s).or_default().push(k);
+        }
+        for (store_name, mut keys) in by_store {
+            keys.sort();
+            keys.dedup();
+            let Some(store) = self.stores.get(&store_name).cloned() else {
+                continue;
+            };
+            let referenced = match self.client().await {
+                Ok(c) => ledger::referenced(c, &store_name, &keys).await,
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "blob ledger unreachable: released objects are deleted by a later sweep");
+                    return;
+                }
+            };
+            let referenced = match referenced {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "reading the blob ledger: released objects are deleted by a later sweep");
+                    self.client = None;
+                    return;
+                }
+            };
+            for key in keys.iter().filter(|k| !referenced.contains_key(*k)) {
+                if let Err(e) = store.delete(key).await {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "deleting a released object: a later sweep retries");
+                    continue;
+                }
+                if let Ok(c) = self.client().await {
+                    if let Err(e) = ledger::forget_released(c, &store_name, key).await {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "forgetting a deleted object in the ledger");
+                    }
+                }
+                tracing::debug!(store = %store_name, key = %key, "released object deleted");
+            }
+            // Objects still referenced keep their released rows out of the way.
+            for key in keys.iter().filter(|k| referenced.contains_key(*k)) {
+                if let Ok(c) = self.client().await {
+                    let _ = ledger::forget_released(c, &store_name, key).await;
+                }
+            }
+        }
+    }
+
+    /// Finishes deletions a crash interrupted: objects this sink released but did not delete.
+    pub async fn sweep(&mut self) -> Result<(), StageError> {
+        let sink = self.sink.clone();
+        let released = ledger::released(self.client().await?, &sink).await?;
+        if !released.is_empty() {
+            tracing::info!(
+                objects = released.len(),
+                "deleting objects released before a restart"
+            );
+            self.delete_unreferenced(released).await;
+        }
+        Ok(())
+    }
+
+    /// Renews presigned URLs that pass half their lifetime within `horizon`, in the ledger and
+    /// in the target rows that still hold them. Returns how many rows were renewed.
+    pub async fn renew_urls(&mut self) -> Result<usize, StageError> {
+        let Some(ttl) = self
+            .stores
+            .values()
+            .filter(|s| s.presigns())
+            .map(|s| s.presign_ttl)
+            .min()
+        else {
+            return Ok(0);
+        };
+        let sink = self.sink.clone();
+        let due = ledger::expiring(
+            self.client().await?,
+            &sink,
+            now_s() + (ttl.as_secs() / 2) as i64,
+        )
+        .await?;
+        let mut renewed = 0;
+        for e in due {
+            let Some(store) = self.stores.get(&e.store).cloned() else {
+                continue;
+            };
+            if !store.presigns() {
+                continue;
+            }
+            let Some(sql) = self.renew_sql(&e.target_table, &e.url_column) else {
+                continue;
+            };
+            let (url, expires) = store.url(&e.object_key).await?;
+            let Some(expires) = expires else {
+                continue;
+            };
+            let client = self.client().await?;
+            renewed += ledger::renew_url(client, &sink, &e, &sql, &url, expires).await? as usize;
+        }
+        Ok(renewed)
+    }
+
+    /// `update <table> set <col> = $1 where <col> = $2 and <key> = <$3's values>`.
+    fn renew_sql(&self, table: &str, column: &str) -> Option<String> {
+        let t = self.tables.iter().find(|t| t.id.to_string() == table)?;
+        let q = sluice_postgres::client::quote_ident;
+        let qt = format!("{}.{}", q(&t.id.schema), q(&t.id.name));
+        let keys: Vec<&String> = t.key.iter().map(|k| &t.columns[*k]).collect();
+        let lhs: Vec<String> = keys.iter().map(|k| q(k)).collect();
+        let rhs: Vec<String> = keys.iter().map(|k| format!("r.{}", q(k))).collect();
+        let object: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{}, $3::text::jsonb->{i}", sql_string(k)))
+            .collect();
+        Some(format!(
+            "update {qt} set {c} = $1 where {c} = $2 and ({}) = (select {} from jsonb_populate_record(null::{qt}, jsonb_build_object({})) r)",
+            lhs.join(", "),
+            rhs.join(", "),
+            object.join(", "),
+            c = q(column),
+        ))
+    }
+}
+
+fn work_item(work: &[(usize, Vec<BlobWork>)], event: usize, w: usize) -> &BlobWork {
+    let (_, works) = work
+        .iter()
+        .find(|(e, _)| *e == event)
+        .expect("blob work of a loaded event");
+    &works[w]
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn utc(unix_s: i64) -> J {
+    J::String(sluice_core::value::utc_timestamp(unix_s, 0))
+}
+
+enum ReadError {
+    Missing(String),
+    Refused(String),
+}
+
+/// Reads `path` (as the row names it) from under one of `base_dirs`. A relative path is tried
+/// under each directory in turn; `..` is refused, and so is a path (or a symbolic link) that
+/// leads outside them.
+fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
+    let p = Path::new(path);
+    if path.is_empty() {
+        return Err(ReadError::Refused("the file path is empty".into()));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ReadError::Refused(format!(
+            "file path {path:?} contains '..': refused"
+        )));
+    }
+    let candidates: Vec<PathBuf> = if p.is_absolute() {
+        if !base_dirs.iter().any(|b| p.starts_with(b)) {
+            return Err(ReadError::Refused(format!(
+                "file path {path:?} is outside the configured base_dirs: refused"
+            )));
+        }
+        vec![p.to_path_buf()]
+    } else {
+        base_dirs.iter().map(|b| b.join(p)).collect()
+    };
+    for c in &candidates {
+        let real = match std::fs::canonicalize(c) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ReadError::Refused(format!("file {}: {e}", c.display()))),
+        };
+        let inside = base_dirs.iter().any(|b| {
+            std::fs::canonicalize(b)
+                .map(|b| real.starts_with(b))
+                .unwrap_or(false)
+        });
+        if !inside {
+            return Err(ReadError::Refused(format!(
+                "file path {path:?} leads outside the configured base_dirs (through a link): refused"
+            )));
+        }
+        return match std::fs::read(&real) {
+            Ok(bytes) => Ok((real, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ReadError::Missing(c.display().to_string()))
+            }
+            Err(e) => Err(ReadError::Refused(format!("file {}: {e}", real.display()))),
+        };
+    }
+    Err(ReadError::Missing(
+        candidates
+            .first()
+            .map(|c| c.display().to_string())
+            .unwrap_or_else(|| path.to_owned()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_read_only_from_under_the_base_dirs() {
+        let dir = std::env::temp_dir().join(format!("sluice-blobs-{}", std::process::id()));
+        let base = dir.join("base");
+        std::fs::create_dir_all(base.join("s")).expect("dirs");
+        std::fs::write(base.join("s/a.pdf"), b"pdf").expect("file");
+        std::fs::write(dir.join("secret"), b"no").expect("file");
+        let bases = vec![base.clone()];
+        let (path, bytes) = read_under("s/a.pdf", &bases).ok().expect("relative");
+        assert_eq!(bytes, b"pdf");
+        assert!(path.ends_with("s/a.pdf"));
+        let abs = base.join("s/a.pdf").display().to_string();
+        assert!(read_under(&abs, &bases).is_ok());
+        let refused = |p: &str| match read_under(p, &bases) {
+            Err(ReadError::Refused(why)) => why,
+            _ => panic!("{p} was not refused"),
+        };
+        assert!(refused("../secret").contains("'..'"));
+        assert!(refused(&dir.join("secret").display().to_string()).contains("outside"));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.join("secret"), base.join("link")).expect("link");
+            assert!(refused("link").contains("through a link"));
+        }
+        assert!(matches!(
+            read_under("s/later.pdf", &bases),
+            Err(ReadError::Missing(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,378 @@
+//! One S3-compatible bucket: verified uploads (single or multipart), heads, deletes, listing
+//! and URLs.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::config::StoreConfig;
+
+/// An object as the bucket describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    /// The hex SHA-256 Sluice stored in the object's metadata (absent for objects it did not
+    /// upload).
+    pub sha256: Option<String>,
+}
+
+/// A bucket, with the settings of its `[stores.<name>]`.
+#[derive(Clone)]
+pub struct Store {
+    pub name: String,
+    client: Client,
+    bucket: String,
+    public_url: Option<String>,
+    pub presign_ttl: Duration,
+    pub concurrency: usize,
+    multipart_threshold: u64,
+    part_size: u64,
+    pub prefix: String,
+}
+
+/// Why a store operation failed: the message names the store, the bucket and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("object store {store} (bucket {bucket}): {action} {key}: {message}")]
+pub struct StoreError {
+    pub store: String,
+    pub bucket: String,
+    pub action: &'static str,
+    pub key: String,
+    pub message: String,
+}
+
+impl Store {
+    /// Builds the client. Credentials come from the environment variables the config names;
+    /// a missing one is an error naming it.
+    pub fn new(name: &str, cfg: &StoreConfig) -> Result<Store, String> {
+        let var = |v: &str| {
+            std::env::var(v).map_err(|_| {
+                format!("stores.{name}: environment variable {v} is not set (it holds the store's credentials; the setting is {})",
+                    if v == cfg.access_key_id_env { "access_key_id_env" } else { "secret_access_key_env" })
+            })
+        };
+        let credentials = Credentials::new(
+            var(&cfg.access_key_id_env)?,
+            var(&cfg.secret_access_key_env)?,
+            None,
+            None,
+            "sluice-environment",
+        );
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let retry = aws_sdk_s3::config::retry::RetryConfig::standard()
+            .with_max_attempts(4)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(5));
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(120))
+            .build();
+        let mut builder = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(cfg.path_style)
+            .http_client(http)
+            .retry_config(retry)
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &cfg.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(Store {
+            name: name.to_owned(),
+            client: Client::from_conf(builder.build()),
+            bucket: cfg.bucket.clone(),
+            public_url: cfg.public_url.clone(),
+            presign_ttl: Duration::from_secs(cfg.presign_ttl_s),
+            concurrency: cfg.upload_concurrency.max(1),
+            multipart_threshold: cfg.multipart_threshold_mb * 1024 * 1024,
+            part_size: cfg.multipart_part_mb.max(5) * 1024 * 1024,
+            prefix: cfg.prefix.clone(),
+        })
+    }
+
+    /// Whether URLs are presigned (and so expire).
+    pub fn presigns(&self) -> bool {
+        self.public_url.is_none()
+    }
+
+    fn error(&self, action: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            store: self.name.clone(),
+            bucket: self.bucket.clone(),
+            action,
+            key: key.to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Uploads `bytes` as `key`, sending its SHA-256 so that the store verifies what it
+    /// received (and keeping the hex form in the object's metadata). Large objects go up in
+    /// parts, each verified the same way.
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        sha256_hex: &str,
+        sha256: &[u8],
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        if bytes.len() as u64 > self.multipart_threshold {
+            return self
+                .put_multipart(key, bytes, sha256_hex, content_type)
+                .await;
+        }
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .metadata("sha256", sha256_hex)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&checksum)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.error("uploading", key, sdk_message(&e)))?;
+        if let Some(echo) = out.checksum_sha256() {
+            if echo != checksum {
+                return Err(self.error(
+                    "uploading",
+                    key,
+                    format!("the store computed SHA-256 {echo}, not {checksum}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        sha256_hex: &str,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .metadata("sha256", sha256_hex)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| self.error("starting the multipart upload of", key, sdk_message(&e)))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(self.part_size as usize).enumerate() {
+                let number = i as i32 + 1;
+                let checksum =
+                    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(chunk));
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .checksum_sha256(&checksum)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("uploading a part of", key, sdk_message(&e)))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .checksum_sha256(checksum)
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    self.error("completing the multipart upload of", key, sdk_message(&e))
+                })?;
+            // The parts were verified one by one; check the whole by its size and metadata.
+            match self.head(key).await? {
+                Some(h) if h.size == bytes.len() as u64 => Ok(()),
+                other => Err(self.error(
+                    "verifying",
+                    key,
+                    format!(
+                        "expected {} bytes after the multipart upload, found {other:?}",
+                        bytes.len()
+                    ),
+                )),
+            }
+        }
+        .await;
+        if result.is_err() {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    /// The object's size and stored SHA-256, or `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<Head>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(Head {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                sha256: out.metadata().and_then(|m| m.get("sha256")).cloned(),
+            })),
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_not_found())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                {
+                    Ok(None)
+                } else {
+                    Err(self.error("reading", key, sdk_message(&e)))
+                }
+            }
+        }
+    }
+
+    /// Whether the bucket answers to these credentials (for `sluice check`).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.error("reaching", "the bucket", sdk_message(&e)))?;
+        Ok(())
+    }
+
+    /// Deletes the object (deleting one that is gone is not an error).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("deleting", key, sdk_message(&e)))?;
+        Ok(())
+    }
+
+    /// Every object under the store's prefix: key, size and age in seconds.
+    pub async fn list(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.error("listing", &self.prefix, sdk_message(&e)))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let modified = o.last_modified().map(|t| t.secs()).unwrap_or(now);
+                    out.push((
+                        k.to_owned(),
+                        o.size().unwrap_or(0).max(0) as u64,
+                        now - modified,
+                    ));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The URL written into target rows for `key`, and when it expires (unix seconds) if it
+    /// is presigned.
+    pub async fn url(&self, key: &str) -> Result<(String, Option<i64>), StoreError> {
+        if let Some(template) = &self.public_url {
+            return Ok((template.replace("{key}", key), None));
+        }
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(self.presign_ttl)
+            .map_err(|e| self.error("presigning", key, e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.error("presigning", key, sdk_message(&e)))?;
+        Ok((
+            request.uri().to_string(),
+            Some(now + self.presign_ttl.as_secs() as i64),
+        ))
+    }
+}
+
+/// The useful part of an SDK error: the service's code and message, or the transport's
+/// error chain (never the request, which carries the signature).
+fn sdk_message<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_owned(),
+                _ => crate::telemetry::error_chain(err),
+            }
+        }
+        other => crate::telemetry::error_chain(other),
+    }
+}
