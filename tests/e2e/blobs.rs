@@ -308,6 +308,9 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
     std::fs::write(files.join("a.pdf"), b"scan of the same letter").expect("a");
     std::fs::write(files.join("b.pdf"), b"scan of the same letter").expect("b");
     std::fs::write(files.join("c.pdf"), b"a lab result").expect("c");
+    // Above the multipart threshold (1 MB): uploaded in parts of 5 MB, each verified.
+    let scan: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(files.join("d.tif"), &scan).expect("d");
     std::fs::write(
         dir.path().join("sluice.toml"),
         format!(
@@ -321,7 +324,10 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
              blobs.url = {{ store = \"ehr\", path = \"path\", base_dirs = [\"{}\"], key = \"sha256/{{sha256}}\", sha256_column = \"sha256\" }}\n",
             broker.brokers(),
             vsrx.sluice_connection("vsrx"),
-            garage.store_section("ehr", "presign_ttl_s = 3600"),
+            garage.store_section(
+                "ehr",
+                "presign_ttl_s = 3600\nmultipart_threshold_mb = 1\nmultipart_part_mb = 5"
+            ),
             target.sluice_connection("vitalsign"),
             files.display(),
         ),
@@ -334,23 +340,48 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
     let mut sluice = start_in(dir.path(), &[]);
     let letter = format!("sha256/{}", sha(b"scan of the same letter"));
     let lab = format!("sha256/{}", sha(b"a lab result"));
-    let urls = wait_for("three documents", LONG, || async {
+    vsrx.execute(
+        Some("vsrx"),
+        "insert into Files values ('f4', 'd.tif', 'p3', 0)",
+    );
+    let urls = wait_for("four documents", LONG, || async {
         let r = rows(
             &pg,
             "select vsrx_reference, url, sha256 from documents order by 1",
         )
         .await;
-        (r.len() == 3).then_some(r)
+        (r.len() == 4).then_some(r)
     })
     .await;
-    assert_eq!(urls[0][1], urls[1][1], "identical files share one object");
-    assert_eq!(urls[0][2], Some(sha(b"scan of the same letter")));
+    let big = format!("sha256/{}", sha(&scan));
+    let (bytes, meta) = garage.get(&big).await.expect("the multipart object");
+    assert!(bytes == scan, "the multipart object holds the file");
+    assert_eq!(meta, Some(sha(&scan)));
+    vsrx.execute(Some("vsrx"), "delete from Files where id = 'f4'");
+    // Presigned URLs of one object differ by their signing time: compare what they point at.
+    let object = |u: &Option<String>| {
+        u.as_deref()
+            .and_then(|u| u.split('?').next())
+            .map(str::to_owned)
+    };
     assert_eq!(
-        garage.keys().await,
-        BTreeSet::from([letter.clone(), lab.clone()])
-            .into_iter()
-            .collect::<Vec<_>>()
+        object(&urls[0][1]),
+        object(&urls[1][1]),
+        "identical files share one object"
     );
+    assert!(object(&urls[0][1]).is_some_and(|u| u.ends_with(&letter)));
+    assert_eq!(urls[0][2], Some(sha(b"scan of the same letter")));
+    wait_for(
+        "the multipart object deleted with its row",
+        LONG,
+        || async {
+            let want: Vec<String> = BTreeSet::from([letter.clone(), lab.clone()])
+                .into_iter()
+                .collect();
+            (garage.keys().await == want).then_some(())
+        },
+    )
+    .await;
     // The presigned URL serves the object.
     let (status, body) = http_get(urls[2][1].as_deref().expect("url"));
     assert_eq!((status, body.as_slice()), (200, &b"a lab result"[..]));
