@@ -4,7 +4,8 @@
 //! `cargo bench --bench blobs` (release build). `BENCH_FILES` files (default 1000) of
 //! `BENCH_FILE_KB` KB (default 100) are written to disk. Each round:
 //! - plain: the files are uploaded with `put_object`, 16 at a time (Sluice's default
-//!   `upload_concurrency`), timed from the first request to the last response;
+//!   `upload_concurrency`), timed from the first request to the last response; once with the
+//!   SDK's default CRC32 checksum (what Sluice sends), once with SHA-256 checksums;
 //! - Sluice: a running `sluice run` (capture and apply, warmed up with one row) gets one
 //!   transaction inserting a row per file; timed from the commit to the moment the target holds
 //!   every row with its URL (each object uploaded with its SHA-256 verified by the store,
@@ -36,8 +37,14 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Uploads every file with a plain put_object loop; returns the seconds it took.
-async fn plain_round(garage: &Garage, files: &[std::path::PathBuf], round: usize) -> f64 {
+/// Uploads every file with a plain put_object loop (the SDK's default CRC32 checksum, or a
+/// SHA-256 one); returns the seconds it took.
+async fn plain_round(
+    garage: &Garage,
+    files: &[std::path::PathBuf],
+    round: usize,
+    sha256: bool,
+) -> f64 {
     let client = garage.client();
     let bodies: Vec<Vec<u8>> = files
         .iter()
@@ -48,11 +55,14 @@ async fn plain_round(garage: &Garage, files: &[std::path::PathBuf], round: usize
         let client = client.clone();
         let bucket = garage.bucket.clone();
         async move {
-            client
+            let mut put = client
                 .put_object()
                 .bucket(bucket)
-                .key(format!("plain/{round}/{i}.bin"))
-                .body(aws_sdk_s3::primitives::ByteStream::from(body))
+                .key(format!("plain/{round}/{sha256}/{i}.bin"));
+            if sha256 {
+                put = put.checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256);
+            }
+            put.body(aws_sdk_s3::primitives::ByteStream::from(body))
                 .send()
                 .await
                 .expect("put_object")
@@ -137,9 +147,11 @@ async fn main() {
     }
 
     let mut plain = Vec::new();
+    let mut plain_sha = Vec::new();
     let mut through = Vec::new();
     for round in 0..2 {
-        plain.push(plain_round(&garage, &files, round).await);
+        plain.push(plain_round(&garage, &files, round, false).await);
+        plain_sha.push(plain_round(&garage, &files, round, true).await);
         let first = 1 + round * n;
         let t0 = Instant::now();
         src.batch_execute(&format!(
@@ -162,7 +174,8 @@ async fn main() {
     println!("| path | objects/s (round 1 / 2) | MB/s (round 1 / 2) |");
     println!("|---|---|---|");
     for (name, secs) in [
-        ("plain aws-sdk-s3 put_object loop, 16 at a time", &plain),
+        ("plain aws-sdk-s3 put_object loop, 16 at a time (default CRC32 checksum)", &plain),
+        ("the same loop with SHA-256 checksums", &plain_sha),
         (
             "Sluice: insert → object uploaded and verified → row with URL committed",
             &through,

@@ -153,10 +153,14 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A topic's partitions go to consecutive workers (from a place its name picks), so one
+    /// table's partitions spread evenly instead of doubling up on a worker by chance.
     fn owner(&self, tp: &TopicPartition) -> &mpsc::Sender<WorkerMsg> {
         let mut h = DefaultHasher::new();
-        tp.hash(&mut h);
-        &self.workers[(h.finish() % self.workers.len() as u64) as usize]
+        tp.0.hash(&mut h);
+        let n = self.workers.len() as u64;
+        let start = h.finish() % n;
+        &self.workers[((start + tp.1.max(0) as u64) % n) as usize]
     }
 }
 

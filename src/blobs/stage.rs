@@ -136,8 +136,8 @@ struct Loaded {
     event: usize,
     work: usize,
     bytes: Vec<u8>,
+    size: u64,
     sha_hex: String,
-    sha: Vec<u8>,
     key: String,
     content_type: String,
     source_path: Option<String>,
@@ -195,7 +195,16 @@ impl Stage {
         work: &[(usize, Vec<BlobWork>)],
         waited: &(dyn Fn(&RecordRef) -> Duration + Sync),
     ) -> Result<Prepared, StageError> {
-        // Read and hash every file first: a missing one holds the batch before any upload.
+        let started = std::time::Instant::now();
+        // Read and hash every file first (on blocking threads, several at once): a missing one
+        // holds the batch before any upload.
+        let concurrency = self
+            .stores
+            .values()
+            .map(|s| s.concurrency)
+            .max()
+            .unwrap_or(8);
+        let mut jobs = Vec::new();
         let mut loaded: Vec<Loaded> = Vec::new();
         let mut refused: HashMap<usize, String> = HashMap::new();
         for (event, works) in work {
@@ -206,72 +215,81 @@ impl Stage {
                 else {
                     continue;
                 };
-                let (bytes, source_path, ext) = match input {
-                    InputValue::Null => continue,
+                match input {
+                    InputValue::Null => {}
                     InputValue::Bad(why) => {
                         refused.insert(*event, why.clone());
-                        continue;
                     }
-                    InputValue::Bytes(b) => (b.clone(), None, String::new()),
-                    InputValue::Path(p) => match read_under(p, &spec.base_dirs) {
-                        Ok((path, bytes)) => {
-                            let ext = path
-                                .extension()
-                                .and_then(|e| e.to_str())
-                                .map(|e| format!(".{e}"))
-                                .unwrap_or_default();
-                            (bytes, Some(path.display().to_string()), ext)
-                        }
-                        Err(ReadError::Missing(path)) => {
-                            let record = batch.events[*event].record.clone();
-                            let why = format!(
-                                "file {path} (column {:?}) does not exist",
-                                match &spec.input {
-                                    Input::Path(c) | Input::Bytes(c) => c,
-                                }
-                            );
-                            if waited(&record) >= spec.missing_wait {
-                                refused.insert(
-                                    *event,
-                                    format!(
-                                        "{why} after waiting {} ms (missing_file_wait_ms)",
-                                        spec.missing_wait.as_millis()
-                                    ),
-                                );
-                                continue;
-                            }
-                            return Ok(Prepared::Hold(record, why));
-                        }
-                        Err(ReadError::Refused(why)) => {
-                            refused.insert(*event, why);
-                            continue;
-                        }
-                    },
-                };
-                let key = match key {
-                    Ok(k) => k,
-                    Err(why) => {
-                        refused.insert(*event, why.clone());
-                        continue;
+                    InputValue::Bytes(_) | InputValue::Path(_) => {
+                        jobs.push((*event, w, spec.clone(), input.clone(), key.clone()))
                     }
-                };
-                let sha = Sha256::digest(&bytes).to_vec();
-                let sha_hex = hex(&sha);
-                let content_type = spec
-                    .content_type
-                    .clone()
-                    .unwrap_or_else(|| content_type_of(&ext).to_owned());
-                loaded.push(Loaded {
-                    event: *event,
-                    work: w,
-                    key: key.finish(&sha_hex, &ext),
-                    bytes,
-                    sha_hex,
-                    sha,
-                    content_type,
-                    source_path,
-                });
+                }
             }
+        }
+        let reads: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(
+            |(event, w, spec, input, key)| async move {
+                let base = spec.base_dirs.clone();
+                let read = tokio::task::spawn_blocking(move || read_and_hash(input, &base))
+                    .await
+                    .unwrap_or_else(|e| Err(ReadError::Refused(format!("reading the file: {e}"))));
+                (event, w, spec, key, read)
+            },
+        ))
+        .buffered(concurrency)
+        .collect()
+        .await;
+        for (event, w, spec, key, read) in reads {
+            if refused.contains_key(&event) {
+                continue;
+            }
+            let (bytes, source_path, ext, sha_hex) = match read {
+                Ok(r) => r,
+                Err(ReadError::Missing(path)) => {
+                    let record = batch.events[event].record.clone();
+                    let why = format!(
+                        "file {path} (column {:?}) does not exist",
+                        match &spec.input {
+                            Input::Path(c) | Input::Bytes(c) => c,
+                        }
+                    );
+                    if waited(&record) >= spec.missing_wait {
+                        refused.insert(
+                            event,
+                            format!(
+                                "{why} after waiting {} ms (missing_file_wait_ms)",
+                                spec.missing_wait.as_millis()
+                            ),
+                        );
+                        continue;
+                    }
+                    return Ok(Prepared::Hold(record, why));
+                }
+                Err(ReadError::Refused(why)) => {
+                    refused.insert(event, why);
+                    continue;
+                }
+            };
+            let key = match key {
+                Ok(k) => k,
+                Err(why) => {
+                    refused.insert(event, why);
+                    continue;
+                }
+            };
+            let content_type = spec
+                .content_type
+                .clone()
+                .unwrap_or_else(|| content_type_of(&ext).to_owned());
+            loaded.push(Loaded {
+                event,
+                work: w,
+                key: key.finish(&sha_hex, &ext),
+                size: bytes.len() as u64,
+                bytes,
+                sha_hex,
+                content_type,
+                source_path,
+            });
         }
         // Events whose blob cannot be made: dead letters, written with the batch; none of
         // their objects is uploaded.
@@ -328,6 +346,7 @@ impl Stage {
             }
         }
 
+        let read = started.elapsed();
         // Upload what is not there yet, a bounded number at a time. Where a batch writes one
         // key twice (a report replaced twice), only the last content goes up.
         let mut uploads = Vec::new();
@@ -352,24 +371,26 @@ impl Stage {
             }
             uploads.push((i, spec.store.clone()));
         }
-        let concurrency = self
-            .stores
-            .values()
-            .map(|s| s.concurrency)
-            .max()
-            .unwrap_or(8);
-        let mut results = futures_util::stream::iter(uploads.into_iter().map(|(i, store)| {
-            let l = &loaded[i];
-            let store = self.stores.get(&store).cloned();
-            async move {
-                let Some(store) = store else {
-                    return Ok(());
-                };
-                store
-                    .put(&l.key, l.bytes.clone(), &l.sha_hex, &l.sha, &l.content_type)
-                    .await
-            }
-        }))
+        let uploaded = uploads.len();
+        let mut puts = Vec::with_capacity(uploads.len());
+        for (i, store) in uploads {
+            let l = &mut loaded[i];
+            puts.push((
+                self.stores.get(&store).cloned(),
+                l.key.clone(),
+                std::mem::take(&mut l.bytes),
+                l.sha_hex.clone(),
+                l.content_type.clone(),
+            ));
+        }
+        let mut results = futures_util::stream::iter(puts.into_iter().map(
+            |(store, key, bytes, sha_hex, content_type)| async move {
+                match store {
+                    Some(store) => store.put(&key, bytes, &sha_hex, &content_type).await,
+                    None => Ok(()),
+                }
+            },
+        ))
         .buffer_unordered(concurrency);
         while let Some(r) = results.next().await {
             r?;
@@ -377,6 +398,13 @@ impl Stage {
         drop(results);
 
         // URLs into the rows, ledger rows into the batch.
+        tracing::debug!(
+            objects = loaded.len(),
+            uploaded,
+            read_and_hash_ms = read.as_millis() as u64,
+            ledger_and_upload_ms = (started.elapsed() - read).as_millis() as u64,
+            "blobs ready"
+        );
         let now = now_s();
         let mut released: Vec<(String, String)> = Vec::new();
         let mut urls: HashMap<(String, String), (String, Option<i64>)> = HashMap::new();
@@ -440,7 +468,7 @@ impl Stage {
                                         object_key: l.key.clone(),
                                         store: spec.store.clone(),
                                         sha256: l.sha_hex.clone(),
-                                        size: l.bytes.len() as i64,
+                                        size: l.size as i64,
                                         content_type: l.content_type.clone(),
                                         source_path: l.source_path.clone(),
                                         url: u.clone(),
@@ -451,7 +479,7 @@ impl Stage {
                                 (
                                     J::String(u),
                                     J::String(l.sha_hex.clone()),
-                                    J::from(l.bytes.len() as u64),
+                                    J::from(l.size),
                                 )
                             }
                         };
@@ -521,7 +549,7 @@ impl Stage {
             J::String(l.key.clone()),
             J::String(store.to_owned()),
             J::String(l.sha_hex.clone()),
-            J::from(l.bytes.len() as u64),
+            J::from(l.size),
             J::String(l.content_type.clone()),
             l.source_path.clone().map(J::String).unwrap_or(J::Null),
             J::String(url.to_owned()),
@@ -717,6 +745,29 @@ fn utc(unix_s: i64) -> J {
 enum ReadError {
     Missing(String),
     Refused(String),
+}
+
+/// A blob's bytes, the file they came from and its extension, and their hex SHA-256.
+type Read = (Vec<u8>, Option<String>, String, String);
+
+fn read_and_hash(input: InputValue, base_dirs: &[PathBuf]) -> Result<Read, ReadError> {
+    let (bytes, source_path, ext) = match input {
+        InputValue::Bytes(b) => (b, None, String::new()),
+        InputValue::Path(p) => {
+            let (path, bytes) = read_under(&p, base_dirs)?;
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| format!(".{e}"))
+                .unwrap_or_default();
+            (bytes, Some(path.display().to_string()), ext)
+        }
+        InputValue::Null | InputValue::Bad(_) => {
+            return Err(ReadError::Refused("no bytes to read".into()))
+        }
+    };
+    let sha_hex = hex(&Sha256::digest(&bytes));
+    Ok((bytes, source_path, ext, sha_hex))
 }
 
 /// Reads `path` (as the row names it) from under one of `base_dirs`. A relative path is tried

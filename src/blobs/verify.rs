@@ -129,14 +129,13 @@ pub async fn verify_sink(
         let bytes = e.source_path.as_deref().and_then(|p| std::fs::read(p).ok());
         match bytes {
             Some(bytes) if hex(&Sha256::digest(&bytes)) == e.sha256 => {
-                let sha = Sha256::digest(&bytes).to_vec();
                 let ct = if e.content_type.is_empty() {
                     content_type_of("").to_owned()
                 } else {
                     e.content_type.clone()
                 };
                 store
-                    .put(&e.object_key, bytes, &e.sha256, &sha, &ct)
+                    .put(&e.object_key, bytes, &e.sha256, &ct)
                     .await
                     .map_err(|x| x.to_string())?;
                 report.repaired.push(format!("{kind} {what}: uploaded again from {}", e.source_path.as_deref().unwrap_or("")));
