@@ -5,7 +5,7 @@
 //! `BENCH_FILE_KB` KB (default 100) are written to disk. Each round:
 //! - plain: the files are uploaded with `put_object`, 16 at a time (Sluice's default
 //!   `upload_concurrency`), timed from the first request to the last response; once with the
-//!   SDK's default CRC32 checksum (what Sluice sends), once with SHA-256 checksums;
+//!   SDK's default CRC32 checksum, once with SHA-256 checksums (what Sluice sends);
 //! - Sluice: a running `sluice run` (capture and apply, warmed up with one row) gets one
 //!   transaction inserting a row per file; timed from the commit to the moment the target holds
 //!   every row with its URL (each object uploaded with its SHA-256 verified by the store,
@@ -191,7 +191,9 @@ async fn main() {
     }
     let best = |s: &[f64]| s.iter().cloned().fold(f64::MAX, f64::min);
     println!(
-        "Sluice / plain throughput: {:.2} (best of each)",
-        best(&plain) / best(&through)
+        "Sluice / plain throughput (best of each): {:.2} against the default loop, {:.2} against the SHA-256 loop, {:.2} against the faster of the two",
+        best(&plain) / best(&through),
+        best(&plain_sha) / best(&through),
+        best(&plain).min(best(&plain_sha)) / best(&through)
     );
 }

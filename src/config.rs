@@ -62,7 +62,7 @@ pub struct StoreConfig {
     pub public_url: Option<String>,
     #[serde(default = "default_presign_ttl_s")]
     pub presign_ttl_s: u64,
-    /// Uploads running at once, per sink worker.
+    /// Uploads running at once per sink (its workers share them).
     #[serde(default = "default_upload_concurrency")]
     pub upload_concurrency: usize,
     /// Objects larger than this go up in parts of `multipart_part_mb`.

@@ -30,6 +30,9 @@ pub struct Store {
     public_url: Option<String>,
     pub presign_ttl: Duration,
     pub concurrency: usize,
+    /// Uploads in flight, shared by every clone (one sink's workers): the store sees at most
+    /// `concurrency` at once from a sink.
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
     multipart_threshold: u64,
     part_size: u64,
     pub prefix: String,
@@ -94,6 +97,7 @@ impl Store {
             public_url: cfg.public_url.clone(),
             presign_ttl: Duration::from_secs(cfg.presign_ttl_s),
             concurrency: cfg.upload_concurrency.max(1),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
             multipart_threshold: cfg.multipart_threshold_mb * 1024 * 1024,
             part_size: cfg.multipart_part_mb.max(5) * 1024 * 1024,
             prefix: cfg.prefix.clone(),
@@ -115,9 +119,9 @@ impl Store {
         }
     }
 
-    /// Uploads `bytes` as `key` with a CRC32 checksum the store verifies on receipt (the SDK's
-    /// default), keeping the content's hex SHA-256 in the object's metadata. Large objects go
-    /// up in parts, each verified by its SHA-256.
+    /// Uploads `bytes` as `key`, sending its SHA-256 so that the store verifies what it
+    /// received (and keeping the hex form in the object's metadata). Large objects go up in
+    /// parts, each verified the same way.
     pub async fn put(
         &self,
         key: &str,
@@ -125,22 +129,38 @@ impl Store {
         sha256_hex: &str,
         content_type: &str,
     ) -> Result<(), StoreError> {
+        let _permit = self.permits.acquire().await.ok();
         if bytes.len() as u64 > self.multipart_threshold {
             return self
                 .put_multipart(key, bytes, sha256_hex, content_type)
                 .await;
         }
-        self.client
+        let digest: Vec<u8> = (0..sha256_hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&sha256_hex[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        let checksum = base64::engine::general_purpose::STANDARD.encode(digest);
+        let out = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
             .metadata("sha256", sha256_hex)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&checksum)
             .body(ByteStream::from(bytes))
             .send()
             .await
             .map_err(|e| self.error("uploading", key, sdk_message(&e)))?;
+        if let Some(echo) = out.checksum_sha256() {
+            if echo != checksum {
+                return Err(self.error(
+                    "uploading",
+                    key,
+                    format!("the store computed SHA-256 {echo}, not {checksum}"),
+                ));
+            }
+        }
         Ok(())
     }
 
