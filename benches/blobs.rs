@@ -174,7 +174,10 @@ async fn main() {
     println!("| path | objects/s (round 1 / 2) | MB/s (round 1 / 2) |");
     println!("|---|---|---|");
     for (name, secs) in [
-        ("plain aws-sdk-s3 put_object loop, 16 at a time (default CRC32 checksum)", &plain),
+        (
+            "plain aws-sdk-s3 put_object loop, 16 at a time (default CRC32 checksum)",
+            &plain,
+        ),
         ("the same loop with SHA-256 checksums", &plain_sha),
         (
             "Sluice: insert → object uploaded and verified → row with URL committed",

@@ -135,7 +135,6 @@ pub struct Stage {
 struct Loaded {
     event: usize,
     work: usize,
-    bytes: Vec<u8>,
     size: u64,
     sha_hex: String,
     key: String,
@@ -196,117 +195,87 @@ impl Stage {
         waited: &(dyn Fn(&RecordRef) -> Duration + Sync),
     ) -> Result<Prepared, StageError> {
         let started = std::time::Instant::now();
-        // Read and hash every file first (on blocking threads, several at once): a missing one
-        // holds the batch before any upload.
         let concurrency = self
             .stores
             .values()
             .map(|s| s.concurrency)
             .max()
             .unwrap_or(8);
-        let mut jobs = Vec::new();
-        let mut loaded: Vec<Loaded> = Vec::new();
+        // Find every file first (without reading it): a missing one holds the batch before
+        // any upload.
+        let mut jobs: Vec<Job> = Vec::new();
         let mut refused: HashMap<usize, String> = HashMap::new();
         for (event, works) in work {
             for (w, item) in works.iter().enumerate() {
                 let BlobWork::Put {
-                    spec, input, key, ..
+                    spec,
+                    input,
+                    key,
+                    table,
+                    target_key,
+                    ..
                 } = item
                 else {
                     continue;
                 };
-                match input {
-                    InputValue::Null => {}
+                let source = match input {
+                    InputValue::Null => continue,
                     InputValue::Bad(why) => {
                         refused.insert(*event, why.clone());
-                    }
-                    InputValue::Bytes(_) | InputValue::Path(_) => {
-                        jobs.push((*event, w, spec.clone(), input.clone(), key.clone()))
-                    }
-                }
-            }
-        }
-        let reads: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(
-            |(event, w, spec, input, key)| async move {
-                let base = spec.base_dirs.clone();
-                let read = tokio::task::spawn_blocking(move || read_and_hash(input, &base))
-                    .await
-                    .unwrap_or_else(|e| Err(ReadError::Refused(format!("reading the file: {e}"))));
-                (event, w, spec, key, read)
-            },
-        ))
-        .buffered(concurrency)
-        .collect()
-        .await;
-        for (event, w, spec, key, read) in reads {
-            if refused.contains_key(&event) {
-                continue;
-            }
-            let (bytes, source_path, ext, sha_hex) = match read {
-                Ok(r) => r,
-                Err(ReadError::Missing(path)) => {
-                    let record = batch.events[event].record.clone();
-                    let why = format!(
-                        "file {path} (column {:?}) does not exist",
-                        match &spec.input {
-                            Input::Path(c) | Input::Bytes(c) => c,
-                        }
-                    );
-                    if waited(&record) >= spec.missing_wait {
-                        refused.insert(
-                            event,
-                            format!(
-                                "{why} after waiting {} ms (missing_file_wait_ms)",
-                                spec.missing_wait.as_millis()
-                            ),
-                        );
                         continue;
                     }
-                    return Ok(Prepared::Hold(record, why));
-                }
-                Err(ReadError::Refused(why)) => {
-                    refused.insert(event, why);
-                    continue;
-                }
-            };
-            let key = match key {
-                Ok(k) => k,
-                Err(why) => {
-                    refused.insert(event, why);
-                    continue;
-                }
-            };
-            let content_type = spec
-                .content_type
-                .clone()
-                .unwrap_or_else(|| content_type_of(&ext).to_owned());
-            loaded.push(Loaded {
-                event,
-                work: w,
-                key: key.finish(&sha_hex, &ext),
-                size: bytes.len() as u64,
-                bytes,
-                sha_hex,
-                content_type,
-                source_path,
-            });
+                    InputValue::Bytes(b) => Source::Bytes(b.clone()),
+                    InputValue::Path(p) => match locate(p, &spec.base_dirs) {
+                        Ok(path) => Source::File(path),
+                        Err(ReadError::Missing(path)) => {
+                            let record = batch.events[*event].record.clone();
+                            let why = missing_why(&path, spec);
+                            if waited(&record) < spec.missing_wait {
+                                return Ok(Prepared::Hold(record, why));
+                            }
+                            refused.insert(*event, expired_why(&why, spec));
+                            continue;
+                        }
+                        Err(ReadError::Refused(why)) => {
+                            refused.insert(*event, why);
+                            continue;
+                        }
+                    },
+                };
+                let key = match key {
+                    Ok(k) => k.clone(),
+                    Err(why) => {
+                        refused.insert(*event, why.clone());
+                        continue;
+                    }
+                };
+                let ext = match &source {
+                    Source::File(p) => p
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .map(|e| format!(".{e}"))
+                        .unwrap_or_default(),
+                    Source::Bytes(_) => String::new(),
+                };
+                jobs.push(Job {
+                    event: *event,
+                    work: w,
+                    slot: self.slot(*table, target_key, spec),
+                    spec: spec.clone(),
+                    source,
+                    key,
+                    ext,
+                });
+            }
         }
         // Events whose blob cannot be made: dead letters, written with the batch; none of
         // their objects is uploaded.
-        loaded.retain(|l| !refused.contains_key(&l.event));
-        for (event, why) in &refused {
-            let e = &mut batch.events[*event];
-            e.changes.clear();
-            batch.dead_letters.push(DeadLetter {
-                record: e.record.clone(),
-                key: e.key.clone(),
-                value: e.value.clone(),
-                error: format!("blob: {why}"),
-                sqlstate: None,
-            });
-        }
+        jobs.retain(|j| !refused.contains_key(&j.event));
+        self.dead_letter(batch, &refused);
 
-        // What the ledger already has for these rows, and which objects are already there.
+        // What the ledger already has for these rows, and, for keys known before hashing,
+        // which objects are there already. Where a batch writes one such key twice (a report
+        // replaced twice), only the last content goes up.
         let mut slots: Vec<Slot> = Vec::new();
         for (event, works) in work {
             if refused.contains_key(event) {
@@ -329,13 +298,16 @@ impl Stage {
         }
         let sink = self.sink.clone();
         let mut live = ledger::live(self.client().await?, &sink, &slots).await?;
+        let mut last_for_key: HashMap<(String, String), usize> = HashMap::new();
         let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
-        for l in &loaded {
-            if let BlobWork::Put { spec, .. } = &work_item(work, l.event, l.work) {
+        for (i, j) in jobs.iter().enumerate() {
+            if !j.key.has_sha256() {
+                let key = j.key.finish("", &j.ext);
                 by_store
-                    .entry(spec.store.clone())
+                    .entry(j.spec.store.clone())
                     .or_default()
-                    .push(l.key.clone());
+                    .push(key.clone());
+                last_for_key.insert((j.spec.store.clone(), key), i);
             }
         }
         let mut present: HashSet<(String, String, String)> = HashSet::new();
@@ -346,65 +318,74 @@ impl Stage {
             }
         }
 
-        let read = started.elapsed();
-        // Upload what is not there yet, a bounded number at a time. Where a batch writes one
-        // key twice (a report replaced twice), only the last content goes up.
-        let mut uploads = Vec::new();
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        for (i, l) in loaded.iter().enumerate().rev() {
-            let BlobWork::Put {
-                spec,
-                table,
-                target_key,
-                ..
-            } = work_item(work, l.event, l.work)
-            else {
+        // Read, hash and upload, a bounded number at a time (the store's limit is shared by
+        // the sink's workers), so that hashing one file overlaps uploading others.
+        self.client().await?;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| StageError::Ledger("no connection".into()))?;
+        let (stores, live_ref, present, last_for_key) =
+            (&self.stores, &live, &present, &last_for_key);
+        let context = JobContext {
+            client,
+            stores,
+            live: live_ref,
+            present,
+            last_for_key,
+        };
+        let context = &context;
+        let futures: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| run_job(i, j, context))
+            .collect();
+        let outcomes: Vec<Result<(usize, Loaded, bool), JobError>> =
+            futures_util::stream::iter(futures)
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        let mut loaded: Vec<Option<Loaded>> = (0..jobs.len()).map(|_| None).collect();
+        let mut uploaded = 0;
+        let mut vanished: HashMap<usize, String> = HashMap::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok((i, l, up)) => {
+                    uploaded += usize::from(up);
+                    loaded[i] = Some(l);
+                }
+                Err(JobError::Stage(e)) => return Err(e),
+                // A file that went away (or became unreadable) since it was found.
+                Err(JobError::Read(event, ReadError::Missing(path))) => {
+                    vanished.insert(event, path);
+                }
+                Err(JobError::Read(event, ReadError::Refused(why))) => {
+                    refused.insert(event, why);
+                }
+            }
+        }
+        for (event, path) in &vanished {
+            let Some(j) = jobs.iter().find(|j| j.event == *event) else {
                 continue;
             };
-            let slot = self.slot(*table, target_key, spec);
-            let same = live
-                .get(&slot)
-                .is_some_and(|e| e.object_key == l.key && e.sha256 == l.sha_hex);
-            let shared = present.contains(&(spec.store.clone(), l.key.clone(), l.sha_hex.clone()));
-            if same || shared || !seen.insert((spec.store.clone(), l.key.clone())) {
-                continue;
+            let record = batch.events[*event].record.clone();
+            let why = missing_why(path, &j.spec);
+            if waited(&record) < j.spec.missing_wait {
+                return Ok(Prepared::Hold(record, why));
             }
-            uploads.push((i, spec.store.clone()));
+            refused.insert(*event, expired_why(&why, &j.spec));
         }
-        let uploaded = uploads.len();
-        let mut puts = Vec::with_capacity(uploads.len());
-        for (i, store) in uploads {
-            let l = &mut loaded[i];
-            puts.push((
-                self.stores.get(&store).cloned(),
-                l.key.clone(),
-                std::mem::take(&mut l.bytes),
-                l.sha_hex.clone(),
-                l.content_type.clone(),
-            ));
-        }
-        let mut results = futures_util::stream::iter(puts.into_iter().map(
-            |(store, key, bytes, sha_hex, content_type)| async move {
-                match store {
-                    Some(store) => store.put(&key, bytes, &sha_hex, &content_type).await,
-                    None => Ok(()),
-                }
-            },
-        ))
-        .buffer_unordered(concurrency);
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        drop(results);
-
-        // URLs into the rows, ledger rows into the batch.
+        let mut loaded: Vec<Loaded> = loaded.into_iter().flatten().collect();
+        loaded.retain(|l| !refused.contains_key(&l.event));
+        self.dead_letter(batch, &refused);
         tracing::debug!(
             objects = loaded.len(),
             uploaded,
-            read_and_hash_ms = read.as_millis() as u64,
-            ledger_and_upload_ms = (started.elapsed() - read).as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
             "blobs ready"
         );
+
+        // URLs into the rows, ledger rows into the batch.
         let now = now_s();
         let mut released: Vec<(String, String)> = Vec::new();
         let mut urls: HashMap<(String, String), (String, Option<i64>)> = HashMap::new();
@@ -476,11 +457,7 @@ impl Stage {
                                         state: "live".into(),
                                     },
                                 );
-                                (
-                                    J::String(u),
-                                    J::String(l.sha_hex.clone()),
-                                    J::from(l.size),
-                                )
+                                (J::String(u), J::String(l.sha_hex.clone()), J::from(l.size))
                             }
                         };
                         if let Some(TargetChange::Upsert { columns, .. }) =
@@ -531,6 +508,24 @@ impl Stage {
             }
         }
         Ok(Prepared::Ready(released))
+    }
+
+    /// Turns the refused events into dead letters (once each), with the reason.
+    fn dead_letter(&self, batch: &mut ApplyBatch, refused: &HashMap<usize, String>) {
+        for (event, why) in refused {
+            let e = &mut batch.events[*event];
+            if batch.dead_letters.iter().any(|d| d.record == e.record) {
+                continue;
+            }
+            e.changes.clear();
+            batch.dead_letters.push(DeadLetter {
+                record: e.record.clone(),
+                key: e.key.clone(),
+                value: e.value.clone(),
+                error: format!("blob: {why}"),
+                sqlstate: None,
+            });
+        }
     }
 
     fn ledger_row(
@@ -719,14 +714,6 @@ impl Stage {
     }
 }
 
-fn work_item(work: &[(usize, Vec<BlobWork>)], event: usize, w: usize) -> &BlobWork {
-    let (_, works) = work
-        .iter()
-        .find(|(e, _)| *e == event)
-        .expect("blob work of a loaded event");
-    &works[w]
-}
-
 fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -742,38 +729,144 @@ fn utc(unix_s: i64) -> J {
     J::String(sluice_core::value::utc_timestamp(unix_s, 0))
 }
 
+#[derive(Debug)]
 enum ReadError {
     Missing(String),
     Refused(String),
 }
 
-/// A blob's bytes, the file they came from and its extension, and their hex SHA-256.
-type Read = (Vec<u8>, Option<String>, String, String);
-
-fn read_and_hash(input: InputValue, base_dirs: &[PathBuf]) -> Result<Read, ReadError> {
-    let (bytes, source_path, ext) = match input {
-        InputValue::Bytes(b) => (b, None, String::new()),
-        InputValue::Path(p) => {
-            let (path, bytes) = read_under(&p, base_dirs)?;
-            let ext = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(|e| format!(".{e}"))
-                .unwrap_or_default();
-            (bytes, Some(path.display().to_string()), ext)
-        }
-        InputValue::Null | InputValue::Bad(_) => {
-            return Err(ReadError::Refused("no bytes to read".into()))
-        }
-    };
-    let sha_hex = hex(&Sha256::digest(&bytes));
-    Ok((bytes, source_path, ext, sha_hex))
+/// Where a blob's bytes are.
+enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
 }
 
-/// Reads `path` (as the row names it) from under one of `base_dirs`. A relative path is tried
-/// under each directory in turn; `..` is refused, and so is a path (or a symbolic link) that
-/// leads outside them.
-fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
+/// One object to read, hash and perhaps upload.
+struct Job {
+    event: usize,
+    work: usize,
+    slot: Slot,
+    spec: Arc<BlobSpec>,
+    source: Source,
+    key: PartialKey,
+    ext: String,
+}
+
+enum JobError {
+    Stage(StageError),
+    Read(usize, ReadError),
+}
+
+/// What a job reads besides itself.
+struct JobContext<'a> {
+    client: &'a tokio_postgres::Client,
+    stores: &'a HashMap<String, Store>,
+    live: &'a HashMap<Slot, Entry>,
+    present: &'a HashSet<(String, String, String)>,
+    last_for_key: &'a HashMap<(String, String), usize>,
+}
+
+/// Reads and hashes job `i`'s bytes and uploads them unless the object is there already.
+/// Returns what the ledger needs and whether it uploaded.
+async fn run_job(
+    i: usize,
+    j: &Job,
+    cx: &JobContext<'_>,
+) -> Result<(usize, Loaded, bool), JobError> {
+    let (client, stores, live_ref, present, last_for_key) =
+        (cx.client, cx.stores, cx.live, cx.present, cx.last_for_key);
+
+    let source = match &j.source {
+        Source::File(p) => Source::File(p.clone()),
+        Source::Bytes(b) => Source::Bytes(b.clone()),
+    };
+    let (bytes, sha_hex) = tokio::task::spawn_blocking(move || read_and_hash(source))
+        .await
+        .unwrap_or_else(|e| Err(ReadError::Refused(format!("reading the file: {e}"))))
+        .map_err(|e| JobError::Read(j.event, e))?;
+    let key = j.key.finish(&sha_hex, &j.ext);
+    let store_name = &j.spec.store;
+    let same = live_ref
+        .get(&j.slot)
+        .is_some_and(|e| e.object_key == key && e.sha256 == sha_hex);
+    let upload = if same {
+        false
+    } else if !j.key.has_sha256() {
+        last_for_key.get(&(store_name.clone(), key.clone())) == Some(&i)
+            && !present.contains(&(store_name.clone(), key.clone(), sha_hex.clone()))
+    } else {
+        let found = ledger::referenced(client, store_name, std::slice::from_ref(&key))
+            .await
+            .map_err(|e| JobError::Stage(e.into()))?;
+        found.get(&key) != Some(&sha_hex)
+    };
+    let content_type = j
+        .spec
+        .content_type
+        .clone()
+        .unwrap_or_else(|| content_type_of(&j.ext).to_owned());
+    let size = bytes.len() as u64;
+    if upload {
+        let store = stores.get(store_name).ok_or_else(|| {
+            JobError::Stage(StageError::Ledger(format!("no store named {store_name}")))
+        })?;
+        store
+            .put(&key, bytes, &sha_hex, &content_type)
+            .await
+            .map_err(|e| JobError::Stage(e.into()))?;
+    }
+    Ok((
+        i,
+        Loaded {
+            event: j.event,
+            work: j.work,
+            key,
+            size,
+            sha_hex,
+            content_type,
+            source_path: match &j.source {
+                Source::File(p) => Some(p.display().to_string()),
+                Source::Bytes(_) => None,
+            },
+        },
+        upload,
+    ))
+}
+
+fn missing_why(path: &str, spec: &BlobSpec) -> String {
+    let column = match &spec.input {
+        Input::Path(c) | Input::Bytes(c) => c,
+    };
+    format!("file {path} (column {column:?}) does not exist")
+}
+
+fn expired_why(why: &str, spec: &BlobSpec) -> String {
+    format!(
+        "{why} after waiting {} ms (missing_file_wait_ms)",
+        spec.missing_wait.as_millis()
+    )
+}
+
+/// The bytes and their hex SHA-256.
+fn read_and_hash(source: Source) -> Result<(Vec<u8>, String), ReadError> {
+    let bytes = match source {
+        Source::Bytes(b) => b,
+        Source::File(path) => std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ReadError::Missing(path.display().to_string())
+            } else {
+                ReadError::Refused(format!("file {}: {e}", path.display()))
+            }
+        })?,
+    };
+    let sha_hex = hex(&Sha256::digest(&bytes));
+    Ok((bytes, sha_hex))
+}
+
+/// Finds `path` (as the row names it) under one of `base_dirs`. A relative path is tried under
+/// each directory in turn; `..` is refused, and so is a path (or a symbolic link) that leads
+/// outside them.
+fn locate(path: &str, base_dirs: &[PathBuf]) -> Result<PathBuf, ReadError> {
     let p = Path::new(path);
     if path.is_empty() {
         return Err(ReadError::Refused("the file path is empty".into()));
@@ -809,13 +902,7 @@ fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), R
                 "file path {path:?} leads outside the configured base_dirs (through a link): refused"
             )));
         }
-        return match std::fs::read(&real) {
-            Ok(bytes) => Ok((real, bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(ReadError::Missing(c.display().to_string()))
-            }
-            Err(e) => Err(ReadError::Refused(format!("file {}: {e}", real.display()))),
-        };
+        return Ok(real);
     }
     Err(ReadError::Missing(
         candidates
@@ -823,6 +910,14 @@ fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), R
             .map(|c| c.display().to_string())
             .unwrap_or_else(|| path.to_owned()),
     ))
+}
+
+/// Reads `path` from under `base_dirs` (see [`locate`]).
+#[cfg(test)]
+fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
+    let real = locate(path, base_dirs)?;
+    let (bytes, _) = read_and_hash(Source::File(real.clone()))?;
+    Ok((real, bytes))
 }
 
 #[cfg(test)]

@@ -97,7 +97,9 @@ impl Store {
             public_url: cfg.public_url.clone(),
             presign_ttl: Duration::from_secs(cfg.presign_ttl_s),
             concurrency: cfg.upload_concurrency.max(1),
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                cfg.upload_concurrency.max(1),
+            )),
             multipart_threshold: cfg.multipart_threshold_mb * 1024 * 1024,
             part_size: cfg.multipart_part_mb.max(5) * 1024 * 1024,
             prefix: cfg.prefix.clone(),
