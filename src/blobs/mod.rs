@@ -122,7 +122,7 @@ impl PartialKey {
     /// Whether the key depends on the content (`{sha256}`): then it is known only after
     /// hashing.
     pub fn has_sha256(&self) -> bool {
-        self.0.iter().any(|p| *p == PartialPart::Sha256)
+        self.0.contains(&PartialPart::Sha256)
     }
 
     /// The object key, given the content's hex SHA-256 and the extension (with its dot, or

@@ -473,6 +473,48 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     );
     assert_eq!(first[1][3], None, "no bytes, no object");
     let url = first[0][3].clone().expect("url");
+
+    // `sluice check` names a store it cannot use: a bucket that does not exist, and
+    // credentials whose variable is not set.
+    let config = std::fs::read_to_string(&f.config).expect("config");
+    let bad = f.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config
+            .replace("bucket = \"photos\"", "bucket = \"no-such-bucket\"")
+            .replace(
+                "[stores.photos]",
+                "[stores.photos]\naccess_key_id_env = \"SLUICE_TEST_UNSET_KEY\"",
+            ),
+    )
+    .expect("bad config");
+    let (status, out, err) = sluice_test_support::sluice::run_to_end(
+        Path::new(SLUICE),
+        &["check", "--config", bad.to_str().expect("path")],
+        LONG,
+    );
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("stores.photos: environment variable SLUICE_TEST_UNSET_KEY is not set"),
+        "{out}"
+    );
+    std::fs::write(
+        &bad,
+        config.replace("bucket = \"photos\"", "bucket = \"no-such-bucket\""),
+    )
+    .expect("bad config");
+    let (status, out, err) = sluice_test_support::sluice::run_to_end(
+        Path::new(SLUICE),
+        &["check", "--config", bad.to_str().expect("path")],
+        LONG,
+    );
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("store photos")
+            && out.contains("bucket no-such-bucket")
+            && out.contains("check stores.photos.endpoint"),
+        "{out}"
+    );
     assert!(url.contains("X-Amz-Expires=16"), "{url}");
     let (status, body) = http_get(&url);
     assert_eq!(status, 200);
