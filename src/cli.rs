@@ -42,6 +42,36 @@ pub enum Command {
         #[arg(long, value_name = "SOURCE")]
         resnapshot: Vec<String>,
     },
+    /// Apply a sink's changes again from a point in Kafka, then carry on live.
+    ///
+    /// Moves the sink's stored offsets (in its target) back to the start of every partition,
+    /// to each partition's first record at or after a time, or to one partition's offset, and
+    /// forgets the last applied source positions so nothing is skipped. Applying is idempotent,
+    /// so rows already right stay right and damaged or missing rows are written again. A
+    /// running sink notices within seconds and reads again from there; a stopped one does when
+    /// it starts. Topics keep their history only as far as their retention allows: Sluice
+    /// creates table topics compacted (the last change of every key is kept), so replaying
+    /// from the beginning rebuilds a target's current rows.
+    Replay {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// The sink to replay.
+        #[arg(long, value_name = "SINK")]
+        sink: String,
+        /// `beginning`, `time:2026-11-22T10:00:00Z` (RFC 3339) or
+        /// `offset:TOPIC/PARTITION/OFFSET`.
+        #[arg(long, value_name = "FROM")]
+        from: String,
+        /// Only this source table's topic (`schema.table`, or `table` for MySQL sources);
+        /// repeatable. Default: every table the sink maps.
+        #[arg(long, value_name = "TABLE")]
+        table: Vec<String>,
+        /// Wait until the sink has applied everything up to where the topics ended when the
+        /// replay started, showing progress (a running sink is needed).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Blob columns: check the objects in the buckets against the ledger.
     Blobs {
         #[command(subcommand)]

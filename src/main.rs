@@ -5,6 +5,7 @@ mod blobs;
 mod capture;
 mod cli;
 mod config;
+mod replay;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -38,6 +39,13 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check { config } => check(&config).await,
+            Command::Replay {
+                config,
+                sink,
+                from,
+                table,
+                wait,
+            } => replay::run(&config, &sink, &from, &table, wait).await,
             Command::Blobs {
                 action:
                     cli::BlobsAction::Verify {

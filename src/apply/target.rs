@@ -174,6 +174,40 @@ pub async fn load_offsets(
     }
 }
 
+/// Moves a sink's stored offsets (see `sluice replay`); returns the offsets stored before.
+pub async fn move_offsets(
+    connection: &TargetConnection,
+    sink: &str,
+    moves: &[(String, i32, i64)],
+) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, String> {
+    let partitions: Vec<(Arc<str>, i32)> = moves
+        .iter()
+        .map(|(t, p, _)| (Arc::from(t.as_str()), *p))
+        .collect();
+    let before = load_offsets(connection, sink, &partitions).await?;
+    match connection {
+        TargetConnection::Postgres(c) => {
+            let mut client = sluice_postgres::client::connect(c, "replay")
+                .await
+                .map_err(|e| error_chain(&e))?;
+            sluice_postgres::sink::move_offsets(&mut client, sink, moves)
+                .await
+                .map_err(|e| error_chain(&e))?;
+        }
+        TargetConnection::MySql(c) => {
+            let mut conn = sluice_mysql::client::connect(c)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let r = sluice_mysql::sink::move_offsets(&mut conn, sink, moves)
+                .await
+                .map_err(|e| error_chain(&e));
+            let _ = conn.disconnect().await;
+            r?;
+        }
+    }
+    Ok(before)
+}
+
 /// One worker's writer (one per worker, so the size difference does not matter).
 #[allow(clippy::large_enum_variant)]
 pub enum TargetSink {

@@ -97,6 +97,9 @@ pub struct Worker {
     pub blobs: Option<Stage>,
 }
 
+/// How often a worker looks for stored offsets moved back by `sluice replay`.
+const OFFSET_CHECK: Duration = Duration::from_secs(3);
+
 /// How often worker 0 looks for presigned URLs to renew and released objects to delete.
 const BLOB_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -121,9 +124,14 @@ impl Worker {
         let mut last_barrier_check = Instant::now();
         // Worker 0 keeps the sink's blobs: renews presigned URLs, finishes deletions.
         let mut next_upkeep = (self.id == 0 && self.blobs.is_some()).then(Instant::now);
+        let mut next_offset_check = Instant::now() + OFFSET_CHECK;
         loop {
             if *self.stop.borrow() {
                 return Ok(());
+            }
+            if next_offset_check <= Instant::now() {
+                self.check_moved_offsets(&states).await;
+                next_offset_check = Instant::now() + OFFSET_CHECK;
             }
             if let Some(at) = next_upkeep.filter(|at| *at <= Instant::now()) {
                 self.blob_upkeep().await;
@@ -142,6 +150,9 @@ impl Worker {
                 }
                 if let Some(at) = next_upkeep {
                     wait = wait.min(at.saturating_duration_since(Instant::now()));
+                }
+                if !states.is_empty() {
+                    wait = wait.min(next_offset_check.saturating_duration_since(Instant::now()));
                 }
                 tokio::select! {
                     msg = self.rx.recv() => match msg {
@@ -559,6 +570,10 @@ impl Worker {
                         if let Some(state) = states.get_mut(tp) {
                             match stored.get(tp) {
                                 Some((next, pos)) => {
+                                    // Moved back (a replay): the consumer must read from there.
+                                    if state.expected.is_some_and(|e| *next < e) {
+                                        self.restart(tp, state.generation);
+                                    }
                                     state.expected = Some(*next);
                                     state.position = pos.as_deref().and_then(parse_position);
                                 }
@@ -576,6 +591,40 @@ impl Worker {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    fn restart(&self, tp: &TopicPartition, generation: u64) {
+        tracing::info!(worker = self.id, topic = %tp.0, partition = tp.1, "stored offset moved back (a replay): reading the partition again from there");
+        let _ = self.control.send(Control::Restart(tp.clone(), generation));
+    }
+
+    /// Notices stored offsets moved back by `sluice replay` while this worker was idle or
+    /// between batches, and has those partitions read again from there.
+    async fn check_moved_offsets(&mut self, states: &HashMap<TopicPartition, PartitionState>) {
+        let tps: Vec<TopicPartition> = states
+            .iter()
+            .filter(|(_, s)| s.expected.is_some())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if tps.is_empty() {
+            return;
+        }
+        match self.sink.load_offsets(&tps).await {
+            Ok(stored) => {
+                for tp in &tps {
+                    let (Some(state), Some((next, _))) = (states.get(tp), stored.get(tp)) else {
+                        continue;
+                    };
+                    if state.expected.is_some_and(|e| *next < e) {
+                        self.restart(tp, state.generation);
+                    }
+                }
+            }
+            Err(e) => {
+                self.sink.reset();
+                tracing::debug!(worker = self.id, error = %error_chain(&e), "checking stored offsets failed; trying again later");
             }
         }
     }

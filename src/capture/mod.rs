@@ -126,7 +126,11 @@ pub async fn run(
         .map(|t| TopicSpec {
             name: t.topic.to_string(),
             partitions: kafka.partitions,
-            configs: Vec::new(),
+            configs: kafka
+                .topic_configs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
         .collect();
     ensure_topics(kafka, &topics).await?;

@@ -3,6 +3,7 @@
 
 mod common;
 mod pipeline;
+mod replay;
 
 mod apply;
 

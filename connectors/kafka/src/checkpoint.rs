@@ -37,7 +37,7 @@ impl CheckpointStore {
         let spec = TopicSpec {
             name: topic.clone(),
             partitions: 1,
-            configs: vec![("cleanup.policy", "compact")],
+            configs: vec![("cleanup.policy".into(), "compact".into())],
         };
         ensure_topics(cfg, &[spec]).await?;
         Ok(CheckpointStore {

@@ -27,6 +27,15 @@ pub struct KafkaConfig {
     /// of the form `env:NAME` are read from the environment variable NAME, for secrets.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Configs of the table topics Sluice creates. The default, `cleanup.policy = "compact"`,
+    /// keeps the last change of every key for ever, so that a sink replayed from the
+    /// beginning (`sluice replay`) rebuilds a target's current rows from Kafka alone.
+    #[serde(default = "default_topic_configs")]
+    pub topic_configs: BTreeMap<String, String>,
+}
+
+fn default_topic_configs() -> BTreeMap<String, String> {
+    BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())])
 }
 
 fn default_prefix() -> String {

@@ -81,6 +81,10 @@ pub enum Control {
     /// unless the assignment number is still the current one.
     Pause(TopicPartition, u64),
     Resume(TopicPartition, u64),
+    /// Read the partition again from its stored offset (moved back by a replay): the consumer
+    /// seeks there and hands the partition over again as a fresh [`ConsumerEvent::Assigned`],
+    /// so that the worker drops what it buffered.
+    Restart(TopicPartition, u64),
 }
 
 struct GroupContext {
@@ -353,6 +357,12 @@ fn poll_loop(
             let (tp, pause, generation) = match request {
                 Control::Pause(tp, g) => (tp, true, g),
                 Control::Resume(tp, g) => (tp, false, g),
+                Control::Restart(tp, g) => {
+                    if g == consumer.context().generation.load(Ordering::SeqCst) {
+                        restart(&consumer, &tp, g);
+                    }
+                    continue;
+                }
             };
             if generation != consumer.context().generation.load(Ordering::SeqCst) {
                 continue;
@@ -402,6 +412,104 @@ fn poll_loop(
     // Leave the group so that the partitions move to the other members at once.
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Seeks `tp` to its stored offset and hands it to the sink again.
+fn restart(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, generation: u64) {
+    let cx = consumer.context();
+    let Some(stored) = cx.load_offsets(std::slice::from_ref(tp)) else {
+        return;
+    };
+    let s = stored.get(tp).cloned();
+    let offset = s
+        .as_ref()
+        .map(|s| Offset::Offset(s.next_offset))
+        .unwrap_or(Offset::Beginning);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    let _ = consumer.resume(&tpl);
+    if let Err(e) = consumer.seek(&tp.0, tp.1, offset, Duration::from_secs(10)) {
+        tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "seeking a partition to its moved offset failed; it is read again at the next rebalance");
+        return;
+    }
+    tracing::info!(topic = %tp.0, partition = tp.1, offset = ?offset, "partition read again from its stored offset (moved by a replay)");
+    cx.sink
+        .deliver(ConsumerEvent::Assigned(vec![(tp.clone(), s)], generation));
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    Beginning,
+    /// Unix milliseconds: each partition's first record at or after it.
+    Time(i64),
+    /// One partition's offset.
+    Offset(String, i32, i64),
+}
+
+/// For each partition of `topics` (name, partition count) that `from` concerns: the offset a
+/// replay starts at and the partition's end (blocking).
+pub fn replay_offsets(
+    cfg: &KafkaConfig,
+    topics: &[(String, i32)],
+    from: &ReplayFrom,
+) -> Result<Vec<(String, i32, i64, i64)>, KafkaError> {
+    let consumer: BaseConsumer = client_config(cfg).create().map_err(KafkaError::client(
+        "creating a kafka client: check kafka.properties",
+    ))?;
+    let timeout = Duration::from_secs(10);
+    let mut out = Vec::new();
+    let mut times = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            if let ReplayFrom::Offset(t, tp, _) = from {
+                if t != topic || *tp != p {
+                    continue;
+                }
+            }
+            let (low, high) =
+                consumer
+                    .fetch_watermarks(topic, p, timeout)
+                    .map_err(KafkaError::client(format!(
+                        "reading the offsets of {topic}[{p}]"
+                    )))?;
+            match from {
+                ReplayFrom::Beginning => out.push((topic.clone(), p, low, high)),
+                ReplayFrom::Offset(_, _, o) => {
+                    out.push((topic.clone(), p, (*o).clamp(low, high), high))
+                }
+                ReplayFrom::Time(ms) => {
+                    times
+                        .add_partition_offset(topic, p, Offset::Offset(*ms))
+                        .map_err(KafkaError::client("preparing an offsets-for-times request"))?;
+                    out.push((topic.clone(), p, high, high));
+                }
+            }
+        }
+    }
+    if let ReplayFrom::Time(_) = from {
+        let found = consumer
+            .offsets_for_times(times, timeout)
+            .map_err(KafkaError::client("looking up offsets for a time"))?;
+        for e in found.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                if let Some(row) = out
+                    .iter_mut()
+                    .find(|r| r.0 == e.topic() && r.1 == e.partition())
+                {
+                    row.2 = o.min(row.3);
+                }
+            }
+        }
+    }
+    if let ReplayFrom::Offset(t, p, _) = from {
+        if out.is_empty() {
+            return Err(KafkaError::Setup(format!(
+                "{t}[{p}] is not a partition of this sink's topics"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// The partition count of each topic (blocking). A topic that does not exist is an error that

@@ -21,8 +21,8 @@ pub mod publisher;
 pub use checkpoint::CheckpointStore;
 pub use config::KafkaConfig;
 pub use consumer::{
-    partition_counts, ConsumerEvent, ConsumerSettings, ConsumerSink, Control, OffsetSource, Record,
-    SinkConsumer, StoredOffset, TopicPartition,
+    partition_counts, replay_offsets, ConsumerEvent, ConsumerSettings, ConsumerSink, Control,
+    OffsetSource, Record, ReplayFrom, SinkConsumer, StoredOffset, TopicPartition,
 };
 pub use error::KafkaError;
 pub use publisher::{confirm, ensure_topics, preflight, KafkaPublisher, TopicSpec};

@@ -62,7 +62,7 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     /// Topic configs, e.g. `cleanup.policy = compact`.
-    pub configs: Vec<(&'static str, &'static str)>,
+    pub configs: Vec<(String, String)>,
 }
 
 /// Creates topics that do not exist yet. Existing topics are left as they are.
