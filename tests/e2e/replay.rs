@@ -114,7 +114,10 @@ async fn replay_from_a_time_heals_rows_damaged_after_it() {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .expect("the count of events to apply again");
-    assert!((1000..1200).contains(&again), "{again} events replayed:\n{out}");
+    assert!(
+        (1000..1200).contains(&again),
+        "{again} events replayed:\n{out}"
+    );
     let counts = p.wait_equal(LONG).await;
     assert_eq!(counts, vec![1500 - 51]);
     assert!(sluice.stop(LONG).success());

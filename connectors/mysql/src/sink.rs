@@ -690,6 +690,33 @@ pub async fn preflight_target(
     out
 }
 
+/// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
+/// given offset, and its last applied source position is forgotten. One transaction.
+pub async fn move_offsets(
+    conn: &mut Conn,
+    sink: &str,
+    moves: &[(String, i32, i64)],
+) -> Result<(), MySqlError> {
+    let context = "moving the sink's offsets in sluice_apply_offsets";
+    let mut tx = conn
+        .start_transaction(TxOpts::default())
+        .await
+        .map_err(MySqlError::query(context))?;
+    for (topic, partition, offset) in moves {
+        tx.exec_drop(
+            "insert into sluice_apply_offsets (sink, topic, `partition`, next_offset, source_position)
+             values (?, ?, ?, ?, null)
+             on duplicate key update next_offset = values(next_offset), source_position = null,
+               updated_at = current_timestamp(6)",
+            (sink, topic, partition, offset),
+        )
+        .await
+        .map_err(MySqlError::query(context))?;
+    }
+    tx.commit().await.map_err(MySqlError::query(context))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,31 +743,4 @@ mod tests {
             Value::UInt(u64::MAX)
         );
     }
-}
-
-/// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
-/// given offset, and its last applied source position is forgotten. One transaction.
-pub async fn move_offsets(
-    conn: &mut Conn,
-    sink: &str,
-    moves: &[(String, i32, i64)],
-) -> Result<(), MySqlError> {
-    let context = "moving the sink's offsets in sluice_apply_offsets";
-    let mut tx = conn
-        .start_transaction(TxOpts::default())
-        .await
-        .map_err(MySqlError::query(context))?;
-    for (topic, partition, offset) in moves {
-        tx.exec_drop(
-            "insert into sluice_apply_offsets (sink, topic, `partition`, next_offset, source_position)
-             values (?, ?, ?, ?, null)
-             on duplicate key update next_offset = values(next_offset), source_position = null,
-               updated_at = current_timestamp(6)",
-            (sink, topic, partition, offset),
-        )
-        .await
-        .map_err(MySqlError::query(context))?;
-    }
-    tx.commit().await.map_err(MySqlError::query(context))?;
-    Ok(())
 }

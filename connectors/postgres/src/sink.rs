@@ -824,6 +824,30 @@ pub async fn preflight_target(
     describe_targets(&client, tables).await
 }
 
+/// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
+/// given offset, and its last applied source position is forgotten so that nothing is skipped
+/// as already applied. One transaction.
+pub async fn move_offsets(
+    client: &mut Client,
+    sink: &str,
+    moves: &[(String, i32, i64)],
+) -> Result<(), PostgresError> {
+    let topics: Vec<&str> = moves.iter().map(|m| m.0.as_str()).collect();
+    let partitions: Vec<i32> = moves.iter().map(|m| m.1).collect();
+    let offsets: Vec<i64> = moves.iter().map(|m| m.2).collect();
+    client
+        .execute(
+            "insert into sluice.apply_offsets (sink, topic, partition, next_offset, source_position, updated_at)
+             select $1, t, p, o, null, now() from unnest($2::text[], $3::int[], $4::bigint[]) as m(t, p, o)
+             on conflict (sink, topic, partition) do update
+               set next_offset = excluded.next_offset, source_position = null, updated_at = now()",
+            &[&sink, &topics, &partitions, &offsets],
+        )
+        .await
+        .map_err(PostgresError::query("moving the sink's offsets in sluice.apply_offsets"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,28 +894,4 @@ mod tests {
         assert!(!sql.contains("\"doc\" ="), "{sql}");
         assert!(upsert_sql(&table(), &[0]).ends_with("do nothing"));
     }
-}
-
-/// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
-/// given offset, and its last applied source position is forgotten so that nothing is skipped
-/// as already applied. One transaction.
-pub async fn move_offsets(
-    client: &mut Client,
-    sink: &str,
-    moves: &[(String, i32, i64)],
-) -> Result<(), PostgresError> {
-    let topics: Vec<&str> = moves.iter().map(|m| m.0.as_str()).collect();
-    let partitions: Vec<i32> = moves.iter().map(|m| m.1).collect();
-    let offsets: Vec<i64> = moves.iter().map(|m| m.2).collect();
-    client
-        .execute(
-            "insert into sluice.apply_offsets (sink, topic, partition, next_offset, source_position, updated_at)
-             select $1, t, p, o, null, now() from unnest($2::text[], $3::int[], $4::bigint[]) as m(t, p, o)
-             on conflict (sink, topic, partition) do update
-               set next_offset = excluded.next_offset, source_position = null, updated_at = now()",
-            &[&sink, &topics, &partitions, &offsets],
-        )
-        .await
-        .map_err(PostgresError::query("moving the sink's offsets in sluice.apply_offsets"))?;
-    Ok(())
 }
