@@ -4,15 +4,18 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Sluice streams row changes from Postgres through Kafka into target databases.
+/// Sluice streams row changes from Postgres and MySQL/MariaDB through Kafka into target
+/// databases.
 ///
 /// Capture: a consistent initial snapshot, then every insert, update, delete and truncate, one
 /// topic per table (<prefix>.<schema>.<table>), keyed by primary key, in a Debezium-style JSON
-/// envelope; nothing is acknowledged to Postgres before Kafka has it. Apply: consumer groups
-/// write mapped upserts and deletes into target Postgres or MySQL/MariaDB databases, each
-/// batch in one transaction together with its Kafka offsets, so every change takes effect
-/// exactly once. Logs go to stderr; SLUICE_LOG sets the filter (e.g. SLUICE_LOG=debug). See
-/// README.md for the config file.
+/// envelope; a source position is checkpointed only after Kafka has every change up to it.
+/// Apply: consumer groups write mapped upserts and deletes (renames, CEL expressions, value
+/// maps, filters, soft deletes) into target Postgres or MySQL/MariaDB databases, each batch in
+/// one transaction together with its Kafka offsets, so every change takes effect exactly once;
+/// files and byte columns can go to S3-compatible stores first, their URLs into the rows. Logs
+/// go to stderr; SLUICE_LOG sets the filter (e.g. SLUICE_LOG=debug). See README.md for the
+/// config file.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
@@ -63,8 +66,8 @@ pub enum Command {
         /// `offset:TOPIC/PARTITION/OFFSET`.
         #[arg(long, value_name = "FROM")]
         from: String,
-        /// Only this source table's topic (`schema.table`, or `table` for MySQL sources);
-        /// repeatable. Default: every table the sink maps.
+        /// Only this source table's topic, named as in the mapping's `from` (`schema.table`;
+        /// `database.table` for MySQL sources); repeatable. Default: every table the sink maps.
         #[arg(long, value_name = "TABLE")]
         table: Vec<String>,
         /// Wait until the sink has applied everything up to where the topics ended when the
