@@ -142,7 +142,11 @@ async fn main() {
     );
     let deadline = Instant::now() + LONG;
     while count(&cloud, "select count(*) from reports where url is not null").await < 1 {
-        assert!(Instant::now() < deadline, "the warm-up row never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up row never arrived:\n{}",
+            sluice.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -162,7 +166,14 @@ async fn main() {
         .expect("rows");
         let want = (1 + (round + 1) * n) as i64;
         while count(&cloud, "select count(*) from reports where url is not null").await < want {
-            assert!(Instant::now() < deadline, "Sluice did not apply every row");
+            if Instant::now() >= deadline {
+                let log = sluice.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "Sluice did not apply every row; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             // Polled every 50 ms: often enough for a ±2% figure over ~2 s, rarely enough not
             // to take the store's CPU on a 2-core machine.
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -77,7 +77,9 @@ impl Store {
             .with_max_backoff(Duration::from_secs(5));
         let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(120))
+            // A stalled request is given up and retried, not waited on for minutes.
+            .read_timeout(Duration::from_secs(20))
+            .operation_attempt_timeout(Duration::from_secs(60))
             .build();
         let mut builder = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
