@@ -3,6 +3,7 @@
 
 mod common;
 mod pipeline;
+mod reload;
 mod replay;
 
 mod apply;
