@@ -25,11 +25,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the pipeline until interrupted (Ctrl-C or SIGTERM stop it cleanly).
+    /// Run the pipeline until interrupted (Ctrl-C or SIGTERM stop it cleanly; SIGHUP reloads
+    /// the config).
     ///
     /// Runs every configured source (capture) and sink (apply), after the preflight checks; it
     /// refuses to start if any fails. Capture resumes from its durable checkpoint in Kafka,
     /// apply from the offsets stored in each target: no change is lost or applied twice.
+    /// SIGHUP reads the config again: a config that fails its checks is refused (the
+    /// pipeline keeps running); otherwise only the sources and sinks it changes restart.
     Run {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
