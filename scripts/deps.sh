@@ -41,40 +41,32 @@ else
   say "cargo-nextest: present"
 fi
 
-# A plain `cargo install tansu` has no storage engine and silently drops every write: the
-# features matter, so check them, not just the version.
-tansu_ok() {
-  command -v tansu >/dev/null && python3 - <<'PY'
+# Whether `cargo install` put crate NAME at VERSION with every one of FEATURES (and its binary
+# is on the PATH). Features matter: a plain `cargo install tansu` has no storage engine and
+# silently drops every write.
+installed() {
+  command -v "$1" >/dev/null && python3 - "$@" <<'PY'
 import json, os, sys
+name, version, features = sys.argv[1], sys.argv[2], set(sys.argv[3:])
 path = os.path.expanduser("~/.cargo/.crates2.json")
 try:
     installs = json.load(open(path))["installs"]
 except Exception:
     sys.exit(1)
-ok = any(k.startswith("tansu 0.6.0 ") and {"libsql", "dynostore"} <= set(v.get("features", []))
+ok = any(k.startswith(f"{name} {version} ") and features <= set(v.get("features", []))
          for k, v in installs.items())
 sys.exit(0 if ok else 1)
 PY
 }
-if tansu_ok; then
+
+if installed tansu 0.6.0 libsql dynostore; then
   say "tansu 0.6.0 (libsql, dynostore): present"
 else
   say "cargo install tansu 0.6.0 --features libsql,dynostore (about 15-20 minutes on 2 cores)"
   cargo install tansu --version 0.6.0 --locked --features libsql,dynostore
 fi
 
-garage_ok() {
-  command -v garage >/dev/null && python3 - <<'PY'
-import json, os, sys
-path = os.path.expanduser("~/.cargo/.crates2.json")
-try:
-    installs = json.load(open(path))["installs"]
-except Exception:
-    sys.exit(1)
-sys.exit(0 if any(k.startswith("garage 2.5.0 ") for k in installs) else 1)
-PY
-}
-if garage_ok; then
+if installed garage 2.5.0; then
   say "garage 2.5.0: present"
 else
   say "cargo install garage 2.5.0 (about 12-15 minutes on 2 cores)"
