@@ -205,6 +205,8 @@ impl Stage {
         // any upload.
         let mut jobs: Vec<Job> = Vec::new();
         let mut refused: HashMap<usize, String> = HashMap::new();
+        // Each blob column's directories, resolved once per batch rather than once per file.
+        let mut real_bases: HashMap<usize, Vec<PathBuf>> = HashMap::new();
         for (event, works) in work {
             for (w, item) in works.iter().enumerate() {
                 let BlobWork::Put {
@@ -225,7 +227,13 @@ impl Stage {
                         continue;
                     }
                     InputValue::Bytes(b) => Source::Bytes(b.clone()),
-                    InputValue::Path(p) => match locate(p, &spec.base_dirs) {
+                    InputValue::Path(p) => match locate(
+                        p,
+                        &spec.base_dirs,
+                        real_bases
+                            .entry(Arc::as_ptr(spec) as usize)
+                            .or_insert_with(|| canonical(&spec.base_dirs)),
+                    ) {
                         Ok(path) => Source::File(path),
                         Err(ReadError::Missing(path)) => {
                             let record = batch.events[*event].record.clone();
@@ -866,7 +874,8 @@ fn read_and_hash(source: Source) -> Result<(Vec<u8>, String), ReadError> {
 /// Finds `path` (as the row names it) under one of `base_dirs`. A relative path is tried under
 /// each directory in turn; `..` is refused, and so is a path (or a symbolic link) that leads
 /// outside them.
-fn locate(path: &str, base_dirs: &[PathBuf]) -> Result<PathBuf, ReadError> {
+/// `real_bases` are `base_dirs` resolved (see [`canonical`]).
+fn locate(path: &str, base_dirs: &[PathBuf], real_bases: &[PathBuf]) -> Result<PathBuf, ReadError> {
     let p = Path::new(path);
     if path.is_empty() {
         return Err(ReadError::Refused("the file path is empty".into()));
@@ -892,11 +901,7 @@ fn locate(path: &str, base_dirs: &[PathBuf]) -> Result<PathBuf, ReadError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(ReadError::Refused(format!("file {}: {e}", c.display()))),
         };
-        let inside = base_dirs.iter().any(|b| {
-            std::fs::canonicalize(b)
-                .map(|b| real.starts_with(b))
-                .unwrap_or(false)
-        });
+        let inside = real_bases.iter().any(|b| real.starts_with(b));
         if !inside {
             return Err(ReadError::Refused(format!(
                 "file path {path:?} leads outside the configured base_dirs (through a link): refused"
@@ -912,10 +917,18 @@ fn locate(path: &str, base_dirs: &[PathBuf]) -> Result<PathBuf, ReadError> {
     ))
 }
 
+/// The directories that exist, with links resolved (a file must resolve to inside one).
+fn canonical(base_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    base_dirs
+        .iter()
+        .filter_map(|b| std::fs::canonicalize(b).ok())
+        .collect()
+}
+
 /// Reads `path` from under `base_dirs` (see [`locate`]).
 #[cfg(test)]
 fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
-    let real = locate(path, base_dirs)?;
+    let real = locate(path, base_dirs, &canonical(base_dirs))?;
     let (bytes, _) = read_and_hash(Source::File(real.clone()))?;
     Ok((real, bytes))
 }
