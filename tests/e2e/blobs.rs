@@ -48,6 +48,29 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
     (status, out[end + 4..].to_vec())
 }
 
+/// A garage bucket, a source Postgres capturing `table` (made by `source_sql`), and a target
+/// database `target` on the same server holding `target_sql`.
+async fn blob_fixture(
+    bucket: &str,
+    table: &str,
+    source_sql: &str,
+    target: &str,
+    target_sql: &str,
+) -> (Garage, Fixture, tokio_postgres::Client) {
+    credentials();
+    let garage = Garage::start(bucket);
+    let f = Fixture::new(&[table], source_sql).await;
+    f.pg.create_database(target).await;
+    let db = f.pg.connect(target).await;
+    db.batch_execute(target_sql).await.expect("target schema");
+    (garage, f, db)
+}
+
+/// Runs the sluice binary to its end: (status, stdout, stderr).
+fn run_sluice(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    sluice_test_support::sluice::run_to_end(Path::new(SLUICE), args, LONG)
+}
+
 async fn rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
     db.query(sql, &[])
         .await
@@ -78,17 +101,15 @@ const SESSIONS_TARGET: &str = "create table sessions (id bigint primary key, tra
 /// for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_session_reports_go_to_the_store_before_their_rows() {
-    credentials();
-    let mut garage = Garage::start("reports");
-    let f = Fixture::new(
-        &["sessions"],
+    let (mut garage, f, cloud) = blob_fixture(
+        "reports",
+        "sessions",
         "create table sessions (id bigint primary key, trainee text not null, score int,
            pdf_path text, json_path text)",
+        "cloud",
+        SESSIONS_TARGET,
     )
     .await;
-    f.pg.create_database("cloud").await;
-    let cloud = f.pg.connect("cloud").await;
-    cloud.batch_execute(SESSIONS_TARGET).await.expect("target");
     let files = f.dir.path().join("sessions");
     std::fs::create_dir_all(&files).expect("files dir");
     let report = |id: i64, kind: &str| {
@@ -263,16 +284,12 @@ async fn training_session_reports_go_to_the_store_before_their_rows() {
     );
 
     // The ledger and the bucket agree.
-    let (status, out, err) = sluice_test_support::sluice::run_to_end(
-        Path::new(SLUICE),
-        &[
-            "blobs",
-            "verify",
-            "--config",
-            f.config.to_str().expect("path"),
-        ],
-        LONG,
-    );
+    let (status, out, err) = run_sluice(&[
+        "blobs",
+        "verify",
+        "--config",
+        f.config.to_str().expect("path"),
+    ]);
     assert!(status.success(), "{out}\n{err}");
     assert!(out.contains("0 missing, 0 damaged, 0 orphaned"), "{out}");
     assert!(sluice.stop(LONG).success());
@@ -429,20 +446,14 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
 /// URL is renewed in the target row before it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
-    credentials();
-    let garage = Garage::start("photos");
-    let f = Fixture::new(
-        &["photos"],
+    let (garage, f, dash) = blob_fixture(
+        "photos",
+        "photos",
         "create table photos (id int primary key, caption text, image bytea)",
-    )
-    .await;
-    f.pg.create_database("dash").await;
-    let dash = f.pg.connect("dash").await;
-    dash.batch_execute(
+        "dash",
         "create table photos (id int primary key, caption text, image bytea, image_url text)",
     )
-    .await
-    .expect("target");
+    .await;
     f.write_config(&format!(
         "\n[sinks.dash]\npostgres = {}\n\n{}\n\
          [[sinks.dash.tables]]\nfrom = \"public.photos\"\n\
@@ -488,11 +499,7 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
             ),
     )
     .expect("bad config");
-    let (status, out, err) = sluice_test_support::sluice::run_to_end(
-        Path::new(SLUICE),
-        &["check", "--config", bad.to_str().expect("path")],
-        LONG,
-    );
+    let (status, out, err) = run_sluice(&["check", "--config", bad.to_str().expect("path")]);
     assert_eq!(status.code(), Some(1), "{out}\n{err}");
     assert!(
         out.contains("stores.photos: environment variable SLUICE_TEST_UNSET_KEY is not set"),
@@ -503,11 +510,7 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
         config.replace("bucket = \"photos\"", "bucket = \"no-such-bucket\""),
     )
     .expect("bad config");
-    let (status, out, err) = sluice_test_support::sluice::run_to_end(
-        Path::new(SLUICE),
-        &["check", "--config", bad.to_str().expect("path")],
-        LONG,
-    );
+    let (status, out, err) = run_sluice(&["check", "--config", bad.to_str().expect("path")]);
     assert_eq!(status.code(), Some(1), "{out}\n{err}");
     assert!(
         out.contains("store photos")
@@ -538,19 +541,14 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
 /// orphan and no missing object, and the target holds every row with its object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_during_uploads_leave_no_orphan_after_repair() {
-    credentials();
-    let garage = Garage::start("crash");
-    let f = Fixture::new(
-        &["docs"],
+    let (garage, f, cloud) = blob_fixture(
+        "crash",
+        "docs",
         "create table docs (id int primary key, path text not null, v int not null default 0)",
+        "cloud",
+        "create table docs (id int primary key, v int, url text, sha text)",
     )
     .await;
-    f.pg.create_database("cloud").await;
-    let cloud = f.pg.connect("cloud").await;
-    cloud
-        .batch_execute("create table docs (id int primary key, v int, url text, sha text)")
-        .await
-        .expect("target");
     let files = f.dir.path().join("docs");
     std::fs::create_dir_all(&files).expect("dir");
     let content = |id: i32, v: i32| format!("doc {id} v{v} {}", "z".repeat(20_000)).into_bytes();
@@ -639,7 +637,7 @@ async fn kills_during_uploads_leave_no_orphan_after_repair() {
             f.config.to_str().expect("path"),
         ];
         all.extend_from_slice(args);
-        sluice_test_support::sluice::run_to_end(Path::new(SLUICE), &all, LONG)
+        run_sluice(&all)
     };
     let (status, out, err) = verify(&["--repair", "--grace-s", "0"]);
     assert!(status.success(), "{out}\n{err}");
