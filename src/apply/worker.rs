@@ -57,23 +57,26 @@ struct PartitionState {
     parked_at: Option<Position>,
     /// The consumer's assignment number (for pause and resume requests).
     generation: u64,
-    /// Held at a record a foreign key refused (its parent row not in the target yet).
-    fk: Option<FkHold>,
-    /// When a foreign key first refused the record this partition is held at (kept while the
-    /// hold is released for a retry and taken again), and the current retry delay. Once that
-    /// is `fk_wait` ago, the next refusal is a dead letter.
-    fk_since: Option<(Instant, Duration)>,
+    /// Held at a record a foreign key refused (its parent row not in the target yet) or whose
+    /// blob file is not there yet.
+    hold: Option<Hold>,
+    /// When the record this partition is held at was first held (kept while the hold is
+    /// released for a retry and taken again), and the current retry delay. Once that is
+    /// `fk_wait` ago (for a foreign key) or the blob column's `missing_wait` ago (for a file),
+    /// the next refusal is a dead letter.
+    held_since: Option<(Instant, Duration)>,
 }
 
-/// A partition held at a record a foreign key refused, with the records after it.
+/// A partition held at a record that cannot be applied yet (a foreign key refused it, or its
+/// blob's file is not there yet), with the records after it.
 #[derive(Debug)]
-struct FkHold {
+struct Hold {
     records: VecDeque<Record>,
     next_try: Instant,
 }
 
-const FK_FIRST_RETRY: Duration = Duration::from_millis(100);
-const FK_MAX_RETRY: Duration = Duration::from_secs(2);
+const HOLD_FIRST_RETRY: Duration = Duration::from_millis(100);
+const HOLD_MAX_RETRY: Duration = Duration::from_secs(2);
 
 pub struct WorkerSettings {
     pub max_batch_events: usize,
@@ -235,7 +238,7 @@ impl Worker {
                     // Not (or no longer) ours.
                     return;
                 };
-                if let Some(hold) = state.fk.as_mut() {
+                if let Some(hold) = state.hold.as_mut() {
                     hold.records.push_back(record);
                 } else if !state.parked.is_empty() {
                     state.parked.push_back(record);
@@ -262,7 +265,7 @@ impl Worker {
                 fk_expired: states
                     .iter()
                     .filter(|(_, s)| {
-                        s.fk_since
+                        s.held_since
                             .is_some_and(|(since, _)| since.elapsed() >= self.settings.fk_wait)
                     })
                     .map(|(tp, _)| tp.clone())
@@ -392,7 +395,7 @@ impl Worker {
                 let waited = |r: &RecordRef| {
                     states
                         .get(&(r.topic.clone(), r.partition))
-                        .and_then(|s| s.fk_since)
+                        .and_then(|s| s.held_since)
                         .map(|(since, _)| since.elapsed())
                         .unwrap_or_default()
                 };
@@ -414,7 +417,7 @@ impl Worker {
             let outcome = if let Some((record, why)) = hold {
                 if states
                     .get(&(record.topic.clone(), record.partition))
-                    .is_none_or(|s| s.fk.is_none())
+                    .is_none_or(|s| s.hold.is_none())
                 {
                     tracing::info!(
                         worker = self.id,
@@ -463,7 +466,7 @@ impl Worker {
                         if !stop_at.contains_key(&tp) {
                             if let Some(state) = states.get_mut(&tp) {
                                 // Past the held record: the next refusal starts a new wait.
-                                state.fk_since = None;
+                                state.held_since = None;
                             }
                         }
                     }
@@ -477,12 +480,12 @@ impl Worker {
                             .cloned()
                             .collect();
                         let now = Instant::now();
-                        let (since, delay) = match state.fk_since {
-                            Some((since, delay)) => (since, (delay * 2).min(FK_MAX_RETRY)),
-                            None => (now, FK_FIRST_RETRY),
+                        let (since, delay) = match state.held_since {
+                            Some((since, delay)) => (since, (delay * 2).min(HOLD_MAX_RETRY)),
+                            None => (now, HOLD_FIRST_RETRY),
                         };
-                        state.fk_since = Some((since, delay));
-                        state.fk = Some(FkHold {
+                        state.held_since = Some((since, delay));
+                        state.hold = Some(Hold {
                             records: held,
                             next_try: now + delay,
                         });
@@ -510,7 +513,7 @@ impl Worker {
                 }
                 ApplyOutcome::Held(record) => {
                     let tp = (record.topic.clone(), record.partition);
-                    let first = states.get(&tp).is_none_or(|s| s.fk.is_none());
+                    let first = states.get(&tp).is_none_or(|s| s.hold.is_none());
                     if first && !blob_held {
                         tracing::info!(
                             worker = self.id,
@@ -658,18 +661,18 @@ impl Worker {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         for (tp, state) in states.iter_mut() {
-            let Some(hold) = state.fk.as_ref() else {
+            let Some(hold) = state.hold.as_ref() else {
                 continue;
             };
             if hold.next_try > now {
                 next = Some(next.map_or(hold.next_try, |n| n.min(hold.next_try)));
                 continue;
             }
-            let Some(hold) = state.fk.take() else {
+            let Some(hold) = state.hold.take() else {
                 continue;
             };
             let waited = state
-                .fk_since
+                .held_since
                 .map(|(since, _)| since.elapsed())
                 .unwrap_or_default();
             if waited >= self.settings.fk_wait {
@@ -678,7 +681,7 @@ impl Worker {
                     topic = %tp.0,
                     partition = tp.1,
                     waited_ms = waited.as_millis() as u64,
-                    "a foreign key still refuses a row after the wait: it goes to the dead letters"
+                    "retrying a held row after foreign_key_wait_ms: if a foreign key still refuses it, it goes to the dead letters"
                 );
             }
             ready.extend(hold.records);
