@@ -78,6 +78,42 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Re-read a table's rows, or those matching a predicate, through the running capture.
+    ///
+    /// For "this patient's files" or "this institute's users" after something went wrong
+    /// downstream. The request is written into the source's WAL; the running capture (or the
+    /// next one to start) reads the matching rows in key-ordered chunks, interleaved with the
+    /// live stream: a row changed while it is re-read is published from the change, never
+    /// from the older read, so no newer change is overwritten. Postgres sources only.
+    Snapshot {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// The table, as in the source's `tables` (`schema.table`, or `table` for public).
+        #[arg(long, value_name = "TABLE")]
+        table: String,
+        /// The source capturing it, when several do.
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<String>,
+        /// A SQL condition on the table's columns, e.g. `"institute_id = 42"` or
+        /// `"id between 1000 and 1999"`. Default: every row.
+        #[arg(long = "where", value_name = "PREDICATE")]
+        predicate: Option<String>,
+        /// Wait until every matching row is in Kafka, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Check the config, then ask every `sluice run` using it to reload it (as SIGHUP does).
+    ///
+    /// A config that fails validation or the preflight checks is reported here and nothing is
+    /// signalled. A running pipeline starts what the new config adds (a table added to a
+    /// source is backfilled while everything else keeps flowing), stops what it removes, and
+    /// restarts what it changes.
+    Reload {
+        /// The TOML config file the pipeline runs with.
+        #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Blob columns: check the objects in the buckets against the ledger.
     Blobs {
         #[command(subcommand)]

@@ -310,6 +310,10 @@ pub struct SourceConfig {
     /// How often the durable capture checkpoint is written, in milliseconds.
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
+    /// Postgres: rows per chunk of an incremental backfill (a table added to a running
+    /// source, or `sluice snapshot`).
+    #[serde(default = "default_backfill_chunk_rows")]
+    pub backfill_chunk_rows: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -322,6 +326,10 @@ pub enum SnapshotSetting {
 
 fn default_max_batch_events() -> usize {
     4096
+}
+
+fn default_backfill_chunk_rows() -> usize {
+    8192
 }
 
 fn default_max_batch_delay_ms() -> u64 {
@@ -488,6 +496,9 @@ impl Config {
             }
             if source.max_batch_events == 0 {
                 problems.push(format!("{at}.max_batch_events must be at least 1"));
+            }
+            if source.backfill_chunk_rows == 0 {
+                problems.push(format!("{at}.backfill_chunk_rows must be at least 1"));
             }
             if source.checkpoint_interval_ms == 0 {
                 problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
@@ -723,6 +734,7 @@ impl Config {
             topic_prefix: self.kafka.topic_prefix.clone(),
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
+            backfill_chunk_rows: source.backfill_chunk_rows,
         })
     }
 }

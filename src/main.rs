@@ -5,7 +5,10 @@ mod blobs;
 mod capture;
 mod cli;
 mod config;
+mod control;
+mod progress;
 mod replay;
+mod resync;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -39,6 +42,23 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check { config } => check(&config).await,
+            Command::Reload { config } => control::reload(&config).await,
+            Command::Snapshot {
+                config,
+                table,
+                source,
+                predicate,
+                wait,
+            } => {
+                resync::run(
+                    &config,
+                    source.as_deref(),
+                    &table,
+                    predicate.as_deref(),
+                    wait,
+                )
+                .await
+            }
             Command::Replay {
                 config,
                 sink,

@@ -6,15 +6,15 @@
 //! workers notice a stored offset that moved back within seconds and have the consumer read
 //! again from there; a stopped sink starts there.
 
-use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_core::{topic_name, TableId};
 use sluice_kafka::ReplayFrom;
 
 use crate::apply::target::{self, TargetConnection};
+use crate::progress::Progress;
 
 /// Parses `--from`.
 pub fn parse_from(text: &str) -> Result<ReplayFrom, String> {
@@ -230,9 +230,7 @@ async fn follow(
         .iter()
         .map(|(t, p, _, _)| (Arc::from(t.as_str()), *p))
         .collect();
-    let tty = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut last_line = Instant::now();
+    let mut progress = Progress::new("replay", "events");
     loop {
         let stored = match target::load_offsets(connection, sink, &partitions).await {
             Ok(s) => s,
@@ -252,29 +250,10 @@ async fn follow(
                 (next.min(*end) - start).max(0)
             })
             .sum();
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / secs;
-        if tty {
-            let width = 30usize;
-            let filled = if total > 0 {
-                (done as usize * width) / total as usize
-            } else {
-                width
-            };
-            eprint!(
-                "\r[{}{}] {done}/{total} events, {rate:.0}/s   ",
-                "#".repeat(filled),
-                " ".repeat(width - filled)
-            );
-            let _ = std::io::stderr().flush();
-        } else if last_line.elapsed() >= Duration::from_secs(5) || done >= total {
-            eprintln!("replay progress: {done}/{total} events, {rate:.0}/s");
-            last_line = Instant::now();
-        }
+        progress.show(done, total);
         if done >= total {
-            if tty {
-                eprintln!();
-            }
+            progress.finish();
+            let secs = progress.elapsed_s();
             println!("sink {sink}: replay applied ({total} events in {secs:.1} s)");
             return ExitCode::SUCCESS;
         }

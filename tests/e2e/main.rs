@@ -7,6 +7,7 @@ mod reload;
 mod replay;
 
 mod apply;
+mod backfill;
 
 mod bad_input;
 mod blobs;

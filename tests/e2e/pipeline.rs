@@ -14,6 +14,8 @@ pub struct Pipeline {
     pub dir: TempDir,
     pub config: PathBuf,
     pub tables: Vec<String>,
+    /// Extra lines for `[sources.app]`.
+    pub source_extra: String,
 }
 
 impl Pipeline {
@@ -52,6 +54,7 @@ impl Pipeline {
             dir,
             config,
             tables: tables.iter().map(|t| t.to_string()).collect(),
+            source_extra: String::new(),
         };
         let mappings: String = tables
             .iter()
@@ -71,11 +74,12 @@ impl Pipeline {
             .join(", ");
         let text = format!(
             "[kafka]\nbrokers = \"{brokers}\"\npartitions = 3\n\n\
-             [sources.app]\npostgres = {src}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n\n\
+             [sources.app]\npostgres = {src}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{source_extra}\n\n\
              [sinks.target]\npostgres = {dst}\n{sink_extra}\n\n{mappings}",
             brokers = self.broker.brokers(),
             src = self.source.sluice_connection("app"),
             dst = self.target.sluice_connection("warehouse"),
+            source_extra = self.source_extra,
         );
         std::fs::write(&self.config, text).expect("write config");
     }

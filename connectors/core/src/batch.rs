@@ -24,7 +24,7 @@ pub struct Batch {
 }
 
 /// A durable resume point of one source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceCheckpoint {
     /// `postgres` or `mysql`.
@@ -44,4 +44,36 @@ pub struct SourceCheckpoint {
     pub gtid: Option<String>,
     /// When the checkpoint was written, milliseconds since the Unix epoch.
     pub written_at_ms: i64,
+    /// Tables (`schema.table`) whose existing rows are all in Kafka: by the initial snapshot
+    /// or by a finished backfill. `None` in checkpoints written before Sluice tracked this:
+    /// every configured table then counts as complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// Backfills queued or under way (a table added at runtime, or `sluice snapshot`), with
+    /// how far each got: a restart resumes them after their last published chunk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backfills: Vec<BackfillState>,
+}
+
+/// One incremental backfill's durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillState {
+    /// Identifies the backfill in logs and markers.
+    pub id: String,
+    /// `schema.table`.
+    pub table: String,
+    /// A SQL predicate limiting the rows read (`sluice snapshot --where`); `None` reads all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate: Option<String>,
+    /// The primary key (its columns' text forms) of the last row read; `None` before the
+    /// first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+    /// Rows published so far.
+    #[serde(default)]
+    pub rows: u64,
+    /// Rows read but not published because a change newer than the read was in the stream.
+    #[serde(default)]
+    pub superseded: u64,
 }

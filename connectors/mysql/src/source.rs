@@ -176,6 +176,7 @@ impl MySqlSource {
                             slot: None,
                             gtid,
                             written_at_ms: now_us() / 1000,
+                            ..Default::default()
                         }),
                     })
                     .await

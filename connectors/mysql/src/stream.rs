@@ -425,6 +425,7 @@ impl Session {
             slot: None,
             gtid: self.gtid_position(txn.and_then(|t| t.gtid)),
             written_at_ms: now_us() / 1000,
+            ..Default::default()
         });
         self.pending_since.get_or_insert_with(Instant::now);
         if self.batch.len() >= self.ctx.max_batch

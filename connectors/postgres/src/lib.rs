@@ -16,6 +16,7 @@
 //! Guarantees: a position is acknowledged to Postgres only after the capture pipeline reports
 //! it durable (see [`stream`]); unchanged TOASTed values are never emitted as data.
 
+pub mod backfill;
 pub mod catalog;
 pub mod client;
 pub mod config;

@@ -79,27 +79,7 @@ pub async fn read_snapshot(
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(PostgresError::query(context.clone()))?;
             for fields in parser.push(&chunk) {
-                let values = fields
-                    .into_iter()
-                    .zip(table.kinds.iter())
-                    .map(|(field, kind)| match field {
-                        None => Ok(Some(Value::Null)),
-                        Some(text) => decode_text(kind, &text).map(Some).map_err(|e| {
-                            PostgresError::Setup(format!(
-                                "cannot convert a value of {} ({:?}: {})",
-                                table.schema.id, e.kind, e.reason
-                            ))
-                        }),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                if values.len() != table.schema.columns.len() {
-                    return Err(PostgresError::Setup(format!(
-                        "snapshot of {} returned {} columns, expected {}",
-                        table.schema.id,
-                        values.len(),
-                        table.schema.columns.len()
-                    )));
-                }
+                let values = decode_fields(table, fields)?;
                 batch.push(ChangeEvent {
                     op: Op::Read,
                     table: table.schema.clone(),
@@ -143,6 +123,35 @@ pub async fn read_snapshot(
         .await
         .map_err(PostgresError::query("ending the snapshot transaction"))?;
     Ok(seq)
+}
+
+/// Converts one COPY row of `table` (text fields, `None` = NULL) into values.
+pub(crate) fn decode_fields(
+    table: &CapturedTable,
+    fields: Vec<Option<String>>,
+) -> Result<Vec<Option<Value>>, PostgresError> {
+    let values = fields
+        .into_iter()
+        .zip(table.kinds.iter())
+        .map(|(field, kind)| match field {
+            None => Ok(Some(Value::Null)),
+            Some(text) => decode_text(kind, &text).map(Some).map_err(|e| {
+                PostgresError::Setup(format!(
+                    "cannot convert a value of {} ({:?}: {})",
+                    table.schema.id, e.kind, e.reason
+                ))
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if values.len() != table.schema.columns.len() {
+        return Err(PostgresError::Setup(format!(
+            "{} returned {} columns, expected {}",
+            table.schema.id,
+            values.len(),
+            table.schema.columns.len()
+        )));
+    }
+    Ok(values)
 }
 
 async fn send(out: &mpsc::Sender<Batch>, events: Vec<ChangeEvent>) -> Result<(), PostgresError> {

@@ -20,9 +20,12 @@ use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationConfig};
 use sluice_core::event::{format_lsn, parse_lsn};
-use sluice_core::{topic_name, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema};
+use sluice_core::{
+    topic_name, BackfillState, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema,
+};
 use tokio::sync::oneshot;
 
+use crate::backfill::{self, Driver, Tracker};
 use crate::catalog;
 use crate::client::{connect, quote_ident, SESSION_OPTIONS};
 use crate::config::PostgresConnection;
@@ -50,6 +53,8 @@ pub struct SourceSettings {
     pub topic_prefix: String,
     pub max_batch_events: usize,
     pub max_batch_delay: Duration,
+    /// Rows per chunk of an incremental backfill.
+    pub backfill_chunk_rows: usize,
 }
 
 /// A table being captured: its current shape and how to convert its columns.
@@ -187,6 +192,32 @@ impl PostgresSource {
         .with_wakeup_interval(Duration::from_secs(1))
         .with_buffer_size(4096);
         let source_name: Arc<str> = Arc::from(s.name.as_str());
+        let (complete, backfills) = match plan {
+            Plan::Resume(_) => self.backfills_to_run(resume.as_ref()),
+            Plan::Create => (self.configured(), Vec::new()),
+        };
+        let captured: HashMap<TableId, Arc<CapturedTable>> = self
+            .tables
+            .iter()
+            .map(|t| (t.schema.id.clone(), t.clone()))
+            .collect();
+        let ((chunk_tx, chunk_rx), (request_tx, request_rx)) = backfill::channels();
+        let driver = Driver {
+            conn: s.connection.clone(),
+            source: s.name.clone(),
+            tables: captured.clone(),
+            chunk_rows: s.backfill_chunk_rows,
+            chunks: chunk_tx,
+            requests: request_rx,
+        };
+        let tracker = Tracker::new(
+            s.name.clone(),
+            captured,
+            chunk_rx,
+            request_tx,
+            backfills.clone(),
+            complete.clone(),
+        );
         let ctx = StreamContext {
             source_name: source_name.clone(),
             slot: s.slot.clone(),
@@ -201,6 +232,7 @@ impl PostgresSource {
             out: handles.out.clone(),
             durable: handles.durable,
             stop: handles.stop,
+            backfill: tracker,
         };
 
         let session = match plan {
@@ -254,6 +286,8 @@ impl PostgresSource {
                             slot: Some(s.slot.clone()),
                             gtid: None,
                             written_at_ms: now_us() / 1000,
+                            tables: Some(complete),
+                            backfills: Vec::new(),
                         }),
                     })
                     .await
@@ -263,10 +297,67 @@ impl PostgresSource {
             }
         };
         drop(control);
-        join(session).await
+        // The driver ends when the session drops its side of the request channel.
+        let driver = tokio::spawn(driver.run(backfills));
+        let result = join(session).await;
+        driver.abort();
+        result
+    }
+
+    /// Every configured table, by name.
+    fn configured(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .map(|t| t.schema.id.to_string())
+            .collect()
+    }
+
+    /// From the checkpoint a run resumes from: the tables whose rows are complete and the
+    /// backfills to run, with one added for each configured table that is neither (a table
+    /// added to the config). Tables no longer configured are forgotten: added again later,
+    /// they are backfilled again, as their changes meanwhile were not captured.
+    fn backfills_to_run(
+        &self,
+        resume: Option<&SourceCheckpoint>,
+    ) -> (Vec<String>, Vec<BackfillState>) {
+        let configured = self.configured();
+        let complete: Vec<String> = match resume.and_then(|c| c.tables.clone()) {
+            Some(done) => done
+                .into_iter()
+                .filter(|t| configured.contains(t))
+                .collect(),
+            // A checkpoint from before tables were tracked: what is configured now was there.
+            None => configured.clone(),
+        };
+        let mut backfills: Vec<BackfillState> = Vec::new();
+        for bf in resume.map(|c| c.backfills.clone()).unwrap_or_default() {
+            if configured.contains(&bf.table) {
+                backfills.push(bf);
+            } else {
+                tracing::warn!(source = %self.settings.name, table = %bf.table, id = %bf.id, "backfill dropped: its table is no longer configured");
+            }
+        }
+        for table in &configured {
+            let queued = backfills
+                .iter()
+                .any(|b| &b.table == table && b.predicate.is_none());
+            if !complete.contains(table) && !queued {
+                tracing::info!(source = %self.settings.name, table = %table, "table added to the source: its existing rows will be backfilled");
+                backfills.push(BackfillState {
+                    id: format!("add-{table}-{:x}", now_us()),
+                    table: table.clone(),
+                    predicate: None,
+                    after: None,
+                    rows: 0,
+                    superseded: 0,
+                });
+            }
+        }
+        (complete, backfills)
     }
 }
 
+#[derive(Clone, Copy)]
 enum Plan {
     Resume(u64),
     Create,

@@ -26,6 +26,7 @@ use sluice_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backfill::Tracker;
 use crate::error::PostgresError;
 use crate::pgoutput::{self, Datum, Message, OldTuple, Tuple};
 use crate::snapshot::now_us;
@@ -59,6 +60,8 @@ pub struct StreamContext {
     pub out: mpsc::Sender<Batch>,
     pub durable: watch::Receiver<Option<SourceCheckpoint>>,
     pub stop: watch::Receiver<bool>,
+    /// Backfills: changed keys noted, chunks published at their markers.
+    pub backfill: Tracker,
 }
 
 /// Runs one replication session to its end on a dedicated thread.
@@ -262,6 +265,20 @@ impl Session {
                     self.flush().await?;
                 }
             }
+            ReplicationEvent::Message {
+                prefix, content, ..
+            } => {
+                if let Some(released) = self.ctx.backfill.message(&prefix, &content) {
+                    for row in released.rows {
+                        let mut ev = self.event(released.table.clone(), Op::Read, None, Some(row));
+                        ev.source.snapshot = true;
+                        self.batch.push(ev);
+                    }
+                    if self.batch.len() >= self.ctx.max_batch {
+                        self.flush().await?;
+                    }
+                }
+            }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let idle = self.txn.is_none()
                     && self.batch.is_empty()
@@ -291,6 +308,8 @@ impl Session {
                 slot: Some(self.ctx.slot.clone()),
                 gtid: None,
                 written_at_ms: now_us() / 1000,
+                tables: Some(self.ctx.backfill.complete.clone()),
+                backfills: self.ctx.backfill.state.clone(),
             }
         });
         self.pending_since = None;
@@ -347,7 +366,11 @@ impl Session {
             Message::Insert { relation, new } => {
                 if let Some(rel) = self.relation(relation)? {
                     let after = row(rel, &new, None, false)?;
-                    let ev = self.event(rel.table.clone(), Op::Insert, None, Some(after));
+                    let table = rel.table.clone();
+                    if self.ctx.backfill.active() {
+                        self.ctx.backfill.touched(&table, &after);
+                    }
+                    let ev = self.event(table, Op::Insert, None, Some(after));
                     self.batch.push(ev);
                 }
             }
@@ -360,6 +383,12 @@ impl Session {
                     };
                     let after = row(rel, &new, full_old, false)?;
                     let table = rel.table.clone();
+                    if self.ctx.backfill.active() {
+                        self.ctx.backfill.touched(&table, &after);
+                        if let Some(b) = &before {
+                            self.ctx.backfill.touched(&table, b);
+                        }
+                    }
                     if before
                         .as_ref()
                         .is_some_and(|b| table.key_differs(b, &after))
@@ -380,14 +409,20 @@ impl Session {
                         OldTuple::Key(t) => row(rel, t, None, true)?,
                         OldTuple::Full(t) => row(rel, t, None, false)?,
                     };
-                    let ev = self.event(rel.table.clone(), Op::Delete, Some(before), None);
+                    let table = rel.table.clone();
+                    if self.ctx.backfill.active() {
+                        self.ctx.backfill.touched(&table, &before);
+                    }
+                    let ev = self.event(table, Op::Delete, Some(before), None);
                     self.batch.push(ev);
                 }
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
                     if let Some(rel) = self.relation(relation)? {
-                        let ev = self.event(rel.table.clone(), Op::Truncate, None, None);
+                        let table = rel.table.clone();
+                        self.ctx.backfill.truncated(&table.id);
+                        let ev = self.event(table, Op::Truncate, None, None);
                         self.batch.push(ev);
                     }
                 }

@@ -1,0 +1,188 @@
+//! Backfill throughput: a 1M-row table added to a running source, read in chunks while the
+//! stream carries a steady load, next to a plain `COPY … TO STDOUT` of the same table in the
+//! same run.
+//!
+//! `cargo bench --bench backfill` (release build). It:
+//! 1. starts Sluice capturing only `load`, which takes 2,000 rows/s in 20-row transactions;
+//! 2. times `COPY (select …) TO STDOUT` of `bench` (1M rows), drained without parsing;
+//! 3. adds `bench` to the config and reloads (SIGHUP); times the backfill from its
+//!    `backfill started` log line to its `backfill finished` line (every chunk handed to the
+//!    publisher), then until the checkpoint after it (every row confirmed by Kafka);
+//! 4. times the COPY again and keeps the faster of the two.
+//!
+//! `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
+//! Sluice's 8192).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+async fn plain_copy(db: &tokio_postgres::Client) -> (f64, u64) {
+    let t = Instant::now();
+    let stream = db
+        .copy_out("copy (select id, name, at, amount, flag from bench) to stdout")
+        .await
+        .expect("copy");
+    futures_util::pin_mut!(stream);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.expect("copy data").len() as u64;
+    }
+    (t.elapsed().as_secs_f64(), bytes)
+}
+
+fn wait_line(log: &Path, needle: &str, count: usize, timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn config_text(broker: &Broker, pg: &PgCluster, tables: &str, chunk: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 100\n{chunk}\n",
+        broker.brokers(),
+        pg.sluice_connection("bench")
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let chunk = std::env::var("BENCH_CHUNK")
+        .map(|c| format!("backfill_chunk_rows = {c}"))
+        .unwrap_or_default();
+    let pg = PgCluster::start_with(&[("shared_buffers", "512MB"), ("max_wal_size", "4GB")]);
+    let broker = Broker::start();
+    pg.create_database("bench").await;
+    let db = pg.connect("bench").await;
+    db.batch_execute(&format!(
+        "create table bench (id bigint primary key, name text, at timestamptz, amount numeric(12,2), flag bool);
+         create table load (id bigint primary key, v text);
+         insert into bench select g, md5(g::text), now(), g * 1.5, g % 2 = 0 from generate_series(1, {rows}) g;
+         vacuum analyze bench;"
+    ))
+    .await
+    .expect("schema and rows");
+    let dir = TempDir::new("bench-backfill");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        config_text(&broker, &pg, "\"public.load\"", &chunk),
+    )
+    .expect("config");
+    let log = dir.path().join("sluice.log");
+    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
+    wait_line(
+        &log,
+        "replication stream started",
+        1,
+        Duration::from_secs(60),
+    );
+
+    // The stream's load: 20-row transactions, 100 a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let stop = stop.clone();
+        let db = pg.connect("bench").await;
+        tokio::spawn(async move {
+            let mut id = 0i64;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                db.batch_execute(&format!(
+                    "insert into load select g, md5(g::text) from generate_series({}, {}) g",
+                    id + 1,
+                    id + 20
+                ))
+                .await
+                .expect("load");
+                id += 20;
+            }
+            id
+        })
+    };
+
+    let (copy1_s, bytes) = plain_copy(&db).await;
+    std::fs::write(
+        &config,
+        config_text(&broker, &pg, "\"public.load\", \"public.bench\"", &chunk),
+    )
+    .expect("config with bench");
+    let cpu_before = process::cpu_seconds(sluice.pid());
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &sluice.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let started = wait_line(&log, "backfill started", 1, Duration::from_secs(120));
+    let finished = wait_line(&log, "backfill finished", 1, Duration::from_secs(1800));
+    let checkpoints = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("checkpoint written")
+        .count();
+    let confirmed = wait_line(
+        &log,
+        "checkpoint written",
+        checkpoints + 1,
+        Duration::from_secs(120),
+    );
+    let cpu = process::cpu_seconds(sluice.pid()) - cpu_before;
+    let rss = process::peak_rss_mb(sluice.pid());
+    let (copy2_s, _) = plain_copy(&db).await;
+    stop.store(true, Ordering::Relaxed);
+    let streamed = loader.await.expect("loader");
+    assert!(sluice.stop(Duration::from_secs(60)).success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains(&format!("rows={rows}")),
+        "the backfill did not publish every row:\n{}",
+        text.lines()
+            .filter(|l| l.contains("backfill"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let copy_s = copy1_s.min(copy2_s);
+    let read_s = finished.duration_since(started).as_secs_f64();
+    let confirmed_s = confirmed.duration_since(started).as_secs_f64();
+    let copy_rate = rows as f64 / copy_s;
+    let rate = rows as f64 / confirmed_s;
+    println!();
+    println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile)", bytes / 1_000_000);
+    println!("| measure | seconds | rows/s | vs COPY |");
+    println!("|---|---|---|---|");
+    println!(
+        "| plain COPY TO STDOUT (best of before/after) | {copy_s:.2} | {copy_rate:.0} | 1.00 |"
+    );
+    println!(
+        "| Sluice backfill, chunks handed to the publisher | {read_s:.2} | {:.0} | {:.2} |",
+        rows as f64 / read_s,
+        rows as f64 / read_s / copy_rate
+    );
+    println!(
+        "| Sluice backfill, all rows confirmed by Kafka | {confirmed_s:.2} | {rate:.0} | {:.2} |",
+        rate / copy_rate
+    );
+    println!(
+        "sluice CPU during the backfill: {:.2} µs/row; peak RSS {rss:.0} MB",
+        cpu * 1e6 / rows as f64
+    );
+}

@@ -1,0 +1,568 @@
+//! Incremental backfill: the existing rows of a table, read in key-ordered chunks while the
+//! stream goes on, for a table added to a running source and for `sluice snapshot`.
+//!
+//! # Why a chunk row never overwrites a newer change
+//!
+//! The chunks are interleaved with the stream by *markers*: transactional logical decoding
+//! messages (`pg_logical_emit_message`) that the stream decodes in commit order like any
+//! change. The [`Driver`] works in rounds:
+//!
+//! 1. it reads chunk *i* (the next `chunk_rows` rows by primary key) in one statement, which
+//!    starts after marker *i − 1* committed;
+//! 2. it hands the rows to the stream session, then commits marker *i*.
+//!
+//! The stream session ([`Tracker`]) remembers the keys of the table that changes touched.
+//! When it decodes marker *i* it publishes chunk *i* without the rows whose key a change
+//! touched since marker *i − 2*, and publishes them at the marker's position, so they sort
+//! after every change before it and before every change after it. A change between marker
+//! *i − 1* and marker *i* may or may not be visible to the chunk's read; either way the change
+//! event carries the row's newer state, so dropping the chunk row is right (the rule of
+//! Netflix's DBLog). The window reaches back one round more than DBLog's because Postgres makes
+//! a committed transaction visible a moment after its commit record is written: a change
+//! decoded just before marker *i − 1* may still be invisible to the chunk's read.
+//!
+//! Progress (the last key read) travels in the source checkpoint, so a restart resumes after
+//! the last chunk whose rows are in Kafka. Markers of an earlier run, whose chunks are gone
+//! with it, are ignored.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use sluice_core::{BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema};
+use tokio::sync::mpsc;
+
+use crate::client::{connect, quote_ident, quote_literal};
+use crate::config::PostgresConnection;
+use crate::error::PostgresError;
+use crate::snapshot::{decode_fields, now_us, CopyParser};
+use crate::source::CapturedTable;
+
+/// Prefix of the marker messages; the content is `SOURCE/RUN/N`.
+pub const MARKER_PREFIX: &str = "sluice.marker";
+/// Prefix of `sluice snapshot` requests; the content is a [`SnapshotRequest`] in JSON.
+pub const REQUEST_PREFIX: &str = "sluice.snapshot";
+
+/// A re-sync request, written into the WAL by `sluice snapshot` and read by the stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRequest {
+    pub source: String,
+    pub id: String,
+    pub table: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate: Option<String>,
+}
+
+/// One chunk on its way from the driver to the stream session.
+pub struct Chunk {
+    marker: String,
+    backfill: String,
+    table: Arc<TableSchema>,
+    rows: Vec<Row>,
+    /// The backfill's progress once this chunk is published.
+    after: Option<Vec<String>>,
+    /// The last chunk: the backfill is finished (or, with `failed`, abandoned).
+    done: bool,
+    failed: Option<String>,
+}
+
+/// The key of a row as a comparable string (only equality matters).
+fn key_of(table: &TableSchema, row: &Row) -> String {
+    let mut key = String::new();
+    for &i in table.key.iter() {
+        use std::fmt::Write as _;
+        let _ = write!(key, "{:?}\u{1f}", row.values.get(i));
+    }
+    key
+}
+
+#[derive(Default)]
+struct Window {
+    current: HashSet<String>,
+    previous: HashSet<String>,
+    /// A truncate of the table in the current / previous round.
+    truncated: [bool; 2],
+}
+
+/// The stream session's side: remembers changed keys and publishes chunks at their markers.
+pub struct Tracker {
+    source: String,
+    captured: HashMap<TableId, Arc<CapturedTable>>,
+    chunks: mpsc::Receiver<Chunk>,
+    requests: mpsc::UnboundedSender<BackfillState>,
+    pending: VecDeque<Chunk>,
+    windows: HashMap<TableId, Window>,
+    /// Backfills queued or under way, as the next checkpoint records them.
+    pub state: Vec<BackfillState>,
+    /// Tables whose rows are all published, as the next checkpoint records them.
+    pub complete: Vec<String>,
+}
+
+/// What a marker released: rows to publish as reads of `table`.
+pub struct Released {
+    pub table: Arc<TableSchema>,
+    pub rows: Vec<Row>,
+}
+
+impl Tracker {
+    pub fn new(
+        source: String,
+        captured: HashMap<TableId, Arc<CapturedTable>>,
+        chunks: mpsc::Receiver<Chunk>,
+        requests: mpsc::UnboundedSender<BackfillState>,
+        state: Vec<BackfillState>,
+        complete: Vec<String>,
+    ) -> Self {
+        Tracker {
+            source,
+            captured,
+            chunks,
+            requests,
+            pending: VecDeque::new(),
+            windows: HashMap::new(),
+            state,
+            complete,
+        }
+    }
+
+    /// Whether any table is being backfilled (changes must then be noted).
+    pub fn active(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    /// Notes a change of `row` (its key columns at least) in `table`.
+    pub fn touched(&mut self, table: &TableSchema, row: &Row) {
+        if let Some(w) = self.windows.get_mut(&table.id) {
+            w.current.insert(key_of(table, row));
+        }
+    }
+
+    pub fn truncated(&mut self, table: &TableId) {
+        if let Some(w) = self.windows.get_mut(table) {
+            w.truncated[0] = true;
+        }
+    }
+
+    /// Handles a logical decoding message; returns the rows a marker releases.
+    pub fn message(&mut self, prefix: &str, content: &[u8]) -> Option<Released> {
+        let content = std::str::from_utf8(content).ok()?;
+        match prefix {
+            MARKER_PREFIX => self.marker(content),
+            REQUEST_PREFIX => {
+                self.request(content);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn request(&mut self, content: &str) {
+        let req: SnapshotRequest = match serde_json::from_str(content) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable snapshot request in the WAL: ignored");
+                return;
+            }
+        };
+        if req.source != self.source || self.state.iter().any(|b| b.id == req.id) {
+            return;
+        }
+        let known =
+            TableId::parse(&req.table, "public").is_some_and(|id| self.captured.contains_key(&id));
+        if !known {
+            tracing::warn!(source = %self.source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
+            return;
+        }
+        tracing::info!(source = %self.source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
+        let state = BackfillState {
+            id: req.id,
+            table: req.table,
+            predicate: req.predicate,
+            after: None,
+            rows: 0,
+            superseded: 0,
+        };
+        self.state.push(state.clone());
+        let _ = self.requests.send(state);
+    }
+
+    fn marker(&mut self, content: &str) -> Option<Released> {
+        let mut parts = content.rsplitn(3, '/');
+        let (n, run, source) = (parts.next()?, parts.next()?, parts.next()?);
+        if source != self.source {
+            return None;
+        }
+        while let Ok(chunk) = self.chunks.try_recv() {
+            self.pending.push_back(chunk);
+        }
+        // Chunks of this run before this marker lost their marker (its commit failed).
+        let n: u64 = n.parse().ok()?;
+        let run_prefix = format!("{source}/{run}/");
+        self.pending.retain(|c| {
+            c.marker == content
+                || !c.marker.starts_with(&run_prefix)
+                || c.marker[run_prefix.len()..]
+                    .parse::<u64>()
+                    .is_ok_and(|m| m > n)
+        });
+        let at = self.pending.iter().position(|c| c.marker == content)?;
+        let chunk = self.pending.remove(at)?;
+        let window = self.windows.entry(chunk.table.id.clone()).or_default();
+        let read = chunk.rows.len() as u64;
+        let rows: Vec<Row> = if window.truncated.iter().any(|t| *t) {
+            Vec::new()
+        } else {
+            chunk
+                .rows
+                .into_iter()
+                .filter(|r| {
+                    let k = key_of(&chunk.table, r);
+                    !window.current.contains(&k) && !window.previous.contains(&k)
+                })
+                .collect()
+        };
+        window.previous = std::mem::take(&mut window.current);
+        window.truncated = [false, window.truncated[0]];
+        let table_name = chunk.table.id.to_string();
+        if let Some(bf) = self.state.iter_mut().find(|b| b.id == chunk.backfill) {
+            bf.rows += rows.len() as u64;
+            bf.superseded += read - rows.len() as u64;
+            if chunk.after.is_some() {
+                bf.after = chunk.after.clone();
+            }
+        }
+        if chunk.done {
+            let finished = self
+                .state
+                .iter()
+                .position(|b| b.id == chunk.backfill)
+                .map(|i| self.state.remove(i));
+            if !self.state.iter().any(|b| b.table == table_name) {
+                self.windows.remove(&chunk.table.id);
+            }
+            match (&chunk.failed, finished) {
+                (Some(reason), _) => {
+                    tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
+                }
+                (None, Some(bf)) => {
+                    tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
+                    if bf.predicate.is_none() && !self.complete.contains(&table_name) {
+                        self.complete.push(table_name);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        Some(Released {
+            table: chunk.table,
+            rows,
+        })
+    }
+}
+
+/// The database side: reads chunks and commits markers, one backfill after another.
+pub struct Driver {
+    pub conn: PostgresConnection,
+    pub source: String,
+    pub tables: HashMap<TableId, Arc<CapturedTable>>,
+    pub chunk_rows: usize,
+    pub chunks: mpsc::Sender<Chunk>,
+    pub requests: mpsc::UnboundedReceiver<BackfillState>,
+}
+
+const CHUNKS_AHEAD: usize = 8;
+
+/// Creates the channels between a [`Driver`] and its [`Tracker`].
+pub fn channels() -> (
+    (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>),
+    (
+        mpsc::UnboundedSender<BackfillState>,
+        mpsc::UnboundedReceiver<BackfillState>,
+    ),
+) {
+    // The driver may run this many chunks ahead of the stream: a stream lagging behind the
+    // database then still receives whole chunks at every marker it reaches.
+    (mpsc::channel(CHUNKS_AHEAD), mpsc::unbounded_channel())
+}
+
+struct Round<'a> {
+    client: tokio_postgres::Client,
+    run: String,
+    n: u64,
+    driver: &'a Driver,
+}
+
+impl Driver {
+    /// Works through `queue`, then through requests as the stream decodes them, until the
+    /// stream session ends. Errors of one backfill are logged and abandon it; lost connections
+    /// are retried.
+    pub async fn run(mut self, queue: Vec<BackfillState>) {
+        let mut queue: VecDeque<BackfillState> = queue.into();
+        let mut backoff = Backoff::default();
+        let run = format!("{:x}", now_us());
+        let mut n = 0u64;
+        loop {
+            let bf = match queue.pop_front() {
+                Some(bf) => bf,
+                None => match self.requests.recv().await {
+                    Some(bf) => bf,
+                    None => return,
+                },
+            };
+            let mut bf = bf;
+            loop {
+                let client = match connect(&self.conn, "backfill").await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %sluice_core::error_chain(&e), retry_in_ms = delay.as_millis() as u64, "backfill cannot connect");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                };
+                let mut round = Round {
+                    client,
+                    run: run.clone(),
+                    n,
+                    driver: &self,
+                };
+                let result = round.backfill(&mut bf).await;
+                n = round.n;
+                match result {
+                    Ok(()) => break,
+                    Err(RoundError::Closed) => return,
+                    Err(RoundError::Failed(e)) if e.class() == ErrorClass::Transient => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(table = %bf.table, error = %sluice_core::error_chain(&e), retry_in_ms = delay.as_millis() as u64, "backfill interrupted; resuming after its last chunk");
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(RoundError::Failed(e)) => {
+                        let reason = sluice_core::error_chain(&e);
+                        if round_abandon(&self, &run, &mut n, &bf, reason)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            backoff.reset();
+        }
+    }
+}
+
+/// Tells the stream that a backfill is abandoned (through a marker, like a chunk).
+async fn round_abandon(
+    driver: &Driver,
+    run: &str,
+    n: &mut u64,
+    bf: &BackfillState,
+    reason: String,
+) -> Result<(), RoundError> {
+    let Some(table) = TableId::parse(&bf.table, "public").and_then(|id| driver.tables.get(&id))
+    else {
+        return Ok(());
+    };
+    let client = connect(&driver.conn, "backfill").await?;
+    let mut round = Round {
+        client,
+        run: run.to_owned(),
+        n: *n,
+        driver,
+    };
+    let result = round
+        .publish(bf, &table.schema, Vec::new(), None, true, Some(reason))
+        .await;
+    *n = round.n;
+    result
+}
+
+enum RoundError {
+    Closed,
+    Failed(PostgresError),
+}
+
+impl From<PostgresError> for RoundError {
+    fn from(e: PostgresError) -> Self {
+        RoundError::Failed(e)
+    }
+}
+
+impl Round<'_> {
+    async fn backfill(&mut self, bf: &mut BackfillState) -> Result<(), RoundError> {
+        let d = self.driver;
+        let Some(table) = TableId::parse(&bf.table, "public").and_then(|id| d.tables.get(&id))
+        else {
+            return Err(RoundError::Failed(PostgresError::Setup(format!(
+                "table {} is not captured by source {}",
+                bf.table, d.source
+            ))));
+        };
+        let table = table.clone();
+        let estimate = self.estimate(&table).await.unwrap_or(0);
+        tracing::info!(
+            source = %d.source,
+            table = %bf.table,
+            id = %bf.id,
+            predicate = bf.predicate.as_deref().unwrap_or("(all rows)"),
+            resume_after = ?bf.after,
+            rows_estimate = estimate,
+            "backfill {}",
+            if bf.after.is_some() { "resumed" } else { "started" }
+        );
+        // Two empty rounds open the window of changed keys before the first chunk is read.
+        for _ in 0..2 {
+            self.publish(bf, &table.schema, Vec::new(), None, false, None)
+                .await?;
+        }
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut read = 0u64;
+        loop {
+            let (rows, last) = self.read_chunk(&table, bf).await?;
+            read += rows.len() as u64;
+            let done = rows.len() < d.chunk_rows;
+            if last.is_some() {
+                bf.after = last.clone();
+            }
+            self.publish(bf, &table.schema, rows, last, done, None)
+                .await?;
+            if done {
+                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "backfill read complete");
+                return Ok(());
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, rows_estimate = estimate, rows_per_s = rate as u64, "backfill progress");
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    async fn estimate(&self, table: &CapturedTable) -> Result<i64, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one(
+                "select greatest(reltuples, 0)::int8 from pg_class where oid = ($1::text)::regclass",
+                &[&format!(
+                    "{}.{}",
+                    quote_ident(&table.schema.id.schema),
+                    quote_ident(&table.schema.id.name)
+                )],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Hands a chunk to the stream, then commits its marker.
+    async fn publish(
+        &mut self,
+        bf: &BackfillState,
+        table: &Arc<TableSchema>,
+        rows: Vec<Row>,
+        after: Option<Vec<String>>,
+        done: bool,
+        failed: Option<String>,
+    ) -> Result<(), RoundError> {
+        let d = self.driver;
+        self.n += 1;
+        let marker = format!("{}/{}/{}", d.source, self.run, self.n);
+        let chunk = Chunk {
+            marker: marker.clone(),
+            backfill: bf.id.clone(),
+            table: table.clone(),
+            rows,
+            after,
+            done,
+            failed,
+        };
+        d.chunks.send(chunk).await.map_err(|_| RoundError::Closed)?;
+        self.client
+            .query_one(
+                "select pg_logical_emit_message(true, $1::text, $2::text)::text",
+                &[&MARKER_PREFIX, &marker],
+            )
+            .await
+            .map_err(PostgresError::query("writing a backfill marker"))?;
+        Ok(())
+    }
+
+    /// Reads the next chunk: rows after `bf.after` by primary key, matching the predicate.
+    /// Returns the rows and the text form of the last row's key.
+    async fn read_chunk(
+        &self,
+        table: &CapturedTable,
+        bf: &BackfillState,
+    ) -> Result<(Vec<Row>, Option<Vec<String>>), PostgresError> {
+        let cols = table
+            .schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys = table
+            .key_names
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut conditions = Vec::new();
+        if let Some(after) = &bf.after {
+            let lits = after
+                .iter()
+                .map(|v| quote_literal(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            conditions.push(format!("({keys}) > ({lits})"));
+        }
+        if let Some(p) = &bf.predicate {
+            conditions.push(format!("({p})"));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" where {}", conditions.join(" and "))
+        };
+        let sql = format!(
+            "copy (select {cols} from {}.{}{filter} order by {keys} limit {}) to stdout",
+            quote_ident(&table.schema.id.schema),
+            quote_ident(&table.schema.id.name),
+            self.driver.chunk_rows
+        );
+        let context = format!("reading a backfill chunk of {}", table.schema.id);
+        let stream = self
+            .client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(PostgresError::query(context.clone()))?;
+        futures_util::pin_mut!(stream);
+        let mut parser = CopyParser::default();
+        let mut rows = Vec::with_capacity(self.driver.chunk_rows);
+        let mut last = None;
+        let key_idx: Vec<usize> = table.schema.key.to_vec();
+        while let Some(bytes) = stream.next().await {
+            let bytes: Bytes = bytes.map_err(PostgresError::query(context.clone()))?;
+            let parsed = parser.push(&bytes);
+            let n = parsed.len();
+            for (i, fields) in parsed.into_iter().enumerate() {
+                if i + 1 == n {
+                    last = Some(
+                        key_idx
+                            .iter()
+                            .map(|&k| fields.get(k).cloned().flatten().unwrap_or_default())
+                            .collect(),
+                    );
+                }
+                rows.push(Row {
+                    values: decode_fields(table, fields)?,
+                });
+            }
+        }
+        Ok((rows, last))
+    }
+}
