@@ -8,9 +8,12 @@
 //! 3. adds `bench` to the config and reloads (SIGHUP); times the backfill from its
 //!    `backfill started` log line to its `backfill finished` line (every chunk handed to the
 //!    publisher), then until the checkpoint after it (every row confirmed by Kafka);
-//! 4. times the COPY again and keeps the faster of the two.
+//! 4. times the COPY again and keeps the faster of the two;
+//! 5. stops Sluice and runs it with `--resnapshot`: the initial snapshot of the same rows, the
+//!    fastest Sluice publishes a table, as a second reference.
 //!
-//! `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
+//! The broker is tansu's memory engine (only capture runs here, which does not read offsets
+//! back); `BENCH_ENGINE=sqlite` uses the durable one, several times slower. `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
 //! Sluice's 8192).
 
 use std::path::Path;
@@ -70,17 +73,20 @@ async fn main() {
         .map(|c| format!("backfill_chunk_rows = {c}"))
         .unwrap_or_default();
     let pg = PgCluster::start_with(&[("shared_buffers", "512MB"), ("max_wal_size", "4GB")]);
-    let broker = Broker::start();
+    let engine = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "memory".into());
+    let broker = Broker::start_with_engine(&engine);
     pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     db.batch_execute(&format!(
         "create table bench (id bigint primary key, name text, at timestamptz, amount numeric(12,2), flag bool);
          create table load (id bigint primary key, v text);
-         insert into bench select g, md5(g::text), now(), g * 1.5, g % 2 = 0 from generate_series(1, {rows}) g;
-         vacuum analyze bench;"
+         insert into bench select g, md5(g::text), now(), g * 1.5, g % 2 = 0 from generate_series(1, {rows}) g;"
     ))
     .await
     .expect("schema and rows");
+    db.batch_execute("vacuum analyze bench")
+        .await
+        .expect("vacuum");
     let dir = TempDir::new("bench-backfill");
     let config = dir.path().join("sluice.toml");
     std::fs::write(
@@ -133,6 +139,24 @@ async fn main() {
         .expect("kill -HUP");
     assert!(status.success());
     let started = wait_line(&log, "backfill started", 1, Duration::from_secs(120));
+    // BENCH_PERF=FILE records a CPU profile of Sluice during the backfill.
+    let mut perf = std::env::var("BENCH_PERF").ok().map(|out| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "999",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &sluice.pid().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     let finished = wait_line(&log, "backfill finished", 1, Duration::from_secs(1800));
     let checkpoints = std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -144,6 +168,12 @@ async fn main() {
         checkpoints + 1,
         Duration::from_secs(120),
     );
+    if let Some(p) = perf.as_mut() {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     let cpu = process::cpu_seconds(sluice.pid()) - cpu_before;
     let rss = process::peak_rss_mb(sluice.pid());
     let (copy2_s, _) = plain_copy(&db).await;
@@ -151,6 +181,41 @@ async fn main() {
     let streamed = loader.await.expect("loader");
     assert!(sluice.stop(Duration::from_secs(60)).success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+
+    // The same rows through Sluice's initial snapshot (one COPY per table, no markers, no
+    // stream running): what the publishing path itself reaches.
+    let snap_log = dir.path().join("snapshot.log");
+    let mut again = SluiceProcess::run(
+        Path::new(SLUICE),
+        &config,
+        &["--resnapshot", "bench"],
+        &snap_log,
+    );
+    let snap_started = wait_line(
+        &snap_log,
+        "initial snapshot started",
+        1,
+        Duration::from_secs(120),
+    );
+    wait_line(
+        &snap_log,
+        "initial snapshot read",
+        1,
+        Duration::from_secs(1800),
+    );
+    let n = std::fs::read_to_string(&snap_log)
+        .unwrap_or_default()
+        .matches("checkpoint written")
+        .count();
+    let snap_done = wait_line(
+        &snap_log,
+        "checkpoint written",
+        n + 1,
+        Duration::from_secs(120),
+    );
+    assert!(again.stop(Duration::from_secs(60)).success());
+    let snap_s = snap_done.duration_since(snap_started).as_secs_f64();
+    let snap_rows = rows + streamed as u64;
     assert!(
         text.contains(&format!("rows={rows}")),
         "the backfill did not publish every row:\n{}",
@@ -166,7 +231,7 @@ async fn main() {
     let copy_rate = rows as f64 / copy_s;
     let rate = rows as f64 / confirmed_s;
     println!();
-    println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile)", bytes / 1_000_000);
+    println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile; broker engine: tansu {engine})", bytes / 1_000_000);
     println!("| measure | seconds | rows/s | vs COPY |");
     println!("|---|---|---|---|");
     println!(
@@ -180,6 +245,15 @@ async fn main() {
     println!(
         "| Sluice backfill, all rows confirmed by Kafka | {confirmed_s:.2} | {rate:.0} | {:.2} |",
         rate / copy_rate
+    );
+    println!(
+        "| Sluice initial snapshot of the same rows (+ the load table), confirmed by Kafka | {snap_s:.2} | {:.0} | {:.2} |",
+        snap_rows as f64 / snap_s,
+        snap_rows as f64 / snap_s / copy_rate
+    );
+    println!(
+        "backfill / initial snapshot rate: {:.2}",
+        rate / (snap_rows as f64 / snap_s)
     );
     println!(
         "sluice CPU during the backfill: {:.2} µs/row; peak RSS {rss:.0} MB",

@@ -66,7 +66,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
                 ))
                 .await
                 .expect("load insert");
-                written.lock().unwrap().push(Instant::now());
+                written.lock().expect("lock").push(Instant::now());
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             id
@@ -88,11 +88,11 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
                         .get(0);
                     let lag = written
                         .lock()
-                        .unwrap()
+                        .expect("lock")
                         .get(have as usize)
                         .map(|t| t.elapsed())
                         .unwrap_or_default();
-                    let mut m = max_lag.lock().unwrap();
+                    let mut m = max_lag.lock().expect("lock");
                     *m = (*m).max(lag);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -119,7 +119,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
     p.write_config("", &mappings(&["a", "b", "c", "big"]));
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
-        &["reload", "--config", p.config.to_str().unwrap()],
+        &["reload", "--config", p.config.to_str().expect("utf-8 path")],
         LONG,
     );
     assert!(status.success(), "sluice reload: {out}{err}");
@@ -141,7 +141,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
     .expect("checkpoint reader");
     sluice.kill9();
     let before_crash = sluice.log_text();
-    let lag_before_crash = *max_lag.lock().unwrap();
+    let lag_before_crash = *max_lag.lock().expect("lock");
     let applied_at_crash = count("big").await;
     assert!(
         !before_crash.contains("backfill finished"),
@@ -169,7 +169,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
         vec![last as i64, last as i64, last as i64, 100_000],
         "a, b, c, big"
     );
-    let max_lag = *max_lag.lock().unwrap();
+    let max_lag = *max_lag.lock().expect("lock");
     println!(
         "backfill under load: max apply lag of the loaded tables {:.2} s during the backfill, \
          {:.2} s including the crash and restart; a checkpoint held {progress} backfilled rows \
@@ -204,7 +204,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     std::fs::write(&p.config, good.replace("tables = [", "tables = 7 # [")).expect("bad");
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
-        &["reload", "--config", p.config.to_str().unwrap()],
+        &["reload", "--config", p.config.to_str().expect("utf-8 path")],
         LONG,
     );
     assert_eq!(status.code(), Some(2), "{out}{err}");
@@ -239,7 +239,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     };
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
-        &["reload", "--config", p.config.to_str().unwrap()],
+        &["reload", "--config", p.config.to_str().expect("utf-8 path")],
         LONG,
     );
     assert!(status.success(), "sluice reload: {out}{err}");
@@ -281,7 +281,7 @@ async fn snapshot_where_heals_exactly_its_key_range() {
     .await
     .expect("damage");
 
-    let config = p.config.to_str().unwrap();
+    let config = p.config.to_str().expect("utf-8 path");
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
         &[

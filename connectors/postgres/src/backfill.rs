@@ -213,6 +213,8 @@ impl Tracker {
         let read = chunk.rows.len() as u64;
         let rows: Vec<Row> = if window.truncated.iter().any(|t| *t) {
             Vec::new()
+        } else if window.current.is_empty() && window.previous.is_empty() {
+            chunk.rows
         } else {
             chunk
                 .rows
@@ -274,14 +276,14 @@ pub struct Driver {
 
 const CHUNKS_AHEAD: usize = 8;
 
+pub type ChunkChannel = (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>);
+pub type RequestChannel = (
+    mpsc::UnboundedSender<BackfillState>,
+    mpsc::UnboundedReceiver<BackfillState>,
+);
+
 /// Creates the channels between a [`Driver`] and its [`Tracker`].
-pub fn channels() -> (
-    (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>),
-    (
-        mpsc::UnboundedSender<BackfillState>,
-        mpsc::UnboundedReceiver<BackfillState>,
-    ),
-) {
+pub fn channels() -> (ChunkChannel, RequestChannel) {
     // The driver may run this many chunks ahead of the stream: a stream lagging behind the
     // database then still receives whole chunks at every marker it reaches.
     (mpsc::channel(CHUNKS_AHEAD), mpsc::unbounded_channel())
@@ -564,5 +566,110 @@ impl Round<'_> {
             }
         }
         Ok((rows, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::Value;
+
+    use super::*;
+
+    fn schema() -> Arc<TableSchema> {
+        Arc::new(TableSchema::new(
+            Arc::from("app"),
+            Arc::from("app"),
+            TableId::new("public", "t"),
+            vec![Arc::from("id"), Arc::from("v")].into(),
+            vec![0],
+            Arc::from("sluice.public.t"),
+        ))
+    }
+
+    fn row(id: i64, v: &str) -> Row {
+        Row {
+            values: vec![Some(Value::Int(id)), Some(Value::Text(v.into()))],
+        }
+    }
+
+    fn tracker() -> (Tracker, mpsc::Sender<Chunk>) {
+        let (tx, rx) = mpsc::channel(8);
+        let (req, _) = mpsc::unbounded_channel();
+        let state = vec![BackfillState {
+            id: "b".into(),
+            table: "public.t".into(),
+            predicate: None,
+            after: None,
+            rows: 0,
+            superseded: 0,
+        }];
+        (
+            Tracker::new("app".into(), HashMap::new(), rx, req, state, vec![]),
+            tx,
+        )
+    }
+
+    fn chunk(n: u64, rows: Vec<Row>, done: bool) -> Chunk {
+        Chunk {
+            marker: format!("app/r/{n}"),
+            backfill: "b".into(),
+            table: schema(),
+            after: rows.last().map(|r| vec![format!("{:?}", r.values[0])]),
+            rows,
+            done,
+            failed: None,
+        }
+    }
+
+    fn ids(released: Option<Released>) -> Vec<i64> {
+        released
+            .expect("released")
+            .rows
+            .iter()
+            .map(|r| match r.values[0] {
+                Some(Value::Int(i)) => i,
+                _ => panic!("id"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_row_changed_within_two_rounds_is_dropped() {
+        let (mut t, tx) = tracker();
+        let s = schema();
+        // Two opening rounds, then a change of key 2 before marker 2 and of key 3 after it.
+        tx.try_send(chunk(1, vec![], false)).expect("send");
+        assert!(ids(t.message(MARKER_PREFIX, b"app/r/1")).is_empty());
+        assert!(t.active());
+        t.touched(&s, &row(2, "new"));
+        tx.try_send(chunk(2, vec![], false)).expect("send");
+        t.message(MARKER_PREFIX, b"app/r/2");
+        t.touched(&s, &row(3, "new"));
+        tx.try_send(chunk(3, vec![row(1, "a"), row(2, "b"), row(3, "c")], false))
+            .expect("send");
+        // Key 2 changed two rounds back, key 3 in this one: both dropped.
+        assert_eq!(ids(t.message(MARKER_PREFIX, b"app/r/3")), vec![1]);
+        // Key 2's change is now three rounds back: a later read of it is published.
+        tx.try_send(chunk(4, vec![row(2, "b"), row(4, "d")], true))
+            .expect("send");
+        assert_eq!(ids(t.message(MARKER_PREFIX, b"app/r/4")), vec![2, 4]);
+        assert!(t.state.is_empty(), "finished");
+        assert_eq!(t.complete, vec!["public.t".to_owned()]);
+        assert!(!t.active());
+    }
+
+    #[test]
+    fn a_truncate_drops_the_round_and_foreign_markers_are_ignored() {
+        let (mut t, tx) = tracker();
+        tx.try_send(chunk(1, vec![], false)).expect("send");
+        t.message(MARKER_PREFIX, b"app/r/1");
+        t.truncated(&TableId::new("public", "t"));
+        tx.try_send(chunk(2, vec![row(1, "a")], false))
+            .expect("send");
+        assert!(t.message(MARKER_PREFIX, b"other/r/2").is_none());
+        assert!(ids(t.message(MARKER_PREFIX, b"app/r/2")).is_empty());
+        // A marker whose chunk is gone (an earlier run's) releases nothing.
+        assert!(t.message(MARKER_PREFIX, b"app/old/9").is_none());
+        assert_eq!(t.state[0].superseded, 1);
     }
 }

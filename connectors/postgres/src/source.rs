@@ -321,7 +321,7 @@ impl PostgresSource {
         resume: Option<&SourceCheckpoint>,
     ) -> (Vec<String>, Vec<BackfillState>) {
         let configured = self.configured();
-        let complete: Vec<String> = match resume.and_then(|c| c.tables.clone()) {
+        let mut complete: Vec<String> = match resume.and_then(|c| c.tables.clone()) {
             Some(done) => done
                 .into_iter()
                 .filter(|t| configured.contains(t))
@@ -341,7 +341,11 @@ impl PostgresSource {
             let queued = backfills
                 .iter()
                 .any(|b| &b.table == table && b.predicate.is_none());
-            if !complete.contains(table) && !queued {
+            if !complete.contains(table) && !queued && self.settings.snapshot == SnapshotMode::Never
+            {
+                tracing::info!(source = %self.settings.name, table = %table, "table added to the source: only its changes from now on are captured (snapshot = \"never\")");
+                complete.push(table.clone());
+            } else if !complete.contains(table) && !queued {
                 tracing::info!(source = %self.settings.name, table = %table, "table added to the source: its existing rows will be backfilled");
                 backfills.push(BackfillState {
                     id: format!("add-{table}-{:x}", now_us()),
