@@ -113,6 +113,10 @@ pub enum Command {
         /// The TOML config file the pipeline runs with.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Then wait until every table the Postgres sources capture is backfilled, showing
+        /// progress.
+        #[arg(long)]
+        wait: bool,
     },
     /// Blob columns: check the objects in the buckets against the ledger.
     Blobs {

@@ -76,7 +76,7 @@ fn running_with(_config: &Path) -> Vec<u32> {
     Vec::new()
 }
 
-pub async fn reload(path: &Path) -> ExitCode {
+pub async fn reload(path: &Path, wait: bool) -> ExitCode {
     let config = match crate::load(path) {
         Ok(c) => c,
         Err(_) => {
@@ -120,8 +120,19 @@ pub async fn reload(path: &Path) -> ExitCode {
         }
     }
     if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+        return ExitCode::FAILURE;
     }
+    if !wait {
+        return ExitCode::SUCCESS;
+    }
+    for source in config.sources.keys() {
+        if config.postgres_source(source).is_none() {
+            continue;
+        }
+        if let Err(e) = crate::resync::follow_backfills(&config, source).await {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check { config } => check(&config).await,
-            Command::Reload { config } => control::reload(&config).await,
+            Command::Reload { config, wait } => control::reload(&config, wait).await,
             Command::Snapshot {
                 config,
                 table,

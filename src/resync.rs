@@ -7,8 +7,9 @@
 //! it to its backfill driver. Nothing needs to be running when the request is made: a stopped
 //! pipeline picks it up when it resumes.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_core::event::parse_lsn;
 use sluice_core::TableId;
@@ -174,4 +175,107 @@ async fn request(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// After a reload: follows `source`'s checkpoints until every table it is configured to capture
+/// has all its rows in Kafka (no backfill queued or under way), with progress. Waits up to two
+/// minutes for the restarted capture to record the tables it was given.
+pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), String> {
+    let Some(settings) = config.postgres_source(source) else {
+        return Ok(());
+    };
+    let configured: Vec<String> = settings.tables.iter().map(|t| t.to_string()).collect();
+    let store = CheckpointStore::open(&config.kafka, source)
+        .await
+        .map_err(|e| sluice_core::error_chain(&e))?;
+    let client = connect(&settings.connection, "backfill progress")
+        .await
+        .map_err(|e| sluice_core::error_chain(&e))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    let mut seen: HashMap<String, (String, i64)> = HashMap::new();
+    let mut progress: Option<Progress> = None;
+    loop {
+        let cp = match store.load().await {
+            Ok(cp) => cp,
+            Err(e) => {
+                eprintln!("reading the capture checkpoint failed: {e}; retrying");
+                None
+            }
+        };
+        let complete = cp.as_ref().and_then(|c| c.tables.clone());
+        let backfills = cp.as_ref().map(|c| c.backfills.clone()).unwrap_or_default();
+        // Configured tables the capture has not taken up yet (it is still restarting).
+        let waiting: Vec<&String> = configured
+            .iter()
+            .filter(|t| {
+                complete.as_ref().is_some_and(|c| !c.contains(t))
+                    && !backfills.iter().any(|b| &b.table == *t)
+            })
+            .collect();
+        if backfills.is_empty() && waiting.is_empty() && cp.is_some() {
+            if let Some(p) = progress.as_mut() {
+                let total: i64 = totals.values().sum();
+                p.show(total, total);
+                p.finish();
+                println!(
+                    "source {source}: every table backfilled ({} row(s) in {:.1} s)",
+                    total,
+                    p.elapsed_s()
+                );
+            } else {
+                println!("source {source}: nothing to backfill");
+            }
+            return Ok(());
+        }
+        if progress.is_none() && backfills.is_empty() && Instant::now() > deadline {
+            return Err(format!(
+                "source {source}: the capture has not taken up table(s) {} within 2 minutes; \
+                 is `sluice run` running with this config? (see its log)",
+                waiting
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for bf in &backfills {
+            if !totals.contains_key(&bf.id) {
+                let total = count_rows(&client, &bf.table, bf.predicate.as_deref()).await;
+                totals.insert(bf.id.clone(), total);
+            }
+            seen.insert(bf.id.clone(), (bf.table.clone(), bf.rows as i64));
+        }
+        if !backfills.is_empty() {
+            let p = progress.get_or_insert_with(|| Progress::new("backfill", "rows"));
+            let done: i64 = seen
+                .iter()
+                .map(|(id, (_, rows))| {
+                    if backfills.iter().any(|b| &b.id == id) {
+                        *rows
+                    } else {
+                        totals.get(id).copied().unwrap_or(*rows)
+                    }
+                })
+                .sum();
+            p.show(done, totals.values().sum());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn count_rows(client: &tokio_postgres::Client, table: &str, predicate: Option<&str>) -> i64 {
+    let Some(id) = TableId::parse(table, "public") else {
+        return 0;
+    };
+    let qualified = format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name));
+    let sql = match predicate {
+        Some(p) => format!("select count(*) from {qualified} where ({p})"),
+        None => format!("select count(*) from {qualified}"),
+    };
+    client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
 }

@@ -239,11 +239,20 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     };
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
-        &["reload", "--config", p.config.to_str().expect("utf-8 path")],
+        &[
+            "reload",
+            "--config",
+            p.config.to_str().expect("utf-8 path"),
+            "--wait",
+        ],
         LONG,
     );
-    assert!(status.success(), "sluice reload: {out}{err}");
-    sluice.wait_log("backfill finished", 1, LONG);
+    assert!(status.success(), "sluice reload --wait: {out}{err}");
+    assert!(out.contains("every table backfilled"), "{out}{err}");
+    assert!(
+        sluice.log_text().contains("backfill finished"),
+        "reload --wait returned before the backfill finished"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = writer.await.expect("writer");
     let counts = p.wait_equal(LONG).await;
