@@ -326,3 +326,54 @@ async fn a_purged_checkpoint_position_is_refused_with_the_way_out() {
     });
     assert!(sluice.stop(LONG).success());
 }
+
+/// A table added to a MariaDB source is streamed from the restart on, and the log says, once,
+/// that its existing rows were not read and how to get them (no backfill for MySQL yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_a_mysql_source_is_streamed_and_its_missing_rows_explained() {
+    let f = MyFixture::new(
+        "create table t (id int primary key); create table u (id int primary key)",
+        &["t"],
+        "",
+    );
+    f.db.execute(
+        Some("shop"),
+        "insert into t values (1); insert into u values (1)",
+    );
+    let mut sluice = f.start(&[]);
+    sluice.wait_snapshot_checkpointed(LONG);
+    let mut reader = f.reader("t");
+    f.db.execute(Some("shop"), "insert into t values (2)");
+    reader.read_until(LONG, "t streamed", |r| r.len() >= 2);
+    assert!(sluice.stop(LONG).success());
+
+    let text = std::fs::read_to_string(&f.config).expect("config");
+    std::fs::write(
+        &f.config,
+        text.replace("tables = [\"shop.t\"]", "tables = [\"shop.t\", \"shop.u\"]"),
+    )
+    .expect("config with u");
+    let mut sluice = f.start(&[]);
+    sluice.wait_log("binlog stream started", 2, LONG);
+    f.db.execute(Some("shop"), "insert into u values (2)");
+    let mut u = f.reader("u");
+    u.read_until(LONG, "u's new row streamed", |r| !r.is_empty());
+    let ids: Vec<i64> = u
+        .envelopes()
+        .iter()
+        .filter_map(|e| e["after"]["id"].as_i64())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![2],
+        "only the change after the restart is published"
+    );
+    let log = sluice.log_text();
+    assert_eq!(
+        log.matches("table added to a MySQL/MariaDB source").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("--resnapshot shop"), "{log}");
+    assert!(sluice.stop(LONG).success());
+}

@@ -118,6 +118,7 @@ impl MySqlSource {
     ) -> Result<(), MySqlError> {
         let s = &self.settings;
         let resume = resume.filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot);
+        let checkpoint_tables = resume.as_ref().and_then(|c| c.tables.clone());
         // A MariaDB GTID position to resume from (digits, dashes and commas only).
         let resume_gtid = resume.as_ref().and_then(|c| c.gtid.clone()).filter(|g| {
             !g.is_empty()
@@ -151,6 +152,7 @@ impl MySqlSource {
                     )));
                 }
                 tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
+                self.warn_added(checkpoint_tables.as_deref());
                 pos
             }
             None => {
@@ -176,7 +178,8 @@ impl MySqlSource {
                             slot: None,
                             gtid,
                             written_at_ms: now_us() / 1000,
-                            ..Default::default()
+                            tables: Some(self.configured()),
+                            backfills: Vec::new(),
                         }),
                     })
                     .await
@@ -209,6 +212,35 @@ impl MySqlSource {
             .await
             .map_err(|e| MySqlError::Setup(format!("stream thread lost: {e}")))?
             .unwrap_or_else(|_| Err(MySqlError::Setup("stream thread panicked".into())))
+    }
+
+    /// Every configured table as `database.table`, sorted.
+    fn configured(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| t.schema.id.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Says which tables were added since the checkpoint: they are streamed from now on, but
+    /// their existing rows are not read (no backfill for MySQL/MariaDB sources yet).
+    fn warn_added(&self, streamed: Option<&[String]>) {
+        let Some(streamed) = streamed else { return };
+        for table in self.configured() {
+            if !streamed.contains(&table) {
+                tracing::warn!(
+                    source = %self.settings.name,
+                    table = %table,
+                    "table added to a MySQL/MariaDB source: its changes are captured from now on, \
+                     but its existing rows are not (backfill is built for Postgres sources only); \
+                     to publish them, run `sluice run --resnapshot {}` (re-reads every table)",
+                    self.settings.name
+                );
+            }
+        }
     }
 
     /// Reads every table inside one consistent-snapshot transaction and returns the binlog

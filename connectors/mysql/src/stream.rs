@@ -55,6 +55,15 @@ pub struct StreamContext {
     pub stop: watch::Receiver<bool>,
 }
 
+/// The captured tables as `database.table`, sorted: what a checkpoint records as streamed.
+pub(crate) fn captured_names(
+    tables: &HashMap<(String, String), Arc<CapturedTable>>,
+) -> Vec<String> {
+    let mut names: Vec<String> = tables.keys().map(|(d, t)| format!("{d}.{t}")).collect();
+    names.sort();
+    names
+}
+
 /// Runs one binlog session to its end on a dedicated thread.
 /// Starts at `start`, or — on MariaDB, when resuming with a GTID position — right after the
 /// transactions of `gtid`, through `@slave_connect_state` (the server checks that its binlog
@@ -425,7 +434,8 @@ impl Session {
             slot: None,
             gtid: self.gtid_position(txn.and_then(|t| t.gtid)),
             written_at_ms: now_us() / 1000,
-            ..Default::default()
+            tables: Some(captured_names(&self.ctx.tables)),
+            backfills: Vec::new(),
         });
         self.pending_since.get_or_insert_with(Instant::now);
         if self.batch.len() >= self.ctx.max_batch
