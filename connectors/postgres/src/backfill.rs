@@ -428,11 +428,13 @@ impl Round<'_> {
             let (rows, last) = self.read_chunk(&table, bf).await?;
             read += rows.len() as u64;
             let done = rows.len() < d.chunk_rows;
-            if last.is_some() {
-                bf.after = last.clone();
-            }
-            self.publish(bf, &table.schema, rows, last, done, None)
+            self.publish(bf, &table.schema, rows, last.clone(), done, None)
                 .await?;
+            // Only once its marker committed: a retry after a failed marker reads the chunk
+            // again (its rows were never published without the marker).
+            if last.is_some() {
+                bf.after = last;
+            }
             if done {
                 tracing::info!(source = %d.source, table = %bf.table, rows_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "backfill read complete");
                 return Ok(());
