@@ -671,6 +671,11 @@ impl Config {
         problems
     }
 
+    /// The sources' names, comma-separated, for messages.
+    pub fn source_names(&self) -> String {
+        self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
     /// A source's tables as they are named in topics: for MySQL/MariaDB, `table` alone is a
     /// table of the connection's database.
     pub fn source_tables(&self, name: &str) -> Vec<TableId> {

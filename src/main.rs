@@ -378,12 +378,7 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         if !config.sources.contains_key(name) {
             eprintln!(
                 "error: --resnapshot {name}: no source of that name in the config (sources: {})",
-                config
-                    .sources
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                config.source_names()
             );
             return ExitCode::from(2);
         }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use sluice_core::event::parse_lsn;
 use sluice_core::TableId;
 use sluice_kafka::CheckpointStore;
-use sluice_postgres::backfill::{SnapshotRequest, REQUEST_PREFIX};
-use sluice_postgres::client::{connect, quote_ident};
+use sluice_postgres::backfill::{count_matching, emit_message, SnapshotRequest, REQUEST_PREFIX};
+use sluice_postgres::client::connect;
 
 use crate::config::Config;
 use crate::progress::Progress;
@@ -56,12 +56,7 @@ fn source_of(config: &Config, only: Option<&str>, table: &TableId) -> Result<Str
         )),
         (0, None) => Err(format!(
             "--table {table}: no source captures it (sources: {})",
-            config
-                .sources
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            config.source_names()
         )),
         _ => Err(format!(
             "--table {table}: captured by several sources ({}): name one with --source",
@@ -93,24 +88,15 @@ async fn request(
     let client = connect(&settings.connection, "snapshot request")
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;
-    let qualified = format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name));
-    let count_sql = match predicate {
-        Some(p) => format!("select count(*) from {qualified} where ({p})"),
-        None => format!("select count(*) from {qualified}"),
-    };
-    let total: i64 = client
-        .query_one(count_sql.as_str(), &[])
-        .await
-        .map_err(|e| {
-            format!(
-                "--where {:?} does not work on {id}: {}",
-                predicate.unwrap_or(""),
-                e.as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_else(|| e.to_string())
-            )
-        })?
-        .get(0);
+    let total = count_matching(&client, &id, predicate).await.map_err(|e| {
+        format!(
+            "--where {:?} does not work on {id}: {}",
+            predicate.unwrap_or(""),
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string())
+        )
+    })?;
     let request_id = format!(
         "resync-{:x}",
         std::time::SystemTime::now()
@@ -125,11 +111,7 @@ async fn request(
         predicate: predicate.map(str::to_owned),
     })
     .map_err(|e| e.to_string())?;
-    client
-        .query_one(
-            "select pg_logical_emit_message(true, $1::text, $2::text)::text",
-            &[&REQUEST_PREFIX, &body],
-        )
+    emit_message(&client, REQUEST_PREFIX, &body)
         .await
         .map_err(|e| format!("writing the request into the WAL of source {source}: {e}"))?;
     let after: String = client
@@ -265,17 +247,8 @@ pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), Strin
 }
 
 async fn count_rows(client: &tokio_postgres::Client, table: &str, predicate: Option<&str>) -> i64 {
-    let Some(id) = TableId::parse(table, "public") else {
-        return 0;
-    };
-    let qualified = format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name));
-    let sql = match predicate {
-        Some(p) => format!("select count(*) from {qualified} where ({p})"),
-        None => format!("select count(*) from {qualified}"),
-    };
-    client
-        .query_one(sql.as_str(), &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0)
+    match TableId::parse(table, "public") {
+        Some(id) => count_matching(client, &id, predicate).await.unwrap_or(0),
+        None => 0,
+    }
 }

@@ -220,7 +220,9 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
         let db = p.source_db().await;
         tokio::spawn(async move {
             let mut round = 0i64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // At most 1,500 rounds: on a loaded machine an endless writer could keep the stream,
+            // and so the backfill's markers, behind for longer than the test waits.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 1500 {
                 round += 1;
                 db.batch_execute(&format!(
                     "update big set n = n + 1, v = 'u{round}' where id % 1999 = {m};

@@ -34,7 +34,7 @@ use futures_util::StreamExt as _;
 use sluice_core::{BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema};
 use tokio::sync::mpsc;
 
-use crate::client::{connect, quote_ident, quote_literal};
+use crate::client::{connect, quote_ident, quote_literal, quote_table};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::snapshot::{decode_fields, now_us, CopyParser};
@@ -66,6 +66,34 @@ pub struct Chunk {
     /// The last chunk: the backfill is finished (or, with `failed`, abandoned).
     done: bool,
     failed: Option<String>,
+}
+
+/// Writes a transactional logical decoding message into the WAL (its own transaction).
+pub async fn emit_message(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    content: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_one(
+            "select pg_logical_emit_message(true, $1::text, $2::text)::text",
+            &[&prefix, &content],
+        )
+        .await
+        .map(drop)
+}
+
+/// How many rows of `table` match `predicate` (all rows without one).
+pub async fn count_matching(
+    client: &tokio_postgres::Client,
+    table: &TableId,
+    predicate: Option<&str>,
+) -> Result<i64, tokio_postgres::Error> {
+    let sql = match predicate {
+        Some(p) => format!("select count(*) from {} where ({p})", quote_table(table)),
+        None => format!("select count(*) from {}", quote_table(table)),
+    };
+    Ok(client.query_one(sql.as_str(), &[]).await?.get(0))
 }
 
 /// The key of a row as a comparable string (only equality matters).
@@ -297,6 +325,10 @@ struct Round<'a> {
 }
 
 impl Driver {
+    fn table(&self, name: &str) -> Option<&Arc<CapturedTable>> {
+        TableId::parse(name, "public").and_then(|id| self.tables.get(&id))
+    }
+
     /// Works through `queue`, then through requests as the stream decodes them, until the
     /// stream session ends. Errors of one backfill are logged and abandon it; lost connections
     /// are retried.
@@ -331,56 +363,32 @@ impl Driver {
                     driver: &self,
                 };
                 let result = round.backfill(&mut bf).await;
-                n = round.n;
-                match result {
-                    Ok(()) => break,
-                    Err(RoundError::Closed) => return,
+                let outcome = match result {
+                    Ok(()) => Ok(true),
+                    Err(RoundError::Closed) => Err(()),
                     Err(RoundError::Failed(e)) if e.class() == ErrorClass::Transient => {
                         let delay = backoff.next_delay();
                         tracing::warn!(table = %bf.table, error = %sluice_core::error_chain(&e), retry_in_ms = delay.as_millis() as u64, "backfill interrupted; resuming after its last chunk");
                         tokio::time::sleep(delay).await;
+                        Ok(false)
                     }
-                    Err(RoundError::Failed(e)) => {
-                        let reason = sluice_core::error_chain(&e);
-                        if round_abandon(&self, &run, &mut n, &bf, reason)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        break;
-                    }
+                    // A definite error (a predicate the table refuses, say) abandons it.
+                    Err(RoundError::Failed(e)) => round
+                        .abandon(&bf, sluice_core::error_chain(&e))
+                        .await
+                        .map(|()| true)
+                        .map_err(|_| ()),
+                };
+                n = round.n;
+                match outcome {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(()) => return,
                 }
             }
             backoff.reset();
         }
     }
-}
-
-/// Tells the stream that a backfill is abandoned (through a marker, like a chunk).
-async fn round_abandon(
-    driver: &Driver,
-    run: &str,
-    n: &mut u64,
-    bf: &BackfillState,
-    reason: String,
-) -> Result<(), RoundError> {
-    let Some(table) = TableId::parse(&bf.table, "public").and_then(|id| driver.tables.get(&id))
-    else {
-        return Ok(());
-    };
-    let client = connect(&driver.conn, "backfill").await?;
-    let mut round = Round {
-        client,
-        run: run.to_owned(),
-        n: *n,
-        driver,
-    };
-    let result = round
-        .publish(bf, &table.schema, Vec::new(), None, true, Some(reason))
-        .await;
-    *n = round.n;
-    result
 }
 
 enum RoundError {
@@ -395,10 +403,19 @@ impl From<PostgresError> for RoundError {
 }
 
 impl Round<'_> {
+    /// Tells the stream that a backfill is abandoned (through a marker, like a chunk).
+    async fn abandon(&mut self, bf: &BackfillState, reason: String) -> Result<(), RoundError> {
+        let Some(table) = self.driver.table(&bf.table) else {
+            return Ok(());
+        };
+        let schema = table.schema.clone();
+        self.publish(bf, &schema, Vec::new(), None, true, Some(reason))
+            .await
+    }
+
     async fn backfill(&mut self, bf: &mut BackfillState) -> Result<(), RoundError> {
         let d = self.driver;
-        let Some(table) = TableId::parse(&bf.table, "public").and_then(|id| d.tables.get(&id))
-        else {
+        let Some(table) = d.table(&bf.table) else {
             return Err(RoundError::Failed(PostgresError::Setup(format!(
                 "table {} is not captured by source {}",
                 bf.table, d.source
@@ -452,11 +469,7 @@ impl Round<'_> {
             .client
             .query_one(
                 "select greatest(reltuples, 0)::int8 from pg_class where oid = ($1::text)::regclass",
-                &[&format!(
-                    "{}.{}",
-                    quote_ident(&table.schema.id.schema),
-                    quote_ident(&table.schema.id.name)
-                )],
+                &[&quote_table(&table.schema.id)],
             )
             .await?;
         Ok(row.get(0))
@@ -485,11 +498,7 @@ impl Round<'_> {
             failed,
         };
         d.chunks.send(chunk).await.map_err(|_| RoundError::Closed)?;
-        self.client
-            .query_one(
-                "select pg_logical_emit_message(true, $1::text, $2::text)::text",
-                &[&MARKER_PREFIX, &marker],
-            )
+        emit_message(&self.client, MARKER_PREFIX, &marker)
             .await
             .map_err(PostgresError::query("writing a backfill marker"))?;
         Ok(())
@@ -502,13 +511,7 @@ impl Round<'_> {
         table: &CapturedTable,
         bf: &BackfillState,
     ) -> Result<(Vec<Row>, Option<Vec<String>>), PostgresError> {
-        let cols = table
-            .schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = table.select_list();
         let keys = table
             .key_names
             .iter()
@@ -533,9 +536,8 @@ impl Round<'_> {
             format!(" where {}", conditions.join(" and "))
         };
         let sql = format!(
-            "copy (select {cols} from {}.{}{filter} order by {keys} limit {}) to stdout",
-            quote_ident(&table.schema.id.schema),
-            quote_ident(&table.schema.id.name),
+            "copy (select {cols} from {}{filter} order by {keys} limit {}) to stdout",
+            quote_table(&table.schema.id),
             self.driver.chunk_rows
         );
         let context = format!("reading a backfill chunk of {}", table.schema.id);

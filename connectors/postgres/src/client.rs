@@ -45,6 +45,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `"schema"."table"`, quoted for SQL text.
+pub fn quote_table(id: &sluice_core::TableId) -> String {
+    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name))
+}
+
 /// Quotes a string literal for SQL text (standard_conforming_strings is on since Postgres 9.1).
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

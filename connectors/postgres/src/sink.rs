@@ -22,7 +22,7 @@ use sluice_core::{
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
 use crate::catalog;
-use crate::client::{connect, quote_ident};
+use crate::client::{connect, quote_ident, quote_table};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::types::{TypeKind, TypeMap};
@@ -162,7 +162,7 @@ pub async fn describe_targets(
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
         out.push(Ok(TargetTable {
-            quoted: format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name)),
+            quoted: quote_table(id),
             id: id.clone(),
             columns,
             key,

@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use sluice_core::{Batch, ChangeEvent, Op, Position, Row, SourceInfo, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{connect, quote_ident, quote_literal};
+use crate::client::{connect, quote_literal, quote_table};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::source::CapturedTable;
@@ -54,17 +54,10 @@ pub async fn read_snapshot(
     let mut seq = 0u64;
     let position_lsn = consistent_point.saturating_sub(1);
     for table in tables {
-        let cols = table
-            .schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = table.select_list();
         let sql = format!(
-            "copy (select {cols} from {}.{}) to stdout",
-            quote_ident(&table.schema.id.schema),
-            quote_ident(&table.schema.id.name)
+            "copy (select {cols} from {}) to stdout",
+            quote_table(&table.schema.id)
         );
         let context = format!("reading the snapshot of {}", table.schema.id);
         let stream = client

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::backfill::{self, Driver, Tracker};
 use crate::catalog;
-use crate::client::{connect, quote_ident, SESSION_OPTIONS};
+use crate::client::{connect, quote_ident, quote_table, SESSION_OPTIONS};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::snapshot::{now_us, read_snapshot};
@@ -63,6 +63,18 @@ pub struct CapturedTable {
     pub schema: Arc<TableSchema>,
     pub kinds: Vec<TypeKind>,
     pub key_names: Vec<String>,
+}
+
+impl CapturedTable {
+    /// The table's columns, quoted and comma-separated, for a select list.
+    pub fn select_list(&self) -> String {
+        self.schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 pub struct PostgresSource {
@@ -395,7 +407,7 @@ async fn ensure_publication(
     let list = |tables: &[&TableId]| {
         tables
             .iter()
-            .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+            .map(|t| quote_table(t))
             .collect::<Vec<_>>()
             .join(", ")
     };
