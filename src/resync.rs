@@ -140,6 +140,13 @@ async fn request(
                 match cp.backfills.iter().find(|b| b.id == request_id) {
                     Some(bf) => rows = bf.rows as i64,
                     None if reached => {
+                        if let Some(a) = cp.abandoned.iter().find(|a| a.id == request_id) {
+                            progress.finish();
+                            return Err(format!(
+                                "re-sync {request_id} of {} was abandoned: {}",
+                                a.table, a.reason
+                            ));
+                        }
                         progress.show(total.max(rows), total);
                         progress.finish();
                         println!(

@@ -349,5 +349,58 @@ async fn snapshot_where_heals_exactly_its_key_range() {
             .get::<_, i64>(0),
         1000
     );
+
+    // A predicate that stops working between the request and the read (it names a table
+    // dropped meanwhile) abandons the re-sync, and `--wait` says so with the reason instead
+    // of reporting it finished.
+    assert!(sluice.stop(LONG).success());
+    src.batch_execute("create table helper (id int)")
+        .await
+        .expect("helper");
+    let mut waiter = std::process::Command::new(SLUICE)
+        .args([
+            "snapshot",
+            "--config",
+            config,
+            "--table",
+            "big",
+            "--where",
+            "exists (select 1 from helper)",
+            "--wait",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice snapshot");
+    let mut out = std::io::BufReader::new(waiter.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("queued") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("snapshot output");
+        assert!(n > 0, "sluice snapshot ended before queueing its request");
+    }
+    src.batch_execute("drop table helper")
+        .await
+        .expect("drop helper");
+    let mut sluice = p.start("sluice-after-drop", &[]);
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = waiter.try_wait().expect("snapshot status") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice snapshot --wait never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut waiter.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was abandoned") && err.contains("helper"),
+        "{err}"
+    );
     assert!(sluice.stop(LONG).success());
 }

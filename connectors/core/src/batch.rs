@@ -53,6 +53,25 @@ pub struct SourceCheckpoint {
     /// how far each got: a restart resumes them after their last published chunk.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfills: Vec<BackfillState>,
+    /// The last backfills given up on (a predicate the table refused when read), with why:
+    /// `sluice snapshot --wait` reports them instead of a success.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned: Vec<AbandonedBackfill>,
+}
+
+/// A backfill given up on, as the checkpoint remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbandonedBackfill {
+    pub id: String,
+    /// `schema.table`.
+    pub table: String,
+    pub reason: String,
+}
+
+impl AbandonedBackfill {
+    /// How many a checkpoint keeps (the oldest go first).
+    pub const KEPT: usize = 16;
 }
 
 /// One incremental backfill's durable state.

@@ -180,6 +180,7 @@ impl MySqlSource {
                             written_at_ms: now_us() / 1000,
                             tables: Some(self.configured()),
                             backfills: Vec::new(),
+                            abandoned: Vec::new(),
                         }),
                     })
                     .await

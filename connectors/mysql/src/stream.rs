@@ -436,6 +436,7 @@ impl Session {
             written_at_ms: now_us() / 1000,
             tables: Some(captured_names(&self.ctx.tables)),
             backfills: Vec::new(),
+            abandoned: Vec::new(),
         });
         self.pending_since.get_or_insert_with(Instant::now);
         if self.batch.len() >= self.ctx.max_batch

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sluice_core::{BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema};
+use sluice_core::{
+    AbandonedBackfill, BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema,
+};
 use tokio::sync::mpsc;
 
 use crate::client::{connect, quote_ident, quote_literal, quote_table};
@@ -126,6 +128,8 @@ pub struct Tracker {
     pub state: Vec<BackfillState>,
     /// Tables whose rows are all published, as the next checkpoint records them.
     pub complete: Vec<String>,
+    /// The last backfills given up on, as the next checkpoint records them.
+    pub abandoned: Vec<AbandonedBackfill>,
 }
 
 /// What a marker released: rows to publish as reads of `table`.
@@ -142,6 +146,7 @@ impl Tracker {
         requests: mpsc::UnboundedSender<BackfillState>,
         state: Vec<BackfillState>,
         complete: Vec<String>,
+        abandoned: Vec<AbandonedBackfill>,
     ) -> Self {
         Tracker {
             source,
@@ -152,6 +157,7 @@ impl Tracker {
             windows: HashMap::new(),
             state,
             complete,
+            abandoned,
         }
     }
 
@@ -275,6 +281,14 @@ impl Tracker {
             match (&chunk.failed, finished) {
                 (Some(reason), _) => {
                     tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
+                    if self.abandoned.len() >= AbandonedBackfill::KEPT {
+                        self.abandoned.remove(0);
+                    }
+                    self.abandoned.push(AbandonedBackfill {
+                        id: chunk.backfill.clone(),
+                        table: table_name.clone(),
+                        reason: reason.clone(),
+                    });
                 }
                 (None, Some(bf)) => {
                     tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
@@ -366,13 +380,16 @@ impl Driver {
                 let outcome = match result {
                     Ok(()) => Ok(true),
                     Err(RoundError::Closed) => Err(()),
-                    Err(RoundError::Failed(e)) if e.class() == ErrorClass::Transient => {
+                    Err(RoundError::Failed(e))
+                        if e.class() == ErrorClass::Transient && !e.refused_query() =>
+                    {
                         let delay = backoff.next_delay();
                         tracing::warn!(table = %bf.table, error = %sluice_core::error_chain(&e), retry_in_ms = delay.as_millis() as u64, "backfill interrupted; resuming after its last chunk");
                         tokio::time::sleep(delay).await;
                         Ok(false)
                     }
-                    // A definite error (a predicate the table refuses, say) abandons it.
+                    // A definite error, or a query the table refuses (a predicate naming a
+                    // column dropped since the request, say), abandons it.
                     Err(RoundError::Failed(e)) => round
                         .abandon(&bf, sluice_core::error_chain(&e))
                         .await
@@ -608,7 +625,7 @@ mod tests {
             superseded: 0,
         }];
         (
-            Tracker::new("app".into(), HashMap::new(), rx, req, state, vec![]),
+            Tracker::new("app".into(), HashMap::new(), rx, req, state, vec![], vec![]),
             tx,
         )
     }
@@ -675,5 +692,24 @@ mod tests {
         // A marker whose chunk is gone (an earlier run's) releases nothing.
         assert!(t.message(MARKER_PREFIX, b"app/old/9").is_none());
         assert_eq!(t.state[0].superseded, 1);
+    }
+
+    #[test]
+    fn an_abandoned_backfill_is_remembered_not_completed() {
+        let (mut t, tx) = tracker();
+        let mut failed = chunk(1, vec![], true);
+        failed.failed = Some("column \"x\" does not exist".into());
+        tx.try_send(failed).expect("send");
+        t.message(MARKER_PREFIX, b"app/r/1");
+        assert!(t.state.is_empty(), "no longer under way");
+        assert!(t.complete.is_empty(), "its rows are not complete");
+        assert_eq!(
+            t.abandoned,
+            vec![AbandonedBackfill {
+                id: "b".into(),
+                table: "public.t".into(),
+                reason: "column \"x\" does not exist".into(),
+            }]
+        );
     }
 }

@@ -44,6 +44,18 @@ impl PostgresError {
         }
     }
 
+    /// Whether a query failed on what it asked, not on the connection or the server's state:
+    /// SQLSTATE class 22 (data exception, e.g. a division by zero) or 42 (a column, table or
+    /// function that does not exist, a syntax error). Retrying the same query cannot help.
+    pub fn refused_query(&self) -> bool {
+        match self {
+            PostgresError::Query { source, .. } => source
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")),
+            _ => false,
+        }
+    }
+
     pub(crate) fn query(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
         move |source| PostgresError::Query { context, source }

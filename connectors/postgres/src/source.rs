@@ -229,6 +229,10 @@ impl PostgresSource {
             request_tx,
             backfills.clone(),
             complete.clone(),
+            resume
+                .as_ref()
+                .map(|c| c.abandoned.clone())
+                .unwrap_or_default(),
         );
         let ctx = StreamContext {
             source_name: source_name.clone(),
@@ -300,6 +304,7 @@ impl PostgresSource {
                             written_at_ms: now_us() / 1000,
                             tables: Some(complete),
                             backfills: Vec::new(),
+                            abandoned: Vec::new(),
                         }),
                     })
                     .await

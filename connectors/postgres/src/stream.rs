@@ -310,6 +310,7 @@ impl Session {
                 written_at_ms: now_us() / 1000,
                 tables: Some(self.ctx.backfill.complete.clone()),
                 backfills: self.ctx.backfill.state.clone(),
+                abandoned: self.ctx.backfill.abandoned.clone(),
             }
         });
         self.pending_since = None;
