@@ -113,6 +113,15 @@ struct BlobRoute {
 }
 
 impl TableRoute {
+    /// This route's blob URL columns, for releasing their objects at a truncate.
+    pub fn blob_columns(&self) -> impl Iterator<Item = sluice_postgres::BlobColumn> + '_ {
+        self.blobs.iter().map(|b| sluice_postgres::BlobColumn {
+            table: self.table,
+            url_column: b.spec.url_column.clone(),
+            delete_objects: b.spec.delete_objects,
+        })
+    }
+
     /// Resolves a mapping against the target table (its name, column names and key column
     /// indexes). `Err` names the field and the fix.
     pub fn new(

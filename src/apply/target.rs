@@ -7,7 +7,7 @@ use sluice_core::{
     ApplyBatch, ApplyOutcome, BarrierOutcome, ErrorClass, PartitionProgress, TableId,
 };
 use sluice_mysql::{MySqlConnection, MySqlError, MySqlSink, MySqlTable};
-use sluice_postgres::{PostgresConnection, PostgresError, PostgresSink, TargetTable};
+use sluice_postgres::{BlobColumn, PostgresConnection, PostgresError, PostgresSink, TargetTable};
 
 use crate::config::SinkConfig;
 use crate::telemetry::error_chain;
@@ -251,13 +251,22 @@ impl TargetSink {
         position: &str,
         partition_count: i32,
         tables: &[usize],
+        blob_columns: &[BlobColumn],
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, SinkError> {
         Ok(match self {
             TargetSink::Postgres(s) => {
-                s.truncate_barrier(topic, position, partition_count, tables, progress)
-                    .await?
+                s.truncate_barrier(
+                    topic,
+                    position,
+                    partition_count,
+                    tables,
+                    blob_columns,
+                    progress,
+                )
+                .await?
             }
+            // MySQL targets have no blob columns (refused when the config loads).
             TargetSink::MySql(s) => {
                 s.truncate_barrier(topic, position, partition_count, tables, progress)
                     .await?

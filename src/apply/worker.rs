@@ -714,6 +714,7 @@ impl Worker {
                 continue;
             };
             let tables: Vec<usize> = route.routes.iter().map(|r| r.table).collect();
+            let blob_columns: Vec<_> = route.routes.iter().flat_map(|r| r.blob_columns()).collect();
             let progress = PartitionProgress {
                 topic: tp.0.clone(),
                 partition: tp.1,
@@ -728,6 +729,7 @@ impl Worker {
                     &position.to_string(),
                     route.partitions,
                     &tables,
+                    &blob_columns,
                     &progress,
                 )
                 .await;
@@ -735,6 +737,14 @@ impl Worker {
                 Ok(BarrierOutcome::Waiting) => {}
                 Ok(BarrierOutcome::Passed) => {
                     tracing::info!(worker = self.id, topic = %tp.0, partition = tp.1, position = %position, "truncate applied; partition resumes");
+                    if blob_columns.iter().any(|b| b.delete_objects) {
+                        // The truncated rows' objects were released with the truncate.
+                        if let Some(stage) = self.blobs.as_mut() {
+                            if let Err(e) = stage.sweep().await {
+                                tracing::warn!(worker = self.id, error = %error_chain(&e), "deleting the truncated rows' objects failed; a later sweep retries");
+                            }
+                        }
+                    }
                     if let Some(state) = states.get_mut(&tp) {
                         state.expected = Some(progress.next_offset);
                         state.position = Some(position);

@@ -645,14 +645,15 @@ impl Stage {
         }
     }
 
-    /// Finishes deletions a crash interrupted: objects this sink released but did not delete.
+    /// Deletes objects this sink released but did not delete yet: deletions a crash
+    /// interrupted, and the objects of a truncated table's rows.
     pub async fn sweep(&mut self) -> Result<(), StageError> {
         let sink = self.sink.clone();
         let released = ledger::released(self.client().await?, &sink).await?;
         if !released.is_empty() {
             tracing::info!(
                 objects = released.len(),
-                "deleting objects released before a restart"
+                "deleting released objects (rows truncated, or deletions a restart interrupted)"
             );
             self.delete_unreferenced(released).await;
         }

@@ -446,8 +446,9 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
     assert!(sluice.stop(LONG).success());
 }
 
-/// A bytea column becomes an object (the target row keeps only its URL), and its presigned
-/// URL is renewed in the target row before it expires.
+/// A bytea column becomes an object (the target row keeps only its URL), its presigned URL is
+/// renewed in the target row before it expires, and a truncate of the source table removes
+/// the objects with the rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     let (garage, f, dash) = blob_fixture(
@@ -538,6 +539,37 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     let (status, _) = http_get(&renewed);
     assert_eq!(status, 200);
     assert!(sluice.log_text().contains("presigned URLs renewed"));
+
+    // A truncate of the source table empties the target table and releases its objects:
+    // the bucket and the ledger end empty.
+    src.batch_execute("insert into photos values (3, 'another', decode('ffd8ffe0', 'hex'))")
+        .await
+        .expect("third photo");
+    wait_for("two objects", LONG, || async {
+        (garage.keys().await.len() == 2).then_some(())
+    })
+    .await;
+    src.batch_execute("truncate photos")
+        .await
+        .expect("truncate");
+    wait_for("the bucket emptied by the truncate", LONG, || async {
+        garage.keys().await.is_empty().then_some(())
+    })
+    .await;
+    assert!(rows(&dash, "select id::text from photos").await.is_empty());
+    wait_for(
+        "the truncated rows' ledger rows forgotten",
+        LONG,
+        || async {
+            let left: i64 = dash
+                .query_one("select count(*) from sluice.blobs", &[])
+                .await
+                .expect("ledger")
+                .get(0);
+            (left == 0).then_some(())
+        },
+    )
+    .await;
     assert!(sluice.stop(LONG).success());
 }
 

@@ -31,6 +31,6 @@ pub mod types;
 
 pub use config::PostgresConnection;
 pub use error::PostgresError;
-pub use sink::{PostgresSink, TargetTable};
+pub use sink::{BlobColumn, PostgresSink, TargetTable};
 pub use sluice_core::RunHandles;
 pub use source::{PostgresSource, SnapshotMode, SourceSettings};

@@ -99,6 +99,17 @@ pub struct TargetColumn {
     json_key: String,
 }
 
+/// A blob URL column of a target table, for releasing its objects when the table is
+/// truncated.
+#[derive(Debug, Clone)]
+pub struct BlobColumn {
+    /// Index of the target table in the sink's table list.
+    pub table: usize,
+    pub url_column: String,
+    /// Whether released objects are deleted (`on_delete = "delete"`) or kept.
+    pub delete_objects: bool,
+}
+
 /// A target table as the sink writes it.
 #[derive(Debug, Clone)]
 pub struct TargetTable {
@@ -400,9 +411,21 @@ impl PostgresSink {
         position: &str,
         partition_count: i32,
         tables: &[usize],
+        blob_columns: &[BlobColumn],
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, PostgresError> {
         let sink = self.sink.clone();
+        let released: Vec<(String, &str, &str)> = blob_columns
+            .iter()
+            .map(|b| {
+                let state = if b.delete_objects { "released" } else { "kept" };
+                (
+                    self.tables[b.table].id.to_string(),
+                    b.url_column.as_str(),
+                    state,
+                )
+            })
+            .collect();
         let table_names: Vec<String> = tables
             .iter()
             .map(|t| self.tables[*t].quoted.clone())
@@ -455,6 +478,20 @@ impl PostgresSink {
                         "truncating {} in the target",
                         table_names.join(", ")
                     )))?;
+            }
+            // The truncated rows' objects: released (deleted by the next sweep once no live
+            // row references them) or kept, as their blob column says, in the same
+            // transaction as the truncate.
+            for (table, column, state) in &released {
+                tx.execute(
+                    "update sluice.blobs set state = $4, updated_at = now()
+                      where sink = $1 and target_table = $2 and url_column = $3 and state = 'live'",
+                    &[&sink, table, column, state],
+                )
+                .await
+                .map_err(PostgresError::query(
+                    "releasing the truncated rows' objects in the blob ledger",
+                ))?;
             }
             tx.execute(
                 "insert into sluice.truncates_done (sink, topic, position) values ($1, $2, $3)",
