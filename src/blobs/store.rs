@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_s3::config::{
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+};
+use aws_sdk_s3::error::BoxError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -153,6 +158,8 @@ impl Store {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(&checksum)
             .body(ByteStream::from(bytes))
+            .customize()
+            .interceptor(ChecksumSignsBody)
             .send()
             .await
             .map_err(|e| self.error("uploading", key, sdk_message(&e)))?;
@@ -187,12 +194,16 @@ impl Store {
             .await
             .map_err(|e| self.error("starting the multipart upload of", key, sdk_message(&e)))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        // Parts are slices of one buffer, not copies.
+        let body = bytes::Bytes::from(bytes);
         let result = async {
             let mut parts = Vec::new();
-            for (i, chunk) in bytes.chunks(self.part_size as usize).enumerate() {
+            let part = self.part_size as usize;
+            for (i, start) in (0..body.len()).step_by(part).enumerate() {
                 let number = i as i32 + 1;
-                let checksum =
-                    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(chunk));
+                let range = start..(start + part).min(body.len());
+                let checksum = base64::engine::general_purpose::STANDARD
+                    .encode(Sha256::digest(&body[range.clone()]));
                 let out = self
                     .client
                     .upload_part()
@@ -202,7 +213,9 @@ impl Store {
                     .part_number(number)
                     .checksum_algorithm(ChecksumAlgorithm::Sha256)
                     .checksum_sha256(&checksum)
-                    .body(ByteStream::from(chunk.to_vec()))
+                    .body(ByteStream::from(body.slice(range)))
+                    .customize()
+                    .interceptor(ChecksumSignsBody)
                     .send()
                     .await
                     .map_err(|e| self.error("uploading a part of", key, sdk_message(&e)))?;
@@ -231,13 +244,13 @@ impl Store {
                 })?;
             // The parts were verified one by one; check the whole by its size and metadata.
             match self.head(key).await? {
-                Some(h) if h.size == bytes.len() as u64 => Ok(()),
+                Some(h) if h.size == body.len() as u64 => Ok(()),
                 other => Err(self.error(
                     "verifying",
                     key,
                     format!(
                         "expected {} bytes after the multipart upload, found {other:?}",
-                        bytes.len()
+                        body.len()
                     ),
                 )),
             }
@@ -369,6 +382,31 @@ impl Store {
 
 /// The useful part of an SDK error: the service's code and message, or the transport's
 /// error chain (never the request, which carries the signature).
+/// Signs an upload without a second SHA-256 pass over its body: the SDK would otherwise hash
+/// the body for the signature (`x-amz-content-sha256`) although Sluice has hashed it already,
+/// and the store would hash it twice to check both. The body stays bound to the signature
+/// through the signed `x-amz-checksum-sha256` header, which the store verifies (the scheme
+/// AWS's SDKs use over TLS), so one hash on each side checks every byte.
+#[derive(Debug)]
+struct ChecksumSignsBody;
+
+impl Intercept for ChecksumSignsBody {
+    fn name(&self) -> &'static str {
+        "ChecksumSignsBody"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::UnsignedPayload);
+        Ok(())
+    }
+}
+
 fn sdk_message<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,

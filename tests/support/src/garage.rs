@@ -120,6 +120,11 @@ impl Garage {
         self.spawn();
     }
 
+    /// The running node's process id (0 when stopped), e.g. to read its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
     }

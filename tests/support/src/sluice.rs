@@ -25,7 +25,11 @@ impl SluiceProcess {
             .arg("--config")
             .arg(config)
             .args(extra)
-            .env("SLUICE_LOG", "info,sluice=debug")
+            // SLUICE_TEST_LOG widens the log for a post-mortem (e.g. `debug`).
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,sluice=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
