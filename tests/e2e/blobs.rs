@@ -84,6 +84,19 @@ async fn rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>
         .collect()
 }
 
+/// Waits until the target's blob ledger has no row left.
+async fn wait_ledger_empty(db: &tokio_postgres::Client, what: &str) {
+    wait_for(what, LONG, || async {
+        let left: i64 = db
+            .query_one("select count(*) from sluice.blobs", &[])
+            .await
+            .expect("ledger")
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
 async fn dead_letters(db: &tokio_postgres::Client) -> Vec<String> {
     db.query("select error from sluice.dead_letters order by id", &[])
         .await
@@ -434,15 +447,7 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
     })
     .await;
     // The object is deleted first, then its released ledger row is forgotten.
-    wait_for("deleted objects leave no ledger rows", LONG, || async {
-        let left: i64 = pg
-            .query_one("select count(*) from sluice.blobs", &[])
-            .await
-            .expect("ledger")
-            .get(0);
-        (left == 0).then_some(())
-    })
-    .await;
+    wait_ledger_empty(&pg, "deleted objects leave no ledger rows").await;
     assert!(sluice.stop(LONG).success());
 }
 
@@ -557,19 +562,7 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     })
     .await;
     assert!(rows(&dash, "select id::text from photos").await.is_empty());
-    wait_for(
-        "the truncated rows' ledger rows forgotten",
-        LONG,
-        || async {
-            let left: i64 = dash
-                .query_one("select count(*) from sluice.blobs", &[])
-                .await
-                .expect("ledger")
-                .get(0);
-            (left == 0).then_some(())
-        },
-    )
-    .await;
+    wait_ledger_empty(&dash, "the truncated rows' ledger rows forgotten").await;
     assert!(sluice.stop(LONG).success());
 }
 
