@@ -168,7 +168,10 @@ async fn main() {
         std::env::set_var(k, v);
     }
     let garage = Garage::start("bench");
-    let pg = PgCluster::start_with(&[("shared_buffers", "256MB")]);
+    // Test clusters run with synchronous_commit = off, so a commit reaches the WAL (and
+    // logical decoding) only at the WAL writer's next round, up to 200 ms later: a delay of
+    // the test setting, not of Sluice. A source here commits as production sources do.
+    let pg = PgCluster::start_with(&[("shared_buffers", "256MB"), ("synchronous_commit", "on")]);
     let broker = Broker::start_with_engine("memory");
     pg.create_database("app").await;
     pg.create_database("cloud").await;
