@@ -389,7 +389,7 @@ impl Worker {
         let mut stop_at: HashMap<TopicPartition, i64> = HashMap::new();
         loop {
             let mut plan = self.plan(states, ready, &stop_at);
-            let mut released = Vec::new();
+            let mut ready_blobs = crate::blobs::stage::Ready::default();
             let mut hold = None;
             if let (Some(stage), false) = (self.blobs.as_mut(), plan.blobs.is_empty()) {
                 let waited = |r: &RecordRef| {
@@ -400,7 +400,7 @@ impl Worker {
                         .unwrap_or_default()
                 };
                 match stage.prepare(&mut plan.batch, &plan.blobs, &waited).await {
-                    Ok(Prepared::Ready(r)) => released = r,
+                    Ok(Prepared::Ready(r)) => ready_blobs = r,
                     Ok(Prepared::Hold(record, why)) => hold = Some((record, why)),
                     Err(e) => {
                         if !self
@@ -506,8 +506,14 @@ impl Worker {
                         "batch applied"
                     );
                     ready.clear();
-                    if let (Some(stage), false) = (self.blobs.as_mut(), released.is_empty()) {
-                        stage.delete_unreferenced(released).await;
+                    let mut unreferenced = ready_blobs.released;
+                    if dead_lettered > 0 {
+                        // Rows the target refused took their ledger rows with them: their
+                        // objects, uploaded already, must not stay behind as orphans.
+                        unreferenced.extend(ready_blobs.uploaded);
+                    }
+                    if let (Some(stage), false) = (self.blobs.as_mut(), unreferenced.is_empty()) {
+                        stage.delete_unreferenced(unreferenced).await;
                     }
                     return Ok(true);
                 }

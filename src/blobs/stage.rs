@@ -92,10 +92,21 @@ pub enum BlobWork {
 /// The outcome of preparing a batch.
 #[derive(Debug)]
 pub enum Prepared {
-    /// Ready to write; after the commit, these objects (store, key) may be unreferenced.
-    Ready(Vec<(String, String)>),
+    /// Ready to write.
+    Ready(Ready),
     /// This record's file does not exist yet: hold its partition there.
     Hold(RecordRef, String),
+}
+
+/// A prepared batch's objects, (store, key) each.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Objects the batch's rows let go of: after the commit, deleted where no live row
+    /// references them.
+    pub released: Vec<(String, String)>,
+    /// Objects uploaded for the batch: those of rows the target then refuses (dead letters)
+    /// are referenced by no live row after the commit, and deleted.
+    pub uploaded: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,11 +366,15 @@ impl Stage {
                 .await;
         let mut loaded: Vec<Option<Loaded>> = (0..jobs.len()).map(|_| None).collect();
         let mut uploaded = 0;
+        let mut uploaded_keys: Vec<(String, String)> = Vec::new();
         let mut vanished: HashMap<usize, String> = HashMap::new();
         for outcome in outcomes {
             match outcome {
                 Ok((i, l, up)) => {
                     uploaded += usize::from(up);
+                    if up {
+                        uploaded_keys.push((jobs[i].spec.store.clone(), l.key.clone()));
+                    }
                     loaded[i] = Some(l);
                 }
                 Err(JobError::Stage(e)) => return Err(e),
@@ -515,7 +530,10 @@ impl Stage {
                 }
             }
         }
-        Ok(Prepared::Ready(released))
+        Ok(Prepared::Ready(Ready {
+            released,
+            uploaded: uploaded_keys,
+        }))
     }
 
     /// Turns the refused events into dead letters (once each), with the reason.

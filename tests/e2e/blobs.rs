@@ -461,7 +461,8 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
         "photos",
         "create table photos (id int primary key, caption text, image bytea)",
         "dash",
-        "create table photos (id int primary key, caption text, image bytea, image_url text)",
+        "create table photos (id int primary key, caption text, image bytea, image_url text,
+            check (caption is distinct from 'refused'))",
     )
     .await;
     f.write_config(&format!(
@@ -544,6 +545,22 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     let (status, _) = http_get(&renewed);
     assert_eq!(status, 200);
     assert!(sluice.log_text().contains("presigned URLs renewed"));
+
+    // A row the target refuses (its CHECK) becomes a dead letter after its object went up:
+    // the object is deleted with it, not left as an orphan.
+    src.batch_execute("insert into photos values (4, 'refused', decode('0102', 'hex'))")
+        .await
+        .expect("refused photo");
+    wait_for("the refused row's dead letter", LONG, || async {
+        let dead = dead_letters(&dash).await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    wait_for("the refused row's object deleted", LONG, || async {
+        let keys = garage.keys().await;
+        (keys.len() == 1 && !keys.contains(&"photos/4.png".to_owned())).then_some(())
+    })
+    .await;
 
     // A truncate of the source table empties the target table and releases its objects:
     // the bucket and the ledger end empty.
