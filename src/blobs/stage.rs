@@ -27,7 +27,7 @@ use sluice_core::{ApplyBatch, DeadLetter, RecordRef, TableId, TargetChange};
 use sluice_postgres::PostgresConnection;
 
 use super::ledger::{self, Entry, Slot};
-use super::store::{Store, StoreError};
+use super::store::{Body, Store, StoreError};
 use super::{content_type_of, hex, KeyTemplate, PartialKey};
 
 /// Where a blob column's bytes come from.
@@ -807,7 +807,17 @@ async fn run_job(
         Source::File(p) => Source::File(p.clone()),
         Source::Bytes(b) => Source::Bytes(b.clone()),
     };
-    let (bytes, sha_hex) = tokio::task::spawn_blocking(move || read_and_hash(source))
+    let store = stores.get(&j.spec.store).ok_or_else(|| {
+        JobError::Stage(StageError::Ledger(format!(
+            "no store named {}",
+            j.spec.store
+        )))
+    })?;
+    let streams = {
+        let store = store.clone();
+        move |size| store.streams(size)
+    };
+    let (body, sha_hex) = tokio::task::spawn_blocking(move || read_and_hash(source, &streams))
         .await
         .unwrap_or_else(|e| Err(ReadError::Refused(format!("reading the file: {e}"))))
         .map_err(|e| JobError::Read(j.event, e))?;
@@ -832,13 +842,10 @@ async fn run_job(
         .content_type
         .clone()
         .unwrap_or_else(|| content_type_of(&j.ext).to_owned());
-    let size = bytes.len() as u64;
+    let size = body.len();
     if upload {
-        let store = stores.get(store_name).ok_or_else(|| {
-            JobError::Stage(StageError::Ledger(format!("no store named {store_name}")))
-        })?;
         store
-            .put(&key, bytes, &sha_hex, &content_type)
+            .put(&key, body, &sha_hex, &content_type)
             .await
             .map_err(|e| JobError::Stage(e.into()))?;
     }
@@ -874,20 +881,46 @@ fn expired_why(why: &str, spec: &BlobSpec) -> String {
     )
 }
 
-/// The bytes and their hex SHA-256.
-fn read_and_hash(source: Source) -> Result<(Vec<u8>, String), ReadError> {
-    let bytes = match source {
-        Source::Bytes(b) => b,
-        Source::File(path) => std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ReadError::Missing(path.display().to_string())
-            } else {
-                ReadError::Refused(format!("file {}: {e}", path.display()))
-            }
-        })?,
+/// The bytes and their hex SHA-256. A file the store uploads in parts (`streams` says which
+/// sizes) is only hashed here, a buffer at a time, and read again part by part as it goes up.
+fn read_and_hash(
+    source: Source,
+    streams: &dyn Fn(u64) -> bool,
+) -> Result<(Body, String), ReadError> {
+    let path = match source {
+        Source::Bytes(b) => {
+            let sha_hex = hex(&Sha256::digest(&b));
+            return Ok((Body::Memory(b), sha_hex));
+        }
+        Source::File(path) => path,
     };
-    let sha_hex = hex(&Sha256::digest(&bytes));
-    Ok((bytes, sha_hex))
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ReadError::Missing(path.display().to_string())
+        } else {
+            ReadError::Refused(format!("file {}: {e}", path.display()))
+        }
+    };
+    let mut file = std::fs::File::open(&path).map_err(failed)?;
+    let size = file.metadata().map_err(failed)?.len();
+    if !streams(size) {
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
+        let sha_hex = hex(&Sha256::digest(&bytes));
+        return Ok((Body::Memory(bytes), sha_hex));
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        read += n as u64;
+    }
+    Ok((Body::File { path, size: read }, hex(&hasher.finalize())))
 }
 
 /// Finds `path` (as the row names it) under one of `base_dirs`. A relative path is tried under
@@ -948,8 +981,10 @@ fn canonical(base_dirs: &[PathBuf]) -> Vec<PathBuf> {
 #[cfg(test)]
 fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
     let real = locate(path, base_dirs, &canonical(base_dirs))?;
-    let (bytes, _) = read_and_hash(Source::File(real.clone()))?;
-    Ok((real, bytes))
+    match read_and_hash(Source::File(real.clone()), &|_| false)? {
+        (Body::Memory(bytes), _) => Ok((real, bytes)),
+        (Body::File { .. }, _) => Err(ReadError::Refused("streamed".into())),
+    }
 }
 
 #[cfg(test)]

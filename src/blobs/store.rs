@@ -26,6 +26,29 @@ pub struct Head {
     pub sha256: Option<String>,
 }
 
+/// An object's bytes: in memory, or a large file that is read one part at a time while it goes
+/// up, so that it is never held whole.
+#[derive(Debug)]
+pub enum Body {
+    Memory(Vec<u8>),
+    /// A file whose SHA-256 a first pass computed. Its parts are hashed again as they are
+    /// read, so a file changed between the two passes fails the upload instead of storing
+    /// bytes that do not match the recorded hash.
+    File {
+        path: std::path::PathBuf,
+        size: u64,
+    },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Memory(b) => b.len() as u64,
+            Body::File { size, .. } => *size,
+        }
+    }
+}
+
 /// A bucket, with the settings of its `[stores.<name>]`.
 #[derive(Clone)]
 pub struct Store {
@@ -134,16 +157,19 @@ impl Store {
     pub async fn put(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        body: Body,
         sha256_hex: &str,
         content_type: &str,
     ) -> Result<(), StoreError> {
         let _permit = self.permits.acquire().await.ok();
-        if bytes.len() as u64 > self.multipart_threshold {
-            return self
-                .put_multipart(key, bytes, sha256_hex, content_type)
-                .await;
-        }
+        let bytes = match body {
+            Body::Memory(bytes) if bytes.len() as u64 <= self.multipart_threshold => bytes,
+            body => {
+                return self
+                    .put_multipart(key, body, sha256_hex, content_type)
+                    .await
+            }
+        };
         let digest: Vec<u8> = (0..sha256_hex.len() / 2)
             .filter_map(|i| u8::from_str_radix(&sha256_hex[2 * i..2 * i + 2], 16).ok())
             .collect();
@@ -175,10 +201,16 @@ impl Store {
         Ok(())
     }
 
+    /// Objects above `multipart_threshold_mb`: files larger than that are read from disk one
+    /// part at a time (see [`Body::File`]).
+    pub fn streams(&self, size: u64) -> bool {
+        size > self.multipart_threshold
+    }
+
     async fn put_multipart(
         &self,
         key: &str,
-        bytes: Vec<u8>,
+        body: Body,
         sha256_hex: &str,
         content_type: &str,
     ) -> Result<(), StoreError> {
@@ -194,16 +226,19 @@ impl Store {
             .await
             .map_err(|e| self.error("starting the multipart upload of", key, sdk_message(&e)))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        // Parts are slices of one buffer, not copies.
-        let body = bytes::Bytes::from(bytes);
+        let size = body.len();
+        let mut parts_of = Parts::new(body).map_err(|e| self.error("reading", key, e))?;
         let result = async {
             let mut parts = Vec::new();
-            let part = self.part_size as usize;
-            for (i, start) in (0..body.len()).step_by(part).enumerate() {
+            let part = self.part_size;
+            for (i, start) in (0..size).step_by(part as usize).enumerate() {
                 let number = i as i32 + 1;
-                let range = start..(start + part).min(body.len());
-                let checksum = base64::engine::general_purpose::STANDARD
-                    .encode(Sha256::digest(&body[range.clone()]));
+                let bytes = parts_of
+                    .read(start, part.min(size - start))
+                    .await
+                    .map_err(|e| self.error("reading a part of", key, e))?;
+                let checksum =
+                    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes));
                 let out = self
                     .client
                     .upload_part()
@@ -213,7 +248,7 @@ impl Store {
                     .part_number(number)
                     .checksum_algorithm(ChecksumAlgorithm::Sha256)
                     .checksum_sha256(&checksum)
-                    .body(ByteStream::from(body.slice(range)))
+                    .body(ByteStream::from(bytes))
                     .customize()
                     .interceptor(ChecksumSignsBody)
                     .send()
@@ -226,6 +261,15 @@ impl Store {
                         .checksum_sha256(checksum)
                         .build(),
                 );
+            }
+            if let Some(read) = parts_of.finish() {
+                if read != sha256_hex {
+                    return Err(self.error(
+                        "uploading",
+                        key,
+                        format!("the file changed while it went up (SHA-256 {read}, first read as {sha256_hex}); the batch is retried"),
+                    ));
+                }
             }
             self.client
                 .complete_multipart_upload()
@@ -244,13 +288,12 @@ impl Store {
                 })?;
             // The parts were verified one by one; check the whole by its size and metadata.
             match self.head(key).await? {
-                Some(h) if h.size == body.len() as u64 => Ok(()),
+                Some(h) if h.size == size => Ok(()),
                 other => Err(self.error(
                     "verifying",
                     key,
                     format!(
-                        "expected {} bytes after the multipart upload, found {other:?}",
-                        body.len()
+                        "expected {size} bytes after the multipart upload, found {other:?}"
                     ),
                 )),
             }
@@ -382,6 +425,57 @@ impl Store {
 
 /// The useful part of an SDK error: the service's code and message, or the transport's
 /// error chain (never the request, which carries the signature).
+/// Where a multipart upload's parts come from: slices of one buffer (not copies), or reads of
+/// a file, hashed as a whole along the way.
+enum Parts {
+    Memory(bytes::Bytes),
+    File {
+        file: std::sync::Arc<std::fs::File>,
+        whole: Sha256,
+    },
+}
+
+impl Parts {
+    fn new(body: Body) -> Result<Parts, String> {
+        Ok(match body {
+            Body::Memory(b) => Parts::Memory(bytes::Bytes::from(b)),
+            Body::File { path, .. } => Parts::File {
+                file: std::sync::Arc::new(
+                    std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                ),
+                whole: Sha256::new(),
+            },
+        })
+    }
+
+    /// `len` bytes from `start`; parts are read in order.
+    async fn read(&mut self, start: u64, len: u64) -> Result<bytes::Bytes, String> {
+        match self {
+            Parts::Memory(b) => Ok(b.slice(start as usize..(start + len) as usize)),
+            Parts::File { file, whole } => {
+                let file = file.clone();
+                let part = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, start).map(|()| buf)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("the file changed while it went up: {e}"))?;
+                whole.update(&part);
+                Ok(bytes::Bytes::from(part))
+            }
+        }
+    }
+
+    /// The hex SHA-256 of a file's parts as read (`None` for a buffer).
+    fn finish(&self) -> Option<String> {
+        match self {
+            Parts::Memory(_) => None,
+            Parts::File { whole, .. } => Some(super::hex(&whole.clone().finalize())),
+        }
+    }
+}
+
 /// Signs an upload without a second SHA-256 pass over its body: the SDK would otherwise hash
 /// the body for the signature (`x-amz-content-sha256`) although Sluice has hashed it already,
 /// and the store would hash it twice to check both. The body stays bound to the signature
@@ -423,5 +517,47 @@ where
             }
         }
         other => crate::telemetry::error_chain(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_changed_between_hashing_and_upload_is_caught() {
+        let path = std::env::temp_dir().join(format!("sluice-parts-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").expect("file");
+        let first = super::super::hex(&Sha256::digest(b"0123456789"));
+        let read_all = |body| async {
+            let mut parts = Parts::new(body).expect("parts");
+            let mut got = Vec::new();
+            for start in [0, 4, 8] {
+                got.extend_from_slice(&parts.read(start, 4.min(10 - start)).await.expect("part"));
+            }
+            (got, parts.finish())
+        };
+        let body = || Body::File {
+            path: path.clone(),
+            size: 10,
+        };
+        let (got, hash) = read_all(body()).await;
+        assert_eq!(got, b"0123456789");
+        assert_eq!(
+            hash.as_deref(),
+            Some(first.as_str()),
+            "unchanged: the hashes agree"
+        );
+        std::fs::write(&path, b"0123X56789").expect("change");
+        let (_, hash) = read_all(body()).await;
+        assert_ne!(hash.as_deref(), Some(first.as_str()), "changed: caught");
+        std::fs::write(&path, b"01234").expect("shorten");
+        let mut parts = Parts::new(body()).expect("parts");
+        assert!(parts.read(0, 4).await.is_ok());
+        assert!(
+            parts.read(4, 4).await.is_err(),
+            "a shortened file fails its read"
+        );
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use sha2::{Digest, Sha256};
 
 use super::ledger;
-use super::store::Store;
+use super::store::{Body, Store};
 use super::{content_type_of, hex};
 use crate::config::Config;
 
@@ -135,7 +135,7 @@ pub async fn verify_sink(
                     e.content_type.clone()
                 };
                 store
-                    .put(&e.object_key, bytes, &e.sha256, &ct)
+                    .put(&e.object_key, Body::Memory(bytes), &e.sha256, &ct)
                     .await
                     .map_err(|x| x.to_string())?;
                 report.repaired.push(format!("{kind} {what}: uploaded again from {}", e.source_path.as_deref().unwrap_or("")));
