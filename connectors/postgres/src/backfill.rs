@@ -21,6 +21,13 @@
 //! a committed transaction visible a moment after its commit record is written: a change
 //! decoded just before marker *i − 1* may still be invisible to the chunk's read.
 //!
+//! That moment has no bound (a backend descheduled between writing its commit record and
+//! becoming visible), so the window alone is not enough: the read runs in a repeatable-read
+//! transaction that also takes `pg_current_snapshot()`, and the tracker keeps, per key, the
+//! last transaction that changed it until a read's `xmin` passes that transaction. A chunk row
+//! is also dropped when that transaction is one the read did not see, whatever round it was
+//! decoded in.
+//!
 //! Progress (the last key read) travels in the source checkpoint, so a restart resumes after
 //! the last chunk whose rows are in Kafka. Markers of an earlier run, whose chunks are gone
 //! with it, are ignored.
@@ -57,6 +64,43 @@ pub struct SnapshotRequest {
     pub predicate: Option<String>,
 }
 
+/// Which transactions a chunk's read saw: those of `pg_current_snapshot()` taken in the same
+/// repeatable-read transaction as the read (32-bit xids, as the stream decodes them).
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    xmin: u32,
+    xmax: u32,
+    in_progress: HashSet<u32>,
+}
+
+impl Seen {
+    /// Parses `xmin:xmax:xip,…` (64-bit xids; their low 32 bits are the xids pgoutput sends).
+    fn parse(text: &str) -> Option<Seen> {
+        let mut parts = text.split(':');
+        let xid = |v: &str| v.parse::<u64>().ok().map(|x| x as u32);
+        let xmin = xid(parts.next()?)?;
+        let xmax = xid(parts.next()?)?;
+        let in_progress = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .filter_map(xid)
+            .collect();
+        Some(Seen {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// Whether the read saw the work of committed transaction `xid`.
+    fn saw(&self, xid: u32) -> bool {
+        let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
+        precedes(xid, self.xmin) || (precedes(xid, self.xmax) && !self.in_progress.contains(&xid))
+    }
+}
+
 /// One chunk on its way from the driver to the stream session.
 pub struct Chunk {
     marker: String,
@@ -68,6 +112,8 @@ pub struct Chunk {
     /// The last chunk: the backfill is finished (or, with `failed`, abandoned).
     done: bool,
     failed: Option<String>,
+    /// The transactions its read saw (`None` for a chunk without rows).
+    seen: Option<Seen>,
 }
 
 /// Writes a transactional logical decoding message into the WAL (its own transaction).
@@ -114,6 +160,9 @@ struct Window {
     previous: HashSet<String>,
     /// A truncate of the table in the current / previous round.
     truncated: [bool; 2],
+    /// The last transaction that changed each key, kept while a chunk's read may not have
+    /// seen it (until the reads' oldest running transaction, `xmin`, passes it).
+    last_xid: HashMap<String, u32>,
 }
 
 /// The stream session's side: remembers changed keys and publishes chunks at their markers.
@@ -166,10 +215,12 @@ impl Tracker {
         !self.windows.is_empty()
     }
 
-    /// Notes a change of `row` (its key columns at least) in `table`.
-    pub fn touched(&mut self, table: &TableSchema, row: &Row) {
+    /// Notes a change of `row` (its key columns at least) in `table` by transaction `xid`.
+    pub fn touched(&mut self, table: &TableSchema, row: &Row, xid: u32) {
         if let Some(w) = self.windows.get_mut(&table.id) {
-            w.current.insert(key_of(table, row));
+            let key = key_of(table, row);
+            w.last_xid.insert(key.clone(), xid);
+            w.current.insert(key);
         }
     }
 
@@ -245,9 +296,22 @@ impl Tracker {
         let chunk = self.pending.remove(at)?;
         let window = self.windows.entry(chunk.table.id.clone()).or_default();
         let read = chunk.rows.len() as u64;
+        // A row is dropped when a change of its key is in the window, or was made by a
+        // transaction the read did not see: Postgres makes a commit visible a moment after
+        // writing its record, so a change decoded rounds ago can still be unseen by a read
+        // (a backend descheduled in between), and the older chunk row would overwrite it.
+        let unseen = |k: &String| {
+            chunk
+                .seen
+                .as_ref()
+                .is_some_and(|seen| window.last_xid.get(k).is_some_and(|xid| !seen.saw(*xid)))
+        };
         let rows: Vec<Row> = if window.truncated.iter().any(|t| *t) {
             Vec::new()
-        } else if window.current.is_empty() && window.previous.is_empty() {
+        } else if window.current.is_empty()
+            && window.previous.is_empty()
+            && window.last_xid.is_empty()
+        {
             chunk.rows
         } else {
             chunk
@@ -255,10 +319,15 @@ impl Tracker {
                 .into_iter()
                 .filter(|r| {
                     let k = key_of(&chunk.table, r);
-                    !window.current.contains(&k) && !window.previous.contains(&k)
+                    !window.current.contains(&k) && !window.previous.contains(&k) && !unseen(&k)
                 })
                 .collect()
         };
+        if let Some(seen) = &chunk.seen {
+            // Every later read sees what this one saw before its xmin.
+            let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
+            window.last_xid.retain(|_, xid| !precedes(*xid, seen.xmin));
+        }
         window.previous = std::mem::take(&mut window.current);
         window.truncated = [false, window.truncated[0]];
         let table_name = chunk.table.id.to_string();
@@ -426,7 +495,7 @@ impl Round<'_> {
             return Ok(());
         };
         let schema = table.schema.clone();
-        self.publish(bf, &schema, Vec::new(), None, true, Some(reason))
+        self.publish(bf, &schema, Vec::new(), None, true, Some(reason), None)
             .await
     }
 
@@ -452,17 +521,17 @@ impl Round<'_> {
         );
         // Two empty rounds open the window of changed keys before the first chunk is read.
         for _ in 0..2 {
-            self.publish(bf, &table.schema, Vec::new(), None, false, None)
+            self.publish(bf, &table.schema, Vec::new(), None, false, None, None)
                 .await?;
         }
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut read = 0u64;
         loop {
-            let (rows, last) = self.read_chunk(&table, bf).await?;
+            let (rows, last, seen) = self.read_chunk(&table, bf).await?;
             read += rows.len() as u64;
             let done = rows.len() < d.chunk_rows;
-            self.publish(bf, &table.schema, rows, last.clone(), done, None)
+            self.publish(bf, &table.schema, rows, last.clone(), done, None, seen)
                 .await?;
             // Only once its marker committed: a retry after a failed marker reads the chunk
             // again (its rows were never published without the marker).
@@ -501,6 +570,7 @@ impl Round<'_> {
         after: Option<Vec<String>>,
         done: bool,
         failed: Option<String>,
+        seen: Option<Seen>,
     ) -> Result<(), RoundError> {
         let d = self.driver;
         self.n += 1;
@@ -513,6 +583,7 @@ impl Round<'_> {
             after,
             done,
             failed,
+            seen,
         };
         d.chunks.send(chunk).await.map_err(|_| RoundError::Closed)?;
         emit_message(&self.client, MARKER_PREFIX, &marker)
@@ -522,12 +593,39 @@ impl Round<'_> {
     }
 
     /// Reads the next chunk: rows after `bf.after` by primary key, matching the predicate.
-    /// Returns the rows and the text form of the last row's key.
+    /// Returns the rows, the text form of the last row's key and the transactions the read
+    /// saw (its snapshot, taken in the same repeatable-read transaction).
     async fn read_chunk(
         &self,
         table: &CapturedTable,
         bf: &BackfillState,
-    ) -> Result<(Vec<Row>, Option<Vec<String>>), PostgresError> {
+    ) -> Result<ChunkRead, PostgresError> {
+        let context = format!("reading a backfill chunk of {}", table.schema.id);
+        self.client
+            .batch_execute("begin isolation level repeatable read read only")
+            .await
+            .map_err(PostgresError::query(context.clone()))?;
+        let read = self.read_in_snapshot(table, bf, &context).await;
+        let end = if read.is_ok() { "commit" } else { "rollback" };
+        let ended = self.client.batch_execute(end).await;
+        let read = read?;
+        ended.map_err(PostgresError::query(context))?;
+        Ok(read)
+    }
+
+    async fn read_in_snapshot(
+        &self,
+        table: &CapturedTable,
+        bf: &BackfillState,
+        context: &str,
+    ) -> Result<ChunkRead, PostgresError> {
+        let snapshot: String = self
+            .client
+            .query_one("select pg_current_snapshot()::text", &[])
+            .await
+            .map_err(PostgresError::query(context))?
+            .get(0);
+        let seen = Seen::parse(&snapshot);
         let cols = table.select_list();
         let keys = table
             .key_names
@@ -557,19 +655,18 @@ impl Round<'_> {
             quote_table(&table.schema.id),
             self.driver.chunk_rows
         );
-        let context = format!("reading a backfill chunk of {}", table.schema.id);
         let stream = self
             .client
             .copy_out(sql.as_str())
             .await
-            .map_err(PostgresError::query(context.clone()))?;
+            .map_err(PostgresError::query(context))?;
         futures_util::pin_mut!(stream);
         let mut parser = CopyParser::default();
         let mut rows = Vec::with_capacity(self.driver.chunk_rows);
         let mut last = None;
         let key_idx: Vec<usize> = table.schema.key.to_vec();
         while let Some(bytes) = stream.next().await {
-            let bytes: Bytes = bytes.map_err(PostgresError::query(context.clone()))?;
+            let bytes: Bytes = bytes.map_err(PostgresError::query(context))?;
             let parsed = parser.push(&bytes);
             let n = parsed.len();
             for (i, fields) in parsed.into_iter().enumerate() {
@@ -586,9 +683,12 @@ impl Round<'_> {
                 });
             }
         }
-        Ok((rows, last))
+        Ok((rows, last, seen))
     }
 }
+
+/// A chunk's rows, the text form of its last key, and what its read saw.
+type ChunkRead = (Vec<Row>, Option<Vec<String>>, Option<Seen>);
 
 #[cfg(test)]
 mod tests {
@@ -639,6 +739,7 @@ mod tests {
             rows,
             done,
             failed: None,
+            seen: None,
         }
     }
 
@@ -662,10 +763,10 @@ mod tests {
         tx.try_send(chunk(1, vec![], false)).expect("send");
         assert!(ids(t.message(MARKER_PREFIX, b"app/r/1")).is_empty());
         assert!(t.active());
-        t.touched(&s, &row(2, "new"));
+        t.touched(&s, &row(2, "new"), 100);
         tx.try_send(chunk(2, vec![], false)).expect("send");
         t.message(MARKER_PREFIX, b"app/r/2");
-        t.touched(&s, &row(3, "new"));
+        t.touched(&s, &row(3, "new"), 101);
         tx.try_send(chunk(3, vec![row(1, "a"), row(2, "b"), row(3, "c")], false))
             .expect("send");
         // Key 2 changed two rounds back, key 3 in this one: both dropped.
@@ -711,5 +812,45 @@ mod tests {
                 reason: "column \"x\" does not exist".into(),
             }]
         );
+    }
+
+    #[test]
+    fn a_change_the_read_did_not_see_drops_its_row_whatever_its_round() {
+        let (mut t, tx) = tracker();
+        let s = schema();
+        tx.try_send(chunk(1, vec![], false)).expect("send");
+        t.message(MARKER_PREFIX, b"app/r/1");
+        // Key 5 changed by transaction 700 and key 6 by transaction 600, both decoded long
+        // before the chunk's window; the read's snapshot still had 700 running.
+        t.touched(&s, &row(5, "new"), 700);
+        t.touched(&s, &row(6, "new"), 600);
+        for n in 2..=4 {
+            tx.try_send(chunk(n, vec![], false)).expect("send");
+            t.message(MARKER_PREFIX, format!("app/r/{n}").as_bytes());
+        }
+        let mut c = chunk(5, vec![row(4, "a"), row(5, "old"), row(6, "b")], false);
+        c.seen = Seen::parse("650:710:700,705");
+        tx.try_send(c).expect("send");
+        assert_eq!(
+            ids(t.message(MARKER_PREFIX, b"app/r/5")),
+            vec![4, 6],
+            "700 was running at the read: key 5's chunk row is older than its change"
+        );
+        // 600 precedes the read's xmin: forgotten; 700 is kept until a read sees it.
+        let w = t.windows.get(&s.id).expect("window");
+        assert!(!w.last_xid.values().any(|x| *x == 600));
+        assert!(w.last_xid.values().any(|x| *x == 700));
+    }
+
+    #[test]
+    fn snapshots_parse_and_tell_what_they_saw() {
+        let seen = Seen::parse("100:110:103,107").expect("parse");
+        assert!(seen.saw(99) && seen.saw(100) && seen.saw(104));
+        assert!(!seen.saw(103) && !seen.saw(107) && !seen.saw(110) && !seen.saw(200));
+        // 64-bit xids: the low 32 bits, compared across wraparound.
+        let wrapped = Seen::parse("8589934590:8589934600:").expect("parse");
+        assert!(wrapped.saw(u32::MAX - 5) && wrapped.saw(3));
+        assert!(!wrapped.saw(8) && !wrapped.saw(9));
+        assert!(Seen::parse("nonsense").is_none());
     }
 }

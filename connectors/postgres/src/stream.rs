@@ -368,8 +368,9 @@ impl Session {
                 if let Some(rel) = self.relation(relation)? {
                     let after = row(rel, &new, None, false)?;
                     let table = rel.table.clone();
+                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after);
+                        self.ctx.backfill.touched(&table, &after, xid);
                     }
                     let ev = self.event(table, Op::Insert, None, Some(after));
                     self.batch.push(ev);
@@ -384,10 +385,11 @@ impl Session {
                     };
                     let after = row(rel, &new, full_old, false)?;
                     let table = rel.table.clone();
+                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after);
+                        self.ctx.backfill.touched(&table, &after, xid);
                         if let Some(b) = &before {
-                            self.ctx.backfill.touched(&table, b);
+                            self.ctx.backfill.touched(&table, b, xid);
                         }
                     }
                     if before
@@ -411,8 +413,9 @@ impl Session {
                         OldTuple::Full(t) => row(rel, t, None, false)?,
                     };
                     let table = rel.table.clone();
+                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &before);
+                        self.ctx.backfill.touched(&table, &before, xid);
                     }
                     let ev = self.event(table, Op::Delete, Some(before), None);
                     self.batch.push(ev);
