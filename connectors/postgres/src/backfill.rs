@@ -495,7 +495,7 @@ impl Round<'_> {
             return Ok(());
         };
         let schema = table.schema.clone();
-        self.publish(bf, &schema, Vec::new(), None, true, Some(reason), None)
+        self.publish(bf, &schema, (Vec::new(), None, None), true, Some(reason))
             .await
     }
 
@@ -521,7 +521,7 @@ impl Round<'_> {
         );
         // Two empty rounds open the window of changed keys before the first chunk is read.
         for _ in 0..2 {
-            self.publish(bf, &table.schema, Vec::new(), None, false, None, None)
+            self.publish(bf, &table.schema, (Vec::new(), None, None), false, None)
                 .await?;
         }
         let started = Instant::now();
@@ -531,7 +531,7 @@ impl Round<'_> {
             let (rows, last, seen) = self.read_chunk(&table, bf).await?;
             read += rows.len() as u64;
             let done = rows.len() < d.chunk_rows;
-            self.publish(bf, &table.schema, rows, last.clone(), done, None, seen)
+            self.publish(bf, &table.schema, (rows, last.clone(), seen), done, None)
                 .await?;
             // Only once its marker committed: a retry after a failed marker reads the chunk
             // again (its rows were never published without the marker).
@@ -566,11 +566,9 @@ impl Round<'_> {
         &mut self,
         bf: &BackfillState,
         table: &Arc<TableSchema>,
-        rows: Vec<Row>,
-        after: Option<Vec<String>>,
+        (rows, after, seen): ChunkRead,
         done: bool,
         failed: Option<String>,
-        seen: Option<Seen>,
     ) -> Result<(), RoundError> {
         let d = self.driver;
         self.n += 1;
