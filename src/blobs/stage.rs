@@ -813,11 +813,8 @@ async fn run_job(
             j.spec.store
         )))
     })?;
-    let streams = {
-        let store = store.clone();
-        move |size| store.streams(size)
-    };
-    let (body, sha_hex) = tokio::task::spawn_blocking(move || read_and_hash(source, &streams))
+    let stream_above = store.stream_above();
+    let (body, sha_hex) = tokio::task::spawn_blocking(move || read_and_hash(source, stream_above))
         .await
         .unwrap_or_else(|e| Err(ReadError::Refused(format!("reading the file: {e}"))))
         .map_err(|e| JobError::Read(j.event, e))?;
@@ -881,12 +878,16 @@ fn expired_why(why: &str, spec: &BlobSpec) -> String {
     )
 }
 
-/// The bytes and their hex SHA-256. A file the store uploads in parts (`streams` says which
-/// sizes) is only hashed here, a buffer at a time, and read again part by part as it goes up.
-fn read_and_hash(
-    source: Source,
-    streams: &dyn Fn(u64) -> bool,
-) -> Result<(Body, String), ReadError> {
+/// A file's body and hex SHA-256 (see [`read_and_hash`]), for re-uploading it; `None` when
+/// it cannot be read.
+pub(super) fn read_file(path: &Path, stream_above: u64) -> Option<(Body, String)> {
+    read_and_hash(Source::File(path.to_path_buf()), stream_above).ok()
+}
+
+/// The bytes and their hex SHA-256. A file larger than `stream_above` (the store uploads it
+/// in parts) is only hashed here, a buffer at a time, and read again part by part as it goes
+/// up.
+fn read_and_hash(source: Source, stream_above: u64) -> Result<(Body, String), ReadError> {
     let path = match source {
         Source::Bytes(b) => {
             let sha_hex = hex(&Sha256::digest(&b));
@@ -903,7 +904,7 @@ fn read_and_hash(
     };
     let mut file = std::fs::File::open(&path).map_err(failed)?;
     let size = file.metadata().map_err(failed)?.len();
-    if !streams(size) {
+    if size <= stream_above {
         let mut bytes = Vec::with_capacity(size as usize);
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(failed)?;
         let sha_hex = hex(&Sha256::digest(&bytes));
@@ -981,7 +982,7 @@ fn canonical(base_dirs: &[PathBuf]) -> Vec<PathBuf> {
 #[cfg(test)]
 fn read_under(path: &str, base_dirs: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), ReadError> {
     let real = locate(path, base_dirs, &canonical(base_dirs))?;
-    match read_and_hash(Source::File(real.clone()), &|_| false)? {
+    match read_and_hash(Source::File(real.clone()), u64::MAX)? {
         (Body::Memory(bytes), _) => Ok((real, bytes)),
         (Body::File { .. }, _) => Err(ReadError::Refused("streamed".into())),
     }

@@ -201,10 +201,10 @@ impl Store {
         Ok(())
     }
 
-    /// Objects above `multipart_threshold_mb`: files larger than that are read from disk one
-    /// part at a time (see [`Body::File`]).
-    pub fn streams(&self, size: u64) -> bool {
-        size > self.multipart_threshold
+    /// Objects above this size (`multipart_threshold_mb`) go up in parts; files larger than
+    /// that are read from disk one part at a time (see [`Body::File`]).
+    pub fn stream_above(&self) -> u64 {
+        self.multipart_threshold
     }
 
     async fn put_multipart(
@@ -423,8 +423,6 @@ impl Store {
     }
 }
 
-/// The useful part of an SDK error: the service's code and message, or the transport's
-/// error chain (never the request, which carries the signature).
 /// Where a multipart upload's parts come from: slices of one buffer (not copies), or reads of
 /// a file, hashed as a whole along the way.
 enum Parts {
@@ -460,7 +458,12 @@ impl Parts {
                 })
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("the file changed while it went up: {e}"))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        "the file got shorter while it went up".to_owned()
+                    }
+                    _ => e.to_string(),
+                })?;
                 whole.update(&part);
                 Ok(bytes::Bytes::from(part))
             }
@@ -501,6 +504,8 @@ impl Intercept for ChecksumSignsBody {
     }
 }
 
+/// The useful part of an SDK error: the service's code and message, or the transport's
+/// error chain (never the request, which carries the signature).
 fn sdk_message<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,

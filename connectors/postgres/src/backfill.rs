@@ -96,9 +96,15 @@ impl Seen {
 
     /// Whether the read saw the work of committed transaction `xid`.
     fn saw(&self, xid: u32) -> bool {
-        let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
-        precedes(xid, self.xmin) || (precedes(xid, self.xmax) && !self.in_progress.contains(&xid))
+        xid_precedes(xid, self.xmin)
+            || (xid_precedes(xid, self.xmax) && !self.in_progress.contains(&xid))
     }
+}
+
+/// Whether 32-bit xid `a` is older than `b`, across wraparound (Postgres'
+/// `TransactionIdPrecedes` for normal xids).
+fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// One chunk on its way from the driver to the stream session.
@@ -325,8 +331,9 @@ impl Tracker {
         };
         if let Some(seen) = &chunk.seen {
             // Every later read sees what this one saw before its xmin.
-            let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
-            window.last_xid.retain(|_, xid| !precedes(*xid, seen.xmin));
+            window
+                .last_xid
+                .retain(|_, xid| !xid_precedes(*xid, seen.xmin));
         }
         window.previous = std::mem::take(&mut window.current);
         window.truncated = [false, window.truncated[0]];

@@ -293,6 +293,11 @@ impl Session {
         Ok(())
     }
 
+    /// The xid of the transaction being decoded (0 outside one).
+    fn xid(&self) -> u32 {
+        self.txn.map(|t| t.1).unwrap_or(0)
+    }
+
     async fn flush(&mut self) -> Result<(), PostgresError> {
         if self.batch.is_empty() && self.pending_checkpoint.is_none() {
             self.pending_since = None;
@@ -368,9 +373,8 @@ impl Session {
                 if let Some(rel) = self.relation(relation)? {
                     let after = row(rel, &new, None, false)?;
                     let table = rel.table.clone();
-                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after, xid);
+                        self.ctx.backfill.touched(&table, &after, self.xid());
                     }
                     let ev = self.event(table, Op::Insert, None, Some(after));
                     self.batch.push(ev);
@@ -385,11 +389,10 @@ impl Session {
                     };
                     let after = row(rel, &new, full_old, false)?;
                     let table = rel.table.clone();
-                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after, xid);
+                        self.ctx.backfill.touched(&table, &after, self.xid());
                         if let Some(b) = &before {
-                            self.ctx.backfill.touched(&table, b, xid);
+                            self.ctx.backfill.touched(&table, b, self.xid());
                         }
                     }
                     if before
@@ -413,9 +416,8 @@ impl Session {
                         OldTuple::Full(t) => row(rel, t, None, false)?,
                     };
                     let table = rel.table.clone();
-                    let xid = self.txn.map(|t| t.1).unwrap_or(0);
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &before, xid);
+                        self.ctx.backfill.touched(&table, &before, self.xid());
                     }
                     let ev = self.event(table, Op::Delete, Some(before), None);
                     self.batch.push(ev);
