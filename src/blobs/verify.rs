@@ -8,11 +8,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sha2::{Digest, Sha256};
-
+use super::content_type_of;
 use super::ledger;
-use super::store::{Body, Store};
-use super::{content_type_of, hex};
+use super::store::Store;
 use crate::config::Config;
 
 /// What one sink's check found (and, with repair, did).
@@ -126,16 +124,20 @@ pub async fn verify_sink(
         if !repair {
             continue;
         }
-        let bytes = e.source_path.as_deref().and_then(|p| std::fs::read(p).ok());
-        match bytes {
-            Some(bytes) if hex(&Sha256::digest(&bytes)) == e.sha256 => {
+        // Read and hashed as the apply step does: a large file is streamed, not held whole.
+        let read = e
+            .source_path
+            .as_deref()
+            .and_then(|p| super::stage::read_file(std::path::Path::new(p), store.stream_above()));
+        match read {
+            Some((body, sha)) if sha == e.sha256 => {
                 let ct = if e.content_type.is_empty() {
                     content_type_of("").to_owned()
                 } else {
                     e.content_type.clone()
                 };
                 store
-                    .put(&e.object_key, Body::Memory(bytes), &e.sha256, &ct)
+                    .put(&e.object_key, body, &e.sha256, &ct)
                     .await
                     .map_err(|x| x.to_string())?;
                 report.repaired.push(format!("{kind} {what}: uploaded again from {}", e.source_path.as_deref().unwrap_or("")));
