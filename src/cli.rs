@@ -81,15 +81,17 @@ pub enum Command {
     /// Re-read a table's rows, or those matching a predicate, through the running capture.
     ///
     /// For "this patient's files" or "this institute's users" after something went wrong
-    /// downstream. The request is written into the source's WAL; the running capture (or the
-    /// next one to start) reads the matching rows in key-ordered chunks, interleaved with the
-    /// live stream: a row changed while it is re-read is published from the change, never
-    /// from the older read, so no newer change is overwritten. Postgres sources only.
+    /// downstream. The request is written into the source's log (the WAL of a Postgres
+    /// source, the signal table of a MySQL/MariaDB one); the running capture (or the next one
+    /// to start) reads the matching rows in key-ordered chunks, interleaved with the live
+    /// stream: a row changed while it is re-read is published from the change, never from the
+    /// older read, so no newer change is overwritten.
     Snapshot {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: PathBuf,
-        /// The table, as in the source's `tables` (`schema.table`, or `table` for public).
+        /// The table, as in the source's `tables` (`schema.table`; for MySQL/MariaDB
+        /// `database.table`, or `table` for one in the connection's database).
         #[arg(long, value_name = "TABLE")]
         table: String,
         /// The source capturing it, when several do.
@@ -113,8 +115,7 @@ pub enum Command {
         /// The TOML config file the pipeline runs with.
         #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: PathBuf,
-        /// Then wait until every table the Postgres sources capture is backfilled, showing
-        /// progress.
+        /// Then wait until every table the sources capture is backfilled, showing progress.
         #[arg(long)]
         wait: bool,
     },

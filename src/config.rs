@@ -310,10 +310,18 @@ pub struct SourceConfig {
     /// How often the durable capture checkpoint is written, in milliseconds.
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
-    /// Postgres: rows per chunk of an incremental backfill (a table added to a running
-    /// source, or `sluice snapshot`).
+    /// Rows per chunk of an incremental backfill (a table added to a running source, or
+    /// `sluice snapshot`).
     #[serde(default = "default_backfill_chunk_rows")]
     pub backfill_chunk_rows: usize,
+    /// Most rows a backfill reads per second, to spare a busy source; absent or 0: as fast as
+    /// the pipeline takes them.
+    #[serde(default)]
+    pub backfill_max_rows_per_second: u64,
+    /// MySQL/MariaDB: the table backfills and `sluice snapshot` write their watermarks into,
+    /// `database.table` (or `table` in the connection's database); default `sluice_signal`
+    /// in the connection's database. Created when first needed.
+    pub signal_table: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -449,10 +457,15 @@ impl Config {
                         "{at}.postgres: user and database must not be empty"
                     ));
                 }
-                if source.server_id.is_some() {
-                    problems.push(format!(
-                        "{at}.server_id is a MySQL/MariaDB setting: remove it from this Postgres source"
-                    ));
+                for (field, set) in [
+                    ("server_id", source.server_id.is_some()),
+                    ("signal_table", source.signal_table.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "{at}.{field} is a MySQL/MariaDB setting: remove it from this Postgres source"
+                        ));
+                    }
                 }
             }
             if let Some(my) = &source.mysql {
@@ -471,6 +484,13 @@ impl Config {
                     problems.push(format!(
                         "{at}.server_id must not be 0 (the server refuses replicas with id 0)"
                     ));
+                }
+                if let Some(t) = &source.signal_table {
+                    if TableId::parse(t, &my.database).is_none() {
+                        problems.push(format!(
+                            "{at}.signal_table: {t:?} is not a table name: write \"database.table\" or \"table\""
+                        ));
+                    }
                 }
             }
             if source.tables.is_empty() {
@@ -697,6 +717,11 @@ impl Config {
     pub fn mysql_source(&self, name: &str) -> Option<MySqlSourceSettings> {
         let source = self.sources.get(name)?;
         let connection = source.mysql.clone()?;
+        let signal_table = source
+            .signal_table
+            .as_deref()
+            .and_then(|t| TableId::parse(t, &connection.database))
+            .unwrap_or_else(|| TableId::new(connection.database.clone(), "sluice_signal"));
         Some(MySqlSourceSettings {
             name: name.to_owned(),
             connection,
@@ -709,6 +734,9 @@ impl Config {
             topic_prefix: self.kafka.topic_prefix.clone(),
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
+            signal_table,
+            backfill_chunk_rows: source.backfill_chunk_rows,
+            backfill_max_rows_per_second: source.backfill_max_rows_per_second,
         })
     }
 
@@ -740,6 +768,7 @@ impl Config {
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
             backfill_chunk_rows: source.backfill_chunk_rows,
+            backfill_max_rows_per_second: source.backfill_max_rows_per_second,
         })
     }
 }

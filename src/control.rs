@@ -126,9 +126,6 @@ pub async fn reload(path: &Path, wait: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for source in config.sources.keys() {
-        if config.postgres_source(source).is_none() {
-            continue;
-        }
         if let Err(e) = crate::resync::follow_backfills(&config, source).await {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

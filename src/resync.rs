@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sluice_core::event::parse_lsn;
-use sluice_core::TableId;
+use sluice_core::event::{binlog_file_seq, parse_lsn};
+use sluice_core::{SnapshotRequest, TableId};
 use sluice_kafka::CheckpointStore;
-use sluice_postgres::backfill::{count_matching, emit_message, SnapshotRequest, REQUEST_PREFIX};
+use sluice_mysql::backfill::{count_rows as count_mysql_rows, queue_snapshot};
+use sluice_mysql::source::BinlogPos;
+use sluice_postgres::backfill::{count_matching, emit_message, REQUEST_PREFIX};
 use sluice_postgres::client::connect;
 
 use crate::config::Config;
@@ -65,52 +67,68 @@ fn source_of(config: &Config, only: Option<&str>, table: &TableId) -> Result<Str
     }
 }
 
-async fn request(
-    config: &Config,
-    only: Option<&str>,
-    table: &str,
-    predicate: Option<&str>,
-    wait: bool,
-) -> Result<(), String> {
-    let id = TableId::parse(table, "public")
-        .ok_or_else(|| format!("--table {table:?}: name it as schema.table"))?;
-    let source = source_of(config, only, &id)?;
-    let Some(settings) = config.postgres_source(&source) else {
-        return Err(format!(
-            "source {source} is a MySQL/MariaDB source: `sluice snapshot` works for Postgres \
-             sources only so far; to re-read its rows, replay the sink or use `sluice run \
-             --resnapshot {source}`"
-        ));
-    };
-    if predicate.is_some_and(|p| p.contains(';')) {
-        return Err("--where: a predicate is one SQL expression, without ';'".into());
+/// Where a source's log stood just after a request was written: the capture has read the
+/// request once its checkpoint is at or past it.
+enum Written {
+    Lsn(u64),
+    Binlog(BinlogPos),
+}
+
+impl Written {
+    fn reached_by(&self, checkpoint: &str) -> bool {
+        match self {
+            Written::Lsn(after) => parse_lsn(checkpoint).is_some_and(|p| p >= *after),
+            Written::Binlog(after) => BinlogPos::parse(checkpoint).is_some_and(|p| {
+                (binlog_file_seq(&p.file), p.pos) >= (binlog_file_seq(&after.file), after.pos)
+            }),
+        }
     }
+}
+
+/// What a predicate error says, without Sluice's context.
+fn predicate_refused(predicate: Option<&str>, table: &TableId, message: String) -> String {
+    format!(
+        "--where {:?} does not work on {table}: {message}",
+        predicate.unwrap_or("")
+    )
+}
+
+/// Writes the request into the source's log: a WAL message for Postgres, a row of the signal
+/// table for MySQL/MariaDB. Returns the rows it matches and where the log stood after it.
+async fn queue(
+    config: &Config,
+    source: &str,
+    id: &TableId,
+    request: &SnapshotRequest,
+) -> Result<(i64, Written), String> {
+    let predicate = request.predicate.as_deref();
+    if let Some(settings) = config.mysql_source(source) {
+        return match queue_snapshot(&settings, request, id).await {
+            Ok((total, at)) => Ok((total, Written::Binlog(at))),
+            Err(e) => match e.server_message() {
+                Some(m) if e.sqlstate().is_some_and(|s| s.starts_with("42")) => {
+                    Err(predicate_refused(predicate, id, m.to_owned()))
+                }
+                _ => Err(sluice_core::error_chain(&e)),
+            },
+        };
+    }
+    let Some(settings) = config.postgres_source(source) else {
+        return Err(format!("source {source} is not configured"));
+    };
     let client = connect(&settings.connection, "snapshot request")
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;
-    let total = count_matching(&client, &id, predicate).await.map_err(|e| {
-        format!(
-            "--where {:?} does not work on {id}: {}",
-            predicate.unwrap_or(""),
+    let total = count_matching(&client, id, predicate).await.map_err(|e| {
+        predicate_refused(
+            predicate,
+            id,
             e.as_db_error()
                 .map(|d| d.message().to_owned())
-                .unwrap_or_else(|| e.to_string())
+                .unwrap_or_else(|| e.to_string()),
         )
     })?;
-    let request_id = format!(
-        "resync-{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0)
-    );
-    let body = serde_json::to_string(&SnapshotRequest {
-        source: source.clone(),
-        id: request_id.clone(),
-        table: id.to_string(),
-        predicate: predicate.map(str::to_owned),
-    })
-    .map_err(|e| e.to_string())?;
+    let body = serde_json::to_string(request).map_err(|e| e.to_string())?;
     emit_message(&client, REQUEST_PREFIX, &body)
         .await
         .map_err(|e| format!("writing the request into the WAL of source {source}: {e}"))?;
@@ -119,6 +137,32 @@ async fn request(
         .await
         .map_err(|e| format!("reading the WAL position: {e}"))?
         .get(0);
+    Ok((total, Written::Lsn(parse_lsn(&after).unwrap_or(0))))
+}
+
+async fn request(
+    config: &Config,
+    only: Option<&str>,
+    table: &str,
+    predicate: Option<&str>,
+    wait: bool,
+) -> Result<(), String> {
+    let parsed = TableId::parse(table, "public")
+        .ok_or_else(|| format!("--table {table:?}: name it as schema.table"))?;
+    let source = source_of(config, only, &parsed)?;
+    // The table as the source names it (a MySQL table without a database is in the
+    // connection's).
+    let id = config
+        .source_tables(&source)
+        .into_iter()
+        .find(|t| *t == parsed || (parsed.schema == "public" && t.name == parsed.name))
+        .unwrap_or(parsed);
+    if predicate.is_some_and(|p| p.contains(';')) {
+        return Err("--where: a predicate is one SQL expression, without ';'".into());
+    }
+    let request = SnapshotRequest::new(&source, id.to_string(), predicate.map(str::to_owned));
+    let request_id = request.id.clone();
+    let (total, written) = queue(config, &source, &id, &request).await?;
     println!(
         "re-sync {request_id} of {id} queued in source {source}: {total} row(s) match{}; the \
          running capture reads them in chunks (its log shows progress)",
@@ -127,7 +171,6 @@ async fn request(
     if !wait {
         return Ok(());
     }
-    let after = parse_lsn(&after).unwrap_or(0);
     let store = CheckpointStore::open(&config.kafka, &source)
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;
@@ -136,7 +179,7 @@ async fn request(
     loop {
         match store.load().await {
             Ok(Some(cp)) => {
-                let reached = parse_lsn(&cp.position).is_some_and(|p| p >= after);
+                let reached = written.reached_by(&cp.position);
                 match cp.backfills.iter().find(|b| b.id == request_id) {
                     Some(bf) => rows = bf.rows as i64,
                     None if reached => {
@@ -170,16 +213,28 @@ async fn request(
 /// has all its rows in Kafka (no backfill queued or under way), with progress. Waits up to two
 /// minutes for the restarted capture to record the tables it was given.
 pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), String> {
-    let Some(settings) = config.postgres_source(source) else {
+    if !config.sources.contains_key(source) {
         return Ok(());
-    };
-    let configured: Vec<String> = settings.tables.iter().map(|t| t.to_string()).collect();
+    }
+    let configured: Vec<String> = config
+        .source_tables(source)
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let store = CheckpointStore::open(&config.kafka, source)
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;
-    let client = connect(&settings.connection, "backfill progress")
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?;
+    let counter = match config.postgres_source(source) {
+        Some(settings) => Counter::Postgres(
+            connect(&settings.connection, "backfill progress")
+                .await
+                .map_err(|e| sluice_core::error_chain(&e))?,
+        ),
+        None => match config.mysql_source(source) {
+            Some(settings) => Counter::MySql(settings.connection),
+            None => return Ok(()),
+        },
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut totals: HashMap<String, i64> = HashMap::new();
     let mut seen: HashMap<String, (String, i64)> = HashMap::new();
@@ -230,7 +285,7 @@ pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), Strin
         }
         for bf in &backfills {
             if !totals.contains_key(&bf.id) {
-                let total = count_rows(&client, &bf.table, bf.predicate.as_deref()).await;
+                let total = counter.count(&bf.table, bf.predicate.as_deref()).await;
                 totals.insert(bf.id.clone(), total);
             }
             seen.insert(bf.id.clone(), (bf.table.clone(), bf.rows as i64));
@@ -253,9 +308,22 @@ pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), Strin
     }
 }
 
-async fn count_rows(client: &tokio_postgres::Client, table: &str, predicate: Option<&str>) -> i64 {
-    match TableId::parse(table, "public") {
-        Some(id) => count_matching(client, &id, predicate).await.unwrap_or(0),
-        None => 0,
+/// Counts the rows a backfill will read, for its progress.
+enum Counter {
+    Postgres(tokio_postgres::Client),
+    MySql(sluice_mysql::MySqlConnection),
+}
+
+impl Counter {
+    async fn count(&self, table: &str, predicate: Option<&str>) -> i64 {
+        let Some(id) = TableId::parse(table, "public") else {
+            return 0;
+        };
+        match self {
+            Counter::Postgres(client) => count_matching(client, &id, predicate).await.unwrap_or(0),
+            Counter::MySql(connection) => count_mysql_rows(connection, &id, predicate)
+                .await
+                .unwrap_or(0),
+        }
     }
 }

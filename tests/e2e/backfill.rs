@@ -40,7 +40,9 @@ fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
     let mut p = Pipeline::new(&LOAD_TABLES, SQL, SQL, "").await;
-    p.source_extra = "backfill_chunk_rows = 1000".into();
+    // The rate limit makes the backfill last at least 10 s, so the crash below, once 10,000
+    // rows are checkpointed, lands in its middle however fast the machine is.
+    p.source_extra = "backfill_chunk_rows = 1000\nbackfill_max_rows_per_second = 10000".into();
     p.write_config("", &mappings(&LOAD_TABLES));
     let src = p.source_db().await;
     src.batch_execute(

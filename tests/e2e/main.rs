@@ -15,6 +15,7 @@ mod capture_changes;
 mod capture_types;
 mod idle_source;
 mod mappings;
+mod mysql_backfill;
 mod mysql_capture;
 mod mysql_pipeline;
 mod mysql_preflight;

@@ -9,6 +9,7 @@
 //! * [`MySqlSource`] captures row changes from the binlog (with a consistent snapshot first),
 //!   see [`source`] and [`stream`]; [`binlog`] and [`types`] decode rows losslessly.
 
+pub mod backfill;
 pub mod binlog;
 pub mod client;
 pub mod config;

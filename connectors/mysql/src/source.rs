@@ -20,10 +20,11 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use sluice_core::event::binlog_file_seq;
 use sluice_core::{
-    topic_name, Batch, BinlogTxn, ChangeEvent, Op, Position, Row, RunHandles, SourceCheckpoint,
-    SourceInfo, TableId, TableSchema,
+    topic_name, BackfillBook, Batch, BinlogTxn, ChangeEvent, Op, Position, Row, RunHandles,
+    SourceCheckpoint, SourceInfo, TableId, TableSchema,
 };
 
+use crate::backfill::{self, Driver, Tracker};
 use crate::client::{connect, quote_ident};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
@@ -50,6 +51,12 @@ pub struct MySqlSourceSettings {
     pub topic_prefix: String,
     pub max_batch_events: usize,
     pub max_batch_delay: Duration,
+    /// The table backfill watermarks and re-sync requests are written into.
+    pub signal_table: TableId,
+    /// Rows per chunk of an incremental backfill.
+    pub backfill_chunk_rows: usize,
+    /// Most rows a backfill reads per second (0: no limit).
+    pub backfill_max_rows_per_second: u64,
 }
 
 /// A captured table as `information_schema` describes it at start.
@@ -118,14 +125,25 @@ impl MySqlSource {
     ) -> Result<(), MySqlError> {
         let s = &self.settings;
         let resume = resume.filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot);
-        let checkpoint_tables = resume.as_ref().and_then(|c| c.tables.clone());
+        let book = match &resume {
+            Some(cp) => BackfillBook::resume(
+                &s.name,
+                &self.configured(),
+                Some(cp),
+                s.snapshot == MySqlSnapshotMode::Never,
+            ),
+            None => BackfillBook {
+                complete: self.configured(),
+                ..BackfillBook::default()
+            },
+        };
         // A MariaDB GTID position to resume from (digits, dashes and commas only).
         let resume_gtid = resume.as_ref().and_then(|c| c.gtid.clone()).filter(|g| {
             !g.is_empty()
                 && g.chars()
                     .all(|c| c.is_ascii_digit() || c == '-' || c == ',')
         });
-        let resume = resume
+        let resume_pos = resume
             .map(|c| {
                 BinlogPos::parse(&c.position).ok_or_else(|| {
                     MySqlError::Setup(format!(
@@ -136,7 +154,7 @@ impl MySqlSource {
             })
             .transpose()?;
         let mut conn = connect(&s.connection).await?;
-        let start = match resume {
+        let start = match resume_pos {
             Some(pos) => {
                 let files: Vec<(String, u64)> = conn
                     .query("SHOW BINARY LOGS")
@@ -152,7 +170,6 @@ impl MySqlSource {
                     )));
                 }
                 tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
-                self.warn_added(checkpoint_tables.as_deref());
                 pos
             }
             None => {
@@ -189,6 +206,23 @@ impl MySqlSource {
             }
         };
         let _ = conn.disconnect().await;
+        let captured: HashMap<TableId, Arc<CapturedTable>> = self
+            .tables
+            .iter()
+            .map(|t| (t.schema.id.clone(), t.clone()))
+            .collect();
+        let ((chunk_tx, chunk_rx), (request_tx, request_rx)) = backfill::channels();
+        let queue = book.state.clone();
+        let driver = Driver {
+            conn: s.connection.clone(),
+            source: s.name.clone(),
+            tables: captured.clone(),
+            signal: s.signal_table.clone(),
+            chunk_rows: s.backfill_chunk_rows,
+            max_rows_per_second: s.backfill_max_rows_per_second,
+            chunks: chunk_tx,
+            requests: request_rx,
+        };
         let ctx = StreamContext {
             source_name: Arc::from(s.name.as_str()),
             connection: s.connection.clone(),
@@ -207,12 +241,18 @@ impl MySqlSource {
             max_delay: s.max_batch_delay,
             out: handles.out,
             stop: handles.stop,
+            signal: s.signal_table.clone(),
+            backfill: Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book),
         };
         let session = spawn_session(start, resume_gtid, ctx);
-        tokio::task::spawn_blocking(move || session.join())
+        // The driver ends when the session drops its side of the request channel.
+        let driver = tokio::spawn(driver.run(queue));
+        let result = tokio::task::spawn_blocking(move || session.join())
             .await
             .map_err(|e| MySqlError::Setup(format!("stream thread lost: {e}")))?
-            .unwrap_or_else(|_| Err(MySqlError::Setup("stream thread panicked".into())))
+            .unwrap_or_else(|_| Err(MySqlError::Setup("stream thread panicked".into())));
+        driver.abort();
+        result
     }
 
     /// Every configured table as `database.table`, sorted.
@@ -224,24 +264,6 @@ impl MySqlSource {
             .collect();
         names.sort();
         names
-    }
-
-    /// Says which tables were added since the checkpoint: they are streamed from now on, but
-    /// their existing rows are not read (no backfill for MySQL/MariaDB sources yet).
-    fn warn_added(&self, streamed: Option<&[String]>) {
-        let Some(streamed) = streamed else { return };
-        for table in self.configured() {
-            if !streamed.contains(&table) {
-                tracing::warn!(
-                    source = %self.settings.name,
-                    table = %table,
-                    "table added to a MySQL/MariaDB source: its changes are captured from now on, \
-                     but its existing rows are not (backfill is built for Postgres sources only); \
-                     to publish them, run `sluice run --resnapshot {}` (re-reads every table)",
-                    self.settings.name
-                );
-            }
-        }
     }
 
     /// Reads every table inside one consistent-snapshot transaction and returns the binlog
@@ -377,7 +399,7 @@ impl MySqlSource {
 }
 
 /// The end of the server's binlog now.
-async fn current_position(conn: &mut Conn) -> Result<BinlogPos, MySqlError> {
+pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPos, MySqlError> {
     let row: Option<mysql_async::Row> = conn
         .query_first("SHOW MASTER STATUS")
         .await

@@ -29,10 +29,12 @@ use mysql_async::BinlogStreamRequest;
 use mysql_common::io::ParseBuf;
 use sluice_core::event::binlog_file_seq;
 use sluice_core::{
-    Batch, BinlogTxn, ChangeEvent, Op, Position, SourceCheckpoint, SourceInfo, TableSchema,
+    Batch, BinlogTxn, ChangeEvent, Op, Position, SourceCheckpoint, SourceInfo, TableId,
+    TableSchema, Value,
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::backfill::Tracker;
 use crate::binlog::{TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID};
 use crate::client::connect;
 use crate::config::MySqlConnection;
@@ -53,15 +55,10 @@ pub struct StreamContext {
     pub max_delay: Duration,
     pub out: mpsc::Sender<Batch>,
     pub stop: watch::Receiver<bool>,
-}
-
-/// The captured tables as `database.table`, sorted: what a checkpoint records as streamed.
-pub(crate) fn captured_names(
-    tables: &HashMap<(String, String), Arc<CapturedTable>>,
-) -> Vec<String> {
-    let mut names: Vec<String> = tables.keys().map(|(d, t)| format!("{d}.{t}")).collect();
-    names.sort();
-    names
+    /// The table backfill watermarks and re-sync requests are written into.
+    pub signal: TableId,
+    /// The backfills' side in the stream.
+    pub backfill: Tracker,
 }
 
 /// Runs one binlog session to its end on a dedicated thread.
@@ -434,9 +431,9 @@ impl Session {
             slot: None,
             gtid: self.gtid_position(txn.and_then(|t| t.gtid)),
             written_at_ms: now_us() / 1000,
-            tables: Some(captured_names(&self.ctx.tables)),
-            backfills: Vec::new(),
-            abandoned: Vec::new(),
+            tables: Some(self.ctx.backfill.book.complete.clone()),
+            backfills: self.ctx.backfill.book.state.clone(),
+            abandoned: self.ctx.backfill.book.abandoned.clone(),
         });
         self.pending_since.get_or_insert_with(Instant::now);
         if self.batch.len() >= self.ctx.max_batch
@@ -472,6 +469,24 @@ impl Session {
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
+        if key.0 == self.ctx.signal.schema && key.1 == self.ctx.signal.name {
+            let map = TableMap::from_event(tme, &[]).map_err(MySqlError::Setup)?;
+            let names: Arc<[Arc<str>]> = map
+                .columns
+                .iter()
+                .map(|c| Arc::from(c.name.as_str()))
+                .collect();
+            let schema = Arc::new(TableSchema::new(
+                self.ctx.source_name.clone(),
+                Arc::from(key.0.as_str()),
+                self.ctx.signal.clone(),
+                names,
+                Vec::new(),
+                Arc::from(""),
+            ));
+            self.maps.insert(id, Some(Arc::new(Mapped { map, schema })));
+            return Ok(());
+        }
         let Some(captured) = self.ctx.tables.get(&key) else {
             self.maps.insert(id, None);
             return Ok(());
@@ -544,6 +559,7 @@ impl Session {
         if self.txn.is_none() {
             self.begin(end, None, false, None, ts);
         }
+        let signal = mapped.schema.id == self.ctx.signal;
         let op = match rows {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Insert,
             RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
@@ -592,6 +608,17 @@ impl Session {
                     (Some(b), Some(a))
                 }
             };
+            if signal {
+                if let Some(a) = &a {
+                    self.signal(&mapped, a)?;
+                }
+                continue;
+            }
+            if self.ctx.backfill.active() {
+                for r in [&b, &a].into_iter().flatten() {
+                    self.ctx.backfill.touched(&mapped.schema, r);
+                }
+            }
             let key_changed = match (&b, &a) {
                 (Some(b), Some(a)) => mapped.schema.key_differs(b, a),
                 _ => false,
@@ -604,6 +631,31 @@ impl Session {
             }
             if self.batch.len() >= self.ctx.max_batch {
                 self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A row written into the signal table: a watermark publishes the chunk rows it
+    /// releases, as reads at its own position.
+    fn signal(&mut self, mapped: &Mapped, row: &sluice_core::Row) -> Result<(), MySqlError> {
+        let text = |name: &str| {
+            let i = mapped.map.columns.iter().position(|c| c.name == name)?;
+            match row.values.get(i)? {
+                Some(Value::Text(t)) => Some(t.to_string()),
+                Some(Value::Bytes(b)) => String::from_utf8(b.to_vec()).ok(),
+                _ => None,
+            }
+        };
+        let (Some(kind), Some(content)) = (text("kind"), text("content")) else {
+            return Ok(());
+        };
+        if let Some(released) = self.ctx.backfill.signal(&kind, &content) {
+            for row in released.rows {
+                self.push(&released.table, Op::Read, None, Some(row))?;
+                if let Some(ev) = self.batch.last_mut() {
+                    ev.source.snapshot = true;
+                }
             }
         }
         Ok(())
@@ -645,6 +697,7 @@ impl Session {
         let Some(schema) = self.shapes.get(&key).cloned() else {
             return;
         };
+        self.ctx.backfill.truncated(&schema.id);
         if self.txn.is_some() {
             let _ = self.push(&schema, Op::Truncate, None, None);
         }

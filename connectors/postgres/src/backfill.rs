@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sluice_core::{
-    AbandonedBackfill, BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema,
+    key_text, BackfillBook, BackfillState, Backoff, ChunkOutcome, ErrorClass, Row, SnapshotRequest,
+    TableId, TableSchema,
 };
 use tokio::sync::mpsc;
 
@@ -53,16 +54,6 @@ use crate::source::CapturedTable;
 pub const MARKER_PREFIX: &str = "sluice.marker";
 /// Prefix of `sluice snapshot` requests; the content is a [`SnapshotRequest`] in JSON.
 pub const REQUEST_PREFIX: &str = "sluice.snapshot";
-
-/// A re-sync request, written into the WAL by `sluice snapshot` and read by the stream.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotRequest {
-    pub source: String,
-    pub id: String,
-    pub table: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predicate: Option<String>,
-}
 
 /// Which transactions a chunk's read saw: those of `pg_current_snapshot()` taken in the same
 /// repeatable-read transaction as the read (32-bit xids, as the stream decodes them).
@@ -150,16 +141,6 @@ pub async fn count_matching(
     Ok(client.query_one(sql.as_str(), &[]).await?.get(0))
 }
 
-/// The key of a row as a comparable string (only equality matters).
-fn key_of(table: &TableSchema, row: &Row) -> String {
-    let mut key = String::new();
-    for &i in table.key.iter() {
-        use std::fmt::Write as _;
-        let _ = write!(key, "{:?}\u{1f}", row.values.get(i));
-    }
-    key
-}
-
 #[derive(Default)]
 struct Window {
     current: HashSet<String>,
@@ -179,12 +160,8 @@ pub struct Tracker {
     requests: mpsc::UnboundedSender<BackfillState>,
     pending: VecDeque<Chunk>,
     windows: HashMap<TableId, Window>,
-    /// Backfills queued or under way, as the next checkpoint records them.
-    pub state: Vec<BackfillState>,
-    /// Tables whose rows are all published, as the next checkpoint records them.
-    pub complete: Vec<String>,
-    /// The last backfills given up on, as the next checkpoint records them.
-    pub abandoned: Vec<AbandonedBackfill>,
+    /// Backfills queued, under way, finished and abandoned, as the next checkpoint records them.
+    pub book: BackfillBook,
 }
 
 /// What a marker released: rows to publish as reads of `table`.
@@ -199,9 +176,7 @@ impl Tracker {
         captured: HashMap<TableId, Arc<CapturedTable>>,
         chunks: mpsc::Receiver<Chunk>,
         requests: mpsc::UnboundedSender<BackfillState>,
-        state: Vec<BackfillState>,
-        complete: Vec<String>,
-        abandoned: Vec<AbandonedBackfill>,
+        book: BackfillBook,
     ) -> Self {
         Tracker {
             source,
@@ -210,9 +185,7 @@ impl Tracker {
             requests,
             pending: VecDeque::new(),
             windows: HashMap::new(),
-            state,
-            complete,
-            abandoned,
+            book,
         }
     }
 
@@ -224,7 +197,7 @@ impl Tracker {
     /// Notes a change of `row` (its key columns at least) in `table` by transaction `xid`.
     pub fn touched(&mut self, table: &TableSchema, row: &Row, xid: u32) {
         if let Some(w) = self.windows.get_mut(&table.id) {
-            let key = key_of(table, row);
+            let key = key_text(table, row);
             w.last_xid.insert(key.clone(), xid);
             w.current.insert(key);
         }
@@ -257,7 +230,7 @@ impl Tracker {
                 return;
             }
         };
-        if req.source != self.source || self.state.iter().any(|b| b.id == req.id) {
+        if req.source != self.source {
             return;
         }
         let known =
@@ -266,17 +239,11 @@ impl Tracker {
             tracing::warn!(source = %self.source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
             return;
         }
-        tracing::info!(source = %self.source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
-        let state = BackfillState {
-            id: req.id,
-            table: req.table,
-            predicate: req.predicate,
-            after: None,
-            rows: 0,
-            superseded: 0,
-        };
-        self.state.push(state.clone());
-        let _ = self.requests.send(state);
+        let (table, predicate, id) = (req.table.clone(), req.predicate.clone(), req.id.clone());
+        if let Some(state) = self.book.request(&self.source, req) {
+            tracing::info!(source = %self.source, table = %table, predicate = predicate.as_deref().unwrap_or("(all rows)"), id = %id, "snapshot request received");
+            let _ = self.requests.send(state);
+        }
     }
 
     fn marker(&mut self, content: &str) -> Option<Released> {
@@ -324,7 +291,7 @@ impl Tracker {
                 .rows
                 .into_iter()
                 .filter(|r| {
-                    let k = key_of(&chunk.table, r);
+                    let k = key_text(&chunk.table, r);
                     !window.current.contains(&k) && !window.previous.contains(&k) && !unseen(&k)
                 })
                 .collect()
@@ -338,42 +305,26 @@ impl Tracker {
         window.previous = std::mem::take(&mut window.current);
         window.truncated = [false, window.truncated[0]];
         let table_name = chunk.table.id.to_string();
-        if let Some(bf) = self.state.iter_mut().find(|b| b.id == chunk.backfill) {
-            bf.rows += rows.len() as u64;
-            bf.superseded += read - rows.len() as u64;
-            if chunk.after.is_some() {
-                bf.after = chunk.after.clone();
+        let published = rows.len() as u64;
+        match self.book.published(
+            &chunk.backfill,
+            &table_name,
+            read,
+            published,
+            chunk.after.clone(),
+            chunk.done,
+            chunk.failed.clone(),
+        ) {
+            ChunkOutcome::Running => {}
+            ChunkOutcome::Abandoned(reason) => {
+                tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
+            }
+            ChunkOutcome::Finished(bf) => {
+                tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
             }
         }
-        if chunk.done {
-            let finished = self
-                .state
-                .iter()
-                .position(|b| b.id == chunk.backfill)
-                .map(|i| self.state.remove(i));
-            if !self.state.iter().any(|b| b.table == table_name) {
-                self.windows.remove(&chunk.table.id);
-            }
-            match (&chunk.failed, finished) {
-                (Some(reason), _) => {
-                    tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
-                    if self.abandoned.len() >= AbandonedBackfill::KEPT {
-                        self.abandoned.remove(0);
-                    }
-                    self.abandoned.push(AbandonedBackfill {
-                        id: chunk.backfill.clone(),
-                        table: table_name.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                (None, Some(bf)) => {
-                    tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
-                    if bf.predicate.is_none() && !self.complete.contains(&table_name) {
-                        self.complete.push(table_name);
-                    }
-                }
-                (None, None) => {}
-            }
+        if chunk.done && !self.book.busy(&table_name) {
+            self.windows.remove(&chunk.table.id);
         }
         Some(Released {
             table: chunk.table,
@@ -388,6 +339,8 @@ pub struct Driver {
     pub source: String,
     pub tables: HashMap<TableId, Arc<CapturedTable>>,
     pub chunk_rows: usize,
+    /// Most rows read per second (0: no limit).
+    pub max_rows_per_second: u64,
     pub chunks: mpsc::Sender<Chunk>,
     pub requests: mpsc::UnboundedReceiver<BackfillState>,
 }
@@ -549,6 +502,12 @@ impl Round<'_> {
                 tracing::info!(source = %d.source, table = %bf.table, rows_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "backfill read complete");
                 return Ok(());
             }
+            if d.max_rows_per_second > 0 {
+                // Read no faster than the limit: the next chunk waits until the rows read so
+                // far are due.
+                let due = Duration::from_secs_f64(read as f64 / d.max_rows_per_second as f64);
+                tokio::time::sleep_until((started + due).into()).await;
+            }
             if last_log.elapsed() >= Duration::from_secs(5) {
                 let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
                 tracing::info!(source = %d.source, table = %bf.table, rows_read = read, rows_estimate = estimate, rows_per_s = rate as u64, "backfill progress");
@@ -697,7 +656,7 @@ type ChunkRead = (Vec<Row>, Option<Vec<String>>, Option<Seen>);
 
 #[cfg(test)]
 mod tests {
-    use sluice_core::Value;
+    use sluice_core::{AbandonedBackfill, Value};
 
     use super::*;
 
@@ -730,7 +689,16 @@ mod tests {
             superseded: 0,
         }];
         (
-            Tracker::new("app".into(), HashMap::new(), rx, req, state, vec![], vec![]),
+            Tracker::new(
+                "app".into(),
+                HashMap::new(),
+                rx,
+                req,
+                BackfillBook {
+                    state,
+                    ..BackfillBook::default()
+                },
+            ),
             tx,
         )
     }
@@ -780,8 +748,8 @@ mod tests {
         tx.try_send(chunk(4, vec![row(2, "b"), row(4, "d")], true))
             .expect("send");
         assert_eq!(ids(t.message(MARKER_PREFIX, b"app/r/4")), vec![2, 4]);
-        assert!(t.state.is_empty(), "finished");
-        assert_eq!(t.complete, vec!["public.t".to_owned()]);
+        assert!(t.book.state.is_empty(), "finished");
+        assert_eq!(t.book.complete, vec!["public.t".to_owned()]);
         assert!(!t.active());
     }
 
@@ -797,7 +765,7 @@ mod tests {
         assert!(ids(t.message(MARKER_PREFIX, b"app/r/2")).is_empty());
         // A marker whose chunk is gone (an earlier run's) releases nothing.
         assert!(t.message(MARKER_PREFIX, b"app/old/9").is_none());
-        assert_eq!(t.state[0].superseded, 1);
+        assert_eq!(t.book.state[0].superseded, 1);
     }
 
     #[test]
@@ -807,10 +775,10 @@ mod tests {
         failed.failed = Some("column \"x\" does not exist".into());
         tx.try_send(failed).expect("send");
         t.message(MARKER_PREFIX, b"app/r/1");
-        assert!(t.state.is_empty(), "no longer under way");
-        assert!(t.complete.is_empty(), "its rows are not complete");
+        assert!(t.book.state.is_empty(), "no longer under way");
+        assert!(t.book.complete.is_empty(), "its rows are not complete");
         assert_eq!(
-            t.abandoned,
+            t.book.abandoned,
             vec![AbandonedBackfill {
                 id: "b".into(),
                 table: "public.t".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationConfig};
 use sluice_core::event::{format_lsn, parse_lsn};
 use sluice_core::{
-    topic_name, BackfillState, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema,
+    topic_name, BackfillBook, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema,
 };
 use tokio::sync::oneshot;
 
@@ -55,6 +55,8 @@ pub struct SourceSettings {
     pub max_batch_delay: Duration,
     /// Rows per chunk of an incremental backfill.
     pub backfill_chunk_rows: usize,
+    /// Most rows a backfill reads per second (0: no limit).
+    pub backfill_max_rows_per_second: u64,
 }
 
 /// A table being captured: its current shape and how to convert its columns.
@@ -204,10 +206,19 @@ impl PostgresSource {
         .with_wakeup_interval(Duration::from_secs(1))
         .with_buffer_size(4096);
         let source_name: Arc<str> = Arc::from(s.name.as_str());
-        let (complete, backfills) = match plan {
-            Plan::Resume(_) => self.backfills_to_run(resume.as_ref()),
-            Plan::Create => (self.configured(), Vec::new()),
+        let book = match plan {
+            Plan::Resume(_) => BackfillBook::resume(
+                &s.name,
+                &self.configured(),
+                resume.as_ref(),
+                s.snapshot == SnapshotMode::Never,
+            ),
+            Plan::Create => BackfillBook {
+                complete: self.configured(),
+                ..BackfillBook::default()
+            },
         };
+        let (backfills, complete) = (book.state.clone(), book.complete.clone());
         let captured: HashMap<TableId, Arc<CapturedTable>> = self
             .tables
             .iter()
@@ -219,21 +230,11 @@ impl PostgresSource {
             source: s.name.clone(),
             tables: captured.clone(),
             chunk_rows: s.backfill_chunk_rows,
+            max_rows_per_second: s.backfill_max_rows_per_second,
             chunks: chunk_tx,
             requests: request_rx,
         };
-        let tracker = Tracker::new(
-            s.name.clone(),
-            captured,
-            chunk_rx,
-            request_tx,
-            backfills.clone(),
-            complete.clone(),
-            resume
-                .as_ref()
-                .map(|c| c.abandoned.clone())
-                .unwrap_or_default(),
-        );
+        let tracker = Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book);
         let ctx = StreamContext {
             source_name: source_name.clone(),
             slot: s.slot.clone(),
@@ -327,54 +328,6 @@ impl PostgresSource {
             .iter()
             .map(|t| t.schema.id.to_string())
             .collect()
-    }
-
-    /// From the checkpoint a run resumes from: the tables whose rows are complete and the
-    /// backfills to run, with one added for each configured table that is neither (a table
-    /// added to the config). Tables no longer configured are forgotten: added again later,
-    /// they are backfilled again, as their changes meanwhile were not captured.
-    fn backfills_to_run(
-        &self,
-        resume: Option<&SourceCheckpoint>,
-    ) -> (Vec<String>, Vec<BackfillState>) {
-        let configured = self.configured();
-        let mut complete: Vec<String> = match resume.and_then(|c| c.tables.clone()) {
-            Some(done) => done
-                .into_iter()
-                .filter(|t| configured.contains(t))
-                .collect(),
-            // A checkpoint from before tables were tracked: what is configured now was there.
-            None => configured.clone(),
-        };
-        let mut backfills: Vec<BackfillState> = Vec::new();
-        for bf in resume.map(|c| c.backfills.clone()).unwrap_or_default() {
-            if configured.contains(&bf.table) {
-                backfills.push(bf);
-            } else {
-                tracing::warn!(source = %self.settings.name, table = %bf.table, id = %bf.id, "backfill dropped: its table is no longer configured");
-            }
-        }
-        for table in &configured {
-            let queued = backfills
-                .iter()
-                .any(|b| &b.table == table && b.predicate.is_none());
-            if !complete.contains(table) && !queued && self.settings.snapshot == SnapshotMode::Never
-            {
-                tracing::info!(source = %self.settings.name, table = %table, "table added to the source: only its changes from now on are captured (snapshot = \"never\")");
-                complete.push(table.clone());
-            } else if !complete.contains(table) && !queued {
-                tracing::info!(source = %self.settings.name, table = %table, "table added to the source: its existing rows will be backfilled");
-                backfills.push(BackfillState {
-                    id: format!("add-{table}-{:x}", now_us()),
-                    table: table.clone(),
-                    predicate: None,
-                    after: None,
-                    rows: 0,
-                    superseded: 0,
-                });
-            }
-        }
-        (complete, backfills)
     }
 }
 

@@ -313,9 +313,9 @@ impl Session {
                 slot: Some(self.ctx.slot.clone()),
                 gtid: None,
                 written_at_ms: now_us() / 1000,
-                tables: Some(self.ctx.backfill.complete.clone()),
-                backfills: self.ctx.backfill.state.clone(),
-                abandoned: self.ctx.backfill.abandoned.clone(),
+                tables: Some(self.ctx.backfill.book.complete.clone()),
+                backfills: self.ctx.backfill.book.state.clone(),
+                abandoned: self.ctx.backfill.book.abandoned.clone(),
             }
         });
         self.pending_since = None;

@@ -177,8 +177,20 @@ impl MariaDb {
             .collect()
     }
 
-    /// The `mariadb` client as root over the socket, in batch mode; its output.
-    fn client(&self, database: Option<&str>, sql: &str) -> String {
+    /// A `mariadb` client kept open, reading statements as they are written to it: for a
+    /// steady write load without a process per statement.
+    pub fn session(&self, database: &str) -> ClientSession {
+        let child = self
+            .command(Some(database))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the mariadb client");
+        ClientSession { child }
+    }
+
+    fn command(&self, database: Option<&str>) -> Command {
         let mut cmd = Command::new("mariadb");
         cmd.arg("--no-defaults")
             .arg(format!(
@@ -194,6 +206,12 @@ impl MariaDb {
         if let Some(db) = database {
             cmd.arg(db);
         }
+        cmd
+    }
+
+    /// The `mariadb` client as root over the socket, in batch mode; its output.
+    fn client(&self, database: Option<&str>, sql: &str) -> String {
+        let mut cmd = self.command(database);
         let out = cmd
             .args(["-e", sql])
             .output()
@@ -212,6 +230,36 @@ impl MariaDb {
             "{{ host = \"127.0.0.1\", port = {}, user = \"root\", database = \"{database}\" }}",
             self.port
         )
+    }
+}
+
+/// An open `mariadb` client session (see [`MariaDb::session`]).
+pub struct ClientSession {
+    child: std::process::Child,
+}
+
+impl ClientSession {
+    /// Sends SQL; the client runs it once it has read it (the pipe holds what is not yet run).
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("client stdin");
+        stdin
+            .write_all(sql.as_bytes())
+            .and_then(|()| stdin.write_all(b"\n"))
+            .and_then(|()| stdin.flush())
+            .expect("write to the mariadb client");
+    }
+
+    /// Ends the session once everything sent has run; panics with the client's error if a
+    /// statement failed.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().expect("mariadb client");
+        assert!(
+            out.status.success(),
+            "mariadb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

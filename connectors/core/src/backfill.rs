@@ -1,0 +1,293 @@
+//! What every source's incremental backfill keeps the same way: re-sync requests, and the
+//! durable record of backfills queued, finished and abandoned that travels in the source
+//! checkpoint. How chunks are read and interleaved with the stream is the connector's own
+//! (WAL messages for Postgres, a signal table for MySQL/MariaDB).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AbandonedBackfill, BackfillState, Row, SourceCheckpoint, TableSchema};
+
+/// A re-sync request (`sluice snapshot`), carried through the source's log to its stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub source: String,
+    pub id: String,
+    pub table: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate: Option<String>,
+}
+
+impl SnapshotRequest {
+    /// A new request with an id made of the time.
+    pub fn new(source: &str, table: String, predicate: Option<String>) -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        SnapshotRequest {
+            source: source.to_owned(),
+            id: format!("resync-{micros:x}"),
+            table,
+            predicate,
+        }
+    }
+}
+
+/// The key of a row as a comparable string (only equality matters).
+pub fn key_text(table: &TableSchema, row: &Row) -> String {
+    let mut key = String::new();
+    for &i in table.key.iter() {
+        use std::fmt::Write as _;
+        let _ = write!(key, "{:?}\u{1f}", row.values.get(i));
+    }
+    key
+}
+
+/// How a published chunk left its backfill.
+#[derive(Debug)]
+pub enum ChunkOutcome {
+    /// More chunks follow.
+    Running,
+    /// The last chunk: every row is published.
+    Finished(BackfillState),
+    /// Given up on, for this reason.
+    Abandoned(String),
+}
+
+/// Backfills queued or under way, tables complete, backfills abandoned: what the next
+/// checkpoint records.
+#[derive(Debug, Default, Clone)]
+pub struct BackfillBook {
+    pub state: Vec<BackfillState>,
+    pub complete: Vec<String>,
+    pub abandoned: Vec<AbandonedBackfill>,
+}
+
+impl BackfillBook {
+    /// The book a resumed source starts with: the checkpoint's, less the tables no longer
+    /// configured, plus a backfill for each configured table whose rows were never published
+    /// (with `stream_only`, as for `snapshot = "never"`, such a table is only streamed).
+    pub fn resume(
+        source: &str,
+        configured: &[String],
+        resume: Option<&SourceCheckpoint>,
+        stream_only: bool,
+    ) -> BackfillBook {
+        let mut complete: Vec<String> = match resume.and_then(|c| c.tables.clone()) {
+            Some(done) => done
+                .into_iter()
+                .filter(|t| configured.contains(t))
+                .collect(),
+            // A checkpoint from before tables were tracked: what is configured now was there.
+            None => configured.to_vec(),
+        };
+        let mut state: Vec<BackfillState> = Vec::new();
+        for bf in resume.map(|c| c.backfills.clone()).unwrap_or_default() {
+            if configured.contains(&bf.table) {
+                state.push(bf);
+            } else {
+                tracing::warn!(source, table = %bf.table, id = %bf.id, "backfill dropped: its table is no longer configured");
+            }
+        }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        for table in configured {
+            let queued = state
+                .iter()
+                .any(|b| &b.table == table && b.predicate.is_none());
+            if complete.contains(table) || queued {
+                continue;
+            }
+            if stream_only {
+                tracing::info!(source, table = %table, "table added to the source: only its changes from now on are captured (snapshot = \"never\")");
+                complete.push(table.clone());
+            } else {
+                tracing::info!(source, table = %table, "table added to the source: its existing rows will be backfilled");
+                state.push(BackfillState {
+                    id: format!("add-{table}-{micros:x}"),
+                    table: table.clone(),
+                    predicate: None,
+                    after: None,
+                    rows: 0,
+                    superseded: 0,
+                });
+            }
+        }
+        BackfillBook {
+            state,
+            complete,
+            abandoned: resume.map(|c| c.abandoned.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Takes up a request read from the log: the backfill to queue, unless it is for another
+    /// source or already known.
+    pub fn request(&mut self, source: &str, req: SnapshotRequest) -> Option<BackfillState> {
+        if req.source != source || self.state.iter().any(|b| b.id == req.id) {
+            return None;
+        }
+        let state = BackfillState {
+            id: req.id,
+            table: req.table,
+            predicate: req.predicate,
+            after: None,
+            rows: 0,
+            superseded: 0,
+        };
+        self.state.push(state.clone());
+        Some(state)
+    }
+
+    /// Whether a backfill of `table` is queued or under way.
+    pub fn busy(&self, table: &str) -> bool {
+        self.state.iter().any(|b| b.table == table)
+    }
+
+    /// Records a published chunk of backfill `id`: `published` of its `read` rows went out,
+    /// the rest were superseded; `after` is the progress once it is published.
+    #[allow(clippy::too_many_arguments)]
+    pub fn published(
+        &mut self,
+        id: &str,
+        table: &str,
+        read: u64,
+        published: u64,
+        after: Option<Vec<String>>,
+        done: bool,
+        failed: Option<String>,
+    ) -> ChunkOutcome {
+        if let Some(bf) = self.state.iter_mut().find(|b| b.id == id) {
+            bf.rows += published;
+            bf.superseded += read - published;
+            if after.is_some() {
+                bf.after = after;
+            }
+        }
+        if !done {
+            return ChunkOutcome::Running;
+        }
+        let finished = self
+            .state
+            .iter()
+            .position(|b| b.id == id)
+            .map(|i| self.state.remove(i));
+        match (failed, finished) {
+            (Some(reason), _) => {
+                if self.abandoned.len() >= AbandonedBackfill::KEPT {
+                    self.abandoned.remove(0);
+                }
+                self.abandoned.push(AbandonedBackfill {
+                    id: id.to_owned(),
+                    table: table.to_owned(),
+                    reason: reason.clone(),
+                });
+                ChunkOutcome::Abandoned(reason)
+            }
+            (None, Some(bf)) => {
+                if bf.predicate.is_none() && !self.complete.iter().any(|t| t == table) {
+                    self.complete.push(table.to_owned());
+                }
+                ChunkOutcome::Finished(bf)
+            }
+            // A chunk of a backfill no longer recorded (dropped with its table).
+            (None, None) => ChunkOutcome::Running,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, table: &str, predicate: Option<&str>) -> BackfillState {
+        BackfillState {
+            id: id.into(),
+            table: table.into(),
+            predicate: predicate.map(str::to_owned),
+            after: None,
+            rows: 0,
+            superseded: 0,
+        }
+    }
+
+    #[test]
+    fn chunks_count_rows_and_the_last_completes_the_table() {
+        let mut book = BackfillBook {
+            state: vec![state("b1", "db.t", None)],
+            ..Default::default()
+        };
+        let out = book.published("b1", "db.t", 10, 8, Some(vec!["10".into()]), false, None);
+        assert!(matches!(out, ChunkOutcome::Running));
+        assert_eq!((book.state[0].rows, book.state[0].superseded), (8, 2));
+        assert_eq!(book.state[0].after, Some(vec!["10".to_owned()]));
+        match book.published("b1", "db.t", 3, 3, None, true, None) {
+            ChunkOutcome::Finished(bf) => assert_eq!(bf.rows, 11),
+            other => panic!("{other:?}"),
+        }
+        assert!(book.state.is_empty());
+        assert_eq!(book.complete, vec!["db.t".to_owned()]);
+    }
+
+    #[test]
+    fn a_resync_does_not_complete_a_table_and_a_failure_is_remembered() {
+        let mut book = BackfillBook {
+            state: vec![
+                state("r1", "db.t", Some("id < 5")),
+                state("r2", "db.t", None),
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(
+            book.published("r1", "db.t", 4, 4, None, true, None),
+            ChunkOutcome::Finished(_)
+        ));
+        assert!(
+            book.complete.is_empty(),
+            "a predicate re-sync is not the table"
+        );
+        let out = book.published("r2", "db.t", 0, 0, None, true, Some("gone".into()));
+        assert!(matches!(out, ChunkOutcome::Abandoned(r) if r == "gone"));
+        assert_eq!(book.abandoned.len(), 1);
+        assert!(!book.busy("db.t"));
+    }
+
+    #[test]
+    fn a_resumed_source_backfills_added_tables_and_forgets_removed_ones() {
+        let cp = SourceCheckpoint {
+            connector: "mysql".into(),
+            position: "binlog.000001:4".into(),
+            snapshot_done: true,
+            slot: None,
+            gtid: None,
+            written_at_ms: 0,
+            tables: Some(vec!["db.a".into(), "db.gone".into()]),
+            backfills: vec![state("r", "db.gone", None)],
+            abandoned: Vec::new(),
+        };
+        let configured = ["db.a".to_owned(), "db.new".to_owned()];
+        let book = BackfillBook::resume("app", &configured, Some(&cp), false);
+        assert_eq!(book.complete, vec!["db.a".to_owned()]);
+        assert_eq!(book.state.len(), 1);
+        assert_eq!(book.state[0].table, "db.new");
+        let book = BackfillBook::resume("app", &configured, Some(&cp), true);
+        assert_eq!(book.complete, configured.to_vec(), "streamed only");
+        assert!(book.state.is_empty());
+    }
+
+    #[test]
+    fn requests_for_other_sources_or_known_ids_are_ignored() {
+        let mut book = BackfillBook::default();
+        let req = |source: &str, id: &str| SnapshotRequest {
+            source: source.into(),
+            id: id.into(),
+            table: "db.t".into(),
+            predicate: None,
+        };
+        assert!(book.request("app", req("other", "x")).is_none());
+        assert!(book.request("app", req("app", "x")).is_some());
+        assert!(book.request("app", req("app", "x")).is_none());
+        assert!(book.busy("db.t"));
+    }
+}
