@@ -327,10 +327,10 @@ async fn a_purged_checkpoint_position_is_refused_with_the_way_out() {
     assert!(sluice.stop(LONG).success());
 }
 
-/// A table added to a MariaDB source is streamed from the restart on, and the log says, once,
-/// that its existing rows were not read and how to get them (no backfill for MySQL yet).
+/// A table added to a stopped MariaDB source has its existing rows backfilled when capture
+/// starts again (through the signal table it creates), then its changes streamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_added_to_a_mysql_source_is_streamed_and_its_missing_rows_explained() {
+async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
     let f = MyFixture::new(
         "create table t (id int primary key); create table u (id int primary key)",
         &["t"],
@@ -354,26 +354,24 @@ async fn a_table_added_to_a_mysql_source_is_streamed_and_its_missing_rows_explai
     )
     .expect("config with u");
     let mut sluice = f.start(&[]);
-    sluice.wait_log("binlog stream started", 2, LONG);
+    sluice.wait_log("backfill finished", 1, LONG);
     f.db.execute(Some("shop"), "insert into u values (2)");
     let mut u = f.reader("u");
-    u.read_until(LONG, "u's new row streamed", |r| !r.is_empty());
-    let ids: Vec<i64> = u
+    u.read_until(LONG, "u's existing row and its new one", |r| r.len() >= 2);
+    let mut ops: Vec<(i64, String)> = u
         .envelopes()
         .iter()
-        .filter_map(|e| e["after"]["id"].as_i64())
+        .filter_map(|e| Some((e["after"]["id"].as_i64()?, e["op"].as_str()?.to_owned())))
         .collect();
+    ops.sort();
     assert_eq!(
-        ids,
-        vec![2],
-        "only the change after the restart is published"
+        ops,
+        vec![(1, "r".to_owned()), (2, "c".to_owned())],
+        "the existing row as a read, the new one as an insert"
     );
     let log = sluice.log_text();
-    assert_eq!(
-        log.matches("table added to a MySQL/MariaDB source").count(),
-        1,
-        "{log}"
-    );
-    assert!(log.contains("--resnapshot shop"), "{log}");
+    assert!(log.contains("its existing rows will be backfilled"), "{log}");
+    let signal = f.db.query("shop", "select kind from sluice_signal order by kind");
+    assert_eq!(signal, vec!["marker".to_owned()], "the watermark row");
     assert!(sluice.stop(LONG).success());
 }
