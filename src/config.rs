@@ -844,12 +844,16 @@ tables = ["public.users", "orders"]
     fn invalid_values_name_the_field() {
         let text = GOOD.replace(
             "tables = [\"public.users\", \"orders\"]",
-            "tables = [\"a.b.c\"]\nslot = \"Bad-Slot\"",
+            "tables = [\"a.b.c\"]\nslot = \"Bad-Slot\"\nsignal_table = \"x\"",
         );
         let cfg = Config::parse(&text).expect("parses");
         let problems = cfg.validate().join("\n");
         assert!(problems.contains("sources.app.tables"), "{problems}");
         assert!(problems.contains("sources.app.slot"), "{problems}");
+        assert!(
+            problems.contains("sources.app.signal_table is a MySQL/MariaDB setting"),
+            "{problems}"
+        );
     }
 
     const SINK: &str = r#"
@@ -961,7 +965,15 @@ from = "lms.users"
         );
         assert!(s.server_id >= 1_000_000_000 && s.server_id < 2_000_000_000);
         assert_eq!(s.server_id, default_server_id("directory"));
+        assert_eq!(s.signal_table, TableId::new("lms", "sluice_signal"));
         assert!(cfg.postgres_source("directory").is_none());
+        let named = text.replace(
+            "tables = [\"users\"",
+            "signal_table = \"ops.signals\"\ntables = [\"users\"",
+        );
+        let cfg = Config::parse(&named).expect("parses");
+        let s = cfg.mysql_source("directory").expect("mysql source");
+        assert_eq!(s.signal_table, TableId::new("ops", "signals"));
 
         let bad = text
             .replace(

@@ -370,8 +370,12 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
         "the existing row as a read, the new one as an insert"
     );
     let log = sluice.log_text();
-    assert!(log.contains("its existing rows will be backfilled"), "{log}");
-    let signal = f.db.query("shop", "select kind from sluice_signal order by kind");
+    assert!(
+        log.contains("its existing rows will be backfilled"),
+        "{log}"
+    );
+    let signal =
+        f.db.query("shop", "select kind from sluice_signal order by kind");
     assert_eq!(signal, vec!["marker".to_owned()], "the watermark row");
     assert!(sluice.stop(LONG).success());
 }

@@ -845,7 +845,10 @@ mod tests {
         // visible only after the first chunk's read took its snapshot (a descheduled backend).
         let (mut t, tx) = tracker();
         let s = schema();
-        assert!(t.active(), "a queued backfill's table is tracked from the start");
+        assert!(
+            t.active(),
+            "a queued backfill's table is tracked from the start"
+        );
         t.touched(&s, &row(183, "u183"), 911);
         for n in 1..=2 {
             tx.try_send(chunk(n, vec![], false)).expect("send");
