@@ -23,9 +23,40 @@ struct Setup {
     target: PgCluster,
     broker: Broker,
     dir: TempDir,
+    /// Extra source settings.
+    extra: String,
 }
 
 impl Setup {
+    /// A MariaDB `shop` with `a` (one row) and `big` (`rows` rows), and an empty target.
+    async fn new(rows: u32, extra: &str) -> Setup {
+        let source = MariaDb::start();
+        source.execute(None, "create database shop");
+        source.execute(Some("shop"), SOURCE);
+        source.execute(
+            Some("shop"),
+            &format!(
+                "insert into big select seq, concat('v', seq), 0 from seq_1_to_{rows};
+                 insert into a values (1, 'a');"
+            ),
+        );
+        let target = PgCluster::start();
+        target.create_database("warehouse").await;
+        target
+            .connect("warehouse")
+            .await
+            .batch_execute(TARGET)
+            .await
+            .expect("target schema");
+        Setup {
+            source,
+            target,
+            broker: Broker::start(),
+            dir: TempDir::new("mysql-backfill"),
+            extra: extra.to_owned(),
+        }
+    }
+
     fn config(&self, tables: &[&str]) -> std::path::PathBuf {
         let list = tables
             .iter()
@@ -44,10 +75,11 @@ impl Setup {
             format!(
                 "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n\
                  [sources.shop]\nmysql = {}\ntables = [{list}]\ncheckpoint_interval_ms = 200\n\
-                 backfill_chunk_rows = 500\n\n\
+                 backfill_chunk_rows = 500\n{}\n\n\
                  [sinks.warehouse]\npostgres = {}\n\n{maps}",
                 self.broker.brokers(),
                 self.source.sluice_connection("shop"),
+                self.extra,
                 self.target.sluice_connection("warehouse"),
             ),
         )
@@ -84,24 +116,8 @@ fn sluice(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_range() {
-    let source = MariaDb::start();
-    source.execute(None, "create database shop");
-    source.execute(Some("shop"), SOURCE);
-    source.execute(
-        Some("shop"),
-        "insert into big select seq, concat('v', seq), 0 from seq_1_to_20000;
-         insert into a values (1, 'a');",
-    );
-    let target = PgCluster::start();
-    target.create_database("warehouse").await;
-    let dst = target.connect("warehouse").await;
-    dst.batch_execute(TARGET).await.expect("target schema");
-    let s = Setup {
-        source,
-        target,
-        broker: Broker::start(),
-        dir: TempDir::new("mysql-backfill"),
-    };
+    let s = Setup::new(20_000, "").await;
+    let dst = s.target.connect("warehouse").await;
     let config = s.config(&["a"]);
     let config = config.to_str().expect("utf-8 path");
     let mut run = s.start();
@@ -218,5 +234,58 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
     .parse()
     .expect("count");
     assert_eq!(restored, in_source, "deleted rows of the range are back");
+    assert!(run.stop(LONG).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
+    // Capped at 10,000 rows/s, the 60k-row backfill lasts at least 6 s: the crash below,
+    // once 10,000 rows are checkpointed, lands inside it.
+    let s = Setup::new(60_000, "backfill_max_rows_per_second = 10000").await;
+    s.config(&["a"]);
+    let mut run = s.start();
+    run.wait_log("binlog stream started", 1, LONG);
+    let config = s.config(&["a", "big"]);
+    let (status, out, err) = sluice(&["reload", "--config", config.to_str().expect("utf-8")]);
+    assert!(status.success(), "sluice reload: {out}{err}");
+    let brokers = s.broker.brokers();
+    tokio::task::spawn_blocking(move || {
+        let mut reader =
+            sluice_test_support::TopicReader::new(&brokers, "sluice.__sluice_capture.shop");
+        reader.read_until(LONG, "backfill progress in a checkpoint", |records| {
+            records.iter().any(|r| {
+                r.value
+                    .as_ref()
+                    .and_then(|v| v["backfills"][0]["rows"].as_u64())
+                    >= Some(10_000)
+            })
+        });
+    })
+    .await
+    .expect("checkpoint reader");
+    run.kill9();
+    let before = run.log_text();
+    assert!(
+        !before.contains("backfill finished"),
+        "the backfill finished before the crash: nothing to resume"
+    );
+    let mut run = start_in(s.dir.path(), &[]);
+    run.wait_log("backfill finished", 1, LONG);
+    let log = run.log_text();
+    assert!(log.contains("backfill resumed"), "{log}");
+    let reread: u64 = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("backfill read complete"))
+        .and_then(|l| l.split("rows_read=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("rows_read");
+    assert!(
+        reread < 60_000,
+        "the resumed backfill read {reread} rows: it started over"
+    );
+    let rows = s.wait_big_equal().await;
+    println!("MariaDB backfill killed mid-way: resumed, {reread} rows read after the crash; big equal ({rows} rows)");
     assert!(run.stop(LONG).success());
 }
