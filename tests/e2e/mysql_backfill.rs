@@ -12,9 +12,12 @@ use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 use crate::common::{start_in, wait_same_rows, LONG, SLUICE};
 
 const SOURCE: &str = "create table a (id int primary key, v varchar(50));
-                      create table big (id int primary key, v varchar(50), n bigint not null);";
+                      create table big (id int primary key, v varchar(50), n bigint not null);
+                      create table pairs (g varchar(10), n int, v varchar(20), primary key (g, n));";
 const TARGET: &str = "create table a (id int primary key, v text);
-                      create table big (id int primary key, v text, n int8 not null);";
+                      create table big (id int primary key, v text, n int8 not null);
+                      create table pairs (g text, n int, v text, primary key (g, n));";
+const PAIRS: &str = "select concat_ws('|', g, n, v) from pairs";
 const MY_BIG: &str = "select concat_ws('|', id, v, n) from big";
 const PG_BIG: &str = "select concat_ws('|', id, v, n) from big";
 
@@ -240,12 +243,17 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
     // Capped at 10,000 rows/s, the 60k-row backfill lasts at least 6 s: the crash below,
-    // once 10,000 rows are checkpointed, lands inside it.
+    // once 10,000 rows are checkpointed, lands inside it. `pairs`, added with it, has a
+    // two-column key: its chunks resume by (g, n).
     let s = Setup::new(60_000, "backfill_max_rows_per_second = 10000").await;
+    s.source.execute(
+        Some("shop"),
+        "insert into pairs select char(65 + seq % 7), seq, concat('p', seq) from seq_1_to_3000",
+    );
     s.config(&["a"]);
     let mut run = s.start();
     run.wait_log("binlog stream started", 1, LONG);
-    let config = s.config(&["a", "big"]);
+    let config = s.config(&["a", "big", "pairs"]);
     let (status, out, err) = sluice(&["reload", "--config", config.to_str().expect("utf-8")]);
     assert!(status.success(), "sluice reload: {out}{err}");
     let brokers = s.broker.brokers();
@@ -276,16 +284,35 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
     let reread: u64 = log
         .lines()
         .rev()
-        .find(|l| l.contains("backfill read complete"))
+        .find(|l| l.contains("backfill read complete") && l.contains("table=shop.big"))
         .and_then(|l| l.split("rows_read=").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("rows_read");
+        .expect("rows_read of big");
     assert!(
         reread < 60_000,
         "the resumed backfill read {reread} rows: it started over"
     );
     let rows = s.wait_big_equal().await;
-    println!("MariaDB backfill killed mid-way: resumed, {reread} rows read after the crash; big equal ({rows} rows)");
+    let dst = s.target.connect("warehouse").await;
+    let source = &s.source;
+    let pairs = wait_same_rows("pairs in Postgres against MariaDB", || {
+        let dst = &dst;
+        async move {
+            let target: Vec<String> = dst
+                .query(PAIRS, &[])
+                .await
+                .expect("target rows")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            vec![(source.query("shop", PAIRS), target)]
+        }
+    })
+    .await[0];
+    println!(
+        "MariaDB backfill killed mid-way: resumed, {reread} rows read after the crash; big \
+         equal ({rows} rows), pairs equal ({pairs} rows, two-column key)"
+    );
     assert!(run.stop(LONG).success());
 }
