@@ -15,14 +15,12 @@
 //! restart: events after the last durable checkpoint are published again (duplicates, never
 //! gaps), and consumers drop them by position.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::producer::DeliveryFuture;
 use sluice_core::{Backoff, Batch, ErrorClass, RunHandles, SourceCheckpoint, TableSchema};
-use sluice_kafka::{
-    confirm, ensure_topics, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec,
-};
+use sluice_kafka::{ensure_topics, Acks, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec};
 use sluice_mysql::{MySqlSource, MySqlSourceSettings};
 use sluice_postgres::{PostgresSource, SourceSettings};
 use tokio::sync::{mpsc, watch};
@@ -105,7 +103,7 @@ impl Source {
 }
 
 struct InFlight {
-    deliveries: Vec<DeliveryFuture>,
+    acks: Arc<Acks>,
     events: usize,
     checkpoint: Option<SourceCheckpoint>,
 }
@@ -228,14 +226,14 @@ async fn publish_loop(
     let mut value = Vec::with_capacity(1024);
     while let Some(batch) = batches.recv().await {
         let now_ms = now_ms();
-        let mut deliveries = Vec::with_capacity(batch.events.len());
+        let acks = Acks::new();
         for event in &batch.events {
             publisher
-                .publish(event, now_ms, &mut key, &mut value, &mut deliveries)
+                .publish(event, now_ms, &mut key, &mut value, &acks)
                 .await?;
         }
         let item = InFlight {
-            deliveries,
+            acks,
             events: batch.events.len(),
             checkpoint: batch.checkpoint,
         };
@@ -263,9 +261,7 @@ async fn ack_loop(
         tokio::select! {
             item = inflight.recv() => {
                 let Some(item) = item else { break };
-                for d in item.deliveries {
-                    confirm(d).await?;
-                }
+                item.acks.wait().await?;
                 events_total += item.events as u64;
                 if let Some(cp) = item.checkpoint {
                     pending = Some(cp);

@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::SourceCheckpoint;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
-use crate::publisher::{client_config, confirm, ensure_topics, KafkaPublisher, TopicSpec};
+use crate::publisher::{client_config, ensure_topics, Acks, KafkaPublisher, TopicSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,19 +64,17 @@ impl CheckpointStore {
     ) -> Result<(), KafkaError> {
         let payload = serde_json::to_vec(checkpoint)
             .map_err(|e| KafkaError::Setup(format!("cannot encode checkpoint: {e}")))?;
-        let record = FutureRecord::<str, [u8]>::to(&self.topic)
-            .key(self.source.as_str())
-            .payload(&payload)
-            .partition(0);
-        let delivery =
-            publisher
-                .producer()
-                .send_result(record)
-                .map_err(|(e, _)| KafkaError::Client {
-                    context: format!("writing a checkpoint to {}", self.topic),
-                    source: e,
-                })?;
-        confirm(delivery).await
+        let acks = Acks::new();
+        publisher
+            .send(
+                &self.topic,
+                self.source.as_bytes(),
+                Some(&payload),
+                Some(0),
+                &acks,
+            )
+            .await?;
+        acks.wait().await
     }
 }
 

@@ -25,4 +25,4 @@ pub use consumer::{
     OffsetSource, Record, ReplayFrom, SinkConsumer, StoredOffset, TopicPartition,
 };
 pub use error::KafkaError;
-pub use publisher::{confirm, ensure_topics, preflight, KafkaPublisher, TopicSpec};
+pub use publisher::{ensure_topics, preflight, Acks, KafkaPublisher, TopicSpec};
