@@ -643,26 +643,26 @@ impl Round<'_> {
         futures_util::pin_mut!(stream);
         let mut parser = CopyParser::default();
         let mut rows = Vec::with_capacity(self.driver.chunk_rows);
-        let mut last = None;
-        let key_idx: Vec<usize> = table.schema.key.to_vec();
+        // The last row's key, in text form (its buffers reused from row to row).
+        let mut last_key: Vec<String> = vec![String::new(); table.schema.key.len()];
+        let mut any = false;
         while let Some(bytes) = stream.next().await {
             let bytes: Bytes = bytes.map_err(PostgresError::query(context))?;
-            let parsed = parser.push(&bytes);
-            let n = parsed.len();
-            for (i, fields) in parsed.into_iter().enumerate() {
-                if i + 1 == n {
-                    last = Some(
-                        key_idx
-                            .iter()
-                            .map(|&k| fields.get(k).cloned().flatten().unwrap_or_default())
-                            .collect(),
-                    );
+            parser.push(&bytes, |fields| {
+                for (slot, &k) in last_key.iter_mut().zip(table.schema.key.iter()) {
+                    slot.clear();
+                    if let Some(Some(text)) = fields.get(k) {
+                        slot.push_str(text);
+                    }
                 }
+                any = true;
                 rows.push(Row {
                     values: decode_fields(table, fields)?,
                 });
-            }
+                Ok::<(), PostgresError>(())
+            })?;
         }
+        let last = any.then_some(last_key);
         Ok((rows, last, seen))
     }
 }

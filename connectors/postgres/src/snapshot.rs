@@ -13,6 +13,7 @@
 //! Snapshot rows are `op = r` events positioned just below the consistent point, so every
 //! streamed change sorts after every snapshot row.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -69,10 +70,14 @@ pub async fn read_snapshot(
         let mut batch = Vec::with_capacity(max_batch);
         let started = std::time::Instant::now();
         let mut rows = 0u64;
+        let mut decoded: Vec<Vec<Option<Value>>> = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(PostgresError::query(context.clone()))?;
-            for fields in parser.push(&chunk) {
-                let values = decode_fields(table, fields)?;
+            parser.push(&chunk, |fields| {
+                decoded.push(decode_fields(table, fields)?);
+                Ok::<(), PostgresError>(())
+            })?;
+            for values in decoded.drain(..) {
                 batch.push(ChangeEvent {
                     op: Op::Read,
                     table: table.schema.clone(),
@@ -121,14 +126,14 @@ pub async fn read_snapshot(
 /// Converts one COPY row of `table` (text fields, `None` = NULL) into values.
 pub(crate) fn decode_fields(
     table: &CapturedTable,
-    fields: Vec<Option<String>>,
+    fields: Vec<Option<Cow<'_, str>>>,
 ) -> Result<Vec<Option<Value>>, PostgresError> {
     let values = fields
-        .into_iter()
+        .iter()
         .zip(table.kinds.iter())
         .map(|(field, kind)| match field {
             None => Ok(Some(Value::Null)),
-            Some(text) => decode_text(kind, &text).map(Some).map_err(|e| {
+            Some(text) => decode_text(kind, text).map(Some).map_err(|e| {
                 PostgresError::Setup(format!(
                     "cannot convert a value of {} ({:?}: {})",
                     table.schema.id, e.kind, e.reason
@@ -164,48 +169,53 @@ pub(crate) fn now_us() -> i64 {
 }
 
 /// Splits `COPY … TO STDOUT` text-format output into rows of fields (`None` = NULL), undoing
-/// the format's backslash escapes. Rows may span chunks.
+/// the format's backslash escapes. Rows may span chunks. Fields borrow from the chunk when
+/// they need no unescaping (most do), so a row costs one allocation, not one per field.
 #[derive(Default)]
 pub struct CopyParser {
+    /// The start of a row whose end is in a later chunk.
     carry: Vec<u8>,
 }
 
 impl CopyParser {
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<Option<String>>> {
-        let mut rows = Vec::new();
+    /// Calls `row` with the fields of each row that `chunk` completes, in order.
+    pub fn push<E>(
+        &mut self,
+        chunk: &[u8],
+        mut row: impl for<'a> FnMut(Vec<Option<Cow<'a, str>>>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut data = chunk;
-        let mut owned;
         if !self.carry.is_empty() {
-            owned = std::mem::take(&mut self.carry);
-            owned.extend_from_slice(chunk);
-            data = &[];
-            let mut start = 0;
-            while let Some(nl) = owned[start..].iter().position(|&b| b == b'\n') {
-                rows.push(parse_copy_line(&owned[start..start + nl]));
-                start += nl + 1;
-            }
-            self.carry = owned.split_off(start);
+            // Only the row that straddles the chunks is copied, not the whole chunk.
+            let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                self.carry.extend_from_slice(data);
+                return Ok(());
+            };
+            let mut line = std::mem::take(&mut self.carry);
+            line.extend_from_slice(&data[..nl]);
+            row(parse_copy_line(&line))?;
+            line.clear();
+            self.carry = line;
+            data = &data[nl + 1..];
         }
         let mut start = 0;
         while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
-            rows.push(parse_copy_line(&data[start..start + nl]));
+            row(parse_copy_line(&data[start..start + nl]))?;
             start += nl + 1;
         }
-        if start < data.len() {
-            self.carry.extend_from_slice(&data[start..]);
-        }
-        rows
+        self.carry.extend_from_slice(&data[start..]);
+        Ok(())
     }
 }
 
-fn parse_copy_line(line: &[u8]) -> Vec<Option<String>> {
+fn parse_copy_line(line: &[u8]) -> Vec<Option<Cow<'_, str>>> {
     line.split(|&b| b == b'\t')
         .map(|field| {
             if field == b"\\N" {
                 return None;
             }
             if !field.contains(&b'\\') {
-                return Some(String::from_utf8_lossy(field).into_owned());
+                return Some(String::from_utf8_lossy(field));
             }
             let mut out = Vec::with_capacity(field.len());
             let mut i = 0;
@@ -256,7 +266,9 @@ fn parse_copy_line(line: &[u8]) -> Vec<Option<String>> {
                     other => out.push(other),
                 }
             }
-            Some(String::from_utf8_lossy(&out).into_owned())
+            Some(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            })))
         })
         .collect()
 }
@@ -265,11 +277,25 @@ fn parse_copy_line(line: &[u8]) -> Vec<Option<String>> {
 mod tests {
     use super::*;
 
+    /// The rows `chunk` completes, as owned strings.
+    fn rows(p: &mut CopyParser, chunk: &[u8]) -> Vec<Vec<Option<String>>> {
+        let mut out = Vec::new();
+        p.push(chunk, |fields| {
+            out.push(fields.into_iter().map(|f| f.map(Cow::into_owned)).collect());
+            Ok::<(), ()>(())
+        })
+        .expect("parse");
+        out
+    }
+
     #[test]
     fn copy_rows_split_across_chunks_and_unescape() {
         let mut p = CopyParser::default();
-        let mut rows = p.push(b"1\ta\\tb\\\\c\t\\N\n2\tx");
-        rows.extend(p.push(b"y\\nz\t\\101\n"));
+        let mut rows = rows(&mut p, b"1\ta\\tb\\\\c\t\\N\n2\tx");
+        assert_eq!(rows.len(), 1);
+        assert!(!p.carry.is_empty(), "the second row waits for its end");
+        rows.extend(self::rows(&mut p, b"y"));
+        rows.extend(self::rows(&mut p, b"\\nz\t\\101\n"));
         assert_eq!(
             rows,
             vec![
@@ -277,12 +303,15 @@ mod tests {
                 vec![Some("2".into()), Some("xy\nz".into()), Some("A".into())],
             ]
         );
-        assert!(p.push(b"").is_empty());
+        assert!(self::rows(&mut p, b"").is_empty());
     }
 
     #[test]
     fn empty_string_is_not_null() {
         let mut p = CopyParser::default();
-        assert_eq!(p.push(b"\t\\N\n"), vec![vec![Some(String::new()), None]]);
+        assert_eq!(
+            rows(&mut p, b"\t\\N\n"),
+            vec![vec![Some(String::new()), None]]
+        );
     }
 }
