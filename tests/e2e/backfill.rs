@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::TopicReader;
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{logged_number, LONG, SLUICE};
 use crate::pipeline::Pipeline;
 
 const LOAD_TABLES: [&str; 3] = ["a", "b", "c"];
@@ -23,18 +23,6 @@ fn mappings(tables: &[&str]) -> String {
         .iter()
         .map(|t| format!("[[sinks.target.tables]]\nfrom = \"public.{t}\"\n"))
         .collect()
-}
-
-/// The number from `key=NUMBER` in the last log line containing `line`.
-fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
-    let l = log.lines().rev().find(|l| l.contains(line))?;
-    let at = l.find(&format!("{key}="))? + key.len() + 1;
-    l[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,18 @@ pub fn start_in(dir: &Path, args: &[&str]) -> SluiceProcess {
     )
 }
 
+/// The number from `key=NUMBER` in the last log line containing `line`.
+pub fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
+    let l = log.lines().rev().find(|l| l.contains(line))?;
+    let at = l.find(&format!("{key}="))? + key.len() + 1;
+    l[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
 /// Waits until every (source rows, target rows) pair `sides` returns holds the same rows in
 /// any order; returns each pair's source row count. Panics with the last counts.
 pub async fn wait_same_rows<F, Fut>(what: &str, mut sides: F) -> Vec<usize>

@@ -43,17 +43,6 @@ pub fn key_text(table: &TableSchema, row: &Row) -> String {
     key
 }
 
-/// How a published chunk left its backfill.
-#[derive(Debug)]
-pub enum ChunkOutcome {
-    /// More chunks follow.
-    Running,
-    /// The last chunk: every row is published.
-    Finished(BackfillState),
-    /// Given up on, for this reason.
-    Abandoned(String),
-}
-
 /// Backfills queued or under way, tables complete, backfills abandoned: what the next
 /// checkpoint records.
 #[derive(Debug, Default, Clone)]
@@ -122,12 +111,30 @@ impl BackfillBook {
         }
     }
 
-    /// Takes up a request read from the log: the backfill to queue, unless it is for another
-    /// source or already known.
-    pub fn request(&mut self, source: &str, req: SnapshotRequest) -> Option<BackfillState> {
+    /// Takes up a request read from the source's log (JSON, see [`SnapshotRequest`]): the
+    /// backfill to queue, unless it is unreadable, for another source, for a table the source
+    /// does not capture (`captures`), or already known.
+    pub fn request(
+        &mut self,
+        source: &str,
+        content: &str,
+        captures: impl Fn(&str) -> bool,
+    ) -> Option<BackfillState> {
+        let req: SnapshotRequest = match serde_json::from_str(content) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(source, error = %e, "unreadable snapshot request in the log: ignored");
+                return None;
+            }
+        };
         if req.source != source || self.state.iter().any(|b| b.id == req.id) {
             return None;
         }
+        if !captures(&req.table) {
+            tracing::warn!(source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
+            return None;
+        }
+        tracing::info!(source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
         let state = BackfillState {
             id: req.id,
             table: req.table,
@@ -145,11 +152,13 @@ impl BackfillBook {
         self.state.iter().any(|b| b.table == table)
     }
 
-    /// Records a published chunk of backfill `id`: `published` of its `read` rows went out,
-    /// the rest were superseded; `after` is the progress once it is published.
+    /// Records a published chunk of backfill `id` of `source`: `published` of its `read` rows
+    /// went out, the rest were superseded; `after` is the progress once it is published. The
+    /// last chunk (`done`) finishes the backfill, or abandons it with `failed`'s reason.
     #[allow(clippy::too_many_arguments)]
     pub fn published(
         &mut self,
+        source: &str,
         id: &str,
         table: &str,
         read: u64,
@@ -157,8 +166,9 @@ impl BackfillBook {
         after: Option<Vec<String>>,
         done: bool,
         failed: Option<String>,
-    ) -> ChunkOutcome {
-        if let Some(bf) = self.state.iter_mut().find(|b| b.id == id) {
+    ) {
+        let at = self.state.iter().position(|b| b.id == id);
+        if let Some(bf) = at.map(|i| &mut self.state[i]) {
             bf.rows += published;
             bf.superseded += read - published;
             if after.is_some() {
@@ -166,33 +176,36 @@ impl BackfillBook {
             }
         }
         if !done {
-            return ChunkOutcome::Running;
+            return;
         }
-        let finished = self
-            .state
-            .iter()
-            .position(|b| b.id == id)
-            .map(|i| self.state.remove(i));
+        let finished = at.map(|i| self.state.remove(i));
         match (failed, finished) {
             (Some(reason), _) => {
+                tracing::error!(source, table, id, reason = %reason, "backfill abandoned");
                 if self.abandoned.len() >= AbandonedBackfill::KEPT {
                     self.abandoned.remove(0);
                 }
                 self.abandoned.push(AbandonedBackfill {
                     id: id.to_owned(),
                     table: table.to_owned(),
-                    reason: reason.clone(),
+                    reason,
                 });
-                ChunkOutcome::Abandoned(reason)
             }
             (None, Some(bf)) => {
+                tracing::info!(
+                    source,
+                    table,
+                    id,
+                    rows = bf.rows,
+                    superseded = bf.superseded,
+                    "backfill finished"
+                );
                 if bf.predicate.is_none() && !self.complete.iter().any(|t| t == table) {
                     self.complete.push(table.to_owned());
                 }
-                ChunkOutcome::Finished(bf)
             }
             // A chunk of a backfill no longer recorded (dropped with its table).
-            (None, None) => ChunkOutcome::Running,
+            (None, None) => {}
         }
     }
 }
@@ -218,15 +231,21 @@ mod tests {
             state: vec![state("b1", "db.t", None)],
             ..Default::default()
         };
-        let out = book.published("b1", "db.t", 10, 8, Some(vec!["10".into()]), false, None);
-        assert!(matches!(out, ChunkOutcome::Running));
+        book.published(
+            "app",
+            "b1",
+            "db.t",
+            10,
+            8,
+            Some(vec!["10".into()]),
+            false,
+            None,
+        );
         assert_eq!((book.state[0].rows, book.state[0].superseded), (8, 2));
         assert_eq!(book.state[0].after, Some(vec!["10".to_owned()]));
-        match book.published("b1", "db.t", 3, 3, None, true, None) {
-            ChunkOutcome::Finished(bf) => assert_eq!(bf.rows, 11),
-            other => panic!("{other:?}"),
-        }
-        assert!(book.state.is_empty());
+        book.published("app", "b1", "db.t", 3, 3, None, true, None);
+        assert!(book.state.is_empty(), "finished");
+        assert!(book.abandoned.is_empty());
         assert_eq!(book.complete, vec!["db.t".to_owned()]);
     }
 
@@ -239,17 +258,19 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert!(matches!(
-            book.published("r1", "db.t", 4, 4, None, true, None),
-            ChunkOutcome::Finished(_)
-        ));
+        book.published("app", "r1", "db.t", 4, 4, None, true, None);
+        assert_eq!(book.state.len(), 1, "r1 finished");
         assert!(
             book.complete.is_empty(),
             "a predicate re-sync is not the table"
         );
-        let out = book.published("r2", "db.t", 0, 0, None, true, Some("gone".into()));
-        assert!(matches!(out, ChunkOutcome::Abandoned(r) if r == "gone"));
+        book.published("app", "r2", "db.t", 0, 0, None, true, Some("gone".into()));
         assert_eq!(book.abandoned.len(), 1);
+        assert_eq!(book.abandoned[0].reason, "gone");
+        assert!(
+            book.complete.is_empty(),
+            "an abandoned backfill does not complete its table"
+        );
         assert!(!book.busy("db.t"));
     }
 
@@ -277,17 +298,31 @@ mod tests {
     }
 
     #[test]
-    fn requests_for_other_sources_or_known_ids_are_ignored() {
+    fn requests_for_other_sources_uncaptured_tables_or_known_ids_are_ignored() {
         let mut book = BackfillBook::default();
-        let req = |source: &str, id: &str| SnapshotRequest {
-            source: source.into(),
-            id: id.into(),
-            table: "db.t".into(),
-            predicate: None,
+        let req = |source: &str, id: &str, table: &str| {
+            serde_json::to_string(&SnapshotRequest {
+                source: source.into(),
+                id: id.into(),
+                table: table.into(),
+                predicate: None,
+            })
+            .expect("json")
         };
-        assert!(book.request("app", req("other", "x")).is_none());
-        assert!(book.request("app", req("app", "x")).is_some());
-        assert!(book.request("app", req("app", "x")).is_none());
+        let captures = |t: &str| t == "db.t";
+        assert!(book
+            .request("app", &req("other", "x", "db.t"), captures)
+            .is_none());
+        assert!(book
+            .request("app", &req("app", "x", "db.u"), captures)
+            .is_none());
+        assert!(book.request("app", "not json", captures).is_none());
+        assert!(book
+            .request("app", &req("app", "x", "db.t"), captures)
+            .is_some());
+        assert!(book
+            .request("app", &req("app", "x", "db.t"), captures)
+            .is_none());
         assert!(book.busy("db.t"));
     }
 }

@@ -124,6 +124,16 @@ impl TableSchema {
 }
 
 impl TableSchema {
+    /// The columns, each quoted by `quote` (the database's identifier quoting), joined by
+    /// `, `: a select list.
+    pub fn select_list(&self, quote: impl Fn(&str) -> String) -> String {
+        self.columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether two row images of this table have different keys: an update that changes the
     /// key is published as a delete of the old key and a create of the new one, so that each
     /// key's partition sees its own history in order.

@@ -34,12 +34,12 @@ use futures_util::StreamExt as _;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use sluice_core::{
-    key_text, BackfillBook, BackfillState, Backoff, ChunkOutcome, ErrorClass, Row, SnapshotRequest,
-    TableId, TableSchema,
+    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, Row, SnapshotRequest, TableId,
+    TableSchema,
 };
 use tokio::sync::mpsc;
 
-use crate::client::{connect, quote_ident};
+use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::source::{now_us, CapturedTable};
@@ -61,15 +61,6 @@ struct Marker {
     table: String,
 }
 
-/// The signal table as SQL text, `` `db`.`name` ``.
-fn quoted(signal: &TableId) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(&signal.schema),
-        quote_ident(&signal.name)
-    )
-}
-
 /// Creates the signal table if it is missing; the error says what to run instead.
 pub async fn ensure_signal_table(
     conn: &mut Conn,
@@ -79,7 +70,7 @@ pub async fn ensure_signal_table(
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(191) NOT NULL PRIMARY KEY, \
          kind VARCHAR(16) NOT NULL, content TEXT NOT NULL) ENGINE=InnoDB",
-        quoted(signal)
+        quote_table(signal)
     );
     conn.query_drop(&sql).await.map_err(|e| {
         MySqlError::Setup(format!(
@@ -103,7 +94,7 @@ pub async fn write_signal(
         format!(
             "INSERT INTO {} (id, kind, content) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE kind = VALUES(kind), content = VALUES(content)",
-            quoted(signal)
+            quote_table(signal)
         ),
         (format!("{source}/{kind}"), kind, content),
     )
@@ -156,11 +147,7 @@ pub async fn count_matching(
     table: &TableId,
     predicate: Option<&str>,
 ) -> Result<i64, MySqlError> {
-    let mut sql = format!(
-        "SELECT COUNT(*) FROM {}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    );
+    let mut sql = format!("SELECT COUNT(*) FROM {}", quote_table(table));
     if let Some(p) = predicate {
         sql.push_str(&format!(" WHERE ({p})"));
     }
@@ -283,25 +270,9 @@ impl Tracker {
     }
 
     fn request(&mut self, content: &str) {
-        let req: SnapshotRequest = match serde_json::from_str(content) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable snapshot request in the signal table: ignored");
-                return;
-            }
-        };
-        if req.source != self.source {
-            return;
-        }
-        let known =
-            TableId::parse(&req.table, "").is_some_and(|id| self.captured.contains_key(&id));
-        if !known {
-            tracing::warn!(source = %self.source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
-            return;
-        }
-        let (table, predicate, id) = (req.table.clone(), req.predicate.clone(), req.id.clone());
-        if let Some(state) = self.book.request(&self.source, req) {
-            tracing::info!(source = %self.source, table = %table, predicate = predicate.as_deref().unwrap_or("(all rows)"), id = %id, "snapshot request received");
+        let captured = &self.captured;
+        let captures = |t: &str| TableId::parse(t, "").is_some_and(|id| captured.contains_key(&id));
+        if let Some(state) = self.book.request(&self.source, content, captures) {
             let _ = self.requests.send(state);
         }
     }
@@ -339,7 +310,8 @@ impl Tracker {
             }
         };
         let table_name = chunk.table.id.to_string();
-        match self.book.published(
+        self.book.published(
+            &self.source,
             &chunk.backfill,
             &table_name,
             read,
@@ -347,15 +319,7 @@ impl Tracker {
             chunk.after.clone(),
             chunk.done,
             chunk.failed.clone(),
-        ) {
-            ChunkOutcome::Running => {}
-            ChunkOutcome::Abandoned(reason) => {
-                tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
-            }
-            ChunkOutcome::Finished(bf) => {
-                tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
-            }
-        }
+        );
         Some(Released {
             table: chunk.table,
             rows,
@@ -600,13 +564,6 @@ impl Round<'_> {
     ) -> Result<(Vec<Row>, Option<Vec<String>>), MySqlError> {
         let d = self.driver;
         let context = || format!("reading a backfill chunk of {}", table.schema.id);
-        let cols = table
-            .schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
         let keys: Vec<String> = table.key_names.iter().map(|k| quote_ident(k)).collect();
         let mut conditions = Vec::new();
         if let Some(after) = &bf.after {
@@ -621,9 +578,9 @@ impl Round<'_> {
             format!(" WHERE {}", conditions.join(" AND "))
         };
         let sql = format!(
-            "SELECT {cols} FROM {}.{}{filter} ORDER BY {} LIMIT {}",
-            quote_ident(&table.schema.id.schema),
-            quote_ident(&table.schema.id.name),
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {}",
+            table.select_list(),
+            quote_table(&table.schema.id),
             keys.join(", "),
             d.chunk_rows
         );
@@ -649,13 +606,7 @@ impl Round<'_> {
                     .map(|&k| values.get(k).map(|v| v.as_sql(false)).unwrap_or_default())
                     .collect(),
             );
-            rows.push(Row {
-                values: values
-                    .into_iter()
-                    .zip(&table.kinds)
-                    .map(|(v, k)| Some(k.convert(v)))
-                    .collect(),
-            });
+            rows.push(table.row(values));
         }
         Ok((rows, last))
     }

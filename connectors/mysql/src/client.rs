@@ -29,6 +29,11 @@ pub async fn connect(conn: &MySqlConnection) -> Result<Conn, MySqlError> {
     })
 }
 
+/// A table as SQL text, `` `db`.`name` ``.
+pub fn quote_table(id: &sluice_core::TableId) -> String {
+    format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name))
+}
+
 /// Quotes an identifier for MySQL SQL text.
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))

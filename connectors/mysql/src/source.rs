@@ -25,7 +25,7 @@ use sluice_core::{
 };
 
 use crate::backfill::{self, Driver, Tracker};
-use crate::client::{connect, quote_ident};
+use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::stream::{spawn_session, StreamContext};
@@ -67,6 +67,24 @@ pub struct CapturedTable {
     pub key_names: Vec<String>,
     /// Columns MariaDB declares JSON (LONGTEXT with a `json_valid` check).
     pub json_columns: Vec<String>,
+}
+
+impl CapturedTable {
+    /// The table's columns, quoted and comma-separated, for a select list.
+    pub fn select_list(&self) -> String {
+        self.schema.select_list(quote_ident)
+    }
+
+    /// A row of a select of [`CapturedTable::select_list`] (binary protocol), converted.
+    pub fn row(&self, values: Vec<mysql_async::Value>) -> Row {
+        Row {
+            values: values
+                .into_iter()
+                .zip(&self.kinds)
+                .map(|(v, k)| Some(k.convert(v)))
+                .collect(),
+        }
+    }
 }
 
 pub struct MySqlSource {
@@ -315,17 +333,10 @@ impl MySqlSource {
         let mut total: u64 = 0;
         let mut batch = Vec::with_capacity(s.max_batch_events);
         for table in &self.tables {
-            let cols = table
-                .schema
-                .columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sql = format!(
-                "SELECT {cols} FROM {}.{}",
-                quote_ident(&table.schema.id.schema),
-                quote_ident(&table.schema.id.name)
+                "SELECT {} FROM {}",
+                table.select_list(),
+                quote_table(&table.schema.id)
             );
             let context = || format!("reading the snapshot of {}", table.schema.id);
             let mut result = conn
@@ -340,17 +351,12 @@ impl MySqlSource {
             use futures_util::StreamExt as _;
             while let Some(row) = stream.next().await {
                 let row = row.map_err(MySqlError::query(context()))?;
-                let values = row
-                    .unwrap()
-                    .into_iter()
-                    .zip(&table.kinds)
-                    .map(|(v, k)| Some(k.convert(v)))
-                    .collect();
+                let values = table.row(row.unwrap());
                 batch.push(ChangeEvent {
                     op: Op::Read,
                     table: table.schema.clone(),
                     before: None,
-                    after: Some(Row { values }),
+                    after: Some(values),
                     source: SourceInfo {
                         connector: "mysql",
                         position: Position::MySql {

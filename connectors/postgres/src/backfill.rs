@@ -42,8 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sluice_core::{
-    key_text, BackfillBook, BackfillState, Backoff, ChunkOutcome, ErrorClass, Row, SnapshotRequest,
-    TableId, TableSchema,
+    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema,
 };
 use tokio::sync::mpsc;
 
@@ -236,25 +235,10 @@ impl Tracker {
     }
 
     fn request(&mut self, content: &str) {
-        let req: SnapshotRequest = match serde_json::from_str(content) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable snapshot request in the WAL: ignored");
-                return;
-            }
-        };
-        if req.source != self.source {
-            return;
-        }
-        let known =
-            TableId::parse(&req.table, "public").is_some_and(|id| self.captured.contains_key(&id));
-        if !known {
-            tracing::warn!(source = %self.source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
-            return;
-        }
-        let (table, predicate, id) = (req.table.clone(), req.predicate.clone(), req.id.clone());
-        if let Some(state) = self.book.request(&self.source, req) {
-            tracing::info!(source = %self.source, table = %table, predicate = predicate.as_deref().unwrap_or("(all rows)"), id = %id, "snapshot request received");
+        let captured = &self.captured;
+        let captures =
+            |t: &str| TableId::parse(t, "public").is_some_and(|id| captured.contains_key(&id));
+        if let Some(state) = self.book.request(&self.source, content, captures) {
             if let Some(id) = TableId::parse(&state.table, "public") {
                 self.windows.entry(id).or_default();
             }
@@ -322,7 +306,8 @@ impl Tracker {
         window.truncated = [false, window.truncated[0]];
         let table_name = chunk.table.id.to_string();
         let published = rows.len() as u64;
-        match self.book.published(
+        self.book.published(
+            &self.source,
             &chunk.backfill,
             &table_name,
             read,
@@ -330,15 +315,7 @@ impl Tracker {
             chunk.after.clone(),
             chunk.done,
             chunk.failed.clone(),
-        ) {
-            ChunkOutcome::Running => {}
-            ChunkOutcome::Abandoned(reason) => {
-                tracing::error!(source = %self.source, table = %table_name, id = %chunk.backfill, reason = %reason, "backfill abandoned");
-            }
-            ChunkOutcome::Finished(bf) => {
-                tracing::info!(source = %self.source, table = %table_name, id = %bf.id, rows = bf.rows, superseded = bf.superseded, "backfill finished");
-            }
-        }
+        );
         if chunk.done && !self.book.busy(&table_name) {
             self.windows.remove(&chunk.table.id);
         }

@@ -70,12 +70,7 @@ pub struct CapturedTable {
 impl CapturedTable {
     /// The table's columns, quoted and comma-separated, for a select list.
     pub fn select_list(&self) -> String {
-        self.schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.schema.select_list(quote_ident)
     }
 }
 
