@@ -43,6 +43,78 @@ pub fn key_text(table: &TableSchema, row: &Row) -> String {
     key
 }
 
+/// A backfill's reading pace: rows read, the `backfill_max_rows_per_second` cap, and a
+/// progress line every 5 s.
+pub struct ReadPace<'a> {
+    source: &'a str,
+    table: &'a str,
+    max_rows_per_second: u64,
+    estimate: Option<i64>,
+    started: std::time::Instant,
+    last_log: std::time::Instant,
+    read: u64,
+}
+
+impl<'a> ReadPace<'a> {
+    /// Starts the clock; `estimate` is the table's row estimate, when the source has one.
+    pub fn new(
+        source: &'a str,
+        table: &'a str,
+        max_rows_per_second: u64,
+        estimate: Option<i64>,
+    ) -> Self {
+        let now = std::time::Instant::now();
+        ReadPace {
+            source,
+            table,
+            max_rows_per_second,
+            estimate,
+            started: now,
+            last_log: now,
+            read: 0,
+        }
+    }
+
+    /// Counts a chunk's rows.
+    pub fn read(&mut self, rows: usize) {
+        self.read += rows as u64;
+    }
+
+    /// Logs the end of the reading.
+    pub fn complete(&self) {
+        tracing::info!(
+            source = %self.source,
+            table = %self.table,
+            rows_read = self.read,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "backfill read complete"
+        );
+    }
+
+    /// Before the next chunk: waits until the rows read so far are due under the cap, and
+    /// logs progress every 5 s.
+    pub async fn next(&mut self) {
+        if self.max_rows_per_second > 0 {
+            let due = std::time::Duration::from_secs_f64(
+                self.read as f64 / self.max_rows_per_second as f64,
+            );
+            tokio::time::sleep_until((self.started + due).into()).await;
+        }
+        if self.last_log.elapsed() >= std::time::Duration::from_secs(5) {
+            let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                source = %self.source,
+                table = %self.table,
+                rows_read = self.read,
+                rows_estimate = self.estimate,
+                rows_per_s = rate as u64,
+                "backfill progress"
+            );
+            self.last_log = std::time::Instant::now();
+        }
+    }
+}
+
 /// Backfills queued or under way, tables complete, backfills abandoned: what the next
 /// checkpoint records.
 #[derive(Debug, Default, Clone)]
@@ -75,7 +147,7 @@ impl BackfillBook {
             if configured.contains(&bf.table) {
                 state.push(bf);
             } else {
-                tracing::warn!(source, table = %bf.table, id = %bf.id, "backfill dropped: its table is no longer configured");
+                tracing::warn!(source = %source, table = %bf.table, id = %bf.id, "backfill dropped: its table is no longer configured");
             }
         }
         let micros = std::time::SystemTime::now()
@@ -90,10 +162,10 @@ impl BackfillBook {
                 continue;
             }
             if stream_only {
-                tracing::info!(source, table = %table, "table added to the source: only its changes from now on are captured (snapshot = \"never\")");
+                tracing::info!(source = %source, table = %table, "table added to the source: only its changes from now on are captured (snapshot = \"never\")");
                 complete.push(table.clone());
             } else {
-                tracing::info!(source, table = %table, "table added to the source: its existing rows will be backfilled");
+                tracing::info!(source = %source, table = %table, "table added to the source: its existing rows will be backfilled");
                 state.push(BackfillState {
                     id: format!("add-{table}-{micros:x}"),
                     table: table.clone(),
@@ -123,7 +195,7 @@ impl BackfillBook {
         let req: SnapshotRequest = match serde_json::from_str(content) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(source, error = %e, "unreadable snapshot request in the log: ignored");
+                tracing::warn!(source = %source, error = %e, "unreadable snapshot request in the log: ignored");
                 return None;
             }
         };
@@ -131,10 +203,10 @@ impl BackfillBook {
             return None;
         }
         if !captures(&req.table) {
-            tracing::warn!(source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
+            tracing::warn!(source = %source, table = %req.table, "snapshot request for a table this source does not capture: ignored");
             return None;
         }
-        tracing::info!(source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
+        tracing::info!(source = %source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
         let state = BackfillState {
             id: req.id,
             table: req.table,
@@ -181,7 +253,7 @@ impl BackfillBook {
         let finished = at.map(|i| self.state.remove(i));
         match (failed, finished) {
             (Some(reason), _) => {
-                tracing::error!(source, table, id, reason = %reason, "backfill abandoned");
+                tracing::error!(source = %source, table = %table, id = %id, reason = %reason, "backfill abandoned");
                 if self.abandoned.len() >= AbandonedBackfill::KEPT {
                     self.abandoned.remove(0);
                 }
@@ -193,9 +265,9 @@ impl BackfillBook {
             }
             (None, Some(bf)) => {
                 tracing::info!(
-                    source,
-                    table,
-                    id,
+                    source = %source,
+                    table = %table,
+                    id = %id,
                     rows = bf.rows,
                     superseded = bf.superseded,
                     "backfill finished"

@@ -43,7 +43,7 @@ pub use apply::{
     fold, ApplyBatch, ApplyOutcome, BarrierOutcome, ColumnClass, ColumnDesc, DeadLetter,
     FoldedTable, MappedEvent, PartitionProgress, RecordRef, TableShape, TargetChange,
 };
-pub use backfill::{key_text, BackfillBook, SnapshotRequest};
+pub use backfill::{key_text, BackfillBook, ReadPace, SnapshotRequest};
 pub use batch::{AbandonedBackfill, BackfillState, Batch, RunHandles, SourceCheckpoint};
 pub use error::{error_chain, Backoff, ErrorClass, Problem};
 pub use event::{BinlogTxn, ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};

@@ -28,14 +28,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use sluice_core::{
-    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, Row, SnapshotRequest, TableId,
-    TableSchema,
+    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, ReadPace, Row, SnapshotRequest,
+    TableId, TableSchema,
 };
 use tokio::sync::mpsc;
 
@@ -485,14 +484,12 @@ impl Round<'_> {
             "backfill {}",
             if bf.after.is_some() { "resumed" } else { "started" }
         );
-        let started = Instant::now();
-        let mut last_log = Instant::now();
-        let mut read = 0u64;
+        let mut pace = ReadPace::new(&d.source, &bf.table, d.max_rows_per_second, None);
         loop {
             self.n += 1;
             self.mark(&table.schema, "low").await?;
             let (rows, last) = self.read_chunk(&table, bf).await?;
-            read += rows.len() as u64;
+            pace.read(rows.len());
             let done = rows.len() < d.chunk_rows;
             self.close(bf, &table.schema, rows, last.clone(), done, None)
                 .await?;
@@ -500,18 +497,10 @@ impl Round<'_> {
                 bf.after = last;
             }
             if done {
-                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "backfill read complete");
+                pace.complete();
                 return Ok(());
             }
-            if d.max_rows_per_second > 0 {
-                let due = Duration::from_secs_f64(read as f64 / d.max_rows_per_second as f64);
-                tokio::time::sleep_until((started + due).into()).await;
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, rows_per_s = rate as u64, "backfill progress");
-                last_log = Instant::now();
-            }
+            pace.next().await;
         }
     }
 

@@ -37,12 +37,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sluice_core::{
-    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, Row, TableId, TableSchema,
+    key_text, BackfillBook, BackfillState, Backoff, ErrorClass, ReadPace, Row, TableId, TableSchema,
 };
 use tokio::sync::mpsc;
 
@@ -477,12 +476,10 @@ impl Round<'_> {
             self.publish(bf, &table.schema, (Vec::new(), None, None), false, None)
                 .await?;
         }
-        let started = Instant::now();
-        let mut last_log = Instant::now();
-        let mut read = 0u64;
+        let mut pace = ReadPace::new(&d.source, &bf.table, d.max_rows_per_second, Some(estimate));
         loop {
             let (rows, last, seen) = self.read_chunk(&table, bf).await?;
-            read += rows.len() as u64;
+            pace.read(rows.len());
             let done = rows.len() < d.chunk_rows;
             self.publish(bf, &table.schema, (rows, last.clone(), seen), done, None)
                 .await?;
@@ -492,20 +489,10 @@ impl Round<'_> {
                 bf.after = last;
             }
             if done {
-                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "backfill read complete");
+                pace.complete();
                 return Ok(());
             }
-            if d.max_rows_per_second > 0 {
-                // Read no faster than the limit: the next chunk waits until the rows read so
-                // far are due.
-                let due = Duration::from_secs_f64(read as f64 / d.max_rows_per_second as f64);
-                tokio::time::sleep_until((started + due).into()).await;
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                tracing::info!(source = %d.source, table = %bf.table, rows_read = read, rows_estimate = estimate, rows_per_s = rate as u64, "backfill progress");
-                last_log = Instant::now();
-            }
+            pace.next().await;
         }
     }
 
