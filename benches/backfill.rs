@@ -12,6 +12,10 @@
 //! 5. stops Sluice and runs it with `--resnapshot`: the initial snapshot of the same rows, the
 //!    fastest Sluice publishes a table, as a second reference.
 //!
+//! It also prints the CPU each party spent per row during the backfill (Sluice, the Postgres
+//! postmaster with its backends, the broker, and the whole machine from `/proc/stat`), and
+//! Postgres' CPU for the plain COPY: the budget the rates come out of on a shared machine.
+//!
 //! The broker is tansu's memory engine (only capture runs here, which does not read offsets
 //! back); `BENCH_ENGINE=sqlite` uses the durable one, several times slower. `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
 //! Sluice's 8192).
@@ -25,6 +29,31 @@ use futures_util::StreamExt as _;
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// CPU seconds of the other processes a run shares the machine with.
+struct Others {
+    postgres: f64,
+    broker: f64,
+    machine: f64,
+}
+
+impl Others {
+    fn read(pg: &PgCluster, broker: &Broker) -> Others {
+        Others {
+            postgres: process::tree_cpu_seconds(pg.postmaster_pid()),
+            broker: process::tree_cpu_seconds(broker.pid()),
+            machine: process::machine_busy_seconds(),
+        }
+    }
+
+    fn since(&self, before: &Others) -> Others {
+        Others {
+            postgres: self.postgres - before.postgres,
+            broker: self.broker - before.broker,
+            machine: self.machine - before.machine,
+        }
+    }
+}
 
 async fn plain_copy(db: &tokio_postgres::Client) -> (f64, u64) {
     let t = Instant::now();
@@ -133,6 +162,8 @@ async fn main() {
     )
     .expect("config with bench");
     let cpu_before = process::cpu_seconds(sluice.pid());
+    let others_before = Others::read(&pg, &broker);
+    let window_start = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &sluice.pid().to_string()])
         .status()
@@ -145,8 +176,9 @@ async fn main() {
             .args([
                 "record",
                 "-F",
-                "999",
-                "-g",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
                 "-o",
                 &out,
                 "-p",
@@ -168,15 +200,20 @@ async fn main() {
         checkpoints + 1,
         Duration::from_secs(120),
     );
+    // Read before perf stops: writing its profile is not the backfill's cost.
+    let cpu = process::cpu_seconds(sluice.pid()) - cpu_before;
+    let others = Others::read(&pg, &broker).since(&others_before);
+    let window_s = window_start.elapsed().as_secs_f64();
     if let Some(p) = perf.as_mut() {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status();
         let _ = p.wait();
     }
-    let cpu = process::cpu_seconds(sluice.pid()) - cpu_before;
     let rss = process::peak_rss_mb(sluice.pid());
+    let copy_before = Others::read(&pg, &broker);
     let (copy2_s, _) = plain_copy(&db).await;
+    let copy_cost = Others::read(&pg, &broker).since(&copy_before);
     stop.store(true, Ordering::Relaxed);
     let streamed = loader.await.expect("loader");
     assert!(sluice.stop(Duration::from_secs(60)).success());
@@ -258,5 +295,19 @@ async fn main() {
     println!(
         "sluice CPU during the backfill: {:.2} µs/row; peak RSS {rss:.0} MB",
         cpu * 1e6 / rows as f64
+    );
+    let per_row = |s: f64| s * 1e6 / rows as f64;
+    println!(
+        "CPU per row during the backfill (µs): sluice {:.2}, postgres {:.2}, broker {:.2}, whole machine {:.2} ({:.2} of 2 cores busy over the {window_s:.2} s from the reload to the last checkpoint)",
+        per_row(cpu),
+        per_row(others.postgres),
+        per_row(others.broker),
+        per_row(others.machine),
+        others.machine / window_s
+    );
+    println!(
+        "CPU per row of the second plain COPY (µs): postgres {:.2}, whole machine {:.2} (the stream's load included)",
+        per_row(copy_cost.postgres),
+        per_row(copy_cost.machine)
     );
 }

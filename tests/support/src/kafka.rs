@@ -74,6 +74,11 @@ impl Broker {
         panic!("tansu did not start");
     }
 
+    /// The broker's process id (for CPU figures in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -220,6 +220,14 @@ impl PgCluster {
         self.port
     }
 
+    /// The postmaster's process id (the first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// Stops the server (fast shutdown) and waits.
     pub fn stop(&mut self) {
         if self.running {

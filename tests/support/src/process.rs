@@ -2,13 +2,64 @@
 
 /// User + system CPU seconds the process has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(pid);
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime is field 14, stime 15 (1-based, counting pid and comm): indexes 11 and 12 here.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of a process tree: the process itself, the children it has reaped, and every
+/// live descendant. Differences of two readings give a server's CPU over a window (Postgres:
+/// the postmaster and its backends), as long as no backend that lived before the window exits
+/// inside it.
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(parent) = stat_fields(p).get(1).and_then(|v| v.parse::<u32>().ok()) {
+                children.entry(parent).or_default().push(p);
+            }
+        }
+    }
+    let mut total = 0.0;
+    let mut todo = vec![pid];
+    let mut first = true;
+    while let Some(p) = todo.pop() {
+        let f = stat_fields(p);
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += ticks(11) + ticks(12);
+        if first {
+            // cutime + cstime: children already reaped (exited backends).
+            total += ticks(13) + ticks(14);
+            first = false;
+        }
+        todo.extend(children.get(&p).into_iter().flatten());
+    }
+    total / 100.0
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state is index 0, ppid 1.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Busy CPU seconds of the whole machine so far (every core: all but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (all - idle) / 100.0
 }
 
 /// Peak resident set size (VmHWM) in MiB.
