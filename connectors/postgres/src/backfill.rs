@@ -44,6 +44,7 @@ use sluice_core::{
     key_text, BackfillBook, BackfillState, Backoff, ErrorClass, ReadPace, Row, TableId, TableSchema,
 };
 use tokio::sync::mpsc;
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::client::{connect, quote_ident, quote_literal, quote_table};
 use crate::config::PostgresConnection;
@@ -114,19 +115,30 @@ pub struct Chunk {
     seen: Option<Seen>,
 }
 
-/// Writes a transactional logical decoding message into the WAL (its own transaction).
+/// Writes a transactional logical decoding message into the WAL (its own transaction), and
+/// waits until that WAL is flushed: a walsender sends only flushed WAL, so under
+/// `synchronous_commit = off` a marker would otherwise wait for the WAL writer (up to
+/// `wal_writer_delay`, 200 ms by default), and with it every chunk the stream holds for it.
+/// `local` waits for the local flush only, never for a standby. One round trip.
 pub async fn emit_message(
     client: &tokio_postgres::Client,
     prefix: &str,
     content: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    client
-        .query_one(
-            "select pg_logical_emit_message(true, $1::text, $2::text)::text",
-            &[&prefix, &content],
-        )
-        .await
-        .map(drop)
+    let sql = format!(
+        "begin; set local synchronous_commit = local; \
+         select pg_logical_emit_message(true, {}, {}); commit",
+        quote_literal(prefix),
+        quote_literal(content)
+    );
+    match client.simple_query(&sql).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // A failed statement leaves the transaction block open and aborted.
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
 }
 
 /// How many rows of `table` match `predicate` (all rows without one).
@@ -545,10 +557,6 @@ impl Round<'_> {
         bf: &BackfillState,
     ) -> Result<ChunkRead, PostgresError> {
         let context = format!("reading a backfill chunk of {}", table.schema.id);
-        self.client
-            .batch_execute("begin isolation level repeatable read read only")
-            .await
-            .map_err(PostgresError::query(context.clone()))?;
         let read = self.read_in_snapshot(table, bf, &context).await;
         let end = if read.is_ok() { "commit" } else { "rollback" };
         let ended = self.client.batch_execute(end).await;
@@ -563,13 +571,20 @@ impl Round<'_> {
         bf: &BackfillState,
         context: &str,
     ) -> Result<ChunkRead, PostgresError> {
-        let snapshot: String = self
+        // The transaction and the snapshot it reads in, in one round trip.
+        let opened = self
             .client
-            .query_one("select pg_current_snapshot()::text", &[])
+            .simple_query(
+                "begin isolation level repeatable read read only; \
+                 select pg_current_snapshot()::text",
+            )
             .await
-            .map_err(PostgresError::query(context))?
-            .get(0);
-        let seen = Seen::parse(&snapshot);
+            .map_err(PostgresError::query(context))?;
+        let snapshot = opened.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        });
+        let seen = snapshot.and_then(Seen::parse);
         let cols = table.select_list();
         let keys = table
             .key_names

@@ -50,7 +50,24 @@ pub fn quote_table(id: &sluice_core::TableId) -> String {
     format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name))
 }
 
-/// Quotes a string literal for SQL text (standard_conforming_strings is on since Postgres 9.1).
+/// Quotes a string literal for SQL text. A text with backslashes becomes an `E'…'` literal
+/// with them doubled, which reads the same whatever `standard_conforming_strings` says.
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    if text.contains('\\') {
+        format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", text.replace('\'', "''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_literal;
+
+    #[test]
+    fn literals_quote_quotes_and_backslashes() {
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal(r"C:\dir\'x"), r"E'C:\\dir\\''x'");
+        assert_eq!(quote_literal(""), "''");
+    }
 }
