@@ -53,14 +53,7 @@ pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"source\":{\"connector\":");
     let s = &event.source;
     write_json_str(s.connector, out);
-    out.extend_from_slice(b",\"name\":");
-    write_json_str(&event.table.source, out);
-    out.extend_from_slice(b",\"db\":");
-    write_json_str(&event.table.db, out);
-    out.extend_from_slice(b",\"schema\":");
-    write_json_str(&event.table.id.schema, out);
-    out.extend_from_slice(b",\"table\":");
-    write_json_str(&event.table.id.name, out);
+    out.extend_from_slice(&event.table.source_names);
     match s.position {
         Position::Postgres { commit_lsn, seq } => {
             out.extend_from_slice(b",\"commit_lsn\":\"");
@@ -207,6 +200,10 @@ mod tests {
         assert_eq!(v["source"]["seq"], 2);
         assert_eq!(v["source"]["ts_ms"], 1500);
         assert_eq!(v["source"]["table"], "t");
+        assert_eq!(v["source"]["schema"], "public");
+        assert_eq!(v["source"]["db"], "db");
+        assert_eq!(v["source"]["name"], "app");
+        assert_eq!(v["source"]["connector"], "postgres");
         assert_eq!(v["ts_ms"], 42);
     }
 

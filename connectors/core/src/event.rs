@@ -91,6 +91,9 @@ pub struct TableSchema {
     pub topic: Arc<str>,
     /// Each column's JSON object key, `"name":`, rendered once (see [`TableSchema::new`]).
     pub json_keys: Arc<[Box<[u8]>]>,
+    /// The envelope's `source` fields that name the table,
+    /// `,"name":…,"db":…,"schema":…,"table":…`, rendered once: every event carries them.
+    pub source_names: Box<[u8]>,
 }
 
 impl TableSchema {
@@ -111,6 +114,16 @@ impl TableSchema {
                 k.into_boxed_slice()
             })
             .collect();
+        let mut source_names = Vec::new();
+        for (name, value) in [
+            (&b",\"name\":"[..], &*source),
+            (b",\"db\":", &*db),
+            (b",\"schema\":", &*id.schema),
+            (b",\"table\":", &*id.name),
+        ] {
+            source_names.extend_from_slice(name);
+            crate::value::write_json_str(value, &mut source_names);
+        }
         TableSchema {
             source,
             db,
@@ -119,6 +132,7 @@ impl TableSchema {
             key,
             topic,
             json_keys,
+            source_names: source_names.into_boxed_slice(),
         }
     }
 }

@@ -269,6 +269,8 @@ impl Session {
                 prefix, content, ..
             } => {
                 if let Some(released) = self.ctx.backfill.message(&prefix, &content) {
+                    // A chunk joins the batch whole: grow it once, not by doubling.
+                    self.batch.reserve(released.rows.len());
                     for row in released.rows {
                         let mut ev = self.event(released.table.clone(), Op::Read, None, Some(row));
                         ev.source.snapshot = true;
