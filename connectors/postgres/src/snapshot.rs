@@ -128,19 +128,20 @@ pub(crate) fn decode_fields(
     table: &CapturedTable,
     fields: Vec<Option<Cow<'_, str>>>,
 ) -> Result<Vec<Option<Value>>, PostgresError> {
-    let values = fields
-        .iter()
-        .zip(table.kinds.iter())
-        .map(|(field, kind)| match field {
-            None => Ok(Some(Value::Null)),
-            Some(text) => decode_text(kind, text).map(Some).map_err(|e| {
+    // A plain loop into an exact-size vector: collecting through `Result` gave the vector no
+    // size hint (it grew twice per row) and its adapters were ~8 % of a backfill's CPU.
+    let mut values = Vec::with_capacity(table.kinds.len());
+    for (field, kind) in fields.iter().zip(table.kinds.iter()) {
+        values.push(Some(match field {
+            None => Value::Null,
+            Some(text) => decode_text(kind, text).map_err(|e| {
                 PostgresError::Setup(format!(
                     "cannot convert a value of {} ({:?}: {})",
                     table.schema.id, e.kind, e.reason
                 ))
-            }),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            })?,
+        }));
+    }
     if values.len() != table.schema.columns.len() {
         return Err(PostgresError::Setup(format!(
             "{} returned {} columns, expected {}",
@@ -175,6 +176,8 @@ pub(crate) fn now_us() -> i64 {
 pub struct CopyParser {
     /// The start of a row whose end is in a later chunk.
     carry: Vec<u8>,
+    /// The last row's field count: the next row's vector is allocated at that size.
+    width: usize,
 }
 
 impl CopyParser {
@@ -193,14 +196,18 @@ impl CopyParser {
             };
             let mut line = std::mem::take(&mut self.carry);
             line.extend_from_slice(&data[..nl]);
-            row(parse_copy_line(&line))?;
+            let fields = parse_copy_line(&line, self.width);
+            self.width = fields.len();
+            row(fields)?;
             line.clear();
             self.carry = line;
             data = &data[nl + 1..];
         }
         let mut start = 0;
         while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
-            row(parse_copy_line(&data[start..start + nl]))?;
+            let fields = parse_copy_line(&data[start..start + nl], self.width);
+            self.width = fields.len();
+            row(fields)?;
             start += nl + 1;
         }
         self.carry.extend_from_slice(&data[start..]);
@@ -208,69 +215,74 @@ impl CopyParser {
     }
 }
 
-fn parse_copy_line(line: &[u8]) -> Vec<Option<Cow<'_, str>>> {
-    line.split(|&b| b == b'\t')
-        .map(|field| {
-            if field == b"\\N" {
-                return None;
+fn parse_copy_line(line: &[u8], width: usize) -> Vec<Option<Cow<'_, str>>> {
+    let mut fields = Vec::with_capacity(width);
+    fields.extend(line.split(|&b| b == b'\t').map(|field| {
+        if field == b"\\N" {
+            return None;
+        }
+        if !field.contains(&b'\\') {
+            // The server sends the database encoding, UTF-8: validation is all it costs
+            // (the lossy path's chunked validator was ~3 % of a backfill's CPU).
+            return Some(match std::str::from_utf8(field) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(field),
+            });
+        }
+        let mut out = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let b = field[i];
+            if b != b'\\' || i + 1 >= field.len() {
+                out.push(b);
+                i += 1;
+                continue;
             }
-            if !field.contains(&b'\\') {
-                return Some(String::from_utf8_lossy(field));
-            }
-            let mut out = Vec::with_capacity(field.len());
-            let mut i = 0;
-            while i < field.len() {
-                let b = field[i];
-                if b != b'\\' || i + 1 >= field.len() {
-                    out.push(b);
-                    i += 1;
-                    continue;
-                }
-                let c = field[i + 1];
-                i += 2;
-                match c {
-                    b'b' => out.push(8),
-                    b'f' => out.push(12),
-                    b'n' => out.push(b'\n'),
-                    b'r' => out.push(b'\r'),
-                    b't' => out.push(b'\t'),
-                    b'v' => out.push(11),
-                    b'0'..=b'7' => {
-                        let mut v = u32::from(c - b'0');
-                        for _ in 0..2 {
-                            match field.get(i) {
-                                Some(&d @ b'0'..=b'7') => {
-                                    v = v * 8 + u32::from(d - b'0');
-                                    i += 1;
-                                }
-                                _ => break,
+            let c = field[i + 1];
+            i += 2;
+            match c {
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'v' => out.push(11),
+                b'0'..=b'7' => {
+                    let mut v = u32::from(c - b'0');
+                    for _ in 0..2 {
+                        match field.get(i) {
+                            Some(&d @ b'0'..=b'7') => {
+                                v = v * 8 + u32::from(d - b'0');
+                                i += 1;
                             }
+                            _ => break,
                         }
-                        out.push(v as u8);
                     }
-                    b'x' => {
-                        let mut v = 0u32;
-                        let mut n = 0;
-                        while n < 2 {
-                            match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                                Some(d) => {
-                                    v = v * 16 + d;
-                                    i += 1;
-                                    n += 1;
-                                }
-                                None => break,
-                            }
-                        }
-                        out.push(v as u8);
-                    }
-                    other => out.push(other),
+                    out.push(v as u8);
                 }
+                b'x' => {
+                    let mut v = 0u32;
+                    let mut n = 0;
+                    while n < 2 {
+                        match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                            Some(d) => {
+                                v = v * 16 + d;
+                                i += 1;
+                                n += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    out.push(v as u8);
+                }
+                other => out.push(other),
             }
-            Some(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
-            })))
-        })
-        .collect()
+        }
+        Some(Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| {
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        })))
+    }));
+    fields
 }
 
 #[cfg(test)]
@@ -304,6 +316,15 @@ mod tests {
             ]
         );
         assert!(self::rows(&mut p, b"").is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_dropped() {
+        let mut p = CopyParser::default();
+        assert_eq!(
+            rows(&mut p, b"a\xffb\tok\n"),
+            vec![vec![Some("a\u{fffd}b".into()), Some("ok".into())]]
+        );
     }
 
     #[test]
