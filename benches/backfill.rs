@@ -87,6 +87,21 @@ fn wait_line(log: &Path, needle: &str, count: usize, timeout: Duration) -> Insta
     }
 }
 
+/// Waits for the first checkpoint written after now: the one that covers everything handed
+/// to the publisher so far (every row confirmed by Kafka).
+fn wait_next_checkpoint(log: &Path) -> Instant {
+    let written = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("checkpoint written")
+        .count();
+    wait_line(
+        log,
+        "checkpoint written",
+        written + 1,
+        Duration::from_secs(120),
+    )
+}
+
 fn config_text(broker: &Broker, pg: &PgCluster, tables: &str, chunk: &str) -> String {
     format!(
         "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 100\n{chunk}\n",
@@ -217,16 +232,7 @@ async fn main() {
                     .expect("perf")
             });
         let finished = wait_line(&log, "backfill finished", round, Duration::from_secs(1800));
-        let checkpoints = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("checkpoint written")
-            .count();
-        let confirmed = wait_line(
-            &log,
-            "checkpoint written",
-            checkpoints + 1,
-            Duration::from_secs(120),
-        );
+        let confirmed = wait_next_checkpoint(&log);
         // Read before perf stops: writing its profile is not the backfill's cost.
         let cpu = process::cpu_seconds(sluice.pid()) - cpu_before;
         let others = Others::read(&pg, &broker).since(&others_before);
@@ -275,16 +281,7 @@ async fn main() {
         1,
         Duration::from_secs(1800),
     );
-    let n = std::fs::read_to_string(&snap_log)
-        .unwrap_or_default()
-        .matches("checkpoint written")
-        .count();
-    let snap_done = wait_line(
-        &snap_log,
-        "checkpoint written",
-        n + 1,
-        Duration::from_secs(120),
-    );
+    let snap_done = wait_next_checkpoint(&snap_log);
     assert!(again.stop(Duration::from_secs(60)).success());
     let snap_s = snap_done.duration_since(snap_started).as_secs_f64();
     let snap_rows = rows + streamed as u64;
