@@ -13,10 +13,12 @@ use crate::common::{logged_number, start_in, wait_same_rows, LONG, SLUICE};
 
 const SOURCE: &str = "create table a (id int primary key, v varchar(50));
                       create table big (id int primary key, v varchar(50), n bigint not null);
-                      create table pairs (g varchar(10), n int, v varchar(20), primary key (g, n));";
+                      create table pairs (g varchar(10), n int, v varchar(20), primary key (g, n));
+                      create table bins (k varbinary(8) primary key, v int);";
 const TARGET: &str = "create table a (id int primary key, v text);
                       create table big (id int primary key, v text, n int8 not null);
-                      create table pairs (g text, n int, v text, primary key (g, n));";
+                      create table pairs (g text, n int, v text, primary key (g, n));
+                      create table bins (k bytea primary key, v int);";
 const PAIRS: &str = "select concat_ws('|', g, n, v) from pairs";
 /// Rows as text, the same query on both sides.
 const BIG: &str = "select concat_ws('|', id, v, n) from big";
@@ -97,6 +99,11 @@ impl Setup {
     /// Waits until `sql` (a query of rows as text) returns the same rows in the source and
     /// the target; returns their number.
     async fn wait_equal(&self, sql: &str) -> usize {
+        self.wait_equal_as(sql, sql).await
+    }
+
+    /// [`Setup::wait_equal`] with a query of its own for each side.
+    async fn wait_equal_as(&self, source_sql: &str, sql: &str) -> usize {
         let dst = self.target.connect("warehouse").await;
         wait_same_rows(&format!("{sql}: Postgres against MariaDB"), || {
             let dst = &dst;
@@ -108,7 +115,7 @@ impl Setup {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                vec![(self.source.query("shop", sql), target)]
+                vec![(self.source.query("shop", source_sql), target)]
             }
         })
         .await[0]
@@ -231,16 +238,35 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
 async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
     // Capped at 10,000 rows/s, the 60k-row backfill lasts at least 6 s: the crash below,
     // once 10,000 rows are checkpointed, lands inside it. `pairs`, added with it, has a
-    // two-column key: its chunks resume by (g, n).
+    // two-column key: its chunks resume by (g, n). `bins` has binary keys in 500-row chunks
+    // whose last keys are, in key order, `it's` (resumed from an escaped string literal), a
+    // key that is not UTF-8 (from a hex literal), and `k\z` (a backslash, escaped).
     let s = Setup::new(60_000, "backfill_max_rows_per_second = 10000").await;
     s.source.execute(
         Some("shop"),
         "insert into pairs select char(65 + seq % 7), seq, concat('p', seq) from seq_1_to_3000",
     );
+    s.source.execute(
+        Some("shop"),
+        r"insert into bins values ('', -1), ('''', -2), ('\\', -3), ('a\\b', -4), ('it''s', -5), ('k\\z', -6);
+          insert into bins select concat('a', lpad(seq, 4, '0')), seq from seq_1_to_495;
+          insert into bins select concat('j', unhex('ff'), lpad(seq, 4, '0')), 1000 + seq from seq_1_to_500;
+          insert into bins select concat('k', lpad(seq, 4, '0')), 2000 + seq from seq_1_to_499;
+          insert into bins select concat('m', unhex('80'), seq), 3000 + seq from seq_1_to_5;",
+    );
+    assert_eq!(
+        s.source.query(
+            "shop",
+            "select hex(k) from (select k, row_number() over (order by k) n from bins) t \
+             where n in (500, 1000, 1500) order by n",
+        ),
+        ["69742773", "6AFF30353030", "6B5C7A"],
+        "the chunks of bins end on the keys this test is about"
+    );
     s.config(&["a"]);
     let mut run = s.start();
     run.wait_log("binlog stream started", 1, LONG);
-    let config = s.config(&["a", "big", "pairs"]);
+    let config = s.config(&["a", "big", "pairs", "bins"]);
     let (status, out, err) = sluice(&["reload", "--config", config.to_str().expect("utf-8")]);
     assert!(status.success(), "sluice reload: {out}{err}");
     let brokers = s.broker.brokers();
@@ -280,9 +306,17 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
     );
     let rows = s.wait_equal(BIG).await;
     let pairs = s.wait_equal(PAIRS).await;
+    let bins = s
+        .wait_equal_as(
+            "select concat_ws('|', hex(k), v) from bins",
+            "select concat_ws('|', upper(encode(k, 'hex')), v) from bins",
+        )
+        .await;
+    assert_eq!(bins, 1505, "every binary-keyed row is in the source");
     println!(
         "MariaDB backfill killed mid-way: resumed, {reread} rows read after the crash; big \
-         equal ({rows} rows), pairs equal ({pairs} rows, two-column key)"
+         equal ({rows} rows), pairs equal ({pairs} rows, two-column key), bins equal ({bins} \
+         rows, binary keys)"
     );
     assert!(run.stop(LONG).success());
 }
