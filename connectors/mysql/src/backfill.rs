@@ -81,6 +81,27 @@ pub async fn ensure_signal_table(
     })
 }
 
+/// Refuses a server that may make transactions visible out of binlog order: the watermark
+/// rule keeps a chunk row only when no change of its key lies between its watermarks, which
+/// holds only if a change before the low watermark was visible to the read. MariaDB commits in
+/// binlog order (it has no such setting); MySQL does with `binlog_order_commits = ON`, its
+/// default.
+pub async fn check_commit_order(conn: &mut Conn, source: &str) -> Result<(), MySqlError> {
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW GLOBAL VARIABLES LIKE 'binlog_order_commits'")
+        .await
+        .map_err(MySqlError::query("reading binlog_order_commits"))?;
+    match rows.first() {
+        Some((_, value)) if value.eq_ignore_ascii_case("OFF") => Err(MySqlError::Setup(format!(
+            "source {source}: binlog_order_commits is OFF, so a transaction can become visible \
+             after a later one in the binlog and a backfill chunk could overwrite a newer \
+             change: run `SET GLOBAL binlog_order_commits = ON` (and set it in the server's \
+             config) before a backfill or `sluice snapshot`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `content` into the source's row of `kind` in the signal table (its own transaction).
 pub async fn write_signal(
     conn: &mut Conn,
@@ -113,6 +134,7 @@ pub async fn queue_snapshot(
 ) -> Result<(i64, crate::source::BinlogPos), MySqlError> {
     let mut conn = connect(&settings.connection).await?;
     let total = count_matching(&mut conn, table, request.predicate.as_deref()).await?;
+    check_commit_order(&mut conn, &settings.name).await?;
     ensure_signal_table(&mut conn, &settings.signal_table, &settings.name).await?;
     let body = serde_json::to_string(request).unwrap_or_default();
     write_signal(
@@ -450,6 +472,7 @@ impl Driver {
 
     async fn open(&self) -> Result<Conn, MySqlError> {
         let mut conn = connect(&self.conn).await?;
+        check_commit_order(&mut conn, &self.source).await?;
         ensure_signal_table(&mut conn, &self.signal, &self.source).await?;
         Ok(conn)
     }
