@@ -21,7 +21,7 @@
 //!
 //! The broker is tansu's memory engine (only capture runs here, which does not read offsets
 //! back); `BENCH_ENGINE=sqlite` uses the durable one, several times slower. `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
-//! Sluice's 8192).
+//! Sluice's 8192), `BENCH_COMPRESSION` the producer's `compression.type` (default lz4).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,8 +104,12 @@ fn wait_next_checkpoint(log: &Path) -> Instant {
 
 fn config_text(broker: &Broker, pg: &PgCluster, tables: &str, chunk: &str) -> String {
     format!(
-        "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 100\n{chunk}\n",
+        "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[kafka.properties]\n{}\n\n[sources.bench]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 100\n{chunk}\n",
         broker.brokers(),
+        // BENCH_COMPRESSION sets the producer's compression.type (Sluice's default: lz4).
+        std::env::var("BENCH_COMPRESSION")
+            .map(|c| format!("\"compression.type\" = \"{c}\""))
+            .unwrap_or_default(),
         pg.sluice_connection("bench")
     )
 }
