@@ -119,14 +119,18 @@ pub struct Chunk {
 /// waits until that WAL is flushed: a walsender sends only flushed WAL, so under
 /// `synchronous_commit = off` a marker would otherwise wait for the WAL writer (up to
 /// `wal_writer_delay`, 200 ms by default), and with it every chunk the stream holds for it.
-/// `local` waits for the local flush only, never for a standby. One round trip.
+/// Only `off` is raised (to `local`): any other level is kept, so with synchronous standbys a
+/// marker waits for them as other commits do, and a transaction committed before it is past
+/// its own wait for them (and visible) by the time the next chunk is read. One round trip.
 pub async fn emit_message(
     client: &tokio_postgres::Client,
     prefix: &str,
     content: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let sql = format!(
-        "begin; set local synchronous_commit = local; \
+        "begin; \
+         select set_config('synchronous_commit', 'local', true) \
+           where current_setting('synchronous_commit') = 'off'; \
          select pg_logical_emit_message(true, {}, {}); commit",
         quote_literal(prefix),
         quote_literal(content)
