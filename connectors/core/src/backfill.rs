@@ -166,14 +166,11 @@ impl BackfillBook {
                 complete.push(table.clone());
             } else {
                 tracing::info!(source = %source, table = %table, "table added to the source: its existing rows will be backfilled");
-                state.push(BackfillState {
-                    id: format!("add-{table}-{micros:x}"),
-                    table: table.clone(),
-                    predicate: None,
-                    after: None,
-                    rows: 0,
-                    superseded: 0,
-                });
+                state.push(BackfillState::new(
+                    format!("add-{table}-{micros:x}"),
+                    table.clone(),
+                    None,
+                ));
             }
         }
         BackfillBook {
@@ -207,14 +204,7 @@ impl BackfillBook {
             return None;
         }
         tracing::info!(source = %source, table = %req.table, predicate = req.predicate.as_deref().unwrap_or("(all rows)"), id = %req.id, "snapshot request received");
-        let state = BackfillState {
-            id: req.id,
-            table: req.table,
-            predicate: req.predicate,
-            after: None,
-            rows: 0,
-            superseded: 0,
-        };
+        let state = BackfillState::new(req.id, req.table, req.predicate);
         self.state.push(state.clone());
         Some(state)
     }
@@ -287,14 +277,7 @@ mod tests {
     use super::*;
 
     fn state(id: &str, table: &str, predicate: Option<&str>) -> BackfillState {
-        BackfillState {
-            id: id.into(),
-            table: table.into(),
-            predicate: predicate.map(str::to_owned),
-            after: None,
-            rows: 0,
-            superseded: 0,
-        }
+        BackfillState::new(id.into(), table.into(), predicate.map(str::to_owned))
     }
 
     #[test]

@@ -96,3 +96,17 @@ pub struct BackfillState {
     #[serde(default)]
     pub superseded: u64,
 }
+
+impl BackfillState {
+    /// A backfill not started yet: nothing read, nothing published.
+    pub fn new(id: String, table: String, predicate: Option<String>) -> Self {
+        BackfillState {
+            id,
+            table,
+            predicate,
+            after: None,
+            rows: 0,
+            superseded: 0,
+        }
+    }
+}

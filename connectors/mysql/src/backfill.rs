@@ -665,14 +665,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (req, _) = mpsc::unbounded_channel();
         let book = BackfillBook {
-            state: vec![BackfillState {
-                id: "b".into(),
-                table: "db.t".into(),
-                predicate: None,
-                after: None,
-                rows: 0,
-                superseded: 0,
-            }],
+            state: vec![BackfillState::new("b".into(), "db.t".into(), None)],
             ..BackfillBook::default()
         };
         (

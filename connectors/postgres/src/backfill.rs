@@ -561,7 +561,29 @@ impl Round<'_> {
         bf: &BackfillState,
     ) -> Result<ChunkRead, PostgresError> {
         let context = format!("reading a backfill chunk of {}", table.schema.id);
-        let read = self.read_in_snapshot(table, bf, &context).await;
+        // The transaction and the snapshot it reads in, in one round trip.
+        let read = match self
+            .client
+            .simple_query(
+                "begin isolation level repeatable read read only; \
+                 select pg_current_snapshot()::text",
+            )
+            .await
+        {
+            Ok(opened) => {
+                let seen = opened
+                    .iter()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => row.get(0),
+                        _ => None,
+                    })
+                    .and_then(Seen::parse);
+                self.read_in_snapshot(table, bf, &context)
+                    .await
+                    .map(|(rows, last)| (rows, last, seen))
+            }
+            Err(e) => Err(PostgresError::query(context.clone())(e)),
+        };
         let end = if read.is_ok() { "commit" } else { "rollback" };
         let ended = self.client.batch_execute(end).await;
         let read = read?;
@@ -569,26 +591,13 @@ impl Round<'_> {
         Ok(read)
     }
 
+    /// The chunk's rows and the text form of the last row's key, read in the open transaction.
     async fn read_in_snapshot(
         &self,
         table: &CapturedTable,
         bf: &BackfillState,
         context: &str,
-    ) -> Result<ChunkRead, PostgresError> {
-        // The transaction and the snapshot it reads in, in one round trip.
-        let opened = self
-            .client
-            .simple_query(
-                "begin isolation level repeatable read read only; \
-                 select pg_current_snapshot()::text",
-            )
-            .await
-            .map_err(PostgresError::query(context))?;
-        let snapshot = opened.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0),
-            _ => None,
-        });
-        let seen = snapshot.and_then(Seen::parse);
+    ) -> Result<(Vec<Row>, Option<Vec<String>>), PostgresError> {
         let cols = table.select_list();
         let keys = table
             .key_names
@@ -645,8 +654,7 @@ impl Round<'_> {
                 Ok::<(), PostgresError>(())
             })?;
         }
-        let last = any.then_some(last_key);
-        Ok((rows, last, seen))
+        Ok((rows, any.then_some(last_key)))
     }
 }
 
@@ -679,14 +687,7 @@ mod tests {
     fn tracker() -> (Tracker, mpsc::Sender<Chunk>) {
         let (tx, rx) = mpsc::channel(8);
         let (req, _) = mpsc::unbounded_channel();
-        let state = vec![BackfillState {
-            id: "b".into(),
-            table: "public.t".into(),
-            predicate: None,
-            after: None,
-            rows: 0,
-            superseded: 0,
-        }];
+        let state = vec![BackfillState::new("b".into(), "public.t".into(), None)];
         (
             Tracker::new(
                 "app".into(),
