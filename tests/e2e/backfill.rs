@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::TopicReader;
 
-use crate::common::{logged_number, LONG, SLUICE};
+use crate::common::{column, logged_number, LONG, SLUICE};
 use crate::pipeline::Pipeline;
 
 const LOAD_TABLES: [&str; 3] = ["a", "b", "c"];
@@ -323,13 +323,8 @@ async fn snapshot_where_heals_exactly_its_key_range() {
         (healed == 100).then_some(())
     })
     .await;
-    let damaged: Vec<i32> = dst
-        .query("select id from big where v = 'damaged' order by id", &[])
-        .await
-        .expect("damaged")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let damaged: Vec<i32> =
+        column(&dst, "select id from big where v = 'damaged' order by id").await;
     let expected: Vec<i32> = (200..=210).chain(500..=505).collect();
     assert_eq!(damaged, expected, "only the requested range is re-read");
     assert_eq!(

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sluice_test_support::garage::Garage;
 use sluice_test_support::{wait_for, MariaDb, PgCluster};
 
-use crate::common::{start_in, Fixture, LONG, SLUICE};
+use crate::common::{column, start_in, Fixture, LONG, SLUICE};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -98,12 +98,7 @@ async fn wait_ledger_empty(db: &tokio_postgres::Client, what: &str) {
 }
 
 async fn dead_letters(db: &tokio_postgres::Client) -> Vec<String> {
-    db.query("select error from sluice.dead_letters order by id", &[])
-        .await
-        .expect("dead letters")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    column(db, "select error from sluice.dead_letters order by id").await
 }
 
 const SESSIONS_TARGET: &str = "create table sessions (id bigint primary key, trainee text not null,

@@ -30,6 +30,19 @@ pub fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The first column of every row `sql` returns from Postgres.
+pub async fn column<T>(db: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    db.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Waits until every (source rows, target rows) pair `sides` returns holds the same rows in
 /// any order; returns each pair's source row count. Panics with the last counts.
 pub async fn wait_same_rows<F, Fut>(what: &str, mut sides: F) -> Vec<usize>

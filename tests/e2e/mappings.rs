@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{start_in, LONG, SLUICE};
+use crate::common::{column, start_in, LONG, SLUICE};
 
 const LMS: &str = r#"
 create table institutes (
@@ -143,13 +143,7 @@ async fn actual(pg: &tokio_postgres::Client) -> Vec<Vec<String>> {
         "select concat_ws('|', \"instituteId\", \"userId\", role::text, case when \"isActive\" then 't' else 'f' end) from organizations.institute_users",
         "select concat_ws('|', \"userId\", name, coalesce(bio, '~')) from organizations.user_card",
     ] {
-        let mut rows: Vec<String> = pg
-            .query(sql, &[])
-            .await
-            .expect("target rows")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let mut rows: Vec<String> = column(pg, sql).await;
         rows.sort();
         out.push(rows);
     }
@@ -230,15 +224,8 @@ impl Org {
     }
 
     async fn dead_letters(&self) -> Vec<String> {
-        self.orgs
-            .connect("orgs")
-            .await
-            .query("select error from sluice.dead_letters", &[])
-            .await
-            .expect("dead letters")
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        let db = self.orgs.connect("orgs").await;
+        column(&db, "select error from sluice.dead_letters").await
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{logged_number, start_in, wait_same_rows, LONG, SLUICE};
+use crate::common::{column, logged_number, start_in, wait_rows, wait_same_rows, LONG, SLUICE};
 
 const SOURCE: &str = "create table a (id int primary key, v varchar(50));
                       create table big (id int primary key, v varchar(50), n bigint not null);
@@ -108,14 +108,10 @@ impl Setup {
         wait_same_rows(&format!("{sql}: Postgres against MariaDB"), || {
             let dst = &dst;
             async move {
-                let target: Vec<String> = dst
-                    .query(sql, &[])
-                    .await
-                    .expect("target rows")
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                vec![(self.source.query("shop", source_sql), target)]
+                vec![(
+                    self.source.query("shop", source_sql),
+                    column(dst, sql).await,
+                )]
             }
         })
         .await[0]
@@ -133,15 +129,7 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
     let config = s.config(&["a"]);
     let config = config.to_str().expect("utf-8 path");
     let mut run = s.start();
-    sluice_test_support::wait_for("a in the target", LONG, || async {
-        let n: i64 = dst
-            .query_one("select count(*) from a", &[])
-            .await
-            .expect("count")
-            .get(0);
-        (n == 1).then_some(())
-    })
-    .await;
+    wait_rows(&dst, "select count(*) from a", 1).await;
 
     // Updates, deletes and inserts spread over every chunk's key range, through one open
     // client session, while `big` is added and backfilled.
@@ -213,13 +201,8 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
     // rows included, equal to the source's.
     s.wait_equal("select concat_ws('|', id, v, n) from big where id between 100 and 199")
         .await;
-    let damaged: Vec<i32> = dst
-        .query("select id from big where v = 'damaged' order by id", &[])
-        .await
-        .expect("damaged rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let damaged: Vec<i32> =
+        column(&dst, "select id from big where v = 'damaged' order by id").await;
     // Of the damaged rows outside the range, those the writes above left in the source.
     let expected: Vec<i32> = s
         .source

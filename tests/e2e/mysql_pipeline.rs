@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{audit, start_in, wait_same_rows, AUDIT, LONG};
+use crate::common::{audit, column, start_in, wait_same_rows, AUDIT, LONG};
 
 const SOURCE: &str = r#"
 create table accounts (
@@ -155,14 +155,7 @@ impl Pipeline {
             async move {
                 let mut pairs = Vec::new();
                 for (my, pg) in [(MY_ACCOUNTS, PG_ACCOUNTS), (MY_VISITS, PG_VISITS)] {
-                    let target: Vec<String> = dst
-                        .query(pg, &[])
-                        .await
-                        .expect("target checksums")
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    pairs.push((self.source.query("shop", my), target));
+                    pairs.push((self.source.query("shop", my), column(dst, pg).await));
                 }
                 pairs
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{start_in, wait_same_rows, LONG};
+use crate::common::{column, start_in, wait_same_rows, LONG};
 
 const SOURCE: &str = r#"
 create table people (
@@ -112,14 +112,7 @@ impl MySqlPipeline {
             async move {
                 let mut pairs = Vec::new();
                 for (pg, my) in [(PG_PEOPLE, MY_PEOPLE), (PG_VISITS, MY_VISITS)] {
-                    let source: Vec<String> = src
-                        .query(pg, &[])
-                        .await
-                        .expect("source checksums")
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    pairs.push((source, self.target.query("warehouse", my)));
+                    pairs.push((column(src, pg).await, self.target.query("warehouse", my)));
                 }
                 pairs
             }
