@@ -113,7 +113,7 @@ async fn main() {
     let tuned = [("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
     let source = PgCluster::start_with(&tuned);
     let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start_with_engine("memory");
+    let broker = Broker::start();
     source.create_database("bench").await;
     target.create_database("bench").await;
     let src = source.connect("bench").await;

@@ -19,8 +19,8 @@
 //! postmaster with its backends, the broker, and the whole machine from `/proc/stat`), and
 //! Postgres' CPU for the plain COPY: the budget the rates come out of on a shared machine.
 //!
-//! The broker is tansu's memory engine (only capture runs here, which does not read offsets
-//! back); `BENCH_ENGINE=sqlite` uses the durable one, several times slower. `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
+//! The broker is a private Apache Kafka (only capture runs here, which does not read offsets
+//! back). `BENCH_ROWS` sets the table's size (default 1000000), `BENCH_CHUNK` the chunk size (default
 //! Sluice's 8192), `BENCH_COMPRESSION` the producer's `compression.type` (default lz4).
 
 use std::path::Path;
@@ -124,8 +124,7 @@ async fn main() {
         .map(|c| format!("backfill_chunk_rows = {c}"))
         .unwrap_or_default();
     let pg = PgCluster::start_with(&[("shared_buffers", "512MB"), ("max_wal_size", "4GB")]);
-    let engine = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "memory".into());
-    let broker = Broker::start_with_engine(&engine);
+    let broker = Broker::start();
     pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     db.batch_execute(&format!(
@@ -304,7 +303,7 @@ async fn main() {
 
     let per_row = |s: f64| s * 1e6 / rows as f64;
     println!();
-    println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile; broker engine: tansu {engine})", bytes / 1_000_000);
+    println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile; broker: Apache Kafka)", bytes / 1_000_000);
     println!("round 1 is the backfill of the table added by a reload, later rounds `sluice snapshot` re-syncs of all of it; each is set against the mean of the plain COPYs just before and after it");
     println!("| round | COPY before / after (s) | backfill read (s) | backfill confirmed by Kafka (s) | rows/s | vs COPY | CPU µs/row: Sluice / Postgres / broker / machine | cores busy |");
     println!("|---|---|---|---|---|---|---|---|");

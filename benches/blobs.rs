@@ -172,7 +172,7 @@ async fn main() {
     // logical decoding) only at the WAL writer's next round, up to 200 ms later: a delay of
     // the test setting, not of Sluice. A source here commits as production sources do.
     let pg = PgCluster::start_with(&[("shared_buffers", "256MB"), ("synchronous_commit", "on")]);
-    let broker = Broker::start_with_engine("memory");
+    let broker = Broker::start();
     pg.create_database("app").await;
     pg.create_database("cloud").await;
     let src = pg.connect("app").await;

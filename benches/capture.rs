@@ -8,7 +8,6 @@
 //! 5. reads Sluice's CPU time and peak RSS from /proc.
 //!
 //! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions.
-//! `BENCH_ENGINE=sqlite` uses tansu's sqlite engine instead of the default memory engine.
 //! `BENCH_ROWS` scales the first workload (default 1000000).
 
 use std::path::Path;
@@ -75,7 +74,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         ("max_wal_size", "4GB"),
         ("wal_writer_delay", "10ms"),
     ]);
-    let broker = Broker::start_with_engine(engine);
+    let broker = Broker::start();
     pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     db.batch_execute(
@@ -191,7 +190,7 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let engine = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "memory".into());
+    let engine = "kafka".to_string();
     let rows: u64 = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -210,7 +209,7 @@ async fn main() {
     let b = run_workload("single-row transactions", &engine, &small_txns, single).await;
     println!();
     println!(
-        "capture benchmark (broker engine: tansu {engine}; this machine, all services co-located)"
+        "capture benchmark (broker: Apache Kafka; this machine, all services co-located)"
     );
     println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");

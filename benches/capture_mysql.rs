@@ -56,7 +56,6 @@ fn mariadb_binlog(db: &MariaDb, first_file: &str, out: &Path) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let engine = std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "memory".into());
     let rows: u64 = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -80,7 +79,7 @@ async fn main() {
          end //
          delimiter ;",
     );
-    let broker = Broker::start_with_engine(&engine);
+    let broker = Broker::start();
     let dir = TempDir::new("bench-mysql");
     let config = dir.path().join("sluice.toml");
     std::fs::write(
@@ -138,10 +137,10 @@ async fn main() {
     let rss = process::peak_rss_mb(pid);
     assert!(sluice.stop(Duration::from_secs(60)).success());
 
-    println!("wrote {inserts} inserted rows (10k per statement) and {updates} single-row updates in {write_s:.1}s; engine={engine}");
+    println!("wrote {inserts} inserted rows (10k per statement) and {updates} single-row updates in {write_s:.1}s");
     println!();
     println!(
-        "MariaDB capture benchmark (broker: tansu {engine}; this machine, all services co-located)"
+        "MariaDB capture benchmark (broker: Apache Kafka; this machine, all services co-located)"
     );
     println!("| reader | row changes | seconds | rows/s | CPU s | CPU µs/row | peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");

@@ -9,7 +9,6 @@
 //!    p50/p95/p99 of `applied_at - src_ts` over every row.
 //! 3. Sluice's peak RSS over each run.
 //!
-//! `BENCH_ENGINE=memory|sqlite` picks tansu's storage engine (default: both, memory first);
 //! `BENCH_ROWS` (default 1000000) and `BENCH_LATENCY_SECS` (default 60) scale the runs.
 
 use std::path::Path;
@@ -42,7 +41,7 @@ async fn setup(engine: &str) -> Setup {
     ];
     let source = PgCluster::start_with(&tuned);
     let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start_with_engine(engine);
+    let broker = Broker::start();
     source.create_database("bench").await;
     target.create_database("bench").await;
     source
@@ -196,11 +195,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let engines: Vec<String> = match std::env::var("BENCH_ENGINE") {
-        Ok(e) => vec![e],
-        Err(_) => vec!["memory".into(), "sqlite".into()],
-    };
-    println!("pipeline benchmark: source Postgres → sluice capture → tansu → sluice apply → target Postgres, all on this machine");
+    let engines = ["kafka".to_string()];
+    println!("pipeline benchmark: source Postgres → sluice capture → Kafka → sluice apply → target Postgres, all on this machine");
     for engine in &engines {
         throughput(engine, rows).await;
         latency(engine, secs).await;

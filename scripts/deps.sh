@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what Sluice's tests and demo need, skipping whatever is already there:
-# Debian packages (Postgres 15, MariaDB, a C toolchain for the bundled librdkafka),
-# cargo-nextest, the tansu Kafka-API broker (built with its sqlite storage engine) and the
-# garage S3-compatible object store.
+# Debian packages (Postgres 15, MariaDB, a C toolchain for the bundled librdkafka, Java 17
+# and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml)
+# and the garage S3-compatible object store.
+#
+# The Kafka jars go to $SLUICE_DEPS (default ~/.cache/sluice), where the tests look for them.
 set -euo pipefail
 
 phase_start=$(date +%s)
@@ -26,6 +28,8 @@ command -v c++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v runuser >/dev/null || missing+=(util-linux)
 [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
 command -v mariadb >/dev/null || missing+=(mariadb-client)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
@@ -59,11 +63,53 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-if installed tansu 0.6.0 libsql dynostore; then
-  say "tansu 0.6.0 (libsql, dynostore): present"
+deps_dir="${SLUICE_DEPS:-$HOME/.cache/sluice}"
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
+kafka_libs="$deps_dir/kafka-$kafka_version/libs"
+if [ -f "$kafka_libs/kafka_2.13-$kafka_version.jar" ] && [ -f "$kafka_libs/.complete" ]; then
+  say "apache kafka $kafka_version: present"
 else
-  say "cargo install tansu 0.6.0 --features libsql,dynostore (about 15-20 minutes on 2 cores)"
-  cargo install tansu --version 0.6.0 --locked --features libsql,dynostore
+  say "apache kafka $kafka_version jars from Maven Central (about a minute)"
+  rm -rf "$kafka_libs"
+  mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$kafka_libs"
+  touch "$kafka_libs/.complete"
+fi
+
+# A class-data-sharing archive of the classes a broker loads while it starts: the tests start
+# many brokers, and each starts faster with it. Written by one broker run that stops cleanly
+# (the JVM writes the archive at exit).
+kafka_archive="$deps_dir/kafka-$kafka_version/classes.jsa"
+if [ -f "$kafka_archive" ]; then
+  say "kafka class-data archive: present"
+else
+  say "kafka class-data archive (one broker start and stop)"
+  tmp=$(mktemp -d)
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  port=$(free_port)
+  cport=$(free_port)
+  printf '%s\n' "process.roles=broker,controller" "node.id=1" \
+    "controller.quorum.voters=1@127.0.0.1:$cport" \
+    "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport" \
+    "controller.listener.names=CONTROLLER" "log.dirs=$tmp/data" \
+    "offsets.topic.replication.factor=1" "transaction.state.log.replication.factor=1" \
+    > "$tmp/server.properties"
+  java -cp "$kafka_libs/*" kafka.tools.StorageTool format -t c2x1aWNlLXRlc3Qta2Fma2 \
+    -c "$tmp/server.properties" >/dev/null 2>&1
+  java -Xmx512m -XX:ArchiveClassesAtExit="$kafka_archive.tmp" -Dkafka.logs.dir="$tmp/logs" \
+    -cp "$kafka_libs/*" kafka.Kafka "$tmp/server.properties" >"$tmp/out.log" 2>&1 &
+  kpid=$!
+  for _ in $(seq 1 600); do
+    if grep -q "Kafka Server started" "$tmp/out.log" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  kill -TERM "$kpid" 2>/dev/null || true
+  wait "$kpid" 2>/dev/null || true
+  if [ -s "$kafka_archive.tmp" ]; then
+    mv "$kafka_archive.tmp" "$kafka_archive"
+  else
+    say "no class-data archive written: brokers start without one"
+  fi
+  rm -rf "$tmp"
 fi
 
 if installed garage 2.5.0; then

@@ -1,6 +1,12 @@
-//! A private tansu broker (sqlite storage) and a reader of whole topics.
+//! A private Apache Kafka broker (KRaft, one combined broker and controller) and a reader of
+//! whole topics.
+//!
+//! The broker runs from the jars `scripts/deps.sh` copies from Maven Central into
+//! `$SLUICE_DEPS/kafka-<version>/libs` (default `~/.cache/sluice`). Each broker has its own
+//! data directory and ports, so a test may kill it with `kill -9` and start it again on the same
+//! ports with the same data, as an operator's restart would.
 
-use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,69 +15,180 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{free_port, require_binary, signal_child, TempDir};
+use crate::{free_port, signal_child, TempDir};
 
-pub const TANSU_INSTALL: &str =
-    "cargo install tansu --version 0.6.0 --locked --features libsql,dynostore";
+/// The Kafka version scripts/kafka/pom.xml names.
+pub const KAFKA_VERSION: &str = "4.1.1";
 
-/// A tansu broker with the sqlite storage engine (offsets and group state survive restarts).
+const KAFKA_INSTALL: &str = "bash scripts/deps.sh (it copies Apache Kafka's jars from Maven Central)";
+
+/// Where deps.sh put the Kafka jars and the class-data-sharing archive.
+fn deps_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLUICE_DEPS") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/sluice")
+}
+
+fn kafka_libs() -> PathBuf {
+    let libs = deps_dir().join(format!("kafka-{KAFKA_VERSION}/libs"));
+    if !libs.join(format!("kafka_2.13-{KAFKA_VERSION}.jar")).is_file() {
+        panic!(
+            "Apache Kafka {KAFKA_VERSION} not found in {}: install it with `{KAFKA_INSTALL}`",
+            libs.display()
+        );
+    }
+    libs
+}
+
+/// A private Apache Kafka broker. Dropping it kills it.
 pub struct Broker {
     dir: TempDir,
     port: u16,
+    controller_port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
+    /// Starts a broker on free ports and waits until it answers metadata requests.
     pub fn start() -> Broker {
-        Self::start_with_engine("sqlite")
-    }
-
-    /// `sqlite` (durable, correct offsets) or `memory` (fast, for throughput benchmarks only:
-    /// its high watermark and offsets-for-times are wrong).
-    pub fn start_with_engine(engine: &str) -> Broker {
-        let storage = match engine {
-            "memory" => "memory://tansu/",
-            _ => "sqlite://tansu.db",
-        };
-        let tansu = require_binary("tansu", &[], TANSU_INSTALL);
-        let mut dir = TempDir::new("tansu");
-        for _ in 0..5 {
-            let port = free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let log = std::fs::File::create(dir.path().join("broker.log")).expect("broker log");
-            let child = Command::new(&tansu)
-                .current_dir(dir.path())
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", storage, "--silent"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn tansu");
+        let libs = kafka_libs();
+        let mut dir = TempDir::new("kafka");
+        for attempt in 0..5 {
             let mut broker = Broker {
                 dir,
-                port,
-                child: Some(child),
+                port: free_port(),
+                controller_port: free_port(),
+                child: None,
             };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return broker;
-                }
-                if let Some(Ok(Some(_))) = broker.child.as_mut().map(|c| c.try_wait()) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            broker.write_config();
+            broker.format(&libs);
+            broker.spawn(&libs);
+            if broker.wait_ready(Duration::from_secs(60)) {
+                return broker;
             }
+            eprintln!(
+                "kafka did not start on port {} (attempt {attempt}); retrying",
+                broker.port
+            );
             broker.kill();
-            dir = std::mem::replace(&mut broker.dir, TempDir::new("tansu-spare"));
+            dir = std::mem::replace(&mut broker.dir, TempDir::new("kafka-spare"));
+            let _ = std::fs::remove_dir_all(dir.path());
+            std::fs::create_dir_all(dir.path()).expect("recreate kafka dir");
         }
-        panic!("tansu did not start");
+        panic!("kafka did not start");
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path();
+        let props = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{c}\n\
+             listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             log.dirs={data}\n\
+             num.partitions=1\n\
+             auto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=1\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             log.cleaner.backoff.ms=200\n\
+             log.retention.check.interval.ms=1000\n\
+             log.segment.delete.delay.ms=100\n\
+             log.flush.interval.messages=9223372036854775807\n",
+            p = self.port,
+            c = self.controller_port,
+            data = d.join("data").display(),
+        );
+        std::fs::write(d.join("server.properties"), props).expect("write server.properties");
+        let log4j = "status = warn\n\
+            appender.file.type = File\n\
+            appender.file.name = file\n\
+            appender.file.fileName = ${sys:kafka.logs.dir}/server.log\n\
+            appender.file.layout.type = PatternLayout\n\
+            appender.file.layout.pattern = [%d] %p %m (%c)%n\n\
+            rootLogger.level = INFO\n\
+            rootLogger.appenderRef.file.ref = file\n";
+        std::fs::write(d.join("log4j2.properties"), log4j).expect("write log4j2.properties");
+    }
+
+    fn java(libs: &Path) -> Command {
+        let mut c = Command::new("java");
+        c.arg("-cp").arg(libs.join("*"));
+        c
+    }
+
+    fn format(&self, libs: &Path) {
+        let d = self.dir.path();
+        let out = Self::java(libs)
+            .current_dir(d)
+            .args(["-Xmx256m", "-Dlog4j2.configurationFile=log4j2.properties"])
+            .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()))
+            .args(["kafka.tools.StorageTool", "format", "-t", "c2x1aWNlLXRlc3Qta2Fma2", "-c", "server.properties"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run java (install Java 17: apt-get install openjdk-17-jre-headless)");
+        assert!(
+            out.status.success(),
+            "kafka storage format failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn spawn(&mut self, libs: &Path) {
+        let d = self.dir.path();
+        let out = std::fs::File::create(d.join("stdout.log")).expect("kafka stdout log");
+        let mut cmd = Self::java(libs);
+        cmd.current_dir(d)
+            .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+            .arg("-Dlog4j2.configurationFile=log4j2.properties")
+            .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()));
+        // A class-data-sharing archive (written by scripts/deps.sh) saves seconds of start-up.
+        let archive = deps_dir().join(format!("kafka-{KAFKA_VERSION}/classes.jsa"));
+        if archive.is_file() {
+            cmd.arg(format!("-XX:SharedArchiveFile={}", archive.display()))
+                .arg("-Xshare:auto");
+        }
+        cmd.args(["kafka.Kafka", "server.properties"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out);
+        self.child = Some(cmd.spawn().expect("spawn kafka"));
+    }
+
+    /// Polls metadata until the broker lists itself, or the process exits, or `timeout` passes.
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let probe: BaseConsumer = match ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("log_level", "0")
+            .create()
+        {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            if let Ok(md) = probe.fetch_metadata(None, Duration::from_millis(500)) {
+                if !md.brokers().is_empty() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// The broker's process id (for CPU figures in benchmarks).
@@ -83,19 +200,55 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn kill(&mut self) {
+    /// The broker's log file (for a post-mortem).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("logs/server.log")
+    }
+
+    /// `kill -9` of the broker; its data stays for [`Broker::restart`].
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, true);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
+            signal_child(&mut c, false);
             let _ = c.wait();
         }
+    }
+
+    /// Starts a killed (or running: it is killed first) broker again on the same ports and
+    /// data, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let libs = kafka_libs();
+        self.spawn(&libs);
+        assert!(
+            self.wait_ready(Duration::from_secs(60)),
+            "kafka did not restart; see {}",
+            self.log_path().display()
+        );
+    }
+
+    /// Sets topic-level configs (e.g. `segment.ms`) with Kafka's own kafka-configs tool.
+    pub fn alter_topic_config(&self, topic: &str, configs: &[(&str, &str)]) {
+        let libs = kafka_libs();
+        let pairs = configs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = Self::java(&libs)
+            .args(["-Xmx128m", "-Dlog4j2.configurationFile=none"])
+            .args(["org.apache.kafka.tools.ConfigCommand", "--bootstrap-server"])
+            .arg(self.brokers())
+            .args(["--entity-type", "topics", "--entity-name", topic, "--alter", "--add-config"])
+            .arg(&pairs)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kafka-configs");
+        assert!(
+            out.status.success(),
+            "kafka-configs {topic} {pairs}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -130,7 +283,6 @@ impl TopicReader {
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("test-reader-{}", std::process::id()))
             .set("enable.auto.commit", "false")
-            // tansu answers a fetch only after the full wait when little data is there.
             .set("fetch.wait.max.ms", "10")
             // Never skip ahead: if the broker ever answers "offset out of range", start over
             // (records already seen are ignored by offset) rather than jump to the end.

@@ -1,4 +1,4 @@
-//! Real services for Sluice's tests: private Postgres clusters and a Kafka-API broker (tansu),
+//! Real services for Sluice's tests: private Postgres clusters and an Apache Kafka broker,
 //! each on a free port in a temporary directory, torn down when dropped (also when a test
 //! panics). Nothing here is a mock: tests talk to the same servers production would.
 //!
