@@ -524,8 +524,31 @@ impl Config {
                 problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
             }
         }
+        problems.extend(self.topic_collisions());
         for (name, sink) in &self.sinks {
             problems.extend(self.validate_sink(name, sink));
+        }
+        problems
+    }
+
+    /// Captured tables whose names map to one topic (characters Kafka refuses become `_`, so
+    /// `"a b"` and `a_b` meet): their changes would mix in one topic.
+    fn topic_collisions(&self) -> Vec<String> {
+        let mut seen: std::collections::BTreeMap<String, (String, TableId)> = Default::default();
+        let mut problems = Vec::new();
+        for name in self.sources.keys() {
+            for table in self.source_tables(name) {
+                let topic = sluice_core::topic_name(&self.kafka.topic_prefix, &table);
+                match seen.get(&topic) {
+                    Some((other_source, other)) if other != &table => problems.push(format!(
+                        "sources.{name}.tables: table {table} and table {other} (source {other_source}) would both publish to topic {topic} (characters Kafka does not allow in topic names become '_'), mixing their changes: rename one of the two tables, or leave one out of tables"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(topic, (name.clone(), table));
+                    }
+                }
+            }
         }
         problems
     }
@@ -830,6 +853,21 @@ tables = ["public.users", "orders"]
         assert_eq!(s.tables[1], TableId::new("public", "orders"));
         assert_eq!(s.connection.port, 5432);
         assert_eq!(cfg.kafka.topic_prefix, "sluice");
+    }
+
+    #[test]
+    fn tables_that_share_a_topic_are_refused_naming_both() {
+        let cfg = Config::parse(&GOOD.replace(
+            r#"tables = ["public.users", "orders"]"#,
+            r#"tables = ["public.users", "public.a b", "a_b"]"#,
+        ))
+        .expect("parses");
+        let problems = cfg.validate().join("\n");
+        assert!(
+            problems.contains("table public.a_b and table public.a b")
+                && problems.contains("topic sluice.public.a_b"),
+            "{problems}"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub async fn preflight(
     let mut conn = match connect(connection).await {
         Ok(c) => c,
         Err(e) => {
-            return vec![Problem::new(
+            return vec![Problem::of_class(
+                e.class(),
                 subject,
                 format!(
                 "{}: check host, port, user, database and password_env of [sources.{name}.mysql]",
@@ -29,7 +30,7 @@ pub async fn preflight(
     };
     let problems = match checks(&mut conn, connection, tables, &subject).await {
         Ok(p) => p,
-        Err(e) => vec![Problem::new(subject, error_chain(&e))],
+        Err(e) => vec![Problem::of_class(e.class(), subject, error_chain(&e))],
     };
     let _ = conn.disconnect().await;
     problems
@@ -142,18 +143,10 @@ async fn checks(
                 continue;
             }
         }
-        let key: Option<String> = conn
-            .exec_first(
-                "select constraint_name from information_schema.table_constraints
-                  where table_schema = ? and table_name = ? and constraint_type = 'PRIMARY KEY'",
-                (&db, &t.name),
-            )
-            .await
-            .map_err(MySqlError::query(format!(
-                "reading the keys of {db}.{}",
-                t.name
-            )))?;
-        if key.is_none() {
+        let key =
+            crate::source::primary_key(conn, &TableId::new(db.clone(), t.name.clone()))
+                .await?;
+        if key.is_empty() {
             problem(format!(
                 "table {db}.{} has no primary key: Sluice keys every change by it (alter table {db}.{} add primary key (…))",
                 t.name, t.name

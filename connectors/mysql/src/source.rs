@@ -503,7 +503,10 @@ async fn describe(
 }
 
 /// A table's primary-key columns, in key order (empty without a primary key).
-async fn primary_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>, MySqlError> {
+/// The primary-key columns of `id`, in key order (empty: none). Read from `key_column_usage`,
+/// which a user with SELECT on the table sees; MariaDB shows `table_constraints` rows only
+/// with more privileges than a capture user has.
+pub(crate) async fn primary_key(conn: &mut Conn, id: &TableId) -> Result<Vec<String>, MySqlError> {
     conn.exec(
         "select column_name from information_schema.key_column_usage
           where table_schema = ? and table_name = ? and constraint_name = 'PRIMARY'
