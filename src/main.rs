@@ -208,7 +208,7 @@ async fn check_stores(config: &Config) -> Vec<Problem> {
             Err(e) => problems.push(Problem::new(subject, e)),
             Ok(store) => {
                 if let Err(e) = store.check().await {
-                    problems.push(Problem::new(
+                    problems.push(Problem::unreachable(
                         subject,
                         format!(
                             "{e}: check stores.{name}.endpoint, region, bucket and path_style, and the credentials in ${} / ${}",
@@ -403,8 +403,31 @@ async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<String>
         tracing::info!("stopping: finishing in-flight work and writing checkpoints");
         let _ = stop_tx.send(true);
     });
-    let problems = preflight(&config, only).await;
-    if !problems.is_empty() {
+    // A system that does not answer yet (a broker or database still starting) is waited for;
+    // anything else stops here, named with its fix.
+    let mut backoff = sluice_core::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        let problems = preflight(&config, only).await;
+        if problems.is_empty() {
+            break;
+        }
+        if problems.iter().all(|p| p.unreachable) {
+            let delay = backoff.next_delay();
+            for p in &problems {
+                tracing::warn!(waiting_for = %p.subject, retry_in_s = delay.as_secs(), "{}", p.message);
+            }
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => continue,
+                _ = stop.wait_for(|s| *s) => {
+                    eprintln!("stopped while waiting for {}", problems.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>().join(", "));
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
         for p in &problems {
             eprintln!("error: {p}");
         }

@@ -719,20 +719,32 @@ pub enum Mapped {
     },
     /// A source truncate: the topic's target tables are emptied once every partition got here.
     Truncate { position: Position },
-    /// A tombstone (null value): nothing to apply.
+    /// A record with neither value nor key: nothing to apply.
     Tombstone,
 }
 
+/// The envelope a tombstone stands for when it does not carry its delete's envelope: the
+/// delete of its key (the key columns come from the record key).
+const KEY_DELETE: &[u8] = br#"{"op":"d","before":{},"after":null}"#;
+
 /// Decodes a record's envelope and maps it through the topic's routes. `Err` is why the event
 /// cannot be applied (it becomes a dead letter).
+///
+/// A tombstone (`value` is `None`) is the delete of its key: once a compacted topic has
+/// dropped the delete's own record, the tombstone is all a sink reads of it. Pass the delete's
+/// envelope from the tombstone's header as `value` when it has one (see
+/// [`sluice_kafka::TOMBSTONE_DELETE_HEADER`]): it carries the source position, so the apply
+/// step skips it when the delete itself was applied already.
 pub fn map_record(
     topic: &TopicRoute,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<Mapped, String> {
     let routes = &topic.routes;
-    let Some(value) = value else {
-        return Ok(Mapped::Tombstone);
+    let value = match (value, key) {
+        (Some(v), _) => v,
+        (None, Some(_)) => KEY_DELETE,
+        (None, None) => return Ok(Mapped::Tombstone),
     };
     let envelope: J = serde_json::from_slice(value)
         .map_err(|e| format!("the value is not a JSON change envelope: {e}"))?;
@@ -1046,6 +1058,25 @@ mod tests {
             map_record(&vec![route()].into(), None, None),
             Ok(Mapped::Tombstone)
         ));
+    }
+
+    #[test]
+    fn a_tombstone_deletes_its_key() {
+        let m = map_record(&vec![route()].into(), Some(b"{\"id\":7}"), None).expect("maps");
+        let Mapped::Changes {
+            changes, position, ..
+        } = m
+        else {
+            panic!("changes expected")
+        };
+        assert_eq!(
+            changes,
+            vec![TargetChange::Delete {
+                table: 0,
+                key: vec![json!(7)]
+            }]
+        );
+        assert_eq!(position, None);
     }
 
     /// organizations.user (id, name, email, role, "isActive", deleted_at) ← lms.users.

@@ -104,7 +104,8 @@ pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Probl
             .into_iter()
             .map(|p| Problem::new(subject.clone(), format!("sinks.{name}: {p}")))
             .collect(),
-        Err(e) => vec![Problem::new(
+        Err(e) => vec![Problem::of_class(
+            e.class(),
             subject,
             format!(
                 "{}: check host, port, user, database and password_env of {}",
@@ -150,12 +151,18 @@ impl OffsetSource for TargetOffsets {
 /// Hands each partition's events to its worker.
 struct Dispatcher {
     workers: Vec<mpsc::Sender<WorkerMsg>>,
+    /// Topics applied in source order by worker 0 (see [`worker::OrderedTopics`]).
+    ordered: std::collections::HashSet<Arc<str>>,
 }
 
 impl Dispatcher {
     /// A topic's partitions go to consecutive workers (from a place its name picks), so one
-    /// table's partitions spread evenly instead of doubling up on a worker by chance.
+    /// table's partitions spread evenly instead of doubling up on a worker by chance. Ordered
+    /// topics all go to worker 0.
     fn owner(&self, tp: &TopicPartition) -> &mpsc::Sender<WorkerMsg> {
+        if self.ordered.contains(&tp.0) {
+            return &self.workers[0];
+        }
         let mut h = DefaultHasher::new();
         tp.0.hash(&mut h);
         let n = self.workers.len() as u64;
@@ -186,6 +193,41 @@ impl ConsumerSink for Dispatcher {
             }
         }
     }
+}
+
+/// The topics whose routes write target tables that foreign keys link, with all their
+/// partitions; `None` when no such tables are mapped.
+fn ordered_topics(
+    kafka: &KafkaConfig,
+    router: &Router,
+    target: &Target,
+    counts: &HashMap<String, i32>,
+) -> Option<Arc<worker::OrderedTopics>> {
+    let linked = target.linked_tables();
+    if linked.is_empty() {
+        return None;
+    }
+    let mut topics = std::collections::HashSet::new();
+    let mut partitions = Vec::new();
+    for topic in router.topics() {
+        let writes_linked = router
+            .get(&topic)
+            .is_some_and(|r| r.routes.iter().any(|route| linked.contains(&route.table)));
+        if writes_linked {
+            let t: Arc<str> = Arc::from(topic.as_str());
+            for p in 0..counts.get(&topic).copied().unwrap_or(0) {
+                partitions.push((t.clone(), p));
+            }
+            topics.insert(t);
+        }
+    }
+    (!topics.is_empty()).then(|| {
+        Arc::new(worker::OrderedTopics {
+            topics,
+            partitions,
+            kafka: kafka.clone(),
+        })
+    })
 }
 
 /// Runs one sink until `stop` turns true or a definite error occurs.
@@ -248,6 +290,12 @@ pub async fn run(
     for (topic, n) in &counts {
         router.set_partitions(topic, *n);
     }
+    let ordered = ordered_topics(kafka, &router, &target, &counts);
+    if let Some(o) = &ordered {
+        let mut names: Vec<&str> = o.topics.iter().map(|t| &**t).collect();
+        names.sort();
+        tracing::info!(sink = %name, topics = %names.join(", "), "target foreign keys link these topics' tables: they are applied together, in source order, up to each durable capture checkpoint");
+    }
     let router = Arc::new(router);
 
     let stats = Arc::new(Stats::default());
@@ -269,7 +317,13 @@ pub async fn run(
             connection: connection.clone(),
             sink: name.to_owned(),
         }),
-        Arc::new(Dispatcher { workers: senders }),
+        Arc::new(Dispatcher {
+            workers: senders,
+            ordered: ordered
+                .as_ref()
+                .map(|o| o.topics.clone())
+                .unwrap_or_default(),
+        }),
     )?;
     let mut workers = tokio::task::JoinSet::new();
     for (id, rx) in receivers.into_iter().enumerate() {
@@ -293,6 +347,8 @@ pub async fn run(
         };
         let worker = Worker {
             id,
+            ordered: if id == 0 { ordered.clone() } else { None },
+            ordered_progress: Default::default(),
             blobs,
             sink: TargetSink::new(&target, name, id),
             router: router.clone(),

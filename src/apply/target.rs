@@ -60,6 +60,23 @@ pub enum Target {
 }
 
 impl Target {
+    /// The tables (indexes) that reference, or are referenced by, another table of the sink
+    /// through a foreign key.
+    pub fn linked_tables(&self) -> std::collections::HashSet<usize> {
+        let refs = match self {
+            Target::Postgres(_, t) => sluice_postgres::sink::references_by_index(t),
+            Target::MySql(_, t) => sluice_mysql::sink::references_by_index(t),
+        };
+        let mut linked = std::collections::HashSet::new();
+        for (t, parents) in refs.iter().enumerate() {
+            for &p in parents.iter().filter(|p| **p != t) {
+                linked.insert(t);
+                linked.insert(p);
+            }
+        }
+        linked
+    }
+
     /// (table, column names, key column indexes) for each table, in order.
     pub fn shapes(&self) -> Vec<(TableId, Vec<String>, Vec<usize>)> {
         match self {

@@ -10,6 +10,21 @@
 //!
 //! A truncate parks its partition until every partition of the topic has reached it (see
 //! [`PostgresSink::truncate_barrier`]); the other partitions keep flowing meanwhile.
+//!
+//! # Tables linked by target foreign keys
+//!
+//! Partitions apply independently, so a child row can arrive before its parent, and a parent's
+//! delete before its children's. Holding a refused record and retrying settles the first case
+//! while the stream flows, but not a backlog: one partition can wait on a delete whose
+//! children's deletes sit behind a child insert that waits on a parent behind that delete. So
+//! the topics feeding target tables that foreign keys link ([`OrderedTopics`]) all go to one
+//! worker, which applies them up to consistent source states: it reads the newest capture
+//! checkpoint of their source and then each partition's end offset; once it has read every
+//! partition up to that end, it holds every event the checkpoint covers, and applies those
+//! (whole source transactions, every table together) in one target transaction, which the
+//! sink orders parents first for writes and children first for deletes. Events past the
+//! checkpoint wait for the next one. This costs latency (a checkpoint interval), not
+//! throughput, and needs every partition of those topics in one process.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +35,7 @@ use sluice_core::{
     ApplyBatch, ApplyOutcome, Backoff, BarrierOutcome, DeadLetter, ErrorClass, MappedEvent,
     PartitionProgress, Position, RecordRef,
 };
-use sluice_kafka::{Control, Record, StoredOffset, TopicPartition};
+use sluice_kafka::{CheckpointWatch, Control, DurableMarks, Record, StoredOffset, TopicPartition};
 use tokio::sync::{mpsc, watch};
 
 use super::mapping::{map_record, Mapped, Router};
@@ -60,6 +75,11 @@ struct PartitionState {
     /// Held at a record a foreign key refused (its parent row not in the target yet) or whose
     /// blob file is not there yet.
     hold: Option<Hold>,
+    /// Records of an ordered topic not yet covered by a durable capture checkpoint, with the
+    /// source name and position each carries (see [`OrderedTopics`]).
+    waiting: VecDeque<(Record, Option<(String, Position)>)>,
+    /// One past the highest offset received from the consumer.
+    received_next: Option<i64>,
     /// When the record this partition is held at was first held (kept while the hold is
     /// released for a retry and taken again), and the current retry delay. Once that is
     /// `fk_wait` ago (for a foreign key) or the blob column's `missing_wait` ago (for a file),
@@ -87,8 +107,39 @@ pub struct WorkerSettings {
     pub fk_wait: Duration,
 }
 
+/// Topics whose target tables are linked by foreign keys: applied by one worker, in source
+/// commit order, up to durable capture checkpoints (see the module docs).
+pub struct OrderedTopics {
+    pub topics: std::collections::HashSet<Arc<str>>,
+    /// Every partition of those topics.
+    pub partitions: Vec<TopicPartition>,
+    pub kafka: sluice_kafka::KafkaConfig,
+}
+
+/// How often a worker with ordered topics reads capture's durable marks while records wait.
+const ORDER_POLL: Duration = Duration::from_millis(200);
+
+/// Where the worker of the ordered topics stands.
+#[derive(Debug, Default)]
+pub struct OrderedProgress {
+    /// The checkpoints (source, position) the last release of ordered records went up to.
+    released_at: Vec<(String, String)>,
+    /// Whether that release left nothing waiting: a later checkpoint would add nothing read
+    /// so far, so a refusal is not waited out but held as any refused row is.
+    released_all: bool,
+    /// A batch of ordered records a target foreign key refused: since when, and at which
+    /// checkpoints. The records wait for a later checkpoint (the source state at this one did
+    /// not satisfy the target's keys, e.g. a parent deleted in one transaction and its children
+    /// in the next), or for `foreign_key_wait_ms`, after which they are held and retried as
+    /// any refused row is. A refusal with nothing left waiting is held at once.
+    stalled: Option<(Instant, Vec<(String, String)>)>,
+}
+
 pub struct Worker {
     pub id: usize,
+    /// The ordered topics, for the one worker that applies them.
+    pub ordered: Option<Arc<OrderedTopics>>,
+    pub ordered_progress: OrderedProgress,
     pub sink: TargetSink,
     pub router: Arc<Router>,
     pub settings: WorkerSettings,
@@ -128,9 +179,41 @@ impl Worker {
         // Worker 0 keeps the sink's blobs: renews presigned URLs, finishes deletions.
         let mut next_upkeep = (self.id == 0 && self.blobs.is_some()).then(Instant::now);
         let mut next_offset_check = Instant::now() + OFFSET_CHECK;
+        // Capture's durable marks, read in the background for the ordered topics.
+        let (sources_tx, mut marks_rx) = match &self.ordered {
+            Some(o) => {
+                let (sources_tx, marks_rx) = watch_durable_marks(o.clone(), self.stop.clone())?;
+                (Some(sources_tx), Some(marks_rx))
+            }
+            None => (None, None),
+        };
+        let mut warned_split: Option<Instant> = None;
         loop {
             if *self.stop.borrow() {
                 return Ok(());
+            }
+            if let (Some(marks), Some(sources)) = (marks_rx.as_mut(), &sources_tx) {
+                if states.values().any(|s| !s.waiting.is_empty()) {
+                    let seen: Vec<String> = {
+                        let mut v: Vec<String> = states
+                            .values()
+                            .flat_map(|s| s.waiting.iter())
+                            .filter_map(|(_, at)| at.as_ref().map(|(s, _)| s.clone()))
+                            .collect();
+                        v.sort();
+                        v.dedup();
+                        v
+                    };
+                    sources.send_if_modified(|known| {
+                        let before = known.len();
+                        known.extend(seen);
+                        known.sort();
+                        known.dedup();
+                        known.len() != before
+                    });
+                    let current = marks.borrow_and_update().clone();
+                    self.release_durable(&current, &mut states, &mut ready, &mut warned_split);
+                }
             }
             if next_offset_check <= Instant::now() {
                 self.check_moved_offsets(&states).await;
@@ -157,11 +240,31 @@ impl Worker {
                 if !states.is_empty() {
                     wait = wait.min(next_offset_check.saturating_duration_since(Instant::now()));
                 }
+                let waiting = states.values().any(|s| !s.waiting.is_empty());
+                if waiting {
+                    wait = wait.min(ORDER_POLL);
+                }
+                let marks_changed = async {
+                    match marks_rx.as_mut() {
+                        Some(m) if waiting => {
+                            let _ = m.changed().await;
+                        }
+                        _ => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     msg = self.rx.recv() => match msg {
-                        Some(m) => self.handle(m, &mut states, &mut ready),
+                        Some(m) => {
+                            self.handle(m, &mut states, &mut ready);
+                            // Take what else is queued now: ordered records wait outside
+                            // `ready`, and the loop must not take them one at a time.
+                            while let Ok(m) = self.rx.try_recv() {
+                                self.handle(m, &mut states, &mut ready);
+                            }
+                        }
                         None => return Ok(()),
                     },
+                    _ = marks_changed => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.stop.changed() => return Ok(()),
                 }
@@ -238,12 +341,21 @@ impl Worker {
                     // Not (or no longer) ours.
                     return;
                 };
+                let next = record.offset + 1;
+                state.received_next = Some(state.received_next.map_or(next, |n| n.max(next)));
                 if let Some(hold) = state.hold.as_mut() {
                     hold.records.push_back(record);
                 } else if !state.parked.is_empty() {
                     state.parked.push_back(record);
                 } else if state.expected.is_some_and(|e| record.offset < e) {
                     // Applied already.
+                } else if self
+                    .ordered
+                    .as_ref()
+                    .is_some_and(|o| o.topics.contains(&record.topic))
+                {
+                    let at = source_position(&record);
+                    state.waiting.push_back((record, at));
                 } else {
                     ready.push(record);
                 }
@@ -312,7 +424,11 @@ impl Worker {
             };
             let routes = self.router.get(&r.topic);
             let mapped = match routes {
-                Some(route) => map_record(route, r.key.as_deref(), r.value.as_deref()),
+                Some(route) => map_record(
+                    route,
+                    r.key.as_deref(),
+                    r.value.as_deref().or(r.tombstone_of.as_deref()),
+                ),
                 None => Err(format!("no mapping for topic {}", r.topic)),
             };
             match mapped {
@@ -444,6 +560,12 @@ impl Worker {
             };
             match outcome {
                 ApplyOutcome::Committed { dead_lettered } => {
+                    if self.ordered_progress.stalled.is_some()
+                        && plan.batch.progress.iter().any(|p| self.is_ordered(&p.topic))
+                    {
+                        let (since, _) = self.ordered_progress.stalled.take().unwrap_or((Instant::now(), Vec::new()));
+                        tracing::info!(worker = self.id, waited_ms = since.elapsed().as_millis() as u64, "a later source state satisfied the target's foreign keys: applied");
+                    }
                     for p in &plan.batch.progress {
                         let tp = (p.topic.clone(), p.partition);
                         if let Some(state) = states.get_mut(&tp) {
@@ -466,7 +588,15 @@ impl Worker {
                         if !stop_at.contains_key(&tp) {
                             if let Some(state) = states.get_mut(&tp) {
                                 // Past the held record: the next refusal starts a new wait.
-                                state.held_since = None;
+                                if let Some((since, _)) = state.held_since.take() {
+                                    tracing::info!(
+                                        worker = self.id,
+                                        topic = %tp.0,
+                                        partition = tp.1,
+                                        held_ms = since.elapsed().as_millis() as u64,
+                                        "hold ended: the partition goes on"
+                                    );
+                                }
                             }
                         }
                     }
@@ -517,9 +647,47 @@ impl Worker {
                     }
                     return Ok(true);
                 }
+                ApplyOutcome::Held(record)
+                    if !blob_held
+                        && self.is_ordered(&record.topic)
+                        && !self.ordered_progress.released_all
+                        && self
+                            .ordered_progress
+                            .stalled
+                            .as_ref()
+                            .is_none_or(|(since, _)| since.elapsed() < self.settings.fk_wait) =>
+                {
+                    // The source state these records end at does not satisfy the target's
+                    // foreign keys: they wait, whole, for a later one (see OrderedProgress).
+                    let (back, keep): (Vec<Record>, Vec<Record>) =
+                        ready.drain(..).partition(|r| self.is_ordered(&r.topic));
+                    *ready = keep;
+                    for r in back.into_iter().rev() {
+                        if let Some(s) = states.get_mut(&(r.topic.clone(), r.partition)) {
+                            let at = source_position(&r);
+                            s.waiting.push_front((r, at));
+                        }
+                    }
+                    let at = self.ordered_progress.released_at.clone();
+                    match &mut self.ordered_progress.stalled {
+                        Some((_, stalled_at)) => *stalled_at = at,
+                        None => {
+                            tracing::info!(
+                                worker = self.id,
+                                topic = %record.topic,
+                                partition = record.partition,
+                                offset = record.offset,
+                                wait_ms = self.settings.fk_wait.as_millis() as u64,
+                                "a target foreign key refused the source state at the last capture checkpoint: waiting for a later one"
+                            );
+                            self.ordered_progress.stalled = Some((Instant::now(), at));
+                        }
+                    }
+                }
                 ApplyOutcome::Held(record) => {
                     let tp = (record.topic.clone(), record.partition);
-                    let first = states.get(&tp).is_none_or(|s| s.hold.is_none());
+                    // One line when a hold starts (not at every retry of it).
+                    let first = states.get(&tp).is_none_or(|s| s.held_since.is_none());
                     if first && !blob_held {
                         tracing::info!(
                             worker = self.id,
@@ -527,7 +695,7 @@ impl Worker {
                             partition = record.partition,
                             offset = record.offset,
                             wait_ms = self.settings.fk_wait.as_millis() as u64,
-                            "a foreign key refused a row (its parent is not in the target yet): holding this partition and retrying; other partitions go on"
+                            "a target foreign key refused a change (a row whose parent is not in the target yet, or a delete of a row other rows still reference): holding this partition and retrying; other partitions go on"
                         );
                     }
                     let stop = stop_at.entry(tp).or_insert(record.offset);
@@ -545,6 +713,88 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Moves the waiting records of ordered topics that a durable capture checkpoint covers
+    /// into `ready`, once every partition of those topics has been read up to the end offset
+    /// read after that checkpoint (see the module docs).
+    fn release_durable(
+        &mut self,
+        marks: &Option<Arc<DurableMarks>>,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
+        warned_split: &mut Option<Instant>,
+    ) {
+        let Some(ordered) = self.ordered.clone() else {
+            return;
+        };
+        let held = ordered
+            .partitions
+            .iter()
+            .filter(|tp| states.contains_key(*tp))
+            .count();
+        if held < ordered.partitions.len() {
+            if warned_split.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                *warned_split = Some(Instant::now());
+                tracing::warn!(
+                    worker = self.id,
+                    held,
+                    partitions = ordered.partitions.len(),
+                    "tables linked by target foreign keys are applied only by a process that holds every partition of their topics, and this one holds some: waiting (run one apply process for this sink, or let the others stop)"
+                );
+            }
+            return;
+        }
+        let Some(marks) = marks else {
+            return;
+        };
+        let mut at: Vec<(String, String)> = marks
+            .checkpoints
+            .iter()
+            .map(|(s, c)| (s.clone(), c.position.clone()))
+            .collect();
+        at.sort();
+        if let Some((since, stalled_at)) = &self.ordered_progress.stalled {
+            if *stalled_at == at && since.elapsed() < self.settings.fk_wait {
+                return;
+            }
+        }
+        // Every event the checkpoints cover is below these ends: wait until all was read.
+        for tp in &ordered.partitions {
+            let Some(s) = states.get(tp) else { return };
+            let end = marks.ends.get(tp).copied().unwrap_or(0);
+            let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+            if have < end {
+                tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
+                return;
+            }
+        }
+        tracing::debug!(worker = self.id, checkpoints = ?marks.checkpoints.iter().map(|(s, c)| format!("{s}@{}", c.position)).collect::<Vec<_>>(), "ordered topics: releasing what the checkpoints cover");
+        self.ordered_progress.released_at = at;
+        let mut left = false;
+        for state in states.values_mut() {
+            while let Some((_, at)) = state.waiting.front() {
+                let covered = match at {
+                    None => true,
+                    Some((source, position)) => marks
+                        .checkpoints
+                        .get(source)
+                        .is_some_and(|cp| cp.covers(position)),
+                };
+                if !covered {
+                    left = true;
+                    break;
+                }
+                if let Some((record, _)) = state.waiting.pop_front() {
+                    ready.push(record);
+                }
+            }
+        }
+        self.ordered_progress.released_all = !left;
+    }
+
+    fn is_ordered(&self, topic: &Arc<str>) -> bool {
+        self.ordered.as_ref().is_some_and(|o| o.topics.contains(topic))
     }
 
     /// Renews presigned URLs due for it and deletes released objects a crash left behind.
@@ -792,4 +1042,53 @@ fn parse_position(json: &str) -> Option<Position> {
         .ok()
         .as_ref()
         .and_then(Position::from_envelope_source)
+}
+
+/// The source name and position a record's envelope (or a tombstone's delete envelope)
+/// carries, if any.
+fn source_position(record: &Record) -> Option<(String, Position)> {
+    let bytes = record.value.as_deref().or(record.tombstone_of.as_deref())?;
+    let envelope: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let source = envelope.get("source")?;
+    let name = source.get("name")?.as_str()?.to_owned();
+    Some((name, Position::from_envelope_source(source)?))
+}
+
+/// Reads capture's durable marks for `ordered` every [`ORDER_POLL`] on a thread of its own,
+/// for the sources named on the returned sender, until `stop`. The newest marks arrive on the
+/// returned receiver.
+#[allow(clippy::type_complexity)]
+fn watch_durable_marks(
+    ordered: Arc<OrderedTopics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    watch::Sender<Vec<String>>,
+    watch::Receiver<Option<Arc<DurableMarks>>>,
+)> {
+    let reader = CheckpointWatch::new(&ordered.kafka)?;
+    let (sources_tx, sources_rx) = watch::channel(Vec::<String>::new());
+    let (marks_tx, marks_rx) = watch::channel(None);
+    std::thread::Builder::new()
+        .name("durable marks".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !*stop.borrow() && !marks_tx.is_closed() {
+                let sources = sources_rx.borrow().clone();
+                if !sources.is_empty() {
+                    match reader.read(&sources, &ordered.partitions) {
+                        Ok(m) => {
+                            failing = false;
+                            let _ = marks_tx.send(Some(Arc::new(m)));
+                        }
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %error_chain(&e), "reading capture checkpoints for the ordered topics failed; retrying");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                std::thread::sleep(ORDER_POLL);
+            }
+        })?;
+    Ok((sources_tx, marks_rx))
 }

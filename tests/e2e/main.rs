@@ -1,4 +1,4 @@
-//! End-to-end scenarios against real services: a private Postgres, a tansu broker, and the
+//! End-to-end scenarios against real services: a private Postgres, an Apache Kafka broker, and the
 //! `sluice` binary. Each module proves one behaviour; see the comment at its top.
 
 mod common;
@@ -20,6 +20,7 @@ mod mysql_capture;
 mod mysql_pipeline;
 mod mysql_preflight;
 mod mysql_target;
+mod promise;
 mod resnapshot;
 mod restart;
 mod snapshot_handover;

@@ -389,7 +389,7 @@ async fn children_before_their_parents_converge_without_dead_letters() {
         Some("lms"),
         "insert into institute_user select 1, seq, 'STUDENT', 'ACTIVE' from seq_1001_to_1300;",
     );
-    sluice.wait_log("a foreign key refused a row", 1, LONG);
+    sluice.wait_log("a target foreign key refused", 1, LONG);
     // Meanwhile other tables keep flowing.
     org.lms.execute(
         Some("lms"),

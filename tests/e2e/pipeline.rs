@@ -16,6 +16,8 @@ pub struct Pipeline {
     pub tables: Vec<String>,
     /// Extra lines for `[sources.app]`.
     pub source_extra: String,
+    /// Extra lines for `[kafka]`.
+    pub kafka_extra: String,
 }
 
 impl Pipeline {
@@ -55,6 +57,7 @@ impl Pipeline {
             config,
             tables: tables.iter().map(|t| t.to_string()).collect(),
             source_extra: String::new(),
+            kafka_extra: String::new(),
         };
         let mappings: String = tables
             .iter()
@@ -73,13 +76,14 @@ impl Pipeline {
             .collect::<Vec<_>>()
             .join(", ");
         let text = format!(
-            "[kafka]\nbrokers = \"{brokers}\"\npartitions = 3\n\n\
+            "[kafka]\nbrokers = \"{brokers}\"\npartitions = 3\n{kafka_extra}\n\n\
              [sources.app]\npostgres = {src}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{source_extra}\n\n\
              [sinks.target]\npostgres = {dst}\n{sink_extra}\n\n{mappings}",
             brokers = self.broker.brokers(),
             src = self.source.sluice_connection("app"),
             dst = self.target.sluice_connection("warehouse"),
             source_extra = self.source_extra,
+            kafka_extra = self.kafka_extra,
         );
         std::fs::write(&self.config, text).expect("write config");
     }

@@ -289,10 +289,153 @@ pub fn fold(events: &[MappedEvent], shapes: &[TableShape]) -> Vec<FoldedTable> {
     out
 }
 
+/// Ranks a sink's target tables for foreign keys: `references[t]` lists the tables (indexes)
+/// that table `t` references. A table's rank is above that of every table it references;
+/// tables in a reference cycle (and a table referencing itself) share a rank, which no order
+/// of statements can satisfy and which is left to the target. `None` when no table references
+/// another: nothing to order.
+pub fn foreign_key_ranks(references: &[Vec<usize>]) -> Option<Vec<usize>> {
+    let n = references.len();
+    if references
+        .iter()
+        .enumerate()
+        .all(|(t, refs)| refs.iter().all(|r| *r == t || *r >= n))
+    {
+        return None;
+    }
+    // Longest chain of references below each table, ignoring edges that close a cycle.
+    let mut rank = vec![0usize; n];
+    for _ in 0..n {
+        let mut changed = false;
+        for t in 0..n {
+            for &r in &references[t] {
+                if r < n && r != t && rank[t] <= rank[r] && rank[r] < n {
+                    rank[t] = rank[r] + 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Some(rank.into_iter().map(|r| r.min(n)).collect())
+}
+
+/// Orders a folded batch so that target foreign keys accept every statement, given the
+/// tables' [`foreign_key_ranks`]: first the deletes of keys the batch inserts again (children
+/// first), then every upsert and update (parents first: a row's parent exists before it), then
+/// the remaining deletes (children first: no row references a parent when it goes). A batch
+/// that ends at a consistent source state (every change of a transaction, and every
+/// transaction before it) passes the target's constraints in this order whatever the order of
+/// its changes in the source.
+pub fn order_for_foreign_keys(
+    folded: Vec<FoldedTable>,
+    shapes: &[TableShape],
+    ranks: &[usize],
+) -> Vec<FoldedTable> {
+    let rank = |t: usize| ranks.get(t).copied().unwrap_or(0);
+    let empty = |table| FoldedTable {
+        table,
+        deletes: Vec::new(),
+        upserts: Vec::new(),
+        updates: Vec::new(),
+    };
+    let mut again = Vec::new();
+    let mut writes = Vec::new();
+    let mut deletes = Vec::new();
+    for f in folded {
+        let key = &shapes[f.table].key;
+        let upserted: std::collections::HashSet<String> = f
+            .upserts
+            .iter()
+            .flat_map(|(shape, rows)| {
+                let at: Vec<Option<usize>> =
+                    key.iter().map(|k| shape.iter().position(|c| c == k)).collect();
+                rows.iter().map(move |row| {
+                    let values: Vec<&serde_json::Value> = at
+                        .iter()
+                        .map(|i| i.and_then(|i| row.get(i)).unwrap_or(&serde_json::Value::Null))
+                        .collect();
+                    serde_json::to_string(&values).unwrap_or_default()
+                })
+            })
+            .collect();
+        let (first, last): (Vec<_>, Vec<_>) = f.deletes.into_iter().partition(|k| {
+            upserted.contains(&serde_json::to_string(k).unwrap_or_default())
+        });
+        if !first.is_empty() {
+            again.push(FoldedTable {
+                deletes: first,
+                ..empty(f.table)
+            });
+        }
+        if !f.upserts.is_empty() || !f.updates.is_empty() {
+            writes.push(FoldedTable {
+                upserts: f.upserts,
+                updates: f.updates,
+                ..empty(f.table)
+            });
+        }
+        if !last.is_empty() {
+            deletes.push(FoldedTable {
+                deletes: last,
+                ..empty(f.table)
+            });
+        }
+    }
+    again.sort_by_key(|f| std::cmp::Reverse(rank(f.table)));
+    writes.sort_by_key(|f| rank(f.table));
+    deletes.sort_by_key(|f| std::cmp::Reverse(rank(f.table)));
+    again.into_iter().chain(writes).chain(deletes).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn foreign_key_order_puts_parents_first_for_writes_and_last_for_deletes() {
+        // 0: users ← 1: institute_user → 2: institutes; 3 stands alone.
+        let ranks = foreign_key_ranks(&[vec![], vec![0, 2], vec![], vec![]]).expect("linked");
+        assert_eq!(ranks, vec![0, 1, 0, 0]);
+        assert_eq!(foreign_key_ranks(&[vec![], vec![1]]), None);
+        let shapes = vec![
+            TableShape { columns: 2, key: vec![0] },
+            TableShape { columns: 3, key: vec![0, 1] },
+            TableShape { columns: 2, key: vec![0] },
+        ];
+        let folded = vec![
+            FoldedTable {
+                table: 2,
+                // institute 7 goes, institute 8 is deleted and inserted again
+                deletes: vec![vec![json!(7)], vec![json!(8)]],
+                upserts: vec![(vec![0, 1], vec![vec![json!(8), json!("b")]])],
+                updates: vec![],
+            },
+            FoldedTable {
+                table: 1,
+                deletes: vec![vec![json!(1), json!(7)]],
+                upserts: vec![(vec![0, 1, 2], vec![vec![json!(1), json!(8), json!("x")]])],
+                updates: vec![],
+            },
+        ];
+        let order: Vec<(usize, usize, usize)> = order_for_foreign_keys(folded, &shapes, &ranks)
+            .iter()
+            .map(|f| (f.table, f.deletes.len(), f.upserts.len()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (2, 1, 0), // delete institute 8 before it is inserted again
+                (2, 0, 1), // parents' rows first
+                (1, 0, 1),
+                (1, 1, 0), // children's deletes before their parents'
+                (2, 1, 0),
+            ]
+        );
+    }
 
     fn event(changes: Vec<TargetChange>) -> MappedEvent {
         MappedEvent {

@@ -59,6 +59,29 @@ pub struct SourceCheckpoint {
     pub abandoned: Vec<AbandonedBackfill>,
 }
 
+impl SourceCheckpoint {
+    /// Whether every event at `position` is in Kafka by this checkpoint: its transaction ended
+    /// at or before the checkpoint's position (a snapshot row, at the snapshot's position, is
+    /// covered once a checkpoint reaches that position). A position of another kind of source,
+    /// or a checkpoint position that does not parse, covers nothing.
+    pub fn covers(&self, position: &crate::Position) -> bool {
+        use crate::Position;
+        match position {
+            Position::Postgres { commit_lsn, .. } => crate::event::parse_lsn(&self.position)
+                .is_some_and(|end| *commit_lsn <= end),
+            Position::MySql { file, pos, .. } => {
+                let Some((name, at)) = self.position.rsplit_once(':') else {
+                    return false;
+                };
+                match (crate::event::binlog_file_seq(name), at.parse::<u64>()) {
+                    (Some(f), Ok(p)) => (*file, *pos) <= (f, p),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
 /// A backfill given up on, as the checkpoint remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -86,6 +86,9 @@ pub struct Problem {
     pub subject: String,
     /// What is wrong and how to fix it, in one line.
     pub message: String,
+    /// The system could not be reached (refused, timed out, restarting): `sluice run` waits
+    /// for it rather than giving up, `sluice check` reports it as any other problem.
+    pub unreachable: bool,
 }
 
 impl Problem {
@@ -93,6 +96,27 @@ impl Problem {
         Problem {
             subject: subject.into(),
             message: message.into(),
+            unreachable: false,
+        }
+    }
+
+    /// A problem that may pass by itself: the system did not answer.
+    pub fn unreachable(subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            unreachable: true,
+            ..Problem::new(subject, message)
+        }
+    }
+
+    /// [`Problem::new`] or [`Problem::unreachable`], by the class of the error behind it.
+    pub fn of_class(
+        class: ErrorClass,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        match class {
+            ErrorClass::Transient => Problem::unreachable(subject, message),
+            ErrorClass::Definite => Problem::new(subject, message),
         }
     }
 }

@@ -89,6 +89,15 @@ fn load_blocking(
         .set("enable.partition.eof", "true")
         .create()
         .map_err(KafkaError::client("creating the checkpoint reader"))?;
+    read_newest(&consumer, topic, source)
+}
+
+/// The newest message of a checkpoint topic, read with `consumer` (blocking).
+fn read_newest(
+    consumer: &BaseConsumer,
+    topic: &str,
+    source: &str,
+) -> Result<Option<SourceCheckpoint>, KafkaError> {
     let context = || format!("reading the checkpoint of source {source} from topic {topic}");
     let (_low, high) = consumer
         .fetch_watermarks(topic, 0, TIMEOUT)
@@ -127,4 +136,60 @@ fn load_blocking(
         context(),
         TIMEOUT.as_secs()
     )))
+}
+
+/// Reads, for the apply step, how far capture has made everything durable: the newest
+/// checkpoint of some sources and, read after them, the high watermarks of some partitions.
+/// Every event a checkpoint covers is below those watermarks (a checkpoint is written only
+/// after Kafka confirmed every event it covers), so a reader that has read each partition up
+/// to its watermark holds every such event. Blocking; one client, reused.
+pub struct CheckpointWatch {
+    cfg: KafkaConfig,
+    consumer: BaseConsumer,
+}
+
+/// What one [`CheckpointWatch::read`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct DurableMarks {
+    /// The newest checkpoint of each source that has one.
+    pub checkpoints: std::collections::HashMap<String, SourceCheckpoint>,
+    /// Each partition's high watermark, read after the checkpoints.
+    pub ends: std::collections::HashMap<(std::sync::Arc<str>, i32), i64>,
+}
+
+impl CheckpointWatch {
+    pub fn new(cfg: &KafkaConfig) -> Result<CheckpointWatch, KafkaError> {
+        let consumer: BaseConsumer = client_config(cfg)
+            .set("group.id", "sluice-checkpoint-watch")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(KafkaError::client("creating the checkpoint reader"))?;
+        Ok(CheckpointWatch {
+            cfg: cfg.clone(),
+            consumer,
+        })
+    }
+
+    pub fn read(
+        &self,
+        sources: &[String],
+        partitions: &[(std::sync::Arc<str>, i32)],
+    ) -> Result<DurableMarks, KafkaError> {
+        let mut marks = DurableMarks::default();
+        for source in sources {
+            let topic = CheckpointStore::topic_for(&self.cfg, source);
+            if let Some(cp) = read_newest(&self.consumer, &topic, source)? {
+                marks.checkpoints.insert(source.clone(), cp);
+            }
+        }
+        for (topic, p) in partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(topic, *p, TIMEOUT)
+                .map_err(KafkaError::client(format!("reading the end of {topic}[{p}]")))?;
+            marks.ends.insert((topic.clone(), *p), high);
+        }
+        Ok(marks)
+    }
 }

@@ -47,6 +47,9 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Arc<[u8]>>,
     pub value: Option<Arc<[u8]>>,
+    /// For a tombstone (no value): the envelope of the delete it follows, from its
+    /// [`TOMBSTONE_DELETE_HEADER`](crate::TOMBSTONE_DELETE_HEADER) header, if it has one.
+    pub tombstone_of: Option<Arc<[u8]>>,
 }
 
 /// What the consumer hands on, in the order it happened.
@@ -316,11 +319,12 @@ impl Drop for SinkConsumer {
     }
 }
 
-/// How long a member may hold no partition before it rejoins the group. Some brokers (the test
-/// broker tansu among them) can settle a rebalance whose leader died with an empty assignment
-/// for everyone; rejoining forms the group again. Doubles after each rejoin (a member that is
-/// simply surplus, with more members than partitions, rejoins rarely).
-const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(12);
+/// How long a member may hold no partition before it says so at WARN (then again at doubling
+/// intervals). A member with nothing to do is normal when more apply processes run than the
+/// topics have partitions; anything else is worth an operator's look. Apache Kafka's group
+/// coordinator hands a dead member's partitions on when its session times out, so the member
+/// does not rejoin by itself.
+const EMPTY_ASSIGNMENT_WARN: Duration = Duration::from_secs(60);
 
 fn poll_loop(
     consumer: BaseConsumer<GroupContext>,
@@ -331,27 +335,27 @@ fn poll_loop(
 ) -> Result<(), KafkaError> {
     let mut warned_at: Option<std::time::Instant> = None;
     let mut empty_since: Option<std::time::Instant> = None;
-    let mut rejoin_after = EMPTY_ASSIGNMENT_REJOIN;
+    let mut warn_after = EMPTY_ASSIGNMENT_WARN;
     while !stop.load(Ordering::Relaxed) {
+        // `usize::MAX` (no rebalance yet) counts as empty too: a member that never got an
+        // assignment is as idle as one that lost it.
         match consumer.context().assigned.load(Ordering::Relaxed) {
-            0 => {
+            0 | usize::MAX => {
                 let since = *empty_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= rejoin_after {
-                    tracing::info!(
+                if since.elapsed() >= warn_after {
+                    tracing::warn!(
                         group = %consumer.context().group,
+                        topics = topics.len(),
                         idle_s = since.elapsed().as_secs(),
-                        "no partitions assigned for a while: rejoining the consumer group"
+                        "this apply process has held no partition for a while: normal if more apply processes run than the topics have partitions; otherwise check that the brokers are reachable and the group's state (kafka-consumer-groups --describe --group)"
                     );
-                    consumer.unsubscribe();
-                    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-                    consumer
-                        .subscribe(&names)
-                        .map_err(KafkaError::client("subscribing to the sink's topics again"))?;
-                    empty_since = None;
-                    rejoin_after = (rejoin_after * 2).min(Duration::from_secs(600));
+                    warn_after = (warn_after * 2).min(Duration::from_secs(3600));
                 }
             }
-            _ => empty_since = None,
+            _ => {
+                empty_since = None;
+                warn_after = EMPTY_ASSIGNMENT_WARN;
+            }
         }
         while let Ok(request) = control.try_recv() {
             let (tp, pause, generation) = match request {
@@ -388,6 +392,7 @@ fn poll_loop(
                     offset: m.offset(),
                     key: m.key().map(Arc::from),
                     value: m.payload().map(Arc::from),
+                    tombstone_of: tombstone_delete(&m),
                 };
                 sink.deliver(ConsumerEvent::Record(record));
             }
@@ -412,6 +417,19 @@ fn poll_loop(
     // Leave the group so that the partitions move to the other members at once.
     consumer.unsubscribe();
     Ok(())
+}
+
+/// A tombstone's delete envelope (see [`Record::tombstone_of`]).
+fn tombstone_delete(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Arc<[u8]>> {
+    use rdkafka::message::Headers as _;
+    if m.payload().is_some() {
+        return None;
+    }
+    m.headers()?
+        .iter()
+        .find(|h| h.key == crate::TOMBSTONE_DELETE_HEADER)
+        .and_then(|h| h.value)
+        .map(Arc::from)
 }
 
 /// Seeks `tp` to its stored offset and hands it to the sink again.

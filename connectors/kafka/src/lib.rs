@@ -18,11 +18,13 @@ pub mod consumer;
 pub mod error;
 pub mod publisher;
 
-pub use checkpoint::CheckpointStore;
+pub use checkpoint::{CheckpointStore, CheckpointWatch, DurableMarks};
 pub use config::KafkaConfig;
 pub use consumer::{
     partition_counts, replay_offsets, ConsumerEvent, ConsumerSettings, ConsumerSink, Control,
     OffsetSource, Record, ReplayFrom, SinkConsumer, StoredOffset, TopicPartition,
 };
 pub use error::KafkaError;
-pub use publisher::{ensure_topics, preflight, Acks, KafkaPublisher, TopicSpec};
+pub use publisher::{
+    ensure_topics, preflight, Acks, KafkaPublisher, TopicSpec, TOMBSTONE_DELETE_HEADER,
+};

@@ -9,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
@@ -18,6 +19,9 @@ use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
+
+/// The header of a tombstone that holds the envelope of the delete it follows.
+pub const TOMBSTONE_DELETE_HEADER: &str = "sluice.delete";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,7 +54,7 @@ pub fn preflight(cfg: &KafkaConfig) -> Vec<Problem> {
     };
     match producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
         Ok(_) => Vec::new(),
-        Err(e) => vec![Problem::new(
+        Err(e) => vec![Problem::unreachable(
             "kafka",
             format!(
                 "cannot reach the brokers at {} ({e}): check kafka.brokers and that the brokers are running",
@@ -99,9 +103,13 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()
             "creating topics at {}: check kafka.brokers and that the brokers are running",
             cfg.brokers
         )))?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Ok(name) => {
+                tracing::info!(topic = %name, "topic created");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(KafkaError::Setup(format!(
@@ -110,7 +118,49 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()
             }
         }
     }
-    Ok(())
+    if created.is_empty() {
+        return Ok(());
+    }
+    // A created topic is not usable at once: its partitions get leaders a moment later, and a
+    // client asking before then is told the partition is unknown. Wait for the leaders.
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || wait_for_leaders(&cfg, &created))
+        .await
+        .map_err(|e| KafkaError::Setup(format!("waiting for new topics: {e}")))?
+}
+
+/// Waits until every partition of `topics` has a leader (blocking).
+fn wait_for_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), KafkaError> {
+    let client: rdkafka::producer::BaseProducer = client_config(cfg)
+        .create()
+        .map_err(KafkaError::client("creating a kafka metadata client"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = topics.iter().all(|name| {
+            client
+                .client()
+                .fetch_metadata(Some(name), METADATA_TIMEOUT)
+                .ok()
+                .and_then(|md| {
+                    md.topics().iter().find(|t| t.name() == name).map(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+                .unwrap_or(false)
+        });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::Setup(format!(
+                "topics {} were created but their partitions have no leader after 60 s: check the brokers' health",
+                topics.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The confirmations of a group of messages (a capture batch), counted by librdkafka's
@@ -237,7 +287,10 @@ impl KafkaPublisher {
         if write_key(event, key) {
             self.send(topic, key, Some(value), None, acks).await?;
             if event.op == Op::Delete && self.tombstones {
-                self.send(topic, key, None, None, acks).await?;
+                // Compaction keeps only a key's last record, the tombstone: it carries the
+                // delete's envelope in a header so that a sink reading a compacted topic
+                // still learns the delete, with its source position and row.
+                self.send_tombstone(topic, key, value, acks).await?;
             }
         } else {
             // A truncate concerns every key: it goes to every partition, so that each one sees
@@ -249,6 +302,26 @@ impl KafkaPublisher {
             }
         }
         Ok(())
+    }
+
+    /// Hands a tombstone of `key` to the producer, its delete envelope in the
+    /// [`TOMBSTONE_DELETE_HEADER`] header.
+    async fn send_tombstone(
+        &self,
+        topic: &str,
+        key: &[u8],
+        delete: &[u8],
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: TOMBSTONE_DELETE_HEADER,
+            value: Some(delete),
+        });
+        acks.remaining.fetch_add(1, Ordering::AcqRel);
+        let record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone())
+            .key(key)
+            .headers(headers);
+        self.enqueue(topic, record, acks).await
     }
 
     /// Hands one message to the producer, counted in `acks`.
@@ -269,6 +342,16 @@ impl KafkaPublisher {
         if let Some(p) = partition {
             record = record.partition(p);
         }
+        self.enqueue(topic, record, acks).await
+    }
+
+    /// Queues a record already counted in `acks`, waiting while librdkafka's queue is full.
+    async fn enqueue<'a>(
+        &self,
+        topic: &str,
+        mut record: BaseRecord<'a, [u8], [u8], Arc<Acks>>,
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

@@ -118,6 +118,10 @@ pub struct MySqlTable {
     pub id: TableId,
     pub columns: Vec<(String, ColumnKind)>,
     pub key: Vec<usize>,
+    /// The tables this one references by foreign keys (`database.table`).
+    pub references: Vec<TableId>,
+    /// The database the table is in.
+    db: String,
     quoted: String,
 }
 
@@ -183,11 +187,28 @@ pub async fn describe_targets(
             .iter()
             .filter_map(|k| columns.iter().position(|(c, _)| c == k))
             .collect();
+        let references: Vec<(String, String)> = conn
+            .exec(
+                "select distinct referenced_table_schema, referenced_table_name
+                   from information_schema.key_column_usage
+                  where table_schema = ? and table_name = ? and referenced_table_name is not null",
+                (&db, &id.name),
+            )
+            .await
+            .map_err(MySqlError::query(format!(
+                "reading the foreign keys of target table {db}.{}",
+                id.name
+            )))?;
         out.push(Ok(MySqlTable {
             quoted: format!("{}.{}", quote_ident(&db), quote_ident(&id.name)),
             id: id.clone(),
+            db: db.clone(),
             columns,
             key,
+            references: references
+                .into_iter()
+                .map(|(s, t)| TableId::new(s, t))
+                .collect(),
         }));
     }
     Ok(out)
@@ -226,6 +247,9 @@ pub struct MySqlSink {
     sink: String,
     tables: Vec<MySqlTable>,
     shapes: Vec<TableShape>,
+    /// The tables' foreign-key ranks, when some reference others (see
+    /// [`sluice_core::apply::order_for_foreign_keys`]).
+    ranks: Option<Vec<usize>>,
 }
 
 impl MySqlSink {
@@ -235,6 +259,7 @@ impl MySqlSink {
             conn: None,
             sink: sink.to_owned(),
             shapes: tables.iter().map(MySqlTable::shape).collect(),
+            ranks: sluice_core::apply::foreign_key_ranks(&references_by_index(&tables)),
             tables,
         }
     }
@@ -284,6 +309,7 @@ impl MySqlSink {
             sink,
             tables,
             shapes,
+            ranks,
             ..
         } = self;
         let conn = conn
@@ -300,7 +326,7 @@ impl MySqlSink {
                 tx.query_drop("savepoint sluice_event")
                     .await
                     .map_err(MySqlError::query("creating a savepoint"))?;
-                let folded = fold(std::slice::from_ref(event), shapes);
+                let folded = order(fold(std::slice::from_ref(event), shapes), shapes, ranks);
                 match write_folded(&mut tx, tables, &folded).await {
                     Ok(()) => tx
                         .query_drop("release savepoint sluice_event")
@@ -324,7 +350,7 @@ impl MySqlSink {
                 }
             }
         } else {
-            let folded = fold(&batch.events, shapes);
+            let folded = order(fold(&batch.events, shapes), shapes, ranks);
             write_folded(&mut tx, tables, &folded).await?;
         }
         let dead_lettered = dead.len() - batch.dead_letters.len();
@@ -742,5 +768,34 @@ mod tests {
             to_mysql(ColumnKind::Integer, &json!(u64::MAX)),
             Value::UInt(u64::MAX)
         );
+    }
+}
+
+/// For each table, the indexes of the sink's tables it references by foreign keys.
+pub fn references_by_index(tables: &[MySqlTable]) -> Vec<Vec<usize>> {
+    tables
+        .iter()
+        .map(|t| {
+            t.references
+                .iter()
+                .filter_map(|r| {
+                    tables
+                        .iter()
+                        .position(|o| o.id.name == r.name && o.db == r.schema)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A folded batch in the order target foreign keys need, when some tables are linked.
+fn order(
+    folded: Vec<sluice_core::apply::FoldedTable>,
+    shapes: &[TableShape],
+    ranks: &Option<Vec<usize>>,
+) -> Vec<sluice_core::apply::FoldedTable> {
+    match ranks {
+        Some(r) => sluice_core::apply::order_for_foreign_keys(folded, shapes, r),
+        None => folded,
     }
 }

@@ -13,7 +13,8 @@ pub async fn preflight(settings: &SourceSettings) -> Vec<Problem> {
     let client = match connect(&settings.connection, "preflight").await {
         Ok(c) => c,
         Err(e) => {
-            return vec![Problem::new(
+            return vec![Problem::of_class(
+                e.class(),
                 subject,
                 format!(
                 "{}: check host, port, user, database and password_env of [sources.{}.postgres]",
@@ -25,7 +26,7 @@ pub async fn preflight(settings: &SourceSettings) -> Vec<Problem> {
     };
     match checks(settings, &client, &subject).await {
         Ok(problems) => problems,
-        Err(e) => vec![Problem::new(subject, error_chain(&e))],
+        Err(e) => vec![Problem::of_class(e.class(), subject, error_chain(&e))],
     }
 }
 

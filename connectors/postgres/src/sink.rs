@@ -117,6 +117,8 @@ pub struct TargetTable {
     pub columns: Vec<TargetColumn>,
     /// Indexes of the primary-key columns, in key order.
     pub key: Vec<usize>,
+    /// The tables this one references by foreign keys.
+    pub references: Vec<TableId>,
     quoted: String,
 }
 
@@ -172,14 +174,44 @@ pub async fn describe_targets(
             .iter()
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
+        let references = client
+            .query(
+                "select distinct n.nspname::text, c.relname::text
+                   from pg_constraint k
+                   join pg_class c on c.oid = k.confrelid
+                   join pg_namespace n on n.oid = c.relnamespace
+                  where k.contype = 'f' and k.conrelid = $1::text::regclass",
+                &[&quote_table(id)],
+            )
+            .await
+            .map_err(PostgresError::query(format!(
+                "reading the foreign keys of target table {id}"
+            )))?
+            .iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
         out.push(Ok(TargetTable {
             quoted: quote_table(id),
             id: id.clone(),
             columns,
             key,
+            references,
         }));
     }
     Ok(out)
+}
+
+/// For each table, the indexes of the sink's tables it references by foreign keys.
+pub fn references_by_index(tables: &[TargetTable]) -> Vec<Vec<usize>> {
+    tables
+        .iter()
+        .map(|t| {
+            t.references
+                .iter()
+                .filter_map(|r| tables.iter().position(|o| &o.id == r))
+                .collect()
+        })
+        .collect()
 }
 
 /// Reads the stored progress of `partitions` for `sink`.
@@ -219,6 +251,9 @@ pub struct PostgresSink {
     sink: String,
     tables: Vec<TargetTable>,
     shapes: Vec<TableShape>,
+    /// The tables' foreign-key ranks, when some reference others (see
+    /// [`sluice_core::apply::order_for_foreign_keys`]).
+    ranks: Option<Vec<usize>>,
     statements: HashMap<StatementKey, Statement>,
     purpose: String,
 }
@@ -242,6 +277,7 @@ impl PostgresSink {
             client: None,
             sink: sink.to_owned(),
             shapes: tables.iter().map(TargetTable::shape).collect(),
+            ranks: sluice_core::apply::foreign_key_ranks(&references_by_index(&tables)),
             tables,
             statements: HashMap::new(),
             purpose,
@@ -280,6 +316,19 @@ impl PostgresSink {
         load_offsets(client, &sink, partitions).await
     }
 
+    /// A folded batch in the order target foreign keys need, when some tables are linked.
+    fn ordered(&self, folded: Vec<FoldedTable>) -> Vec<FoldedTable> {
+        match &self.ranks {
+            Some(r) => sluice_core::apply::order_for_foreign_keys(folded, &self.shapes, r),
+            None => folded,
+        }
+    }
+
+    /// Whether some of the sink's target tables reference others by foreign keys.
+    pub fn has_foreign_keys(&self) -> bool {
+        self.ranks.is_some()
+    }
+
     /// Applies a batch in one transaction (see the module docs).
     pub async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
         match self.apply_once(batch, false).await {
@@ -301,10 +350,10 @@ impl PostgresSink {
             batch
                 .events
                 .iter()
-                .map(|e| fold(std::slice::from_ref(e), &self.shapes))
+                .map(|e| self.ordered(fold(std::slice::from_ref(e), &self.shapes)))
                 .collect()
         } else {
-            vec![fold(&batch.events, &self.shapes)]
+            vec![self.ordered(fold(&batch.events, &self.shapes))]
         };
         // Prepare outside the transaction's borrow of the client.
         self.prepare_for(&groups).await?;
@@ -905,6 +954,7 @@ mod tests {
                 col("data", TypeKind::Bytea),
             ],
             key: vec![0],
+            references: Vec::new(),
             quoted: "\"public\".\"t\"".into(),
         }
     }

@@ -245,6 +245,7 @@ impl PostgresSource {
             durable: handles.durable,
             stop: handles.stop,
             backfill: tracker,
+            connection: s.connection.clone(),
         };
 
         let session = match plan {

@@ -27,6 +27,7 @@ use sluice_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backfill::Tracker;
+use crate::client::{quote_ident, quote_literal, quote_table};
 use crate::error::PostgresError;
 use crate::pgoutput::{self, Datum, Message, OldTuple, Tuple};
 use crate::snapshot::now_us;
@@ -62,6 +63,9 @@ pub struct StreamContext {
     pub stop: watch::Receiver<bool>,
     /// Backfills: changed keys noted, chunks published at their markers.
     pub backfill: Tracker,
+    /// The source database, for reading the large values a key change left out (see
+    /// [`UnchangedFill`]).
+    pub connection: crate::config::PostgresConnection,
 }
 
 /// Runs one replication session to its end on a dedicated thread.
@@ -147,6 +151,26 @@ struct RelationState {
     kinds: Vec<TypeKind>,
 }
 
+/// Large (TOASTed) values an update that changed the key left out.
+///
+/// Such an update is published as a delete of the old key and an insert of the new one, and an
+/// insert must carry the whole row: a sink that applies it to a fresh row would otherwise have
+/// nothing to keep and write NULL. Under `REPLICA IDENTITY FULL` the old row supplies the
+/// values; under the default identity Postgres sends neither, so they are read from the table
+/// by the new key before the batch goes out. The row read is the current one, which is the
+/// change's row or a later version of it; any later change to those columns is itself
+/// published after this one, so the target converges on the source. A row deleted (or keyed
+/// anew) since leaves the values absent, and the later delete removes the row anyway.
+struct UnchangedFill {
+    /// Index of the insert event in the batch.
+    event: usize,
+    table: Arc<TableSchema>,
+    /// The new key's columns and their text, as the server sent them.
+    key: Vec<(usize, String)>,
+    /// The absent columns and how to decode them.
+    columns: Vec<(usize, TypeKind)>,
+}
+
 struct Session {
     ctx: StreamContext,
     /// relation id → decoded relation; `None` for relations we do not capture.
@@ -159,6 +183,10 @@ struct Session {
     pending_since: Option<Instant>,
     /// End LSN of the last commit handed to the pipeline.
     last_sent: u64,
+    /// Inserts of the batch still missing large values (see [`UnchangedFill`]).
+    fills: Vec<UnchangedFill>,
+    /// The connection that reads them, opened on first use.
+    lookup: Option<tokio_postgres::Client>,
 }
 
 impl Session {
@@ -173,6 +201,8 @@ impl Session {
             pending_checkpoint: None,
             pending_since: None,
             last_sent: start_lsn,
+            fills: Vec::new(),
+            lookup: None,
         }
     }
 
@@ -305,6 +335,7 @@ impl Session {
             self.pending_since = None;
             return Ok(());
         }
+        self.fill_unchanged().await?;
         let events = std::mem::replace(&mut self.batch, Vec::with_capacity(self.ctx.max_batch));
         let checkpoint = self.pending_checkpoint.take().map(|lsn| {
             self.last_sent = lsn;
@@ -326,6 +357,72 @@ impl Session {
             .send(Batch { events, checkpoint })
             .await
             .map_err(|_| PostgresError::Closed)
+    }
+
+    /// Reads the values [`UnchangedFill`]s ask for into their events.
+    async fn fill_unchanged(&mut self) -> Result<(), PostgresError> {
+        if self.fills.is_empty() {
+            return Ok(());
+        }
+        if self.lookup.as_ref().is_none_or(|c| c.is_closed()) {
+            self.lookup =
+                Some(crate::client::connect(&self.ctx.connection, "key change lookup").await?);
+        }
+        let Some(lookup) = self.lookup.as_ref() else {
+            return Ok(());
+        };
+        for fill in std::mem::take(&mut self.fills) {
+            let names = &fill.table.columns;
+            let name = |i: usize| quote_ident(names.get(i).map(|c| &**c).unwrap_or("?"));
+            let sql = format!(
+                "select {} from {} where {}",
+                fill.columns
+                    .iter()
+                    .map(|(i, _)| name(*i))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                quote_table(&fill.table.id),
+                fill.key
+                    .iter()
+                    .map(|(i, text)| format!("{} = {}", name(*i), quote_literal(text)))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            );
+            let found = lookup.simple_query(&sql).await.map_err(|source| {
+                PostgresError::Query {
+                    context: format!("reading the large values a key change of {} left out", fill.table.id),
+                    source,
+                }
+            })?;
+            let Some(row) = found.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            }) else {
+                tracing::debug!(table = %fill.table.id, "row re-keyed or deleted since: its large values stay absent");
+                continue;
+            };
+            let Some(after) = self.batch.get_mut(fill.event).and_then(|e| e.after.as_mut()) else {
+                continue;
+            };
+            for (j, (i, kind)) in fill.columns.iter().enumerate() {
+                let value = match row.get(j) {
+                    None => Value::Null,
+                    Some(text) => decode_text(kind, text).map_err(|e| {
+                        PostgresError::Decode(pgoutput::DecodeError(format!(
+                            "column {} of {}: {} ({:?})",
+                            name(*i),
+                            fill.table.id,
+                            e.reason,
+                            e.kind
+                        )))
+                    })?,
+                };
+                if let Some(slot) = after.values.get_mut(*i) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn message(&mut self, msg: Message<'_>) -> Result<(), PostgresError> {
@@ -390,6 +487,14 @@ impl Session {
                         None => (None, None),
                     };
                     let after = row(rel, &new, full_old, false)?;
+                    let key_changed = before
+                        .as_ref()
+                        .is_some_and(|b| rel.table.key_differs(b, &after));
+                    let fill = if key_changed {
+                        unchanged_fill(rel, &new, &after)
+                    } else {
+                        None
+                    };
                     let table = rel.table.clone();
                     if self.ctx.backfill.active() {
                         self.ctx.backfill.touched(&table, &after, self.xid());
@@ -397,12 +502,13 @@ impl Session {
                             self.ctx.backfill.touched(&table, b, self.xid());
                         }
                     }
-                    if before
-                        .as_ref()
-                        .is_some_and(|b| table.key_differs(b, &after))
-                    {
+                    if key_changed {
                         let del = self.event(table.clone(), Op::Delete, before, None);
                         self.batch.push(del);
+                        if let Some(mut fill) = fill {
+                            fill.event = self.batch.len();
+                            self.fills.push(fill);
+                        }
                         let ins = self.event(table, Op::Insert, None, Some(after));
                         self.batch.push(ins);
                     } else {
@@ -474,6 +580,36 @@ impl Session {
             },
         }
     }
+}
+
+/// What the insert of a key change needs read from the table: the columns `after` lacks
+/// (unchanged TOASTed values), or `None` when it lacks nothing. `event` is set by the caller.
+fn unchanged_fill(rel: &RelationState, new: &Tuple<'_>, after: &Row) -> Option<UnchangedFill> {
+    let columns: Vec<(usize, TypeKind)> = after
+        .values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_none())
+        .map(|(i, _)| (i, rel.kinds.get(i).cloned().unwrap_or(TypeKind::Text)))
+        .collect();
+    if columns.is_empty() {
+        return None;
+    }
+    let key = rel
+        .table
+        .key
+        .iter()
+        .map(|&k| match new.0.get(k) {
+            Some(Datum::Text(b)) => std::str::from_utf8(b).ok().map(|t| (k, t.to_owned())),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(UnchangedFill {
+        event: 0,
+        table: rel.table.clone(),
+        key,
+        columns,
+    })
 }
 
 /// Converts a tuple to a row. `key_only`: a `K` old tuple, whose non-key columns are
