@@ -99,9 +99,10 @@ else
     -cp "$kafka_libs/*" kafka.Kafka "$tmp/server.properties" >"$tmp/out.log" 2>&1 &
   kpid=$!
   for _ in $(seq 1 600); do
-    if grep -q "Kafka Server started" "$tmp/out.log" 2>/dev/null; then break; fi
+    if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     sleep 0.1
   done
+  sleep 2 # let the broker finish starting (its listener opens before it is done)
   kill -TERM "$kpid" 2>/dev/null || true
   wait "$kpid" 2>/dev/null || true
   if [ -s "$kafka_archive.tmp" ]; then

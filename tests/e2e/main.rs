@@ -13,6 +13,7 @@ mod bad_input;
 mod blobs;
 mod capture_changes;
 mod capture_types;
+mod chaos;
 mod idle_source;
 mod mappings;
 mod mysql_backfill;

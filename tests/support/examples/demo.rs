@@ -65,7 +65,7 @@ async fn main() {
             .unwrap_or_else(|| "target/debug/sluice".into()),
     );
     println!(
-        "starting a source Postgres 15 (wal_level=logical), a target Postgres and a tansu broker…"
+        "starting a source Postgres 15 (wal_level=logical), a target Postgres and an Apache Kafka broker…"
     );
     let source = PgCluster::start();
     let target = PgCluster::start();

@@ -236,6 +236,26 @@ impl PgCluster {
         }
     }
 
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, recovery at the
+    /// next start) and waits.
+    pub fn stop_immediate(&mut self) {
+        if self.running {
+            self.pg_ctl(&["-m", "immediate", "-w", "-t", "60", "stop"]);
+            self.running = false;
+        }
+    }
+
+    /// Starts a stopped server again on the same port (a running one is stopped first).
+    pub fn start_again(&mut self) {
+        if !self.running {
+            assert!(
+                self.pg_ctl(&["-w", "-t", "60", "start"]),
+                "postgres did not start again"
+            );
+            self.running = true;
+        }
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn restart(&mut self) {
         self.stop();

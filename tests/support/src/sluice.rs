@@ -47,6 +47,14 @@ impl SluiceProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGSTOP (frozen: a long GC pause, a stalled VM) or SIGCONT.
+    pub fn freeze(&self, frozen: bool) {
+        let _ = std::process::Command::new("kill")
+            .arg(if frozen { "-STOP" } else { "-CONT" })
+            .arg(self.pid().to_string())
+            .status();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
