@@ -208,9 +208,7 @@ async fn main() {
     let a = run_workload("10k-row transactions", &engine, &big_txns, rows).await;
     let b = run_workload("single-row transactions", &engine, &small_txns, single).await;
     println!();
-    println!(
-        "capture benchmark (broker: Apache Kafka; this machine, all services co-located)"
-    );
+    println!("capture benchmark (broker: Apache Kafka; this machine, all services co-located)");
     println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");
     for (name, f) in [("1M rows, 10k-row txns", &a), ("100k single-row txns", &b)] {

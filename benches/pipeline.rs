@@ -33,7 +33,7 @@ struct Setup {
     sluice: SluiceProcess,
 }
 
-async fn setup(engine: &str) -> Setup {
+async fn setup() -> Setup {
     let tuned = [
         ("shared_buffers", "256MB"),
         ("max_wal_size", "4GB"),
@@ -100,7 +100,7 @@ async fn wait_count(db: &tokio_postgres::Client, n: i64) {
 }
 
 async fn throughput(engine: &str, rows: i64) {
-    let mut s = setup(engine).await;
+    let mut s = setup().await;
     let src = s.source.connect("bench").await;
     let dst = s.target.connect("bench").await;
     let per_txn = 10_000;
@@ -141,7 +141,7 @@ async fn throughput(engine: &str, rows: i64) {
 }
 
 async fn latency(engine: &str, secs: u64) {
-    let mut s = setup(engine).await;
+    let mut s = setup().await;
     let src = s.source.connect("bench").await;
     let dst = s.target.connect("bench").await;
     // 5k rows/s: 100 rows every 20 ms, each batch its own transaction.

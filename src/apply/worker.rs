@@ -561,10 +561,22 @@ impl Worker {
             match outcome {
                 ApplyOutcome::Committed { dead_lettered } => {
                     if self.ordered_progress.stalled.is_some()
-                        && plan.batch.progress.iter().any(|p| self.is_ordered(&p.topic))
+                        && plan
+                            .batch
+                            .progress
+                            .iter()
+                            .any(|p| self.is_ordered(&p.topic))
                     {
-                        let (since, _) = self.ordered_progress.stalled.take().unwrap_or((Instant::now(), Vec::new()));
-                        tracing::info!(worker = self.id, waited_ms = since.elapsed().as_millis() as u64, "a later source state satisfied the target's foreign keys: applied");
+                        let (since, _) = self
+                            .ordered_progress
+                            .stalled
+                            .take()
+                            .unwrap_or((Instant::now(), Vec::new()));
+                        tracing::info!(
+                            worker = self.id,
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            "a later source state satisfied the target's foreign keys: applied"
+                        );
                     }
                     for p in &plan.batch.progress {
                         let tp = (p.topic.clone(), p.partition);
@@ -794,7 +806,9 @@ impl Worker {
     }
 
     fn is_ordered(&self, topic: &Arc<str>) -> bool {
-        self.ordered.as_ref().is_some_and(|o| o.topics.contains(topic))
+        self.ordered
+            .as_ref()
+            .is_some_and(|o| o.topics.contains(topic))
     }
 
     /// Renews presigned URLs due for it and deletes released objects a crash left behind.

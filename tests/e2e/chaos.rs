@@ -78,7 +78,9 @@ impl Rng {
 /// One source transaction of 1–200 row changes, as SQL.
 fn transaction(rng: &mut Rng, round: u64) -> String {
     let n = 1 + rng.below(200);
-    let pick = |table: &str| format!("select id from {table} order by md5(id::text || '{round}') limit {n}");
+    let pick = |table: &str| {
+        format!("select id from {table} order by md5(id::text || '{round}') limit {n}")
+    };
     let body = match rng.below(10) {
         0 => format!(
             "insert into accounts select g, 'owner ' || g, 0, repeat(md5(g::text), 100)
@@ -182,7 +184,9 @@ async fn chaos(split: bool) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(45);
     let shape = if split { "capture + apply" } else { "run" };
-    eprintln!("chaos: seed {seed} ({shape}, {secs} s of faults); replay with SLUICE_CHAOS_SEED={seed}");
+    eprintln!(
+        "chaos: seed {seed} ({shape}, {secs} s of faults); replay with SLUICE_CHAOS_SEED={seed}"
+    );
     let mut rng = Rng(seed);
 
     let mut p = Pipeline::new(
@@ -237,7 +241,10 @@ async fn chaos(split: bool) {
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let _permit = gate.lock().await;
-                if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+                if client
+                    .as_ref()
+                    .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
+                {
                     client = connect().await;
                 }
                 let Some(c) = client.as_ref() else { continue };
@@ -312,7 +319,8 @@ async fn chaos(split: bool) {
     let converged = sluice_test_support::wait_for_quiet(Duration::from_secs(240), || async {
         let (src, dst) = (p.source_db().await, p.target_db().await);
         for (t, _) in TABLES {
-            if crate::pipeline::checksum(&src, t).await != crate::pipeline::checksum(&dst, t).await {
+            if crate::pipeline::checksum(&src, t).await != crate::pipeline::checksum(&dst, t).await
+            {
                 return None;
             }
         }
@@ -347,10 +355,20 @@ async fn chaos(split: bool) {
         "seed {seed}: the target never equalled the source: {}",
         report.join("; ")
     );
-    assert_eq!((twice, regressions), (0, 0), "seed {seed}: a change was applied twice");
-    assert_eq!(dead, 0, "seed {seed}: valid changes went to the dead letters");
+    assert_eq!(
+        (twice, regressions),
+        (0, 0),
+        "seed {seed}: a change was applied twice"
+    );
+    assert_eq!(
+        dead, 0,
+        "seed {seed}: valid changes went to the dead letters"
+    );
     for p in &mut procs {
-        assert!(p.is_running(), "seed {seed}: a sluice process exited by itself");
+        assert!(
+            p.is_running(),
+            "seed {seed}: a sluice process exited by itself"
+        );
     }
 }
 

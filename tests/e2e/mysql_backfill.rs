@@ -275,6 +275,8 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
     );
     let mut run = start_in(s.dir.path(), &[]);
     run.wait_log("backfill finished", 1, LONG);
+    // The reader logs its total on its own thread, not always before the stream's "finished".
+    run.wait_log("backfill read complete source=shop table=shop.big", 1, LONG);
     let log = run.log_text();
     assert!(log.contains("backfill resumed"), "{log}");
     let reread = logged_number(

@@ -33,9 +33,11 @@ async fn deletes_survive_topic_compaction() {
     p.wait_equal(WAIT).await;
     apply.stop(Duration::from_secs(30));
 
-    src.batch_execute("delete from items where id <= 3; update items set v = 'changed' where id = 4")
-        .await
-        .expect("delete and update");
+    src.batch_execute(
+        "delete from items where id <= 3; update items set v = 'changed' where id = 4",
+    )
+    .await
+    .expect("delete and update");
     // Segments roll only when a record arrives after segment.ms: keep writing rows of other
     // keys until every partition holding keys 1–3 rolled and was compacted.
     let topic = "sluice.public.items";
@@ -63,8 +65,16 @@ async fn deletes_survive_topic_compaction() {
                     .and_then(|k| k["id"].as_i64())
                     .is_some_and(|id| id <= 3)
             };
-            let envelopes = records.iter().filter(deleted).filter(|r| r.value.is_some()).count();
-            let tombstones = records.iter().filter(deleted).filter(|r| r.value.is_none()).count();
+            let envelopes = records
+                .iter()
+                .filter(deleted)
+                .filter(|r| r.value.is_some())
+                .count();
+            let tombstones = records
+                .iter()
+                .filter(deleted)
+                .filter(|r| r.value.is_none())
+                .count();
             (envelopes == 0 && tombstones == 3).then_some(())
         }
     })
@@ -78,7 +88,10 @@ async fn deletes_survive_topic_compaction() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(left, 0, "rows deleted in the source are still in the target");
+    assert_eq!(
+        left, 0,
+        "rows deleted in the source are still in the target"
+    );
 }
 
 /// An update that changes the key of a row whose large value stays the same (default replica
@@ -123,7 +136,10 @@ async fn run_waits_for_a_broker_that_is_not_up_yet() {
     p.broker.kill();
     let mut sluice = p.start("sluice", &[]);
     sluice.wait_log("cannot reach the brokers", 1, WAIT);
-    assert!(sluice.is_running(), "sluice exited while the broker was down");
+    assert!(
+        sluice.is_running(),
+        "sluice exited while the broker was down"
+    );
     p.source_db()
         .await
         .batch_execute("insert into items select g, 'v' || g from generate_series(1, 50) g")

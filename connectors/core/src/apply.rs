@@ -350,20 +350,26 @@ pub fn order_for_foreign_keys(
             .upserts
             .iter()
             .flat_map(|(shape, rows)| {
-                let at: Vec<Option<usize>> =
-                    key.iter().map(|k| shape.iter().position(|c| c == k)).collect();
+                let at: Vec<Option<usize>> = key
+                    .iter()
+                    .map(|k| shape.iter().position(|c| c == k))
+                    .collect();
                 rows.iter().map(move |row| {
                     let values: Vec<&serde_json::Value> = at
                         .iter()
-                        .map(|i| i.and_then(|i| row.get(i)).unwrap_or(&serde_json::Value::Null))
+                        .map(|i| {
+                            i.and_then(|i| row.get(i))
+                                .unwrap_or(&serde_json::Value::Null)
+                        })
                         .collect();
                     serde_json::to_string(&values).unwrap_or_default()
                 })
             })
             .collect();
-        let (first, last): (Vec<_>, Vec<_>) = f.deletes.into_iter().partition(|k| {
-            upserted.contains(&serde_json::to_string(k).unwrap_or_default())
-        });
+        let (first, last): (Vec<_>, Vec<_>) = f
+            .deletes
+            .into_iter()
+            .partition(|k| upserted.contains(&serde_json::to_string(k).unwrap_or_default()));
         if !first.is_empty() {
             again.push(FoldedTable {
                 deletes: first,
@@ -402,9 +408,18 @@ mod tests {
         assert_eq!(ranks, vec![0, 1, 0, 0]);
         assert_eq!(foreign_key_ranks(&[vec![], vec![1]]), None);
         let shapes = vec![
-            TableShape { columns: 2, key: vec![0] },
-            TableShape { columns: 3, key: vec![0, 1] },
-            TableShape { columns: 2, key: vec![0] },
+            TableShape {
+                columns: 2,
+                key: vec![0],
+            },
+            TableShape {
+                columns: 3,
+                key: vec![0, 1],
+            },
+            TableShape {
+                columns: 2,
+                key: vec![0],
+            },
         ];
         let folded = vec![
             FoldedTable {

@@ -67,8 +67,9 @@ impl SourceCheckpoint {
     pub fn covers(&self, position: &crate::Position) -> bool {
         use crate::Position;
         match position {
-            Position::Postgres { commit_lsn, .. } => crate::event::parse_lsn(&self.position)
-                .is_some_and(|end| *commit_lsn <= end),
+            Position::Postgres { commit_lsn, .. } => {
+                crate::event::parse_lsn(&self.position).is_some_and(|end| *commit_lsn <= end)
+            }
             Position::MySql { file, pos, .. } => {
                 let Some((name, at)) = self.position.rsplit_once(':') else {
                     return false;

@@ -184,10 +184,12 @@ impl CheckpointWatch {
             }
         }
         for (topic, p) in partitions {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(topic, *p, TIMEOUT)
-                .map_err(KafkaError::client(format!("reading the end of {topic}[{p}]")))?;
+            let (_, high) =
+                self.consumer
+                    .fetch_watermarks(topic, *p, TIMEOUT)
+                    .map_err(KafkaError::client(format!(
+                        "reading the end of {topic}[{p}]"
+                    )))?;
             marks.ends.insert((topic.clone(), *p), high);
         }
         Ok(marks)

@@ -145,7 +145,9 @@ fn wait_for_leaders(cfg: &KafkaConfig, topics: &[String]) -> Result<(), KafkaErr
                     md.topics().iter().find(|t| t.name() == name).map(|t| {
                         t.error().is_none()
                             && !t.partitions().is_empty()
-                            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
                     })
                 })
                 .unwrap_or(false)

@@ -144,8 +144,7 @@ async fn checks(
             }
         }
         let key =
-            crate::source::primary_key(conn, &TableId::new(db.clone(), t.name.clone()))
-                .await?;
+            crate::source::primary_key(conn, &TableId::new(db.clone(), t.name.clone())).await?;
         if key.is_empty() {
             problem(format!(
                 "table {db}.{} has no primary key: Sluice keys every change by it (alter table {db}.{} add primary key (…))",

@@ -743,34 +743,6 @@ pub async fn move_offsets(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn values_are_converted_for_their_columns() {
-        assert_eq!(
-            to_mysql(ColumnKind::Bytes, &json!("AP8=")),
-            Value::Bytes(vec![0, 255])
-        );
-        assert_eq!(
-            to_mysql(ColumnKind::DateTime, &json!("2024-05-01T12:00:00.000000Z")),
-            Value::Bytes(b"2024-05-01 12:00:00.000000".to_vec())
-        );
-        assert_eq!(to_mysql(ColumnKind::Integer, &json!(true)), Value::Int(1));
-        assert_eq!(
-            to_mysql(ColumnKind::Json, &json!({"a": [1]})),
-            Value::Bytes(b"{\"a\":[1]}".to_vec())
-        );
-        assert_eq!(to_mysql(ColumnKind::Text, &json!(null)), Value::NULL);
-        assert_eq!(
-            to_mysql(ColumnKind::Integer, &json!(u64::MAX)),
-            Value::UInt(u64::MAX)
-        );
-    }
-}
-
 /// For each table, the indexes of the sink's tables it references by foreign keys.
 pub fn references_by_index(tables: &[MySqlTable]) -> Vec<Vec<usize>> {
     tables
@@ -797,5 +769,33 @@ fn order(
     match ranks {
         Some(r) => sluice_core::apply::order_for_foreign_keys(folded, shapes, r),
         None => folded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_converted_for_their_columns() {
+        assert_eq!(
+            to_mysql(ColumnKind::Bytes, &json!("AP8=")),
+            Value::Bytes(vec![0, 255])
+        );
+        assert_eq!(
+            to_mysql(ColumnKind::DateTime, &json!("2024-05-01T12:00:00.000000Z")),
+            Value::Bytes(b"2024-05-01 12:00:00.000000".to_vec())
+        );
+        assert_eq!(to_mysql(ColumnKind::Integer, &json!(true)), Value::Int(1));
+        assert_eq!(
+            to_mysql(ColumnKind::Json, &json!({"a": [1]})),
+            Value::Bytes(b"{\"a\":[1]}".to_vec())
+        );
+        assert_eq!(to_mysql(ColumnKind::Text, &json!(null)), Value::NULL);
+        assert_eq!(
+            to_mysql(ColumnKind::Integer, &json!(u64::MAX)),
+            Value::UInt(u64::MAX)
+        );
     }
 }

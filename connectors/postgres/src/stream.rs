@@ -388,12 +388,16 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(" and "),
             );
-            let found = lookup.simple_query(&sql).await.map_err(|source| {
-                PostgresError::Query {
-                    context: format!("reading the large values a key change of {} left out", fill.table.id),
+            let found = lookup
+                .simple_query(&sql)
+                .await
+                .map_err(|source| PostgresError::Query {
+                    context: format!(
+                        "reading the large values a key change of {} left out",
+                        fill.table.id
+                    ),
                     source,
-                }
-            })?;
+                })?;
             let Some(row) = found.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
                 _ => None,
@@ -401,7 +405,11 @@ impl Session {
                 tracing::debug!(table = %fill.table.id, "row re-keyed or deleted since: its large values stay absent");
                 continue;
             };
-            let Some(after) = self.batch.get_mut(fill.event).and_then(|e| e.after.as_mut()) else {
+            let Some(after) = self
+                .batch
+                .get_mut(fill.event)
+                .and_then(|e| e.after.as_mut())
+            else {
                 continue;
             };
             for (j, (i, kind)) in fill.columns.iter().enumerate() {

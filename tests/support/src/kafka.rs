@@ -20,7 +20,8 @@ use crate::{free_port, signal_child, TempDir};
 /// The Kafka version scripts/kafka/pom.xml names.
 pub const KAFKA_VERSION: &str = "4.1.1";
 
-const KAFKA_INSTALL: &str = "bash scripts/deps.sh (it copies Apache Kafka's jars from Maven Central)";
+const KAFKA_INSTALL: &str =
+    "bash scripts/deps.sh (it copies Apache Kafka's jars from Maven Central)";
 
 /// Where deps.sh put the Kafka jars and the class-data-sharing archive.
 fn deps_dir() -> PathBuf {
@@ -33,7 +34,10 @@ fn deps_dir() -> PathBuf {
 
 fn kafka_libs() -> PathBuf {
     let libs = deps_dir().join(format!("kafka-{KAFKA_VERSION}/libs"));
-    if !libs.join(format!("kafka_2.13-{KAFKA_VERSION}.jar")).is_file() {
+    if !libs
+        .join(format!("kafka_2.13-{KAFKA_VERSION}.jar"))
+        .is_file()
+    {
         panic!(
             "Apache Kafka {KAFKA_VERSION} not found in {}: install it with `{KAFKA_INSTALL}`",
             libs.display()
@@ -133,7 +137,14 @@ impl Broker {
             .current_dir(d)
             .args(["-Xmx256m", "-Dlog4j2.configurationFile=log4j2.properties"])
             .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()))
-            .args(["kafka.tools.StorageTool", "format", "-t", "c2x1aWNlLXRlc3Qta2Fma2", "-c", "server.properties"])
+            .args([
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                "c2x1aWNlLXRlc3Qta2Fma2",
+                "-c",
+                "server.properties",
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("run java (install Java 17: apt-get install openjdk-17-jre-headless)");
@@ -150,7 +161,12 @@ impl Broker {
         let out = std::fs::File::create(d.join("stdout.log")).expect("kafka stdout log");
         let mut cmd = Self::java(libs);
         cmd.current_dir(d)
-            .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+            .args([
+                "-Xms128m",
+                "-Xmx512m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+            ])
             .arg("-Dlog4j2.configurationFile=log4j2.properties")
             .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()));
         // A class-data-sharing archive (written by scripts/deps.sh) saves seconds of start-up.
@@ -238,7 +254,14 @@ impl Broker {
             .args(["-Xmx128m", "-Dlog4j2.configurationFile=none"])
             .args(["org.apache.kafka.tools.ConfigCommand", "--bootstrap-server"])
             .arg(self.brokers())
-            .args(["--entity-type", "topics", "--entity-name", topic, "--alter", "--add-config"])
+            .args([
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                topic,
+                "--alter",
+                "--add-config",
+            ])
             .arg(&pairs)
             .stdin(Stdio::null())
             .output()
