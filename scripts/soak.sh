@@ -4,7 +4,7 @@
 # Each run prints its seed, the faults injected, the source transactions committed, and per
 # table the rows lost, extra and differing, and the row versions applied twice. Not part of CI.
 #
-#   scripts/soak.sh                      # 10 runs of 10 minutes, both process shapes in turn
+#   scripts/soak.sh                      # 10 runs of 10 minutes: both sources, both shapes in turn
 #   SOAK_RUNS=3 SOAK_SECS=120 scripts/soak.sh
 #   SLUICE_CHAOS_SEED=123 SOAK_RUNS=1 scripts/soak.sh   # replay one seed
 set -euo pipefail
@@ -15,7 +15,12 @@ secs=${SOAK_SECS:-600}
 bash scripts/deps.sh
 cargo nextest run --workspace --no-run
 for i in $(seq 1 "$runs"); do
-  if [ $((i % 2)) = 1 ]; then test=chaos::chaos_with_one_process; else test=chaos::chaos_with_capture_and_apply_processes; fi
+  case $((i % 4)) in
+    1) test=chaos::chaos_postgres_source_one_process ;;
+    2) test=chaos::chaos_mariadb_source_capture_and_apply_processes ;;
+    3) test=chaos::chaos_postgres_source_capture_and_apply_processes ;;
+    *) test=chaos::chaos_mariadb_source_one_process ;;
+  esac
   echo "[soak] run $i/$runs: $test, $secs s of faults"
   if ! SLUICE_CHAOS_SECS=$secs cargo nextest run --workspace --no-capture -E "test(=$test)" 2>&1 \
       | grep --line-buffered -E '^chaos:|PASS|FAIL|panicked|seed'; then

@@ -160,6 +160,38 @@ impl MariaDb {
         );
     }
 
+    /// `kill -9` of the server (a crash; InnoDB recovers at the next start).
+    pub fn kill9(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a killed server again on the same port and data directory.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.child = Some(spawn(
+                &self.mariadbd,
+                self.dir.path(),
+                self.port,
+                &self.extra,
+            ));
+            assert!(
+                self.wait_ready(Duration::from_secs(60)),
+                "mariadbd did not come back after a crash"
+            );
+        }
+    }
+
+    /// Runs SQL as root; `false` if the client failed (the server is down, say).
+    pub fn try_execute(&self, database: Option<&str>, sql: &str) -> bool {
+        self.command(database)
+            .args(["-e", sql])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
