@@ -1032,18 +1032,25 @@ mod tests {
     }
 
     #[test]
-    fn delete_falls_back_to_the_record_key() {
-        let m = map(json!({"op": "d", "before": {}, "after": null})).expect("maps");
-        let Mapped::Changes { changes, .. } = m else {
-            panic!("changes expected")
-        };
-        assert_eq!(
-            changes,
-            vec![TargetChange::Delete {
-                table: 0,
-                key: vec![json!(1)]
-            }]
-        );
+    fn a_delete_without_key_columns_and_a_tombstone_delete_by_the_record_key() {
+        let envelope = json!({"op": "d", "before": {}, "after": null}).to_string();
+        for value in [Some(envelope.as_bytes()), None] {
+            let m = map_record(&vec![route()].into(), Some(b"{\"id\":7}"), value).expect("maps");
+            let Mapped::Changes {
+                changes, position, ..
+            } = m
+            else {
+                panic!("changes expected")
+            };
+            assert_eq!(
+                changes,
+                vec![TargetChange::Delete {
+                    table: 0,
+                    key: vec![json!(7)]
+                }]
+            );
+            assert_eq!(position, None);
+        }
     }
 
     #[test]
@@ -1058,25 +1065,6 @@ mod tests {
             map_record(&vec![route()].into(), None, None),
             Ok(Mapped::Tombstone)
         ));
-    }
-
-    #[test]
-    fn a_tombstone_deletes_its_key() {
-        let m = map_record(&vec![route()].into(), Some(b"{\"id\":7}"), None).expect("maps");
-        let Mapped::Changes {
-            changes, position, ..
-        } = m
-        else {
-            panic!("changes expected")
-        };
-        assert_eq!(
-            changes,
-            vec![TargetChange::Delete {
-                table: 0,
-                key: vec![json!(7)]
-            }]
-        );
-        assert_eq!(position, None);
     }
 
     /// organizations.user (id, name, email, role, "isActive", deleted_at) ← lms.users.

@@ -684,14 +684,7 @@ impl Worker {
                     match &mut self.ordered_progress.stalled {
                         Some((_, stalled_at)) => *stalled_at = at,
                         None => {
-                            tracing::info!(
-                                worker = self.id,
-                                topic = %record.topic,
-                                partition = record.partition,
-                                offset = record.offset,
-                                wait_ms = self.settings.fk_wait.as_millis() as u64,
-                                "a target foreign key refused the source state at the last capture checkpoint: waiting for a later one"
-                            );
+                            self.log_refusal(&record, "a target foreign key refused the source state at the last capture checkpoint: waiting for a later one");
                             self.ordered_progress.stalled = Some((Instant::now(), at));
                         }
                     }
@@ -701,14 +694,7 @@ impl Worker {
                     // One line when a hold starts (not at every retry of it).
                     let first = states.get(&tp).is_none_or(|s| s.held_since.is_none());
                     if first && !blob_held {
-                        tracing::info!(
-                            worker = self.id,
-                            topic = %record.topic,
-                            partition = record.partition,
-                            offset = record.offset,
-                            wait_ms = self.settings.fk_wait.as_millis() as u64,
-                            "a target foreign key refused a change (a row whose parent is not in the target yet, or a delete of a row other rows still reference): holding this partition and retrying; other partitions go on"
-                        );
+                        self.log_refusal(&record, "a target foreign key refused a change (a row whose parent is not in the target yet, or a delete of a row other rows still reference): holding this partition and retrying; other partitions go on");
                     }
                     let stop = stop_at.entry(tp).or_insert(record.offset);
                     *stop = (*stop).min(record.offset);
@@ -803,6 +789,18 @@ impl Worker {
             }
         }
         self.ordered_progress.released_all = !left;
+    }
+
+    /// One line for a record a target foreign key refused.
+    fn log_refusal(&self, record: &RecordRef, what: &str) {
+        tracing::info!(
+            worker = self.id,
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            wait_ms = self.settings.fk_wait.as_millis() as u64,
+            "{what}"
+        );
     }
 
     fn is_ordered(&self, topic: &Arc<str>) -> bool {

@@ -148,16 +148,7 @@ impl MariaDb {
             signal_child(&mut c, true);
             let _ = c.wait();
         }
-        self.child = Some(spawn(
-            &self.mariadbd,
-            self.dir.path(),
-            self.port,
-            &self.extra,
-        ));
-        assert!(
-            self.wait_ready(Duration::from_secs(60)),
-            "mariadbd did not come back after a restart"
-        );
+        self.start_again();
     }
 
     /// `kill -9` of the server (a crash; InnoDB recovers at the next start).
@@ -176,7 +167,7 @@ impl MariaDb {
             ));
             assert!(
                 self.wait_ready(Duration::from_secs(60)),
-                "mariadbd did not come back after a crash"
+                "mariadbd did not come back"
             );
         }
     }
