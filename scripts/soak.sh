@@ -22,10 +22,14 @@ for i in $(seq 1 "$runs"); do
     *) test=chaos::chaos_mariadb_source_one_process ;;
   esac
   echo "[soak] run $i/$runs: $test, $secs s of faults"
-  if ! SLUICE_CHAOS_SECS=$secs cargo nextest run --workspace --no-capture -E "test(=$test)" 2>&1 \
-      | grep --line-buffered -E '^chaos:|PASS|FAIL|panicked|seed'; then
-    echo "[soak] run $i failed"
+  log=$(mktemp)
+  if ! SLUICE_CHAOS_SECS=$secs cargo nextest run --workspace --profile soak --no-capture \
+      -E "test(=$test)" >"$log" 2>&1; then
+    grep -E '^chaos:|panicked|FAIL|TIMEOUT' -A3 "$log" || tail -40 "$log"
+    echo "[soak] run $i failed (whole output: $log)"
     exit 1
   fi
+  grep -E '^chaos:' "$log"
+  rm -f "$log"
 done
 echo "[soak] $runs runs passed"
