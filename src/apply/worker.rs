@@ -80,6 +80,9 @@ struct PartitionState {
     waiting: VecDeque<(Record, Option<(String, Position)>)>,
     /// One past the highest offset received from the consumer.
     received_next: Option<i64>,
+    /// Read again from its stored offset: records are ignored until the consumer hands the
+    /// partition over again (see [`Worker::reload`]).
+    restarting: bool,
     /// When the record this partition is held at was first held (kept while the hold is
     /// released for a retry and taken again), and the current retry delay. Once that is
     /// `fk_wait` ago (for a foreign key) or the blob column's `missing_wait` ago (for a file),
@@ -341,6 +344,10 @@ impl Worker {
                     // Not (or no longer) ours.
                     return;
                 };
+                if state.restarting {
+                    // From before the seek back: it comes again after the hand-over.
+                    return;
+                }
                 let next = record.offset + 1;
                 state.received_next = Some(state.received_next.map_or(next, |n| n.max(next)));
                 if let Some(hold) = state.hold.as_mut() {
@@ -705,7 +712,7 @@ impl Worker {
                         partitions = tps.len(),
                         "stored offsets moved under us (another consumer applied them): reloading"
                     );
-                    if !self.reload(states, &tps).await {
+                    if !self.reload(states, ready, &tps).await {
                         return Ok(false);
                     }
                 }
@@ -828,9 +835,16 @@ impl Worker {
     }
 
     /// Reloads the stored offsets of `tps` into `states`, retrying. `false` when stopping.
+    ///
+    /// A partition whose stored offset moved back (a replay, or a target that lost commits it
+    /// had acknowledged, as an asynchronous commit can in a crash) is read again from there:
+    /// what this worker holds of it beyond that offset is dropped at once, and records still
+    /// arriving from before the consumer's seek are ignored until it hands the partition over
+    /// again. Applying them first would store an offset past records never applied.
     async fn reload(
         &mut self,
         states: &mut HashMap<TopicPartition, PartitionState>,
+        ready: &mut Vec<Record>,
         tps: &[TopicPartition],
     ) -> bool {
         let mut backoff = Backoff::default();
@@ -838,22 +852,31 @@ impl Worker {
             match self.sink.load_offsets(tps).await {
                 Ok(stored) => {
                     for tp in tps {
-                        if let Some(state) = states.get_mut(tp) {
-                            match stored.get(tp) {
-                                Some((next, pos)) => {
-                                    // Moved back (a replay): the consumer must read from there.
-                                    if state.expected.is_some_and(|e| *next < e) {
-                                        self.restart(tp, state.generation);
-                                    }
-                                    state.expected = Some(*next);
-                                    state.position = pos.as_deref().and_then(parse_position);
-                                }
-                                None => {
-                                    state.expected = None;
-                                    state.position = None;
-                                }
+                        let Some(state) = states.get_mut(tp) else {
+                            continue;
+                        };
+                        let (next, pos) = match stored.get(tp) {
+                            Some((next, pos)) => {
+                                (Some(*next), pos.as_deref().and_then(parse_position))
                             }
+                            None => (None, None),
+                        };
+                        let moved_back = match (state.expected, next) {
+                            (Some(e), Some(n)) => n < e,
+                            (Some(_), None) => true,
+                            _ => false,
+                        };
+                        if moved_back {
+                            ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
+                            state.waiting.clear();
+                            state.hold = None;
+                            state.parked.clear();
+                            state.parked_at = None;
+                            state.restarting = true;
+                            self.restart(tp, state.generation);
                         }
+                        state.expected = next;
+                        state.position = pos;
                     }
                     return true;
                 }
@@ -1023,7 +1046,7 @@ impl Worker {
                     }
                 }
                 Ok(BarrierOutcome::Fenced) => {
-                    if !self.reload(states, std::slice::from_ref(&tp)).await {
+                    if !self.reload(states, ready, std::slice::from_ref(&tp)).await {
                         return false;
                     }
                     if let Some(state) = states.get_mut(&tp) {

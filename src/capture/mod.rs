@@ -144,9 +144,20 @@ pub async fn run(
     {
         let publisher = publisher.clone();
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-        tokio::task::spawn_blocking(move || publisher.load_partition_counts(&names))
-            .await
-            .context("reading topic metadata")??;
+        // Resuming from a checkpoint meets events published after it already: learn where
+        // each partition ends so that they are not published twice. A fresh start or a new
+        // snapshot may bring positions below the old ones (a new binlog, another server), and
+        // skips nothing.
+        let resuming = resume.is_some() && !settings.resnapshot;
+        tokio::task::spawn_blocking(move || {
+            publisher.load_partition_counts(&names)?;
+            if resuming {
+                publisher.load_published_positions(&names)?;
+            }
+            Ok::<_, sluice_kafka::KafkaError>(())
+        })
+        .await
+        .context("reading topic metadata")??;
     }
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);

@@ -14,7 +14,7 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use sluice_core::envelope::{write_envelope, write_key};
-use sluice_core::{ChangeEvent, Op, Problem};
+use sluice_core::{ChangeEvent, Op, Position, Problem};
 use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
@@ -238,8 +238,39 @@ impl ProducerContext for AckContext {
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: Arc<ThreadedProducer<AckContext>>,
+    cfg: KafkaConfig,
     tombstones: bool,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
+    /// Per topic and partition, the position of the last event published (see
+    /// [`KafkaPublisher::load_published_positions`]).
+    published: Arc<Mutex<HashMap<String, Vec<Option<Position>>>>>,
+}
+
+/// The partition the Java client's default partitioner (and librdkafka's `murmur2_random`)
+/// gives a non-empty key: murmur2 of the key bytes, made positive, modulo the partition count.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions.max(1) as u32) as i32
 }
 
 impl KafkaPublisher {
@@ -267,9 +298,105 @@ impl KafkaPublisher {
                 ))?;
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
+            cfg: cfg.clone(),
             tombstones: cfg.tombstones,
             partitions: Arc::new(Mutex::new(HashMap::new())),
+            published: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Whether an event at `position` is in partition `partition` of `topic` already (then it
+    /// is not published again); otherwise notes that it is from now on.
+    fn already_published(&self, topic: &str, partition: i32, position: &Position) -> bool {
+        let Ok(mut published) = self.published.lock() else {
+            return false;
+        };
+        if !published.contains_key(topic) {
+            published.insert(topic.to_owned(), Vec::new());
+        }
+        let Some(slots) = published.get_mut(topic) else {
+            return false;
+        };
+        let i = partition.max(0) as usize;
+        if slots.len() <= i {
+            slots.resize(i + 1, None);
+        }
+        match &slots[i] {
+            Some(last) if position <= last => true,
+            _ => {
+                slots[i] = Some(*position);
+                false
+            }
+        }
+    }
+
+    /// Reads the source position of the last record of every partition of `topics` (blocking),
+    /// so that events a previous run of capture published after its last checkpoint are not
+    /// published again.
+    ///
+    /// Why it matters: capture resumes from its checkpoint and meets events it published
+    /// already. Apply skips such duplicates by position, but a compacted topic may have removed
+    /// the original and kept the duplicate (a key's last record), which apply would then skip
+    /// as applied although it never saw the original: a lost change. Not publishing
+    /// duplicates removes the case. A partition receives its records in publication order
+    /// without gaps (idempotent producer), and positions only grow in publication order, so
+    /// every event at or below a partition's last position is in it.
+    pub fn load_published_positions(&self, topics: &[String]) -> Result<(), KafkaError> {
+        use rdkafka::consumer::Consumer as _;
+        use rdkafka::message::Message as _;
+        let consumer: rdkafka::consumer::BaseConsumer = client_config(&self.cfg)
+            .set("group.id", "sluice-tail-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(KafkaError::client(
+                "creating a reader of the topics' last records",
+            ))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut wanted = 0usize;
+        for topic in topics {
+            for p in 0..self.partition_count(topic)? {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                    .map_err(KafkaError::client(format!(
+                        "reading the end of {topic}[{p}]"
+                    )))?;
+                if high > low {
+                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high - 1))
+                        .map_err(KafkaError::client("preparing the last-record reads"))?;
+                    wanted += 1;
+                }
+            }
+        }
+        if wanted == 0 {
+            return Ok(());
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(KafkaError::client("reading the topics' last records"))?;
+        let mut seen = std::collections::HashSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < wanted && std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            if !seen.insert((m.topic().to_owned(), m.partition())) {
+                continue;
+            }
+            let bytes = m.payload().or_else(|| {
+                use rdkafka::message::Headers as _;
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == TOMBSTONE_DELETE_HEADER)
+                    .and_then(|h| h.value)
+            });
+            let position = bytes
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v.get("source").and_then(Position::from_envelope_source));
+            if let Some(position) = position {
+                self.already_published(m.topic(), m.partition(), &position);
+            }
+        }
+        Ok(())
     }
 
     /// Hands one event (and its tombstone, for deletes) to the producer; `acks` counts their
@@ -284,10 +411,18 @@ impl KafkaPublisher {
     ) -> Result<(), KafkaError> {
         key.clear();
         value.clear();
-        write_envelope(event, now_ms, value);
         let topic = &*event.table.topic;
+        let position = &event.source.position;
         if write_key(event, key) {
-            self.send(topic, key, Some(value), None, acks).await?;
+            // The partition the Java client's partitioner picks, set here so that the check
+            // against what the partition holds already is made for the right one.
+            let partition = java_partition(key, self.partition_count(topic)?);
+            if self.already_published(topic, partition, position) {
+                return Ok(());
+            }
+            write_envelope(event, now_ms, value);
+            self.send(topic, key, Some(value), Some(partition), acks)
+                .await?;
             if event.op == Op::Delete && self.tombstones {
                 // Compaction keeps only a key's last record, the tombstone: it carries the
                 // delete's envelope in a header so that a sink reading a compacted topic
@@ -298,7 +433,11 @@ impl KafkaPublisher {
             // A truncate concerns every key: it goes to every partition, so that each one sees
             // it in order with the changes around it.
             key.extend_from_slice(b"{}");
+            write_envelope(event, now_ms, value);
             for partition in 0..self.partition_count(topic)? {
+                if self.already_published(topic, partition, position) {
+                    continue;
+                }
                 self.send(topic, key, Some(value), Some(partition), acks)
                     .await?;
             }
@@ -322,6 +461,7 @@ impl KafkaPublisher {
         acks.remaining.fetch_add(1, Ordering::AcqRel);
         let record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone())
             .key(key)
+            .partition(java_partition(key, self.partition_count(topic)?))
             .headers(headers);
         self.enqueue(topic, record, acks).await
     }
@@ -420,5 +560,26 @@ impl KafkaPublisher {
         self.producer
             .flush(timeout)
             .map_err(KafkaError::client("flushing the kafka producer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::java_partition;
+
+    #[test]
+    fn partitions_agree_with_the_java_client() {
+        // murmur2 values printed by org.apache.kafka.common.utils.Utils.murmur2 (kafka-clients
+        // 4.1), modulo 3 after toPositive.
+        for (key, java) in [
+            ("{\"id\":1}", 0),
+            ("{\"id\":1455046}", 0),
+            ("abc", 0),
+            ("21", 0),
+            ("{\"order_id\":7,\"line\":3}", 0),
+            ("a-little-bit-longer-string", 2),
+        ] {
+            assert_eq!(java_partition(key.as_bytes(), 3), java, "{key}");
+        }
     }
 }
