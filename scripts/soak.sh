@@ -24,7 +24,7 @@ for i in $(seq 1 "$runs"); do
   echo "[soak] run $i/$runs: $test, $secs s of faults"
   log=$(mktemp)
   if ! SLUICE_CHAOS_SECS=$secs cargo nextest run --workspace --profile soak --no-capture \
-      -E "test(=$test)" >"$log" 2>&1; then
+      --run-ignored all -E "test(=$test)" >"$log" 2>&1; then
     grep -E '^chaos:|panicked|FAIL|TIMEOUT' -A3 "$log" || tail -40 "$log"
     echo "[soak] run $i failed (whole output: $log)"
     exit 1
