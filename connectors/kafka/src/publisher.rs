@@ -427,7 +427,8 @@ impl KafkaPublisher {
                 // Compaction keeps only a key's last record, the tombstone: it carries the
                 // delete's envelope in a header so that a sink reading a compacted topic
                 // still learns the delete, with its source position and row.
-                self.send_tombstone(topic, key, value, acks).await?;
+                self.send_tombstone(topic, key, partition, value, acks)
+                    .await?;
             }
         } else {
             // A truncate concerns every key: it goes to every partition, so that each one sees
@@ -445,12 +446,13 @@ impl KafkaPublisher {
         Ok(())
     }
 
-    /// Hands a tombstone of `key` to the producer, its delete envelope in the
-    /// [`TOMBSTONE_DELETE_HEADER`] header.
+    /// Hands a tombstone of `key` (to its delete's partition) to the producer, its delete
+    /// envelope in the [`TOMBSTONE_DELETE_HEADER`] header.
     async fn send_tombstone(
         &self,
         topic: &str,
         key: &[u8],
+        partition: i32,
         delete: &[u8],
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
@@ -461,7 +463,7 @@ impl KafkaPublisher {
         acks.remaining.fetch_add(1, Ordering::AcqRel);
         let record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone())
             .key(key)
-            .partition(java_partition(key, self.partition_count(topic)?))
+            .partition(partition)
             .headers(headers);
         self.enqueue(topic, record, acks).await
     }

@@ -259,11 +259,7 @@ impl PgCluster {
     /// Starts a stopped server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(
-            self.pg_ctl(&["-w", "-t", "30", "start"]),
-            "postgres did not restart"
-        );
-        self.running = true;
+        self.start_again();
     }
 
     /// Creates a database (with the default owner `postgres`).

@@ -172,17 +172,6 @@ impl MariaDb {
         }
     }
 
-    /// Runs SQL as root; `false` if the client failed (the server is down, say).
-    pub fn try_execute(&self, database: Option<&str>, sql: &str) -> bool {
-        self.command(database)
-            .args(["-e", sql])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
     pub fn port(&self) -> u16 {
         self.port
     }
