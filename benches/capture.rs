@@ -7,8 +7,10 @@
 //! 4. starts Sluice and times it until every row is in Kafka (summed high watermarks);
 //! 5. reads Sluice's CPU time and peak RSS from /proc.
 //!
-//! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions.
-//! `BENCH_ROWS` scales the first workload (default 1000000).
+//! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions; 50k rows with a
+//! 3.2 KB out-of-line (TOASTed) text, each then updated once without touching it (Postgres
+//! leaves the value out and capture reads it back from the table: the cost of that read).
+//! `BENCH_ROWS` scales them (default 1000000; the others are 1/10 and 1/20 of it).
 
 use std::path::Path;
 use std::process::Command;
@@ -78,7 +80,9 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
     pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     db.batch_execute(
-        "create table bench (id bigint primary key, name text, at timestamptz, amount numeric(12,2), flag bool);
+        "create table bench (id bigint primary key, name text, at timestamptz, amount numeric(12,2), flag bool,
+                             doc text);
+         alter table bench alter column doc set storage external;
          create procedure single_row_txns(n int) language plpgsql as $$
          begin
            for i in 1..n loop
@@ -205,13 +209,44 @@ async fn main() {
         rows / 10_000 - 1
     );
     let small_txns = format!("call single_row_txns({single});");
+    let toasted: u64 = rows / 20;
+    let toast_txns = format!(
+        "do $$ begin
+           for t in 0..{last} loop
+             insert into bench select 20000000 + g, md5(g::text), now(), g * 1.5, true,
+                                      repeat(md5(g::text), 100)
+               from generate_series(t * 1000 + 1, (t + 1) * 1000) g;
+             commit;
+           end loop;
+           for t in 0..{last} loop
+             update bench set amount = amount + 1
+              where id between 20000000 + t * 1000 + 1 and 20000000 + (t + 1) * 1000;
+             commit;
+           end loop;
+         end $$;",
+        last = toasted / 1000 - 1
+    );
     let a = run_workload("10k-row transactions", &engine, &big_txns, rows).await;
     let b = run_workload("single-row transactions", &engine, &small_txns, single).await;
+    let c = run_workload(
+        "TOASTed rows, then updates leaving them unchanged",
+        &engine,
+        &toast_txns,
+        toasted * 2,
+    )
+    .await;
     println!();
     println!("capture benchmark (broker: Apache Kafka; this machine, all services co-located)");
     println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, f) in [("1M rows, 10k-row txns", &a), ("100k single-row txns", &b)] {
+    for (name, f) in [
+        ("1M rows, 10k-row txns", &a),
+        ("100k single-row txns", &b),
+        (
+            "50k TOASTed inserts + 50k updates leaving the value unchanged (1k-row txns)",
+            &c,
+        ),
+    ] {
         let recv = f.rows as f64 / f.recvlogical_s;
         let ours = f.rows as f64 / f.sluice_s;
         println!(

@@ -63,7 +63,7 @@ pub struct StreamContext {
     pub stop: watch::Receiver<bool>,
     /// Backfills: changed keys noted, chunks published at their markers.
     pub backfill: Tracker,
-    /// The source database, for reading the large values a key change left out (see
+    /// The source database, for reading the large values an update left out (see
     /// [`UnchangedFill`]).
     pub connection: crate::config::PostgresConnection,
 }
@@ -151,18 +151,20 @@ struct RelationState {
     kinds: Vec<TypeKind>,
 }
 
-/// Large (TOASTed) values an update that changed the key left out.
+/// Large (TOASTed) values an update left out because it did not change them.
 ///
-/// Such an update is published as a delete of the old key and an insert of the new one, and an
-/// insert must carry the whole row: a sink that applies it to a fresh row would otherwise have
-/// nothing to keep and write NULL. Under `REPLICA IDENTITY FULL` the old row supplies the
-/// values; under the default identity Postgres sends neither, so they are read from the table
-/// by the new key before the batch goes out. The row read is the current one, which is the
-/// change's row or a later version of it; any later change to those columns is itself
-/// published after this one, so the target converges on the source. A row deleted (or keyed
-/// anew) since leaves the values absent, and the later delete removes the row anyway.
+/// Under `REPLICA IDENTITY DEFAULT` Postgres sends neither the unchanged value nor an old row
+/// to take it from. An event without it is only safe for a sink that already holds the row's
+/// earlier version: one that applies it to a fresh row (a key change, published as delete(old)
+/// + insert(new); or an update whose insert a compacted topic no longer holds) would have
+/// nothing to keep. So the values are read from the table by the new key before the batch goes
+/// out (under `REPLICA IDENTITY FULL` the old row supplies them and nothing is read). The row
+/// read is the current one, which is the change's row or a later version of it; any later
+/// change to those columns is itself published after this one, so the target converges on the
+/// source. A row deleted (or keyed anew) since leaves the values absent, and the later delete
+/// removes the row anyway.
 struct UnchangedFill {
-    /// Index of the insert event in the batch.
+    /// Index of the event (an update, or the insert of a key change) in the batch.
     event: usize,
     table: Arc<TableSchema>,
     /// The new key's columns and their text, as the server sent them.
@@ -183,7 +185,7 @@ struct Session {
     pending_since: Option<Instant>,
     /// End LSN of the last commit handed to the pipeline.
     last_sent: u64,
-    /// Inserts of the batch still missing large values (see [`UnchangedFill`]).
+    /// Events of the batch still missing large values (see [`UnchangedFill`]).
     fills: Vec<UnchangedFill>,
     /// The connection that reads them, opened on first use.
     lookup: Option<tokio_postgres::Client>,
@@ -359,74 +361,53 @@ impl Session {
             .map_err(|_| PostgresError::Closed)
     }
 
-    /// Reads the values [`UnchangedFill`]s ask for into their events.
+    /// Reads the values [`UnchangedFill`]s ask for into their events: one query per table and
+    /// set of absent columns, up to [`FILL_KEYS_PER_QUERY`] keys each.
     async fn fill_unchanged(&mut self) -> Result<(), PostgresError> {
         if self.fills.is_empty() {
             return Ok(());
         }
         if self.lookup.as_ref().is_none_or(|c| c.is_closed()) {
-            self.lookup =
-                Some(crate::client::connect(&self.ctx.connection, "key change lookup").await?);
+            self.lookup = Some(
+                crate::client::connect(&self.ctx.connection, "unchanged large value lookup")
+                    .await?,
+            );
         }
         let Some(lookup) = self.lookup.as_ref() else {
             return Ok(());
         };
-        for fill in std::mem::take(&mut self.fills) {
-            let names = &fill.table.columns;
-            let name = |i: usize| quote_ident(names.get(i).map(|c| &**c).unwrap_or("?"));
-            let sql = format!(
-                "select {} from {} where {}",
-                fill.columns
-                    .iter()
-                    .map(|(i, _)| name(*i))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                quote_table(&fill.table.id),
-                fill.key
-                    .iter()
-                    .map(|(i, text)| format!("{} = {}", name(*i), quote_literal(text)))
-                    .collect::<Vec<_>>()
-                    .join(" and "),
-            );
-            let found = lookup
-                .simple_query(&sql)
-                .await
-                .map_err(|source| PostgresError::Query {
-                    context: format!(
-                        "reading the large values a key change of {} left out",
-                        fill.table.id
-                    ),
-                    source,
-                })?;
-            let Some(row) = found.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            }) else {
-                tracing::debug!(table = %fill.table.id, "row re-keyed or deleted since: its large values stay absent");
-                continue;
-            };
-            let Some(after) = self
-                .batch
-                .get_mut(fill.event)
-                .and_then(|e| e.after.as_mut())
-            else {
-                continue;
-            };
-            for (j, (i, kind)) in fill.columns.iter().enumerate() {
-                let value = match row.get(j) {
-                    None => Value::Null,
-                    Some(text) => decode_text(kind, text).map_err(|e| {
-                        PostgresError::Decode(pgoutput::DecodeError(format!(
-                            "column {} of {}: {} ({:?})",
-                            name(*i),
-                            fill.table.id,
-                            e.reason,
-                            e.kind
-                        )))
-                    })?,
+        let mut fills = std::mem::take(&mut self.fills);
+        fills.sort_by(|a, b| {
+            (&a.table.id, a.column_indexes()).cmp(&(&b.table.id, b.column_indexes()))
+        });
+        let mut rest: &[UnchangedFill] = &fills;
+        while let Some(first) = rest.first() {
+            let same = rest
+                .iter()
+                .take(FILL_KEYS_PER_QUERY)
+                .take_while(|f| {
+                    f.table.id == first.table.id && f.column_indexes() == first.column_indexes()
+                })
+                .count();
+            let (group, tail) = rest.split_at(same);
+            rest = tail;
+            let found = read_fill_group(lookup, group).await?;
+            for (n, fill) in group.iter().enumerate() {
+                let Some(values) = found.get(&n) else {
+                    tracing::debug!(table = %fill.table.id, "row deleted or re-keyed since: its large values stay absent");
+                    continue;
                 };
-                if let Some(slot) = after.values.get_mut(*i) {
-                    *slot = Some(value);
+                let Some(after) = self
+                    .batch
+                    .get_mut(fill.event)
+                    .and_then(|e| e.after.as_mut())
+                else {
+                    continue;
+                };
+                for ((i, _), value) in fill.columns.iter().zip(values) {
+                    if let Some(slot) = after.values.get_mut(*i) {
+                        *slot = Some(value.clone());
+                    }
                 }
             }
         }
@@ -498,11 +479,7 @@ impl Session {
                     let key_changed = before
                         .as_ref()
                         .is_some_and(|b| rel.table.key_differs(b, &after));
-                    let fill = if key_changed {
-                        unchanged_fill(rel, &new, &after)
-                    } else {
-                        None
-                    };
+                    let fill = unchanged_fill(rel, &new, &after);
                     let table = rel.table.clone();
                     if self.ctx.backfill.active() {
                         self.ctx.backfill.touched(&table, &after, self.xid());
@@ -520,6 +497,10 @@ impl Session {
                         let ins = self.event(table, Op::Insert, None, Some(after));
                         self.batch.push(ins);
                     } else {
+                        if let Some(mut fill) = fill {
+                            fill.event = self.batch.len();
+                            self.fills.push(fill);
+                        }
                         let ev = self.event(table, Op::Update, before, Some(after));
                         self.batch.push(ev);
                     }
@@ -590,8 +571,90 @@ impl Session {
     }
 }
 
-/// What the insert of a key change needs read from the table: the columns `after` lacks
-/// (unchanged TOASTed values), or `None` when it lacks nothing. `event` is set by the caller.
+/// Keys read per lookup query (one `union all` branch, an index probe, each).
+const FILL_KEYS_PER_QUERY: usize = 200;
+
+impl UnchangedFill {
+    fn column_indexes(&self) -> Vec<usize> {
+        self.columns.iter().map(|(i, _)| *i).collect()
+    }
+}
+
+/// Reads the current values of one group of fills (same table, same absent columns): one
+/// statement whose branches each look up one key by its literal, so the server compares keys
+/// in their own types. Returns the values by the fill's index in `group`; a key with no row is
+/// missing from the map.
+async fn read_fill_group(
+    lookup: &tokio_postgres::Client,
+    group: &[UnchangedFill],
+) -> Result<HashMap<usize, Vec<Value>>, PostgresError> {
+    let Some(first) = group.first() else {
+        return Ok(HashMap::new());
+    };
+    let names = &first.table.columns;
+    let name = |i: usize| quote_ident(names.get(i).map(|c| &**c).unwrap_or("?"));
+    let columns = first
+        .columns
+        .iter()
+        .map(|(i, _)| name(*i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let table = quote_table(&first.table.id);
+    let sql = group
+        .iter()
+        .enumerate()
+        .map(|(n, fill)| {
+            let filter = fill
+                .key
+                .iter()
+                .map(|(i, text)| format!("{} = {}", name(*i), quote_literal(text)))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            format!("(select {n}, {columns} from {table} where {filter})")
+        })
+        .collect::<Vec<_>>()
+        .join(" union all ");
+    let messages = lookup
+        .simple_query(&sql)
+        .await
+        .map_err(|source| PostgresError::Query {
+            context: format!(
+                "reading the unchanged large values of {} that an update left out",
+                first.table.id
+            ),
+            source,
+        })?;
+    let mut found = HashMap::new();
+    for message in &messages {
+        let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let Some(n) = row.get(0).and_then(|t| t.parse::<usize>().ok()) else {
+            continue;
+        };
+        let mut values = Vec::with_capacity(first.columns.len());
+        for (j, (i, kind)) in first.columns.iter().enumerate() {
+            let value = match row.get(j + 1) {
+                None => Value::Null,
+                Some(text) => decode_text(kind, text).map_err(|e| {
+                    PostgresError::Decode(pgoutput::DecodeError(format!(
+                        "column {} of {}: {} ({:?})",
+                        name(*i),
+                        first.table.id,
+                        e.reason,
+                        e.kind
+                    )))
+                })?,
+            };
+            values.push(value);
+        }
+        found.insert(n, values);
+    }
+    Ok(found)
+}
+
+/// What an update needs read from the table: the columns `after` lacks (unchanged TOASTed
+/// values), or `None` when it lacks nothing. `event` is set by the caller.
 fn unchanged_fill(rel: &RelationState, new: &Tuple<'_>, after: &Row) -> Option<UnchangedFill> {
     let columns: Vec<(usize, TypeKind)> = after
         .values
