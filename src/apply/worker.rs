@@ -121,6 +121,10 @@ pub struct OrderedTopics {
 
 /// How often a worker with ordered topics reads capture's durable marks while records wait.
 const ORDER_POLL: Duration = Duration::from_millis(200);
+/// Ordered records waiting this long without a release are logged at WARN, with the reason.
+const ORDER_WAIT_SAY: Duration = Duration::from_secs(60);
+/// How often a failing read of capture's durable marks is logged.
+const FAILING_SAY: Duration = Duration::from_secs(30);
 
 /// Where the worker of the ordered topics stands.
 #[derive(Debug, Default)]
@@ -136,6 +140,10 @@ pub struct OrderedProgress {
     /// in the next), or for `foreign_key_wait_ms`, after which they are held and retried as
     /// any refused row is. A refusal with nothing left waiting is held at once.
     stalled: Option<(Instant, Vec<(String, String)>)>,
+    /// When ordered records last moved (released, or none waiting), and when a wait past
+    /// [`ORDER_WAIT_SAY`] was last logged.
+    moved_at: Option<Instant>,
+    said_wait: Option<Instant>,
 }
 
 pub struct Worker {
@@ -216,6 +224,8 @@ impl Worker {
                     });
                     let current = marks.borrow_and_update().clone();
                     self.release_durable(&current, &mut states, &mut ready, &mut warned_split);
+                } else {
+                    self.ordered_progress.moved_at = None;
                 }
             }
             if next_offset_check <= Instant::now() {
@@ -733,6 +743,24 @@ impl Worker {
         let Some(ordered) = self.ordered.clone() else {
             return;
         };
+        let moved_at = *self
+            .ordered_progress
+            .moved_at
+            .get_or_insert_with(Instant::now);
+        if moved_at.elapsed() >= ORDER_WAIT_SAY
+            && self
+                .ordered_progress
+                .said_wait
+                .is_none_or(|t| t.elapsed() >= ORDER_WAIT_SAY)
+        {
+            self.ordered_progress.said_wait = Some(Instant::now());
+            let why = self.ordered_wait_reason(&ordered, marks, states);
+            tracing::warn!(
+                worker = self.id,
+                waiting_s = moved_at.elapsed().as_secs(),
+                "changes to tables linked by target foreign keys have waited this long: {why}"
+            );
+        }
         let held = ordered
             .partitions
             .iter()
@@ -796,6 +824,54 @@ impl Worker {
             }
         }
         self.ordered_progress.released_all = !left;
+        self.ordered_progress.moved_at = Some(Instant::now());
+        if self.ordered_progress.said_wait.take().is_some() {
+            tracing::info!(
+                worker = self.id,
+                "changes to tables linked by target foreign keys flow again"
+            );
+        }
+    }
+
+    /// Why [`Self::release_durable`] releases nothing, in words for an operator.
+    fn ordered_wait_reason(
+        &self,
+        ordered: &OrderedTopics,
+        marks: &Option<Arc<DurableMarks>>,
+        states: &HashMap<TopicPartition, PartitionState>,
+    ) -> String {
+        let held = ordered
+            .partitions
+            .iter()
+            .filter(|tp| states.contains_key(*tp))
+            .count();
+        if held < ordered.partitions.len() {
+            return format!(
+                "this process holds {held} of their {} partitions",
+                ordered.partitions.len()
+            );
+        }
+        let Some(marks) = marks else {
+            return "no capture checkpoint read yet (see the warnings about reading them)"
+                .to_owned();
+        };
+        if let Some((since, _)) = &self.ordered_progress.stalled {
+            return format!(
+                "the target refused the source state at the last checkpoint {} s ago and a later checkpoint is awaited",
+                since.elapsed().as_secs()
+            );
+        }
+        for tp in &ordered.partitions {
+            if let Some(s) = states.get(tp) {
+                let end = marks.ends.get(tp).copied().unwrap_or(0);
+                let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+                if have < end {
+                    return format!("{}[{}] is read up to offset {have} of {end}", tp.0, tp.1);
+                }
+            }
+        }
+        "the newest capture checkpoint covers none of the waiting changes (is capture running?)"
+            .to_owned()
     }
 
     /// One line for a record a target foreign key refused.
@@ -1100,26 +1176,44 @@ fn watch_durable_marks(
     watch::Sender<Vec<String>>,
     watch::Receiver<Option<Arc<DurableMarks>>>,
 )> {
-    let reader = CheckpointWatch::new(&ordered.kafka)?;
+    let mut reader = CheckpointWatch::new(&ordered.kafka)?;
     let (sources_tx, sources_rx) = watch::channel(Vec::<String>::new());
     let (marks_tx, marks_rx) = watch::channel(None);
     std::thread::Builder::new()
         .name("durable marks".into())
         .spawn(move || {
-            let mut failing = false;
+            // Since when reads fail, and when that was last said.
+            let mut failing: Option<(Instant, Option<Instant>)> = None;
             while !*stop.borrow() && !marks_tx.is_closed() {
                 let sources = sources_rx.borrow().clone();
                 if !sources.is_empty() {
                     match reader.read(&sources, &ordered.partitions) {
                         Ok(m) => {
-                            failing = false;
+                            if let Some((since, _)) = failing.take() {
+                                tracing::info!(
+                                    after_ms = since.elapsed().as_millis() as u64,
+                                    "reading capture checkpoints for the ordered topics works again"
+                                );
+                            }
                             let _ = marks_tx.send(Some(Arc::new(m)));
                         }
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(error = %error_chain(&e), "reading capture checkpoints for the ordered topics failed; retrying");
+                        Err(e) => {
+                            let (since, said) = failing.get_or_insert((Instant::now(), None));
+                            if said.is_none_or(|t| t.elapsed() >= FAILING_SAY) {
+                                *said = Some(Instant::now());
+                                tracing::warn!(
+                                    error = %error_chain(&e),
+                                    failing_for_s = since.elapsed().as_secs(),
+                                    "reading capture checkpoints for the ordered topics failed; the tables foreign keys link wait; retrying with a new client"
+                                );
+                            }
+                            // A client that lost its broker can keep stale metadata for
+                            // long: a new one asks afresh.
+                            match CheckpointWatch::new(&ordered.kafka) {
+                                Ok(fresh) => reader = fresh,
+                                Err(e) => tracing::debug!(error = %error_chain(&e), "new checkpoint reader"),
+                            }
                         }
-                        Err(_) => {}
                     }
                 }
                 std::thread::sleep(ORDER_POLL);
