@@ -155,8 +155,9 @@ struct RelationState {
 ///
 /// Under `REPLICA IDENTITY DEFAULT` Postgres sends neither the unchanged value nor an old row
 /// to take it from. An event without it is only safe for a sink that already holds the row's
-/// earlier version: one that applies it to a fresh row (a key change, published as delete(old)
-/// + insert(new); or an update whose insert a compacted topic no longer holds) would have
+/// earlier version: one that applies it to a fresh row (a key change, published as a delete
+/// of the old key and an insert of the new; or an update whose insert a compacted topic no
+/// longer holds) would have
 /// nothing to keep. So the values are read from the table by the new key before the batch goes
 /// out (under `REPLICA IDENTITY FULL` the old row supplies them and nothing is read). The row
 /// read is the current one, which is the change's row or a later version of it; any later
