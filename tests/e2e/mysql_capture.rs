@@ -379,3 +379,75 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
     assert_eq!(signal, vec!["marker".to_owned()], "the watermark row");
     assert!(sluice.stop(LONG).success());
 }
+
+/// Table ids in the binlog hold for one server run: after a restart the server hands the ids
+/// out again, to whichever table is opened first. A capture that resumes before the restart
+/// reads the old file (where an id names one table) and then the new one (where it names
+/// another), and must read each rows event with its own file's table map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_id_reused_after_a_server_restart_is_read_afresh() {
+    let mut f = MyFixture::new(
+        "create table wide (id int primary key, a varchar(50), b bigint, c text);
+         create table narrow (id int primary key, n int);",
+        &["wide", "narrow"],
+        "",
+    );
+    let mut sluice = f.start(&[]);
+    sluice.wait_log("binlog stream started", 1, LONG);
+    let mut wide = f.reader("wide");
+    let mut narrow = f.reader("narrow");
+    f.db.execute(
+        Some("shop"),
+        "insert into wide values (1, 'one', 1, 'first')",
+    );
+    wide.read_until(LONG, "row 1 of wide", |r| !r.is_empty());
+    assert!(sluice.stop(LONG).success());
+
+    // Capture is down: wide changes in this server run, the server restarts, and narrow is
+    // the first table written after it.
+    f.db.execute(
+        Some("shop"),
+        "insert into wide values (2, 'two', 2, 'second')",
+    );
+    f.db.restart();
+    f.db.execute(Some("shop"), "insert into narrow values (1, 10), (2, 20)");
+    let ids = |file: &str, table: &str| -> Vec<String> {
+        f.db.query("shop", &format!("show binlog events in '{file}'"))
+            .into_iter()
+            .filter(|l| {
+                l.contains(&format!("(`shop`.`{table}`)")) || l.contains(&format!("(shop.{table})"))
+            })
+            .filter_map(|l| {
+                let at = l.find("table_id: ")? + "table_id: ".len();
+                Some(l[at..].split_whitespace().next()?.to_owned())
+            })
+            .collect()
+    };
+    let files = f.db.query("shop", "show binary logs");
+    let first = files[0].split('\t').next().expect("file").to_owned();
+    let last = files[files.len() - 1]
+        .split('\t')
+        .next()
+        .expect("file")
+        .to_owned();
+    let wide_ids = ids(&first, "wide");
+    let narrow_ids = ids(&last, "narrow");
+    assert!(
+        narrow_ids.iter().any(|n| wide_ids.contains(n)),
+        "precondition: after the restart narrow has an id wide had before it (wide {wide_ids:?} in {first}, narrow {narrow_ids:?} in {last})"
+    );
+
+    let _sluice = f.start(&[]);
+    wide.read_until(LONG, "row 2 of wide", |r| r.len() >= 2);
+    narrow.read_until(LONG, "both rows of narrow", |r| r.len() >= 2);
+    let rows: Vec<Value> = narrow
+        .envelopes()
+        .iter()
+        .map(|e| e["after"].clone())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![json!({"id": 1, "n": 10}), json!({"id": 2, "n": 20})]
+    );
+    assert_eq!(wide.envelopes()[1]["after"]["c"], json!("second"));
+}

@@ -298,13 +298,20 @@ impl Session {
                     if let Some(seq) = binlog_file_seq(&name) {
                         if name != self.file {
                             tracing::debug!(file = %name, "binlog rotated");
+                            // Table ids hold within one server run only: a file written after
+                            // a restart reuses them for other tables.
+                            self.maps.clear();
                         }
                         self.file = name;
                         self.file_seq = seq;
                     }
                 }
             }
-            t if t == EventType::FORMAT_DESCRIPTION_EVENT as u8 => self.seen_fde = true,
+            t if t == EventType::FORMAT_DESCRIPTION_EVENT as u8 => {
+                self.seen_fde = true;
+                // A file's start: its table maps come again before its rows (see above).
+                self.maps.clear();
+            }
             MARIADB_GTID => {
                 if let Some(g) = crate::binlog::MariaGtid::parse(ev.data(), header.server_id()) {
                     self.begin(
@@ -491,8 +498,13 @@ impl Session {
             self.maps.insert(id, None);
             return Ok(());
         };
-        if self.maps.get(&id).is_some_and(|m| m.is_some()) {
-            return Ok(()); // the same table id: the same shape
+        let known = self
+            .maps
+            .get(&id)
+            .and_then(|m| m.as_ref())
+            .is_some_and(|m| *m.schema.id.schema == *key.0 && *m.schema.id.name == *key.1);
+        if known {
+            return Ok(()); // the same table id for the same table: the same shape
         }
         let map = TableMap::from_event(tme, &captured.json_columns).map_err(MySqlError::Setup)?;
         let current = self.shapes.get(&key).cloned();
