@@ -461,6 +461,7 @@ async fn chaos(maria: bool, split: bool) {
     eprintln!("chaos: faults {faults:?}; {transactions} source transactions committed");
 
     let dst = target.connect("warehouse").await;
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
     let compare = || async {
         let mut out = Vec::new();
         for (t, sql) in TABLES {
@@ -471,11 +472,15 @@ async fn chaos(maria: bool, split: bool) {
         out
     };
     let converged = sluice_test_support::wait_for_quiet(Duration::from_secs(240), || async {
+        // A process that exited will not converge: stop waiting (asserted below).
+        if pids.iter().any(|pid| !alive(*pid)) {
+            return Some(false);
+        }
         compare()
             .await
             .iter()
             .all(|(_, _, d)| *d == (0, 0, 0))
-            .then_some(())
+            .then_some(true)
     })
     .await;
     let report: Vec<String> = compare()
@@ -495,8 +500,15 @@ async fn chaos(maria: bool, split: bool) {
         "chaos: seed {seed}: {}; account versions applied {versions}, applied twice {twice}, regressions {regressions}, dead letters {dead}",
         report.join("; ")
     );
+    for (p, (name, _)) in procs.iter_mut().zip(&names) {
+        assert!(
+            p.is_running(),
+            "seed {seed}: sluice ({name}) exited by itself; its log: {}",
+            p.log_tail(40)
+        );
+    }
     assert!(
-        converged.is_some(),
+        converged == Some(true),
         "seed {seed}: the target never equalled the source: {}",
         report.join("; ")
     );
@@ -509,12 +521,17 @@ async fn chaos(maria: bool, split: bool) {
         dead, 0,
         "seed {seed}: valid changes went to the dead letters"
     );
-    for p in &mut procs {
-        assert!(
-            p.is_running(),
-            "seed {seed}: a sluice process exited by itself"
-        );
-    }
+}
+
+/// Whether a child process still runs (not exited, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 /// A blocking Postgres client for the writer thread.
