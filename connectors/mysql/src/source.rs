@@ -174,16 +174,20 @@ impl MySqlSource {
         let mut conn = connect(&s.connection).await?;
         let start = match resume_pos {
             Some(pos) => {
-                let files: Vec<(String, u64)> = conn
-                    .query("SHOW BINARY LOGS")
+                // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
+                let files: Vec<String> = conn
+                    .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
                     .await
-                    .map_err(MySqlError::query("listing the server's binlog files"))?;
-                if !files.iter().any(|(f, _)| *f == pos.file) {
+                    .map_err(MySqlError::query("listing the server's binlog files"))?
+                    .into_iter()
+                    .filter_map(|row| row.get::<String, usize>(0))
+                    .collect();
+                if !files.contains(&pos.file) {
                     return Err(MySqlError::Setup(format!(
                         "source {}: the checkpoint is at {pos} but the server no longer has binlog file {} (purged; it keeps {}): the changes since then cannot be recovered; start over with a new snapshot with `sluice run --resnapshot {}`",
                         s.name,
                         pos.file,
-                        files.first().map(|(f, _)| format!("{f} and later")).unwrap_or_else(|| "none".into()),
+                        files.first().map(|f| format!("{f} and later")).unwrap_or_else(|| "none".into()),
                         s.name
                     )));
                 }

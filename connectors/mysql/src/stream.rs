@@ -95,6 +95,13 @@ async fn run_session(
         .query_first("SELECT @@global.binlog_checksum")
         .await
         .map_err(MySqlError::query("reading binlog_checksum"))?;
+    let version: Option<String> = conn
+        .query_first("SELECT @@version")
+        .await
+        .map_err(MySqlError::query("reading the server version"))?;
+    // MariaDB sends the session's first (artificial) rotate with checksum bytes after the
+    // file name; MySQL 8 sends it without them.
+    let mariadb = version.is_some_and(|v| v.contains("MariaDB"));
     for sql in [
         // MariaDB: send GTID events; without this they arrive as BEGIN queries.
         "SET @mariadb_slave_capability = 4",
@@ -151,7 +158,7 @@ async fn run_session(
     let mut session = Session::new(
         ctx,
         start,
-        checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
+        mariadb && checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
     );
     session.gtids = gtid_state.map(|s| parse_gtid_state(&s));
     let result = session.stream(&mut stream).await;
@@ -196,8 +203,8 @@ struct Session {
     ctx: StreamContext,
     file: String,
     file_seq: u32,
-    /// Whether the next rotate's name carries checksum bytes (it does before the first format
-    /// description of a session, when the server checksums events).
+    /// Whether the next rotate's name carries checksum bytes (on MariaDB it does before the
+    /// first format description of a session, when the server checksums events).
     checksums: bool,
     seen_fde: bool,
     txn: Option<Txn>,
