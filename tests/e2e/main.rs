@@ -16,6 +16,7 @@ mod capture_types;
 mod chaos;
 mod idle_source;
 mod mappings;
+mod mysql8;
 mod mysql_backfill;
 mod mysql_capture;
 mod mysql_pipeline;

@@ -19,7 +19,11 @@ pub struct MyFixture {
 
 impl MyFixture {
     pub fn new(setup_sql: &str, tables: &[&str], extra_config: &str) -> MyFixture {
-        let db = MariaDb::start();
+        Self::on(MariaDb::start(), setup_sql, tables, extra_config)
+    }
+
+    /// The same on a server of the caller's choice (MySQL 8: [`MariaDb::start_mysql8`]).
+    pub fn on(db: MariaDb, setup_sql: &str, tables: &[&str], extra_config: &str) -> MyFixture {
         db.execute(None, "create database shop");
         db.execute(Some("shop"), setup_sql);
         let broker = Broker::start();
@@ -57,7 +61,7 @@ impl MyFixture {
     }
 }
 
-const TYPES: &str = r#"
+pub const TYPES: &str = r#"
 create table types (
   id int primary key,
   ti tinyint, tiu tinyint unsigned, si smallint, siu smallint unsigned,
@@ -71,7 +75,7 @@ create table types (
 "#;
 
 /// The rows, with ids offset by `offset` (0: read by the snapshot, 100: streamed).
-fn type_rows(offset: i32) -> String {
+pub fn type_rows(offset: i32) -> String {
     let id = |n: i32| n + offset;
     format!(
         "set time_zone = '+00:00'; set sql_mode = '';
@@ -101,7 +105,7 @@ insert into types values
 }
 
 /// The `after` image each row must have (without its id).
-fn expected(n: i32) -> Value {
+pub fn expected(n: i32) -> Value {
     match n {
         1 => json!({
             "ti": -128, "tiu": 0, "si": -32768, "siu": 0, "mi": -8388608, "miu": 0,
@@ -143,7 +147,7 @@ fn expected(n: i32) -> Value {
     }
 }
 
-fn without_id(row: &Value) -> Value {
+pub fn without_id(row: &Value) -> Value {
     let mut row = row.clone();
     if let Some(o) = row.as_object_mut() {
         o.remove("id");
@@ -386,11 +390,17 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
 /// another), and must read each rows event with its own file's table map.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_id_reused_after_a_server_restart_is_read_afresh() {
-    let mut f = MyFixture::new(
+    table_id_reused_after_restart(MariaDb::start(), "").await;
+}
+
+/// The body of [`a_table_id_reused_after_a_server_restart_is_read_afresh`].
+async fn table_id_reused_after_restart(db: MariaDb, extra_config: &str) {
+    let mut f = MyFixture::on(
+        db,
         "create table wide (id int primary key, a varchar(50), b bigint, c text);
          create table narrow (id int primary key, n int);",
         &["wide", "narrow"],
-        "",
+        extra_config,
     );
     let mut sluice = f.start(&[]);
     sluice.wait_log("binlog stream started", 1, LONG);

