@@ -239,14 +239,16 @@ async fn main() {
     println!("capture benchmark (broker: Apache Kafka; this machine, all services co-located)");
     println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, f) in [
-        ("1M rows, 10k-row txns", &a),
-        ("100k single-row txns", &b),
-        (
-            "50k TOASTed inserts + 50k updates leaving the value unchanged (1k-row txns)",
-            &c,
+    let names = [
+        format!("{} rows, 10k-row txns", a.rows),
+        format!("{} single-row txns", b.rows),
+        format!(
+            "{} TOASTed inserts + {} updates leaving the value unchanged (1k-row txns)",
+            c.rows / 2,
+            c.rows / 2
         ),
-    ] {
+    ];
+    for (name, f) in names.iter().zip([&a, &b, &c]) {
         let recv = f.rows as f64 / f.recvlogical_s;
         let ours = f.rows as f64 / f.sluice_s;
         println!(

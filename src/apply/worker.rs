@@ -144,6 +144,8 @@ pub struct OrderedProgress {
     /// [`ORDER_WAIT_SAY`] was last logged.
     moved_at: Option<Instant>,
     said_wait: Option<Instant>,
+    /// The sources named by the ordered records read so far, whose checkpoints are watched.
+    sources: std::collections::BTreeSet<String>,
 }
 
 pub struct Worker {
@@ -205,21 +207,15 @@ impl Worker {
             }
             if let (Some(marks), Some(sources)) = (marks_rx.as_mut(), &sources_tx) {
                 if states.values().any(|s| !s.waiting.is_empty()) {
-                    let seen: Vec<String> = {
-                        let mut v: Vec<String> = states
-                            .values()
-                            .flat_map(|s| s.waiting.iter())
-                            .filter_map(|(_, at)| at.as_ref().map(|(s, _)| s.clone()))
-                            .collect();
-                        v.sort();
-                        v.dedup();
-                        v
-                    };
+                    let seen = &self.ordered_progress.sources;
                     sources.send_if_modified(|known| {
                         let before = known.len();
-                        known.extend(seen);
-                        known.sort();
-                        known.dedup();
+                        known.extend(
+                            seen.iter()
+                                .filter(|s| !known.contains(s))
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                        );
                         known.len() != before
                     });
                     let current = marks.borrow_and_update().clone();
@@ -324,7 +320,7 @@ impl Worker {
     }
 
     fn handle(
-        &self,
+        &mut self,
         msg: WorkerMsg,
         states: &mut HashMap<TopicPartition, PartitionState>,
         ready: &mut Vec<Record>,
@@ -372,6 +368,11 @@ impl Worker {
                     .is_some_and(|o| o.topics.contains(&record.topic))
                 {
                     let at = source_position(&record);
+                    if let Some((source, _)) = &at {
+                        if !self.ordered_progress.sources.contains(source) {
+                            self.ordered_progress.sources.insert(source.clone());
+                        }
+                    }
                     state.waiting.push_back((record, at));
                 } else {
                     ready.push(record);
@@ -1158,11 +1159,15 @@ fn parse_position(json: &str) -> Option<Position> {
 /// The source name and position a record's envelope (or a tombstone's delete envelope)
 /// carries, if any.
 fn source_position(record: &Record) -> Option<(String, Position)> {
+    /// Only the envelope's `source`: the row images are skipped, not built.
+    #[derive(serde::Deserialize)]
+    struct Source {
+        source: serde_json::Value,
+    }
     let bytes = record.value.as_deref().or(record.tombstone_of.as_deref())?;
-    let envelope: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let source = envelope.get("source")?;
+    let Source { source } = serde_json::from_slice(bytes).ok()?;
     let name = source.get("name")?.as_str()?.to_owned();
-    Some((name, Position::from_envelope_source(source)?))
+    Some((name, Position::from_envelope_source(&source)?))
 }
 
 /// Reads capture's durable marks for `ordered` every [`ORDER_POLL`] on a thread of its own,
@@ -1187,8 +1192,12 @@ fn watch_durable_marks(
             while !*stop.borrow() && !marks_tx.is_closed() {
                 let sources = sources_rx.borrow().clone();
                 if !sources.is_empty() {
+                    let started = Instant::now();
                     match reader.read(&sources, &ordered.partitions) {
                         Ok(m) => {
+                            if started.elapsed() > Duration::from_millis(500) {
+                                tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "reading capture's durable marks was slow");
+                            }
                             if let Some((since, _)) = failing.take() {
                                 tracing::info!(
                                     after_ms = since.elapsed().as_millis() as u64,

@@ -253,6 +253,24 @@ fn transaction(rng: &mut Rng, round: u64, maria: bool) -> String {
     }
 }
 
+/// Up to `n` keys on which `a` and `b` disagree, for the failure message.
+fn differing_keys(
+    a: &HashMap<String, String>,
+    b: &HashMap<String, String>,
+    n: usize,
+) -> Vec<String> {
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.truncate(n);
+    keys
+}
+
 /// (rows lost, rows extra, rows differing) of the target against the source.
 fn diff(a: &HashMap<String, String>, b: &HashMap<String, String>) -> (usize, usize, usize) {
     let lost = a.keys().filter(|k| !b.contains_key(*k)).count();
@@ -490,6 +508,16 @@ async fn chaos(maria: bool, split: bool) {
             format!("{t}: {rows} rows, lost {lost}, extra {extra}, differing {differing}")
         })
         .collect();
+    if converged != Some(true) {
+        // Keep the servers' directories and Sluice's logs for a post-mortem, and name keys.
+        std::env::set_var("SLUICE_TEST_KEEP", "1");
+        for (t, sql) in TABLES {
+            let keys = differing_keys(&source.rows(sql).await, &read_pg(&dst, sql).await, 20);
+            if !keys.is_empty() {
+                eprintln!("chaos: seed {seed}: {t} differs at keys {keys:?}");
+            }
+        }
+    }
     let (versions, twice, regressions) = audit(&dst).await;
     let dead: i64 = dst
         .query_one("select count(*) from sluice.dead_letters", &[])
