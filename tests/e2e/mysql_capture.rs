@@ -461,3 +461,60 @@ async fn table_id_reused_after_restart(db: MariaDb, extra_config: &str) {
     );
     assert_eq!(wide.envelopes()[1]["after"]["c"], json!("second"));
 }
+
+/// A capture killed after its initial snapshot reached Kafka but before its first checkpoint
+/// starts over with a new snapshot. Rows deleted between the two snapshots are in neither
+/// the new snapshot nor the stream that follows it, yet the first snapshot's records of them
+/// stay in the topic: a sink keeps them. Known limit (README, What does not work yet); this
+/// test shows it and passes once capture reconciles an abandoned snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known limit: rows deleted between an abandoned initial snapshot and the next one are never deleted"]
+async fn rows_deleted_between_an_abandoned_snapshot_and_the_next_are_deleted() {
+    let f = MyFixture::new(
+        "create table t (id int primary key, v int);
+         insert into t select seq, seq from seq_1_to_10;",
+        &["t"],
+        "",
+    );
+    // No checkpoint for ten minutes: the snapshot reaches Kafka, its checkpoint does not.
+    let text = std::fs::read_to_string(&f.config).expect("config");
+    std::fs::write(
+        &f.config,
+        text.replace(
+            "checkpoint_interval_ms = 200",
+            "checkpoint_interval_ms = 600000",
+        ),
+    )
+    .expect("config");
+    let mut sluice = f.start(&["--only", "capture"]);
+    sluice.wait_log("initial snapshot read", 1, LONG);
+    let mut reader = f.reader("t");
+    reader.read_until(LONG, "the first snapshot", |r| r.len() >= 10);
+    sluice.kill9();
+    assert!(!sluice.log_text().contains("checkpoint written"));
+
+    f.db.execute(Some("shop"), "delete from t where id <= 3");
+    std::fs::write(&f.config, &text).expect("config");
+    let _sluice = f.start(&["--only", "capture"]);
+    _sluice.wait_log("initial snapshot read", 2, LONG);
+    _sluice.wait_log("checkpoint written", 1, LONG);
+    reader.read_until(LONG, "the second snapshot", |r| r.len() >= 17);
+    // The topic's last word on each key is what a sink ends with.
+    let mut last: std::collections::BTreeMap<i64, bool> = Default::default();
+    for r in &reader.records {
+        let Some(id) = r.key.as_ref().and_then(|k| k["id"].as_i64()) else {
+            continue;
+        };
+        let alive = r
+            .value
+            .as_ref()
+            .is_some_and(|e| e["op"] != "d" && !e["after"].is_null());
+        last.insert(id, alive);
+    }
+    let alive: Vec<i64> = last.iter().filter(|(_, a)| **a).map(|(k, _)| *k).collect();
+    assert_eq!(
+        alive,
+        (4..=10).collect::<Vec<_>>(),
+        "rows 1-3 were deleted in the source"
+    );
+}
