@@ -190,7 +190,9 @@ impl CheckpointWatch {
         for (topic, p) in partitions {
             query
                 .add_partition_offset(topic, *p, Offset::End)
-                .map_err(KafkaError::client(format!("reading the end of {topic}[{p}]")))?;
+                .map_err(KafkaError::client(format!(
+                    "reading the end of {topic}[{p}]"
+                )))?;
         }
         let ends = self
             .consumer
