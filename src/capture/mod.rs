@@ -15,6 +15,7 @@
 //! restart: events after the last durable checkpoint are published again (duplicates, never
 //! gaps), and consumers drop them by position.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,51 @@ impl SourceKind {
         match self {
             SourceKind::Postgres(s) => &s.name,
             SourceKind::MySql(s) => &s.name,
+        }
+    }
+
+    /// Whether a start without a checkpoint takes an initial snapshot.
+    fn snapshots(&self) -> bool {
+        match self {
+            SourceKind::Postgres(s) => matches!(s.snapshot, sluice_postgres::SnapshotMode::Initial),
+            SourceKind::MySql(s) => matches!(s.snapshot, sluice_mysql::MySqlSnapshotMode::Initial),
+        }
+    }
+}
+
+/// What a snapshot taken over topics an earlier run already wrote must also publish: the
+/// delete of every key the topics hold alive that the new snapshot does not have.
+///
+/// A capture stopped before its first checkpoint (or run with `--resnapshot`) starts over
+/// with a new snapshot, but the earlier run's records stay in the topics. A row the source
+/// deleted in between is in neither the new snapshot nor the stream after it, so without
+/// this its earlier record would be every sink's last word on it.
+struct Reconcile {
+    /// Per topic, the keys alive in it and their partitions; struck off as the snapshot
+    /// publishes them.
+    keys: HashMap<String, HashMap<Vec<u8>, i32>>,
+    tables: HashMap<String, Arc<TableSchema>>,
+}
+
+/// Where reconciling deletes go: at the snapshot's position, after every snapshot row
+/// (their sequence numbers count rows read), before any change streamed after it.
+const RECONCILE_SEQ: u64 = 1 << 62;
+
+fn reconcile_position(cp: &SourceCheckpoint, n: u64) -> Option<sluice_core::Position> {
+    use sluice_core::event::{binlog_file_seq, parse_lsn};
+    let seq = RECONCILE_SEQ + n;
+    match cp.connector.as_str() {
+        "postgres" => Some(sluice_core::Position::Postgres {
+            commit_lsn: parse_lsn(&cp.position)?,
+            seq,
+        }),
+        _ => {
+            let (file, pos) = cp.position.rsplit_once(':')?;
+            Some(sluice_core::Position::MySql {
+                file: binlog_file_seq(file)?,
+                pos: pos.parse().ok()?,
+                seq,
+            })
         }
     }
 }
@@ -115,6 +161,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let name = settings.source.name().to_owned();
+    let snapshots = settings.source.snapshots();
     let source = Source::open(settings.source)
         .await
         .with_context(|| format!("source {name}"))?;
@@ -141,6 +188,7 @@ pub async fn run(
         None => tracing::info!(source = %name, "no checkpoint yet: starting fresh"),
     }
     let publisher = KafkaPublisher::new(kafka)?;
+    let mut reconcile: Option<Reconcile> = None;
     {
         let publisher = publisher.clone();
         let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
@@ -149,20 +197,41 @@ pub async fn run(
         // snapshot may bring positions below the old ones (a new binlog, another server), and
         // skips nothing.
         let resuming = resume.is_some() && !settings.resnapshot;
-        tokio::task::spawn_blocking(move || {
+        let reconciling = !resuming && snapshots;
+        let alive = tokio::task::spawn_blocking(move || {
             publisher.load_partition_counts(&names)?;
             if resuming {
                 publisher.load_published_positions(&names)?;
             }
-            Ok::<_, sluice_kafka::KafkaError>(())
+            if reconciling {
+                return publisher.load_alive_keys(&names);
+            }
+            Ok::<_, sluice_kafka::KafkaError>(HashMap::new())
         })
         .await
         .context("reading topic metadata")??;
+        let held: usize = alive.values().map(HashMap::len).sum();
+        if held > 0 {
+            tracing::info!(source = %name, keys = held, "the topics hold rows of an earlier run without a checkpoint: the new snapshot deletes those the source no longer has");
+            reconcile = Some(Reconcile {
+                keys: alive,
+                tables: source
+                    .tables()
+                    .into_iter()
+                    .map(|t| (t.topic.to_string(), Arc::new(t.clone())))
+                    .collect(),
+            });
+        }
     }
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8);
-    let publish_task = tokio::spawn(publish_loop(publisher.clone(), batch_rx, inflight_tx));
+    let publish_task = tokio::spawn(publish_loop(
+        publisher.clone(),
+        batch_rx,
+        inflight_tx,
+        reconcile,
+    ));
     let ack_task = tokio::spawn(ack_loop(
         name.clone(),
         store,
@@ -232,20 +301,66 @@ async fn publish_loop(
     publisher: KafkaPublisher,
     mut batches: mpsc::Receiver<Batch>,
     inflight: mpsc::Sender<InFlight>,
+    mut reconcile: Option<Reconcile>,
 ) -> Result<(), sluice_kafka::KafkaError> {
     let mut key = Vec::with_capacity(128);
     let mut value = Vec::with_capacity(1024);
     while let Some(batch) = batches.recv().await {
         let now_ms = now_ms();
         let acks = Acks::new();
+        let mut events = batch.events.len();
         for event in &batch.events {
             publisher
                 .publish(event, now_ms, &mut key, &mut value, &acks)
                 .await?;
+            if let (Some(r), true) = (reconcile.as_mut(), event.source.snapshot) {
+                if let Some(keys) = r.keys.get_mut(&*event.table.topic) {
+                    keys.remove(&key[..]);
+                }
+            }
+        }
+        // The snapshot is complete: what it did not publish again is gone from the source.
+        // The deletes share the batch's confirmations, so its checkpoint waits for them.
+        if let Some(cp) = batch.checkpoint.as_ref().filter(|c| c.snapshot_done) {
+            if let Some(r) = reconcile.take() {
+                let mut n = 0u64;
+                for (topic, keys) in r.keys {
+                    let Some(table) = r.tables.get(&topic) else {
+                        continue;
+                    };
+                    if !keys.is_empty() {
+                        tracing::info!(topic = %topic, rows = keys.len(), "deleting rows an earlier snapshot published that the source no longer has");
+                    }
+                    for (k, partition) in keys {
+                        let Some(position) = reconcile_position(cp, n) else {
+                            continue;
+                        };
+                        n += 1;
+                        let source = sluice_core::SourceInfo {
+                            connector: if cp.connector == "postgres" {
+                                "postgres"
+                            } else {
+                                "mysql"
+                            },
+                            position,
+                            tx_id: None,
+                            commit_time_us: now_ms * 1000,
+                            snapshot: false,
+                            binlog: None,
+                        };
+                        publisher
+                            .publish_key_delete(
+                                table, &k, partition, &source, now_ms, &mut value, &acks,
+                            )
+                            .await?;
+                        events += 1;
+                    }
+                }
+            }
         }
         let item = InFlight {
             acks,
-            events: batch.events.len(),
+            events,
             checkpoint: batch.checkpoint,
         };
         if inflight.send(item).await.is_err() {

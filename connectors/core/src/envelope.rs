@@ -50,10 +50,37 @@ pub fn write_envelope(event: &ChangeEvent, now_ms: i64, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b",\"op\":\"");
     out.extend_from_slice(event.op.code().as_bytes());
-    out.extend_from_slice(b"\",\"source\":{\"connector\":");
-    let s = &event.source;
+    out.extend_from_slice(b"\",");
+    write_source_and_time(&event.table, &event.source, now_ms, out);
+}
+
+/// Appends the envelope of the delete of one key: `before` holds the key's columns (the
+/// message key as published, `key_json`), as a delete under Postgres' default replica
+/// identity does. Capture writes these for rows an abandoned snapshot published that the
+/// source no longer has.
+pub fn write_key_delete(
+    table: &crate::event::TableSchema,
+    key_json: &[u8],
+    source: &crate::event::SourceInfo,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"before\":");
+    out.extend_from_slice(key_json);
+    out.extend_from_slice(b",\"after\":null,\"op\":\"d\",");
+    write_source_and_time(table, source, now_ms, out);
+}
+
+/// `"source":{…},"ts_ms":…}`: the end of every envelope.
+fn write_source_and_time(
+    table: &crate::event::TableSchema,
+    s: &crate::event::SourceInfo,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"\"source\":{\"connector\":");
     write_json_str(s.connector, out);
-    out.extend_from_slice(&event.table.source_names);
+    out.extend_from_slice(&table.source_names);
     match s.position {
         Position::Postgres { commit_lsn, seq } => {
             out.extend_from_slice(b",\"commit_lsn\":\"");

@@ -399,6 +399,111 @@ impl KafkaPublisher {
         Ok(())
     }
 
+    /// The keys the table topics hold alive (their last record is neither a delete nor a
+    /// tombstone), with their partitions: what an earlier run published. Blocking; reads
+    /// every partition from its start to its end.
+    pub fn load_alive_keys(
+        &self,
+        topics: &[String],
+    ) -> Result<HashMap<String, HashMap<Vec<u8>, i32>>, KafkaError> {
+        use rdkafka::consumer::Consumer as _;
+        use rdkafka::message::Message as _;
+        /// Only the operation: the row images are skipped.
+        #[derive(serde::Deserialize)]
+        struct Op {
+            op: Option<String>,
+        }
+        let consumer: rdkafka::consumer::BaseConsumer = client_config(&self.cfg)
+            .set("group.id", "sluice-key-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(KafkaError::client("creating a reader of the topics' keys"))?;
+        let mut alive: HashMap<String, HashMap<Vec<u8>, i32>> = HashMap::new();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        for topic in topics {
+            for p in 0..self.partition_count(topic)? {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                    .map_err(KafkaError::client(format!(
+                        "reading the end of {topic}[{p}]"
+                    )))?;
+                if high > low {
+                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))
+                        .map_err(KafkaError::client("preparing the key reads"))?;
+                    ends.insert((topic.clone(), p), high);
+                }
+            }
+        }
+        if ends.is_empty() {
+            return Ok(alive);
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(KafkaError::client("reading the topics' keys"))?;
+        let mut idle_since = std::time::Instant::now();
+        while !ends.is_empty() {
+            let m = match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => m,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {
+                    if idle_since.elapsed() > Duration::from_secs(60) {
+                        return Err(KafkaError::Setup(
+                            "reading the topics' keys: no record for 60 s before their ends".into(),
+                        ));
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    return Err(KafkaError::client("reading the topics' keys")(e));
+                }
+            };
+            idle_since = std::time::Instant::now();
+            let tp = (m.topic().to_owned(), m.partition());
+            if ends.get(&tp).is_some_and(|end| m.offset() + 1 >= *end) {
+                ends.remove(&tp);
+            }
+            let Some(key) = m.key() else { continue };
+            if key == b"{}" {
+                continue; // a truncate marker
+            }
+            let live = m.payload().is_some_and(|v| {
+                serde_json::from_slice::<Op>(v).is_ok_and(|o| o.op.as_deref() != Some("d"))
+            });
+            let keys = alive.entry(tp.0).or_default();
+            if live {
+                keys.insert(key.to_vec(), tp.1);
+            } else {
+                keys.remove(key);
+            }
+        }
+        Ok(alive)
+    }
+
+    /// Publishes the delete of one key (envelope, then its tombstone) in `partition`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn publish_key_delete(
+        &self,
+        table: &sluice_core::event::TableSchema,
+        key: &[u8],
+        partition: i32,
+        source: &sluice_core::event::SourceInfo,
+        now_ms: i64,
+        value: &mut Vec<u8>,
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
+        value.clear();
+        sluice_core::envelope::write_key_delete(table, key, source, now_ms, value);
+        let topic = &*table.topic;
+        self.send(topic, key, Some(value), Some(partition), acks)
+            .await?;
+        if self.tombstones {
+            self.send_tombstone(topic, key, partition, value, acks)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Hands one event (and its tombstone, for deletes) to the producer; `acks` counts their
     /// confirmations. `key` and `value` are scratch buffers.
     pub async fn publish(
