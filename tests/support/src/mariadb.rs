@@ -43,78 +43,23 @@ pub fn mysql8_home() -> std::path::PathBuf {
 
 fn spawn(
     flavor: Flavor,
-    mariadbd: &std::path::Path,
+    binary: &std::path::Path,
     dir: &std::path::Path,
     port: u16,
     extra: &[String],
 ) -> Child {
-    match flavor {
-        Flavor::MariaDb => spawn_mariadb(mariadbd, dir, port, extra),
-        Flavor::MySql8 => spawn_mysql8(mariadbd, dir, port, extra),
+    let data = dir.join("data");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mariadb.log"))
+        .expect("log file");
+    let mut cmd = Command::new(binary);
+    cmd.arg("--no-defaults");
+    if flavor == Flavor::MySql8 {
+        cmd.arg(format!("--basedir={}", mysql8_home().display()));
     }
-}
-
-fn spawn_mysql8(
-    mysqld: &std::path::Path,
-    dir: &std::path::Path,
-    port: u16,
-    extra: &[String],
-) -> Child {
-    let data = dir.join("data");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("mariadb.log"))
-        .expect("log file");
-    Command::new(mysqld)
-        .arg("--no-defaults")
-        .arg(format!("--basedir={}", mysql8_home().display()))
-        .arg(format!("--user={}", whoami()))
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
-        .arg(format!("--socket={}", dir.join("sock").display()))
-        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-        .arg(format!("--port={port}"))
-        .args([
-            "--bind-address=127.0.0.1",
-            "--mysqlx=OFF",
-            "--server-id=1",
-            "--binlog-format=ROW",
-            "--binlog-row-image=FULL",
-            "--binlog-row-metadata=FULL",
-            "--binlog-checksum=CRC32",
-            "--gtid-mode=ON",
-            "--enforce-gtid-consistency=ON",
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_bin",
-            "--innodb-flush-log-at-trx-commit=2",
-            "--innodb-buffer-pool-size=64M",
-            "--performance-schema=OFF",
-            "--skip-name-resolve",
-        ])
-        .arg(format!("--log-bin={}", data.join("binlog").display()))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn mysqld")
-}
-
-fn spawn_mariadb(
-    mariadbd: &std::path::Path,
-    dir: &std::path::Path,
-    port: u16,
-    extra: &[String],
-) -> Child {
-    let data = dir.join("data");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("mariadb.log"))
-        .expect("log file");
-    Command::new(mariadbd)
-        .arg("--no-defaults")
-        .arg(format!("--user={}", whoami()))
+    cmd.arg(format!("--user={}", whoami()))
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg(format!("--socket={}", dir.join("sock").display()))
@@ -126,18 +71,29 @@ fn spawn_mariadb(
             "--binlog-row-image=FULL",
             "--binlog-row-metadata=FULL",
             "--binlog-checksum=CRC32",
-            "--gtid-strict-mode=ON",
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_bin",
             "--innodb-flush-log-at-trx-commit=2",
             "--skip-name-resolve",
-        ])
-        .arg(format!("--log-bin={}", data.join("binlog").display()))
+        ]);
+    match flavor {
+        Flavor::MariaDb => cmd.arg("--gtid-strict-mode=ON"),
+        Flavor::MySql8 => cmd
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .args([
+                "--mysqlx=OFF",
+                "--gtid-mode=ON",
+                "--enforce-gtid-consistency=ON",
+                "--innodb-buffer-pool-size=64M",
+                "--performance-schema=OFF",
+            ]),
+    };
+    cmd.arg(format!("--log-bin={}", data.join("binlog").display()))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("spawn mariadbd")
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
 }
 
 impl MariaDb {
