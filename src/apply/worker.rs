@@ -762,11 +762,7 @@ impl Worker {
                 "changes to tables linked by target foreign keys have waited this long: {why}"
             );
         }
-        let held = ordered
-            .partitions
-            .iter()
-            .filter(|tp| states.contains_key(*tp))
-            .count();
+        let held = held_partitions(&ordered.partitions, states);
         if held < ordered.partitions.len() {
             if warned_split.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 *warned_split = Some(Instant::now());
@@ -794,14 +790,9 @@ impl Worker {
             }
         }
         // Every event the checkpoints cover is below these ends: wait until all was read.
-        for tp in &ordered.partitions {
-            let Some(s) = states.get(tp) else { return };
-            let end = marks.ends.get(tp).copied().unwrap_or(0);
-            let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
-            if have < end {
-                tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
-                return;
-            }
+        if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
+            tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
+            return;
         }
         tracing::debug!(worker = self.id, checkpoints = ?marks.checkpoints.iter().map(|(s, c)| format!("{s}@{}", c.position)).collect::<Vec<_>>(), "ordered topics: releasing what the checkpoints cover");
         self.ordered_progress.released_at = at;
@@ -841,11 +832,7 @@ impl Worker {
         marks: &Option<Arc<DurableMarks>>,
         states: &HashMap<TopicPartition, PartitionState>,
     ) -> String {
-        let held = ordered
-            .partitions
-            .iter()
-            .filter(|tp| states.contains_key(*tp))
-            .count();
+        let held = held_partitions(&ordered.partitions, states);
         if held < ordered.partitions.len() {
             return format!(
                 "this process holds {held} of their {} partitions",
@@ -862,15 +849,10 @@ impl Worker {
                 since.elapsed().as_secs()
             );
         }
-        for tp in &ordered.partitions {
-            if let Some(s) = states.get(tp) {
-                let end = marks.ends.get(tp).copied().unwrap_or(0);
-                let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
-                if have < end {
-                    return format!("{}[{}] is read up to offset {have} of {end}", tp.0, tp.1);
-                }
-            }
+        if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
+            return format!("{}[{}] is read up to offset {have} of {end}", tp.0, tp.1);
         }
+
         "the newest capture checkpoint covers none of the waiting changes (is capture running?)"
             .to_owned()
     }
@@ -1147,6 +1129,32 @@ impl Worker {
         }
         true
     }
+}
+
+/// How many of `partitions` this worker holds.
+fn held_partitions(
+    partitions: &[TopicPartition],
+    states: &HashMap<TopicPartition, PartitionState>,
+) -> usize {
+    partitions
+        .iter()
+        .filter(|tp| states.contains_key(*tp))
+        .count()
+}
+
+/// The first of `partitions` (all held) not yet read up to the end `marks` noted for it:
+/// the partition, how far it was read and its end.
+fn first_unread<'a>(
+    partitions: &'a [TopicPartition],
+    marks: &DurableMarks,
+    states: &HashMap<TopicPartition, PartitionState>,
+) -> Option<(&'a TopicPartition, i64, i64)> {
+    partitions.iter().find_map(|tp| {
+        let s = states.get(tp)?;
+        let end = marks.ends.get(tp).copied().unwrap_or(0);
+        let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+        (have < end).then_some((tp, have, end))
+    })
 }
 
 fn parse_position(json: &str) -> Option<Position> {
