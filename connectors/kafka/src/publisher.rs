@@ -353,19 +353,10 @@ impl KafkaPublisher {
             ))?;
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut wanted = 0usize;
-        for topic in topics {
-            for p in 0..self.partition_count(topic)? {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
-                    .map_err(KafkaError::client(format!(
-                        "reading the end of {topic}[{p}]"
-                    )))?;
-                if high > low {
-                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high - 1))
-                        .map_err(KafkaError::client("preparing the last-record reads"))?;
-                    wanted += 1;
-                }
-            }
+        for (topic, p, _, high) in self.partitions_with_records(&consumer, topics)? {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(high - 1))
+                .map_err(KafkaError::client("preparing the last-record reads"))?;
+            wanted += 1;
         }
         if wanted == 0 {
             return Ok(());
@@ -399,6 +390,29 @@ impl KafkaPublisher {
         Ok(())
     }
 
+    /// Every partition of `topics` that holds records: (topic, partition, low, high).
+    fn partitions_with_records(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer,
+        topics: &[String],
+    ) -> Result<Vec<(String, i32, i64, i64)>, KafkaError> {
+        use rdkafka::consumer::Consumer as _;
+        let mut out = Vec::new();
+        for topic in topics {
+            for p in 0..self.partition_count(topic)? {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                    .map_err(KafkaError::client(format!(
+                        "reading the end of {topic}[{p}]"
+                    )))?;
+                if high > low {
+                    out.push((topic.clone(), p, low, high));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The keys the table topics hold alive (their last record is neither a delete nor a
     /// tombstone), with their partitions: what an earlier run published. Blocking; reads
     /// every partition from its start to its end.
@@ -422,19 +436,10 @@ impl KafkaPublisher {
         let mut alive: HashMap<String, HashMap<Vec<u8>, i32>> = HashMap::new();
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-        for topic in topics {
-            for p in 0..self.partition_count(topic)? {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, p, METADATA_TIMEOUT)
-                    .map_err(KafkaError::client(format!(
-                        "reading the end of {topic}[{p}]"
-                    )))?;
-                if high > low {
-                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))
-                        .map_err(KafkaError::client("preparing the key reads"))?;
-                    ends.insert((topic.clone(), p), high);
-                }
-            }
+        for (topic, p, low, high) in self.partitions_with_records(&consumer, topics)? {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
+                .map_err(KafkaError::client("preparing the key reads"))?;
+            ends.insert((topic, p), high);
         }
         if ends.is_empty() {
             return Ok(alive);
