@@ -59,8 +59,8 @@ impl SourceKind {
 /// deleted in between is in neither the new snapshot nor the stream after it, so without
 /// this its earlier record would be every sink's last word on it.
 struct Reconcile {
-    /// Per topic, the keys alive in it and their partitions; struck off as the snapshot
-    /// publishes them.
+    /// Per topic, the keys alive in it and their partitions; struck off as the new run
+    /// publishes a record of them.
     keys: HashMap<String, HashMap<Vec<u8>, i32>>,
     tables: HashMap<String, Arc<TableSchema>>,
 }
@@ -313,7 +313,9 @@ async fn publish_loop(
             publisher
                 .publish(event, now_ms, &mut key, &mut value, &acks)
                 .await?;
-            if let (Some(r), true) = (reconcile.as_mut(), event.source.snapshot) {
+            // Any record of a key settles it: a snapshot row, or (a MySQL snapshot read
+            // between watermarks) a change streamed while the snapshot is read.
+            if let Some(r) = reconcile.as_mut() {
                 if let Some(keys) = r.keys.get_mut(&*event.table.topic) {
                     keys.remove(&key[..]);
                 }

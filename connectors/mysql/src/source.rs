@@ -10,7 +10,11 @@
 //!
 //! The snapshot needs no global lock on MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT`
 //! and the `binlog_snapshot_file`/`binlog_snapshot_position` status of that same transaction
-//! name exactly the binlog point the snapshot's rows are consistent with.
+//! name exactly the binlog point the snapshot's rows are consistent with. MySQL has no such
+//! status: there the stream starts at the binlog's end and every table is read as a backfill
+//! between watermarks (see [`crate::backfill`]), with no checkpoint until all are published,
+//! so that a run stopped before then starts the snapshot over as an unfinished MariaDB one
+//! does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +24,8 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use sluice_core::event::binlog_file_seq;
 use sluice_core::{
-    topic_name, BackfillBook, Batch, BinlogTxn, ChangeEvent, Op, Position, Row, RunHandles,
-    SourceCheckpoint, SourceInfo, TableId, TableSchema,
+    topic_name, BackfillBook, BackfillState, Batch, BinlogTxn, ChangeEvent, Op, Position, Row,
+    RunHandles, SourceCheckpoint, SourceInfo, TableId, TableSchema,
 };
 
 use crate::backfill::{self, Driver, Tracker};
@@ -172,6 +176,8 @@ impl MySqlSource {
             })
             .transpose()?;
         let mut conn = connect(&s.connection).await?;
+        let mut book = book;
+        let mut snapshot_by_backfill = false;
         let start = match resume_pos {
             Some(pos) => {
                 // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
@@ -196,9 +202,28 @@ impl MySqlSource {
             }
             None => {
                 let pos = match s.snapshot {
-                    MySqlSnapshotMode::Initial => self.snapshot(&mut conn, &handles).await?,
+                    MySqlSnapshotMode::Initial => match self.snapshot(&mut conn, &handles).await? {
+                        Some(pos) => pos,
+                        None => {
+                            // MySQL: no binlog point of a snapshot transaction. The snapshot
+                            // is read in chunks between watermarks while the stream runs.
+                            backfill::check_commit_order(&mut conn, &s.name).await?;
+                            backfill::ensure_signal_table(&mut conn, &s.signal_table, &s.name)
+                                .await?;
+                            book = self.snapshot_book();
+                            snapshot_by_backfill = true;
+                            let pos = current_position(&mut conn).await?;
+                            tracing::info!(source = %s.name, tables = self.tables.len(), at = %pos, "initial snapshot started: read in chunks between watermarks while the binlog streams (the server has no binlog_snapshot_file)");
+                            pos
+                        }
+                    },
                     MySqlSnapshotMode::Never => current_position(&mut conn).await?,
                 };
+                if snapshot_by_backfill {
+                    // Its checkpoint waits until every table's rows are published.
+                    let _ = conn.disconnect().await;
+                    return self.stream(pos, None, book, true, handles).await;
+                }
                 // MariaDB: the GTID position of that binlog point (MySQL has no such function).
                 let gtid: Option<String> = conn
                     .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
@@ -228,6 +253,22 @@ impl MySqlSource {
             }
         };
         let _ = conn.disconnect().await;
+        self.stream(start, resume_gtid, book, snapshot_by_backfill, handles)
+            .await
+    }
+
+    /// Streams from `start` (or MariaDB's `gtid`), running the backfills of `book` beside it.
+    /// With `snapshot_by_backfill`, no checkpoint is written until the queued backfills (the
+    /// initial snapshot) are all published.
+    async fn stream(
+        &self,
+        start: BinlogPos,
+        resume_gtid: Option<String>,
+        book: BackfillBook,
+        snapshot_by_backfill: bool,
+        handles: RunHandles,
+    ) -> Result<(), MySqlError> {
+        let s = &self.settings;
         let captured: HashMap<TableId, Arc<CapturedTable>> = self
             .tables
             .iter()
@@ -265,6 +306,7 @@ impl MySqlSource {
             stop: handles.stop,
             signal: s.signal_table.clone(),
             backfill: Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book),
+            snapshot_by_backfill,
         };
         let session = spawn_session(start, resume_gtid, ctx);
         // The driver ends when the session drops its side of the request channel.
@@ -288,14 +330,42 @@ impl MySqlSource {
         names
     }
 
+    /// The initial snapshot as backfills: one per configured table, no table complete.
+    fn snapshot_book(&self) -> BackfillBook {
+        let micros = now_us();
+        BackfillBook {
+            state: self
+                .configured()
+                .into_iter()
+                .map(|table| {
+                    BackfillState::new(
+                        format!("{}{table}-{micros:x}", backfill::SNAPSHOT_ID_PREFIX),
+                        table,
+                        None,
+                    )
+                })
+                .collect(),
+            complete: Vec::new(),
+            abandoned: Vec::new(),
+        }
+    }
+
     /// Reads every table inside one consistent-snapshot transaction and returns the binlog
-    /// position the rows are consistent with.
+    /// position the rows are consistent with; `None` on a server that cannot name that
+    /// position (MySQL: `binlog_snapshot_file` is MariaDB's).
     async fn snapshot(
         &self,
         conn: &mut Conn,
         handles: &RunHandles,
-    ) -> Result<BinlogPos, MySqlError> {
+    ) -> Result<Option<BinlogPos>, MySqlError> {
         let s = &self.settings;
+        let has_point: Vec<(String, String)> = conn
+            .query("SHOW GLOBAL STATUS LIKE 'binlog_snapshot_file'")
+            .await
+            .map_err(MySqlError::query("looking for binlog_snapshot_file"))?;
+        if has_point.is_empty() {
+            return Ok(None);
+        }
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(MySqlError::query("setting the snapshot's isolation level"))?;
@@ -317,7 +387,7 @@ impl MySqlSource {
             get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
         ) else {
             return Err(MySqlError::Setup(format!(
-                "source {}: the server reports no binlog_snapshot_file/position (a MariaDB feature): a lock-free consistent snapshot cannot be taken; on MySQL use snapshot = \"never\" and load existing rows another way",
+                "source {}: the server reports binlog_snapshot_file but no binlog_snapshot_position inside the snapshot transaction: a consistent snapshot cannot be placed in the binlog; use snapshot = \"never\" and `sluice snapshot` per table instead",
                 s.name
             )));
         };
@@ -404,7 +474,7 @@ impl MySqlSource {
             .await
             .map_err(MySqlError::query("ending the snapshot transaction"))?;
         tracing::info!(source = %s.name, rows = total, "initial snapshot read");
-        Ok(point)
+        Ok(Some(point))
     }
 }
 

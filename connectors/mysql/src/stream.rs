@@ -59,6 +59,9 @@ pub struct StreamContext {
     pub signal: TableId,
     /// The backfills' side in the stream.
     pub backfill: Tracker,
+    /// The initial snapshot is being read as backfills (MySQL): no checkpoint until they
+    /// are all published, so that a run stopped before that starts the snapshot over.
+    pub snapshot_by_backfill: bool,
 }
 
 /// Runs one binlog session to its end on a dedicated thread.
@@ -438,6 +441,21 @@ impl Session {
         if end == 0 {
             return Ok(());
         }
+        if self.ctx.snapshot_by_backfill {
+            let reading = self
+                .ctx
+                .backfill
+                .book
+                .state
+                .iter()
+                .filter(|b| b.id.starts_with(crate::backfill::SNAPSHOT_ID_PREFIX))
+                .count();
+            if reading > 0 {
+                return self.flush_if_due().await;
+            }
+            self.ctx.snapshot_by_backfill = false;
+            tracing::info!(source = %self.ctx.source_name, tables = self.ctx.backfill.book.complete.len(), "initial snapshot published: checkpoints resume");
+        }
         self.pending_checkpoint = Some(SourceCheckpoint {
             connector: "mysql".into(),
             position: format!("{}:{end}", self.file),
@@ -449,6 +467,11 @@ impl Session {
             backfills: self.ctx.backfill.book.state.clone(),
             abandoned: self.ctx.backfill.book.abandoned.clone(),
         });
+        self.flush_if_due().await
+    }
+
+    /// Sends the batch once it is full or has waited `max_delay`.
+    async fn flush_if_due(&mut self) -> Result<(), MySqlError> {
         self.pending_since.get_or_insert_with(Instant::now);
         if self.batch.len() >= self.ctx.max_batch
             || self
