@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use crate::telemetry::error_chain;
 
 /// Which database a capture pipeline reads.
+#[derive(Clone)]
 pub enum SourceKind {
     Postgres(SourceSettings),
     MySql(MySqlSourceSettings),
@@ -89,6 +90,7 @@ fn reconcile_position(cp: &SourceCheckpoint, n: u64) -> Option<sluice_core::Posi
 }
 
 /// One capture pipeline's settings.
+#[derive(Clone)]
 pub struct CaptureSettings {
     pub source: SourceKind,
     pub checkpoint_interval: Duration,
@@ -154,12 +156,45 @@ struct InFlight {
     checkpoint: Option<SourceCheckpoint>,
 }
 
+/// How a capture pipeline ended.
+enum Ended {
+    /// Stopped, or the source ended.
+    Done,
+    /// A source session failed before the snapshot's checkpoint: the snapshot starts over in a
+    /// new pipeline, which learns the keys the topics now hold (this pipeline's published rows
+    /// included) so that the new snapshot deletes those the source lost meanwhile.
+    SnapshotUnfinished,
+}
+
 /// Runs capture for one source until `stop` turns true or a definite error occurs.
 pub async fn run(
     kafka: &KafkaConfig,
     settings: CaptureSettings,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut backoff = Backoff::default();
+    loop {
+        match run_pipeline(kafka, settings.clone(), stop.clone(), &mut backoff).await? {
+            Ended::Done => return Ok(()),
+            Ended::SnapshotUnfinished => {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut stop) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// One capture pipeline: the source's sessions (retried while the snapshot is done), the
+/// publisher and the checkpoint writer.
+async fn run_pipeline(
+    kafka: &KafkaConfig,
+    settings: CaptureSettings,
+    mut stop: watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> anyhow::Result<Ended> {
     let name = settings.source.name().to_owned();
     let snapshots = settings.source.snapshots();
     let source = Source::open(settings.source)
@@ -223,6 +258,10 @@ pub async fn run(
             });
         }
     }
+    // The checkpoint that proves the snapshot this pipeline must take (if any) is published.
+    let start_checkpoint = resume.clone();
+    let must_snapshot =
+        snapshots && (settings.resnapshot || !resume.as_ref().is_some_and(|c| c.snapshot_done));
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8);
@@ -241,9 +280,8 @@ pub async fn run(
         settings.checkpoint_interval,
     ));
 
-    let mut backoff = Backoff::default();
     let mut resnapshot = settings.resnapshot;
-    let outcome: anyhow::Result<()> = loop {
+    let outcome: anyhow::Result<Ended> = loop {
         let handles = RunHandles {
             out: batch_tx.clone(),
             durable: durable_rx.clone(),
@@ -265,10 +303,19 @@ pub async fn run(
         };
         resnapshot = false;
         match result {
-            Ok(()) => break Ok(()),
+            Ok(()) => break Ok(Ended::Done),
             Err(e) if publish_task.is_finished() || ack_task.is_finished() => {
                 tracing::debug!(error = %format!("{:#}", e.error), "source stopped after the pipeline ended");
-                break Ok(());
+                break Ok(Ended::Done);
+            }
+            Err(e)
+                if e.class == ErrorClass::Transient
+                    && !stopping(&stop)
+                    && must_snapshot
+                    && snapshot_unfinished(&durable_rx.borrow(), &start_checkpoint) =>
+            {
+                tracing::warn!(source = %name, error = %format!("{:#}", e.error), "capture session failed during the initial snapshot; it starts over once the rows already sent are confirmed");
+                break Ok(Ended::SnapshotUnfinished);
             }
             Err(e) if e.class == ErrorClass::Transient && !stopping(&stop) => {
                 // A session that moved the checkpoint worked for a while: start the backoff over.
@@ -279,7 +326,7 @@ pub async fn run(
                 tracing::warn!(source = %name, error = %format!("{:#}", e.error), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(&mut stop) => break Ok(()),
+                    _ = stopped(&mut stop) => break Ok(Ended::Done),
                 }
             }
             Err(e) => break Err(e.error.context(format!("source {name}"))),
@@ -291,10 +338,22 @@ pub async fn run(
     if let Err(e) = publisher.flush(Duration::from_secs(10)) {
         tracing::warn!(error = %error_chain(&e), "kafka producer did not flush");
     }
-    outcome?;
+    let ended = outcome?;
     published.with_context(|| format!("publishing changes of source {name}"))?;
     acked.with_context(|| format!("checkpointing source {name}"))?;
-    Ok(())
+    Ok(ended)
+}
+
+/// Whether the snapshot a pipeline started from `start` must take has no durable checkpoint
+/// yet: the durable one is still the start's (or none), or records no finished snapshot.
+fn snapshot_unfinished(
+    durable: &Option<SourceCheckpoint>,
+    start: &Option<SourceCheckpoint>,
+) -> bool {
+    match durable {
+        None => true,
+        Some(cp) => !cp.snapshot_done || durable == start,
+    }
 }
 
 async fn publish_loop(
