@@ -1,9 +1,10 @@
-//! Declarative mappings end to end: an LMS's MariaDB `users`, `institutes`, `institute_user`
-//! and `user_profiles` mapped into an organisation service's Postgres tables with foreign keys
-//! — computed names, a role value map, `status = 'ACTIVE'` as a boolean, a filter with soft
-//! deletes, two sources feeding one target table — then a deactivation, a role change, an
-//! institute deleted (children first), a row entering the filter; and a burst whose children
-//! reach the target before their parents.
+//! Declarative mappings end to end: an LMS's `users`, `institutes`, `institute_user` and
+//! `user_profiles` (on MariaDB, and on MySQL 8 for the main test) mapped into an organisation
+//! service's Postgres tables with foreign keys — computed names, a role value map,
+//! `status = 'ACTIVE'` as a boolean, a filter with soft deletes, two sources feeding one
+//! target table — then a deactivation, a role change, an institute deleted (children first),
+//! a row entering the filter; and a burst whose children reach the target before their
+//! parents.
 
 use std::path::Path;
 
@@ -159,7 +160,11 @@ struct Org {
 
 impl Org {
     async fn new(fk_wait_ms: u64) -> Org {
-        let lms = MariaDb::start();
+        Self::on(MariaDb::start(), fk_wait_ms).await
+    }
+
+    /// The same with an `lms` on a server of the caller's choice (MySQL 8 or MariaDB).
+    async fn on(lms: MariaDb, fk_wait_ms: u64) -> Org {
         lms.execute(None, "create database lms");
         lms.execute(Some("lms"), LMS);
         let orgs = PgCluster::start();
@@ -250,26 +255,45 @@ async fn wait_institute_name(pg: &tokio_postgres::Client, id: i64, name: &str) {
 }
 
 fn seed(db: &MariaDb) {
+    // Numbers 1–200 in a table Sluice does not capture (MySQL has no `seq_1_to_n`).
+    let numbers: Vec<String> = (1..=200).map(|i| format!("({i})")).collect();
     db.execute(
         Some("lms"),
-        "insert into institutes (id, name) select seq, concat('Institute ', seq) from seq_1_to_5;
+        &format!(
+            "create table numbers (seq int primary key);
+             insert into numbers values {};",
+            numbers.join(",")
+        ),
+    );
+    db.execute(
+        Some("lms"),
+        "insert into institutes (id, name) select seq, concat('Institute ', seq) from numbers where seq <= 5;
          insert into users (id, first_name, last_name, email, password, status)
            select seq, concat('First', seq), concat('Last', seq),
                   if(seq % 10 = 0, null, concat('u', seq, '@example.com')), concat('hash', seq),
                   if(seq % 15 = 0, 'INACTIVE', 'ACTIVE')
-             from seq_1_to_200;
+             from numbers;
          insert into institute_user
            select seq % 5 + 1, seq,
                   elt(seq % 7 + 1, 'ADMIN','TEACHER','INSTRUCTOR','STUDENT','STAFF','DIRECTOR','PARENT'),
                   if(seq % 7 = 0, 'INACTIVE', 'ACTIVE')
-             from seq_1_to_200 where seq % 10 <> 0 and seq % 15 <> 0;
-         insert into user_profiles select seq, concat('bio of ', seq) from seq_1_to_200 where seq % 3 = 0;",
+             from numbers where seq % 10 <> 0 and seq % 15 <> 0;
+         insert into user_profiles select seq, concat('bio of ', seq) from numbers where seq % 3 = 0;",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_directory_mapped_from_mariadb_into_postgres() {
-    let org = Org::new(60_000).await;
+    org_directory_mapped_into_postgres(MariaDb::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_directory_mapped_from_mysql8_into_postgres() {
+    org_directory_mapped_into_postgres(MariaDb::start_mysql8()).await;
+}
+
+async fn org_directory_mapped_into_postgres(lms: MariaDb) {
+    let org = Org::on(lms, 60_000).await;
     seed(&org.lms);
 
     // `sluice check` reads the live schemas: names a mapping reads from the source, or writes

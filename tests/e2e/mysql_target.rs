@@ -1,6 +1,6 @@
-//! Postgres → broker → MariaDB: the MySQL target sink. Equality after a snapshot and 50k mixed
-//! changes (checksums computed on both sides), `kill -9` without loss or double application,
-//! refused rows in `sluice_dead_letters`.
+//! Postgres → broker → MariaDB and MySQL 8: the MySQL target sink. Equality after a snapshot
+//! and 50k mixed changes (checksums computed on both sides; on both servers), `kill -9`
+//! without loss or double application, refused rows in `sluice_dead_letters` (MariaDB).
 
 use std::time::Duration;
 
@@ -65,8 +65,12 @@ struct MySqlPipeline {
 
 impl MySqlPipeline {
     async fn new() -> MySqlPipeline {
+        Self::on(MariaDb::start()).await
+    }
+
+    /// The same into a target server of the caller's choice (MySQL 8 or MariaDB).
+    async fn on(target: MariaDb) -> MySqlPipeline {
         let source = PgCluster::start();
-        let target = MariaDb::start();
         source.create_database("app").await;
         source
             .connect("app")
@@ -107,7 +111,7 @@ impl MySqlPipeline {
     /// Waits until both tables hold the same rows on both sides; returns the row counts.
     async fn wait_equal(&self) -> Vec<usize> {
         let src = self.source.connect("app").await;
-        wait_same_rows("MariaDB against the source", || {
+        wait_same_rows("the MySQL-family target against the source", || {
             let src = &src;
             async move {
                 let mut pairs = Vec::new();
@@ -167,7 +171,17 @@ async fn round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_to_mariadb_equal_after_snapshot_and_mixed_changes() {
-    let p = MySqlPipeline::new().await;
+    equal_after_snapshot_and_mixed_changes(MariaDb::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_mysql8_equal_after_snapshot_and_mixed_changes() {
+    equal_after_snapshot_and_mixed_changes(MariaDb::start_mysql8()).await;
+}
+
+async fn equal_after_snapshot_and_mixed_changes(target: MariaDb) {
+    let server = format!("{:?}", target.flavor());
+    let p = MySqlPipeline::on(target).await;
     let mut src = p.source.connect("app").await;
     seed(&src, 5000).await;
     let mut sluice = p.start();
@@ -179,7 +193,7 @@ async fn postgres_to_mariadb_equal_after_snapshot_and_mixed_changes() {
     }
     let counts = p.wait_equal().await;
     assert!(sluice.stop(LONG).success());
-    println!("10k snapshot rows + {changes} changes in {r} transactions: MariaDB equals the source ({counts:?} rows)");
+    println!("10k snapshot rows + {changes} changes in {r} transactions: {server} equals the source ({counts:?} rows)");
     assert_eq!(
         p.applied_twice(),
         vec!["0".to_owned()],
