@@ -145,3 +145,44 @@ async fn mysql8_capture_resumes_after_kill9_without_loss_or_repeats() {
         .expect("row 7");
     assert_eq!(row7["after"]["doc"], json!({"i": 7, "tags": ["a", 7]}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_partial_json_updates_are_refused_with_the_setting_to_change() {
+    // `sluice check` refuses `binlog_row_value_options = PARTIAL_JSON` as a server setting
+    // (mysql_preflight); a session can still set it. Its JSON update is logged as a diff
+    // without the new document: capture stops at it, names the setting, and publishes
+    // nothing wrong.
+    let f = MyFixture::on(
+        MariaDb::start_mysql8(),
+        "create table t (id int primary key, doc json);
+         insert into t values (1, json_object('a', 1, 'b', repeat('x', 100)));",
+        &["t"],
+        STREAM_ONLY,
+    );
+    let mut sluice = f.start(&[]);
+    sluice.wait_log("binlog stream started", 1, LONG);
+    let mut reader = f.reader("t");
+    f.db.execute(
+        Some("shop"),
+        "insert into t values (2, json_object('a', 2))",
+    );
+    reader.read_until(LONG, "the insert before", |r| !r.is_empty());
+    f.db.execute(
+        Some("shop"),
+        "set session binlog_row_value_options = 'PARTIAL_JSON';
+         update t set doc = json_set(doc, '$.a', 5) where id = 1;",
+    );
+    sluice.wait_log("binlog_row_value_options", 1, LONG);
+    let status = sluice.wait_exit(LONG);
+    assert!(!status.success(), "capture went on past a partial update");
+    let log = sluice.log_text();
+    assert!(
+        log.contains("partial JSON updates") && log.contains("binlog_row_value_options = ''"),
+        "{log}"
+    );
+    let envs = reader.envelopes();
+    assert!(
+        envs.iter().all(|e| e["op"] != "u"),
+        "an update was published from a partial JSON diff: {envs:?}"
+    );
+}

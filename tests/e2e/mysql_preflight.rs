@@ -1,10 +1,11 @@
-//! `sluice check` on a MySQL/MariaDB source: every problem that would stop binlog capture is
-//! named with its fix (binlog settings, grants, tables), and `run` refuses to start on them.
+//! `sluice check` on a MariaDB and a MySQL 8 source: every problem that would stop binlog
+//! capture is named with its fix (binlog settings, grants, tables), and `run` refuses to start
+//! on them.
 
 use std::path::Path;
 
 use sluice_test_support::sluice::run_to_end;
-use sluice_test_support::{Broker, MariaDb, TempDir};
+use sluice_test_support::{Broker, Flavor, MariaDb, TempDir};
 
 use crate::common::{LONG, SLUICE};
 
@@ -34,24 +35,48 @@ fn check(
     (status.code().unwrap_or(-1), out)
 }
 
+/// A server of `flavor` with extra options.
+fn server(flavor: Flavor, extra: &[&str]) -> MariaDb {
+    match flavor {
+        Flavor::MariaDb => MariaDb::start_with(extra),
+        Flavor::MySql8 => MariaDb::start_mysql8_with(extra),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_source_problems_are_explained() {
+    source_problems_are_explained(Flavor::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_source_problems_are_explained() {
+    source_problems_are_explained(Flavor::MySql8).await;
+}
+
+async fn source_problems_are_explained(flavor: Flavor) {
+    // The grant that lets a user read binlog positions has another name on each server.
+    let monitor = match flavor {
+        Flavor::MariaDb => "binlog monitor",
+        Flavor::MySql8 => "replication client",
+    };
     let broker = Broker::start();
     let dir = TempDir::new("mysql-preflight");
 
     // A well-configured server: only the table problems are reported.
-    let good = MariaDb::start();
+    let good = server(flavor, &[]);
     good.execute(
         None,
-        "create database app;
-         create table app.users (id int primary key, name text);
-         create table app.logs (line text);
-         create view app.names as select name from app.users;
-         create user 'plain'@'%';
-         grant select on app.* to 'plain'@'%';
-         create user 'capture'@'%';
-         grant select on app.* to 'capture'@'%';
-         grant replication slave, binlog monitor on *.* to 'capture'@'%';",
+        &format!(
+            "create database app;
+             create table app.users (id int primary key, name text);
+             create table app.logs (line text);
+             create view app.names as select name from app.users;
+             create user 'plain'@'%';
+             grant select on app.* to 'plain'@'%';
+             create user 'capture'@'%';
+             grant select on app.* to 'capture'@'%';
+             grant replication slave, {monitor} on *.* to 'capture'@'%';"
+        ),
     );
     // The grants the README documents are enough: the key is seen, nothing else is reported.
     let (code, out) = check(&broker, &good, "capture", "\"users\"", &dir);
@@ -77,14 +102,28 @@ async fn mysql_source_problems_are_explained() {
     let (code, out) = check(&broker, &good, "plain", "\"users\"", &dir);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("lacks REPLICATION SLAVE"), "{out}");
-    assert!(out.contains("lacks BINLOG MONITOR"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "lacks {}, needed to read binlog positions: grant {monitor} on *.* to plain",
+            monitor.to_ascii_uppercase()
+        )),
+        "{out}"
+    );
 
     // Binlog settings capture cannot work with.
-    let statement = MariaDb::start_with(&[
+    let mut options = vec![
         "--binlog-format=STATEMENT",
         "--binlog-row-image=MINIMAL",
         "--binlog-row-metadata=MINIMAL",
-    ]);
+    ];
+    if flavor == Flavor::MySql8 {
+        // MySQL only: compressed transactions, and JSON updates logged as diffs.
+        options.extend([
+            "--binlog-transaction-compression=ON",
+            "--binlog-row-value-options=PARTIAL_JSON",
+        ]);
+    }
+    let statement = server(flavor, &options);
     statement.execute(
         None,
         "create database app; create table app.users (id int primary key)",
@@ -97,9 +136,19 @@ async fn mysql_source_problems_are_explained() {
     );
     assert!(out.contains("binlog_row_image is MINIMAL"), "{out}");
     assert!(out.contains("binlog_row_metadata is MINIMAL"), "{out}");
+    if flavor == Flavor::MySql8 {
+        assert!(
+            out.contains("binlog_transaction_compression is ON"),
+            "{out}"
+        );
+        assert!(
+            out.contains("binlog_row_value_options is PARTIAL_JSON"),
+            "{out}"
+        );
+    }
 
     // No binary log at all.
-    let no_binlog = MariaDb::start_with(&["--skip-log-bin"]);
+    let no_binlog = server(flavor, &["--skip-log-bin"]);
     no_binlog.execute(
         None,
         "create database app; create table app.users (id int primary key)",

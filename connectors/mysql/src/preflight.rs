@@ -47,7 +47,8 @@ async fn checks(
     let vars: Vec<(String, String)> = conn
         .query(
             "show global variables where variable_name in
-               ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'log_bin_compress')",
+               ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'log_bin_compress',
+                'binlog_transaction_compression', 'binlog_row_value_options', 'version_comment', 'version')",
         )
         .await
         .map_err(MySqlError::query("reading the server's binlog settings"))?;
@@ -89,6 +90,25 @@ async fn checks(
             "log_bin_compress is ON: compressed binlog events cannot be decoded; set log_bin_compress = OFF".into(),
         );
     }
+    if var("binlog_transaction_compression").as_deref() == Some("ON") {
+        problem(
+            "binlog_transaction_compression is ON: compressed transaction payloads cannot be decoded; set binlog_transaction_compression = OFF in the server's config (and `set global binlog_transaction_compression = OFF`)".into(),
+        );
+    }
+    if var("binlog_row_value_options").is_some_and(|v| v.contains("PARTIAL_JSON")) {
+        problem(
+            "binlog_row_value_options is PARTIAL_JSON: a JSON update would be logged as a diff, without the column's new value; set binlog_row_value_options = '' in the server's config (and `set global binlog_row_value_options = ''`)".into(),
+        );
+    }
+    // MariaDB names itself in its version; its monitor grant differs from MySQL's.
+    let mariadb = ["version", "version_comment"]
+        .iter()
+        .any(|v| var(v).is_some_and(|v| v.contains("MARIADB")));
+    let monitor = if mariadb {
+        "BINLOG MONITOR"
+    } else {
+        "REPLICATION CLIENT"
+    };
 
     let grants: Vec<String> = conn
         .query("show grants")
@@ -112,8 +132,10 @@ async fn checks(
     }
     if !has("BINLOG MONITOR") && !has("REPLICATION CLIENT") && !has("SUPER") {
         problem(format!(
-            "user {} lacks BINLOG MONITOR (MariaDB; REPLICATION CLIENT on MySQL), needed to read binlog positions: grant binlog monitor on *.* to {}",
-            connection.user, connection.user
+            "user {} lacks {monitor}, needed to read binlog positions: grant {} on *.* to {}",
+            connection.user,
+            monitor.to_ascii_lowercase(),
+            connection.user
         ));
     }
 

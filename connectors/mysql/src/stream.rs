@@ -395,6 +395,11 @@ impl Session {
                     "the binlog holds partial JSON updates, which cannot be captured: set binlog_row_value_options = '' on the server".into(),
                 ));
             }
+            t if t == EventType::TRANSACTION_PAYLOAD_EVENT as u8 => {
+                return Err(MySqlError::Setup(
+                    "the binlog holds compressed transactions (binlog_transaction_compression = ON), which cannot be decoded: set binlog_transaction_compression = OFF on the server; the changes in compressed transactions must be re-read with `sluice run --resnapshot`".into(),
+                ));
+            }
             t if (MARIADB_COMPRESSED_FIRST..=MARIADB_COMPRESSED_LAST).contains(&t) => {
                 return Err(MySqlError::Setup(
                     "the binlog holds compressed events (log_bin_compress = ON), which cannot be decoded: set log_bin_compress = OFF on the server; the changes in compressed events must be re-read with `sluice run --resnapshot`".into(),

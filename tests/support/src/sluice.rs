@@ -69,8 +69,14 @@ impl SluiceProcess {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let c = self.child.as_mut().expect("sluice is running");
+        signal_child(c, true);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself (panics, with the log, after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("sluice is running");
-        signal_child(&mut c, true);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -79,7 +85,7 @@ impl SluiceProcess {
             if Instant::now() > deadline {
                 let _ = c.kill();
                 panic!(
-                    "sluice did not stop within {timeout:?}; log:\n{}",
+                    "sluice did not exit within {timeout:?}; log:\n{}",
                     self.log_text()
                 );
             }
