@@ -337,6 +337,7 @@ mod tests {
             snapshot_done: true,
             slot: None,
             gtid: None,
+            gtid_set: None,
             written_at_ms: 0,
             tables: Some(vec!["db.a".into(), "db.gone".into()]),
             backfills: vec![state("r", "db.gone", None)],

@@ -42,6 +42,10 @@ pub struct SourceCheckpoint {
     /// `position` is its binlog `file:pos`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
+    /// MySQL: every transaction up to `position` as a GTID set (`uuid:1-42,uuid:1-7`); a
+    /// resume asks the server for the transactions not in it (`COM_BINLOG_DUMP_GTID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_set: Option<String>,
     /// When the checkpoint was written, milliseconds since the Unix epoch.
     pub written_at_ms: i64,
     /// Tables (`schema.table`) whose existing rows are all in Kafka: by the initial snapshot

@@ -26,6 +26,130 @@ pub const MARIADB_GTID: u8 = 0xa2;
 pub const MARIADB_COMPRESSED_FIRST: u8 = 0xa5;
 pub const MARIADB_COMPRESSED_LAST: u8 = 0xab;
 
+/// A MySQL GTID set: per server UUID, the transaction numbers (gno) executed, as sorted,
+/// disjoint, inclusive ranges. Its text is MySQL's: `uuid:1-5:7,uuid:1-3`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidSet(std::collections::BTreeMap<String, Vec<(u64, u64)>>);
+
+impl GtidSet {
+    /// Reads MySQL's text form (`@@gtid_executed`, which may hold newlines after commas).
+    /// `None` for anything else, a MariaDB GTID position included; `Some` of an empty set for
+    /// an empty text (a server that never wrote a GTID).
+    pub fn parse(text: &str) -> Option<GtidSet> {
+        let mut set = GtidSet::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut pieces = part.split(':');
+            let uuid = pieces.next()?.to_ascii_lowercase();
+            let shaped = uuid.len() == 36
+                && uuid.char_indices().all(|(i, c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                });
+            if !shaped {
+                return None;
+            }
+            let mut ranges = 0;
+            for range in pieces {
+                let (first, last) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+                    None => {
+                        let n: u64 = range.parse().ok()?;
+                        (n, n)
+                    }
+                };
+                if first == 0 || last < first {
+                    return None;
+                }
+                set.insert(&uuid, first, last);
+                ranges += 1;
+            }
+            if ranges == 0 {
+                return None;
+            }
+        }
+        Some(set)
+    }
+
+    /// Adds transaction `gno` of server `uuid`.
+    pub fn add(&mut self, uuid: &str, gno: u64) {
+        if let Some(last) = self.0.get_mut(uuid).and_then(|r| r.last_mut()) {
+            // The common case: the next transaction of the same server.
+            if last.1 + 1 == gno {
+                last.1 = gno;
+                return;
+            }
+        }
+        self.insert(&uuid.to_ascii_lowercase(), gno, gno);
+    }
+
+    /// Adds the GTID `uuid:gno` as a transaction's GTID event names it; false if it is not one.
+    pub fn add_gtid(&mut self, gtid: &str) -> bool {
+        match gtid
+            .rsplit_once(':')
+            .and_then(|(u, n)| Some((u, n.parse().ok()?)))
+        {
+            Some((uuid, gno)) if gno > 0 => {
+                self.add(uuid, gno);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn insert(&mut self, uuid: &str, first: u64, last: u64) {
+        let ranges = self.0.entry(uuid.to_owned()).or_default();
+        ranges.push((first, last));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(a, b) in ranges.iter() {
+            match merged.last_mut() {
+                Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *ranges = merged;
+    }
+
+    /// The set as `COM_BINLOG_DUMP_GTID` takes it.
+    pub fn sids(&self) -> Vec<mysql_async::Sid<'static>> {
+        self.0
+            .iter()
+            .filter_map(|(uuid, ranges)| {
+                let text = format!("{uuid}:{}", Self::ranges_text(ranges));
+                text.parse().ok()
+            })
+            .collect()
+    }
+
+    fn ranges_text(ranges: &[(u64, u64)]) -> String {
+        ranges
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+impl std::fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(uuid, ranges)| format!("{uuid}:{}", Self::ranges_text(ranges)))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 /// A MariaDB GTID event: the start of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MariaGtid {
@@ -387,6 +511,33 @@ mod tests {
         assert_eq!(g.to_string(), "3-7-42");
         assert!(g.standalone);
         assert_eq!(MariaGtid::parse(&data[..5], 7), None);
+    }
+
+    #[test]
+    fn mysql_gtid_sets_parse_grow_and_print() {
+        let a = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let b = "9f0b6c3a-0000-11ee-8000-000000000001";
+        let mut set = GtidSet::parse(&format!("{b}:1-3:7,\n{a}:1-5")).expect("set");
+        assert_eq!(set.to_string(), format!("{a}:1-5,{b}:1-3:7"));
+        set.add(a, 6);
+        assert!(set.add_gtid(&format!("{b}:4")));
+        assert!(set.add_gtid(&format!("{b}:6")));
+        assert_eq!(set.to_string(), format!("{a}:1-6,{b}:1-4:6-7"));
+        assert!(set.add_gtid(&format!("{b}:5")));
+        assert_eq!(set.to_string(), format!("{a}:1-6,{b}:1-7"));
+        assert_eq!(set.sids().len(), 2);
+        assert!(!set.add_gtid("0-1-42"), "a MariaDB GTID is not a MySQL one");
+        assert_eq!(GtidSet::parse(""), Some(GtidSet::default()));
+        for bad in [
+            "0-1-42",
+            "0-1-42,1-2-7",
+            a,
+            &format!("{a}:0"),
+            &format!("{a}:5-3"),
+            "x:1",
+        ] {
+            assert_eq!(GtidSet::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

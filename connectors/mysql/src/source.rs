@@ -29,6 +29,7 @@ use sluice_core::{
 };
 
 use crate::backfill::{self, Driver, Tracker};
+use crate::binlog::GtidSet;
 use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
@@ -94,6 +95,17 @@ impl CapturedTable {
 pub struct MySqlSource {
     settings: MySqlSourceSettings,
     tables: Vec<Arc<CapturedTable>>,
+}
+
+/// Where a stream session starts.
+struct StreamStart {
+    pos: BinlogPos,
+    /// MariaDB: the GTID position to resume from.
+    mariadb_gtid: Option<String>,
+    /// MySQL: the GTID set executed up to `pos`, if known.
+    gtid_set: Option<GtidSet>,
+    /// MySQL: start by that set (`COM_BINLOG_DUMP_GTID`) rather than by `pos`.
+    by_gtid_set: bool,
 }
 
 /// A binlog coordinate, `file:pos`.
@@ -165,6 +177,11 @@ impl MySqlSource {
                 && g.chars()
                     .all(|c| c.is_ascii_digit() || c == '-' || c == ',')
         });
+        // A MySQL GTID set to resume from.
+        let resume_set = resume
+            .as_ref()
+            .and_then(|c| c.gtid_set.as_deref())
+            .and_then(GtidSet::parse);
         let resume_pos = resume
             .map(|c| {
                 BinlogPos::parse(&c.position).ok_or_else(|| {
@@ -178,6 +195,8 @@ impl MySqlSource {
         let mut conn = connect(&s.connection).await?;
         let mut book = book;
         let mut snapshot_by_backfill = false;
+        let mut gtid_set = None;
+        let resumed = resume_pos.is_some();
         let start = match resume_pos {
             Some(pos) => {
                 // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
@@ -198,6 +217,7 @@ impl MySqlSource {
                     )));
                 }
                 tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
+                gtid_set = resume_set;
                 pos
             }
             None => {
@@ -212,17 +232,28 @@ impl MySqlSource {
                                 .await?;
                             book = self.snapshot_book();
                             snapshot_by_backfill = true;
-                            let pos = current_position(&mut conn).await?;
+                            let (pos, set) = current_position_and_gtids(&mut conn).await?;
+                            gtid_set = set;
                             tracing::info!(source = %s.name, tables = self.tables.len(), at = %pos, "initial snapshot started: read in chunks between watermarks while the binlog streams (the server has no binlog_snapshot_file)");
                             pos
                         }
                     },
-                    MySqlSnapshotMode::Never => current_position(&mut conn).await?,
+                    MySqlSnapshotMode::Never => {
+                        let (pos, set) = current_position_and_gtids(&mut conn).await?;
+                        gtid_set = set;
+                        pos
+                    }
                 };
                 if snapshot_by_backfill {
                     // Its checkpoint waits until every table's rows are published.
                     let _ = conn.disconnect().await;
-                    return self.stream(pos, None, book, true, handles).await;
+                    let start = StreamStart {
+                        pos,
+                        mariadb_gtid: None,
+                        gtid_set,
+                        by_gtid_set: false,
+                    };
+                    return self.stream(start, book, true, handles).await;
                 }
                 // MariaDB: the GTID position of that binlog point (MySQL has no such function).
                 let gtid: Option<String> = conn
@@ -241,6 +272,7 @@ impl MySqlSource {
                             snapshot_done: true,
                             slot: None,
                             gtid,
+                            gtid_set: gtid_set.as_ref().map(GtidSet::to_string),
                             written_at_ms: now_us() / 1000,
                             tables: Some(self.configured()),
                             backfills: Vec::new(),
@@ -253,17 +285,24 @@ impl MySqlSource {
             }
         };
         let _ = conn.disconnect().await;
-        self.stream(start, resume_gtid, book, snapshot_by_backfill, handles)
+        // A resume with a GTID set asks for the transactions missing from it.
+        let by_gtid_set = resumed && gtid_set.is_some();
+        let start = StreamStart {
+            pos: start,
+            mariadb_gtid: resume_gtid,
+            gtid_set,
+            by_gtid_set,
+        };
+        self.stream(start, book, snapshot_by_backfill, handles)
             .await
     }
 
-    /// Streams from `start` (or MariaDB's `gtid`), running the backfills of `book` beside it.
-    /// With `snapshot_by_backfill`, no checkpoint is written until the queued backfills (the
+    /// Streams from `start`, running the backfills of `book` beside it. With
+    /// `snapshot_by_backfill`, no checkpoint is written until the queued backfills (the
     /// initial snapshot) are all published.
     async fn stream(
         &self,
-        start: BinlogPos,
-        resume_gtid: Option<String>,
+        start: StreamStart,
         book: BackfillBook,
         snapshot_by_backfill: bool,
         handles: RunHandles,
@@ -307,8 +346,10 @@ impl MySqlSource {
             signal: s.signal_table.clone(),
             backfill: Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book),
             snapshot_by_backfill,
+            gtid_set: start.gtid_set,
+            dump_by_gtid_set: start.by_gtid_set,
         };
-        let session = spawn_session(start, resume_gtid, ctx);
+        let session = spawn_session(start.pos, start.mariadb_gtid, ctx);
         // The driver ends when the session drops its side of the request channel.
         let driver = tokio::spawn(driver.run(queue));
         let result = tokio::task::spawn_blocking(move || session.join())
@@ -480,6 +521,14 @@ impl MySqlSource {
 
 /// The end of the server's binlog now.
 pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPos, MySqlError> {
+    Ok(current_position_and_gtids(conn).await?.0)
+}
+
+/// The end of the server's binlog now, and on MySQL the GTID set executed up to it (the same
+/// `SHOW MASTER STATUS` row: the two agree).
+pub(crate) async fn current_position_and_gtids(
+    conn: &mut Conn,
+) -> Result<(BinlogPos, Option<GtidSet>), MySqlError> {
     let row: Option<mysql_async::Row> = conn
         .query_first("SHOW MASTER STATUS")
         .await
@@ -489,8 +538,13 @@ pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPos, MySql
     })?;
     let file: Option<String> = row.get(0);
     let pos: Option<u64> = row.get(1);
+    // MySQL's fifth column; MariaDB has four.
+    let gtids = (row.len() > 4)
+        .then(|| row.get::<Option<String>, usize>(4).flatten())
+        .flatten()
+        .and_then(|text| GtidSet::parse(&text));
     match (file, pos) {
-        (Some(file), Some(pos)) => Ok(BinlogPos { file, pos }),
+        (Some(file), Some(pos)) => Ok((BinlogPos { file, pos }, gtids)),
         _ => Err(MySqlError::Setup(
             "SHOW MASTER STATUS returned no file and position".into(),
         )),

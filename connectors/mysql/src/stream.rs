@@ -35,7 +35,9 @@ use sluice_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::backfill::Tracker;
-use crate::binlog::{TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID};
+use crate::binlog::{
+    GtidSet, TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID,
+};
 use crate::client::connect;
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
@@ -62,6 +64,12 @@ pub struct StreamContext {
     /// The initial snapshot is being read as backfills (MySQL): no checkpoint until they
     /// are all published, so that a run stopped before that starts the snapshot over.
     pub snapshot_by_backfill: bool,
+    /// MySQL: the GTID set executed up to `start`, kept up to date at every commit for the
+    /// checkpoints (`None` where unknown, and on MariaDB).
+    pub gtid_set: Option<GtidSet>,
+    /// MySQL: ask for the transactions not in `gtid_set` (`COM_BINLOG_DUMP_GTID`) instead of
+    /// reading from `start`'s `file:pos` (a resume from a checkpoint that has the set).
+    pub dump_by_gtid_set: bool,
 }
 
 /// Runs one binlog session to its end on a dedicated thread.
@@ -139,12 +147,23 @@ async fn run_session(
                 )))?;
         }
     }
-    let request = match &by_gtid {
+    // MySQL: by GTID set when resuming with one (the server sends the transactions missing
+    // from it, or refuses if they were purged).
+    let by_set = ctx
+        .gtid_set
+        .clone()
+        .filter(|set| ctx.dump_by_gtid_set && !mariadb && *set != GtidSet::default());
+    let request = match (&by_gtid, &by_set) {
         // With @slave_connect_state the server ignores the file name and position.
-        Some(_) => BinlogStreamRequest::new(ctx.server_id)
+        (Some(_), _) => BinlogStreamRequest::new(ctx.server_id)
             .with_filename(b"")
             .with_pos(4u64),
-        None => BinlogStreamRequest::new(ctx.server_id)
+        (None, Some(set)) => BinlogStreamRequest::new(ctx.server_id)
+            .with_gtid()
+            .with_gtid_set(set.sids())
+            .with_filename(b"")
+            .with_pos(4u64),
+        (None, None) => BinlogStreamRequest::new(ctx.server_id)
             .with_filename(start.file.as_bytes())
             .with_pos(start.pos),
     };
@@ -152,11 +171,16 @@ async fn run_session(
         .get_binlog_stream(request)
         .await
         .map_err(|e| dump_error(e, &start, &ctx.source_name))?;
-    match &by_gtid {
-        Some(g) => {
+    match (&by_gtid, &by_set) {
+        (Some(g), _) => {
             tracing::info!(source = %ctx.source_name, from = %start, gtid = %g, "binlog stream started (from the GTID position)")
         }
-        None => tracing::info!(source = %ctx.source_name, from = %start, "binlog stream started"),
+        (None, Some(set)) => {
+            tracing::info!(source = %ctx.source_name, from = %start, gtid_set = %set, "binlog stream started (from the GTID set)")
+        }
+        (None, None) => {
+            tracing::info!(source = %ctx.source_name, from = %start, "binlog stream started")
+        }
     }
     let mut session = Session::new(
         ctx,
@@ -164,6 +188,9 @@ async fn run_session(
         mariadb && checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
     );
     session.gtids = gtid_state.map(|s| parse_gtid_state(&s));
+    if mariadb {
+        session.ctx.gtid_set = None;
+    }
     let result = session.stream(&mut stream).await;
     drop(stream);
     result
@@ -446,6 +473,10 @@ impl Session {
         if end == 0 {
             return Ok(());
         }
+        let gtid = txn.and_then(|t| t.gtid);
+        if let (Some(set), Some(g)) = (self.ctx.gtid_set.as_mut(), gtid.as_deref()) {
+            set.add_gtid(g);
+        }
         if self.ctx.snapshot_by_backfill {
             let reading = self
                 .ctx
@@ -466,7 +497,13 @@ impl Session {
             position: format!("{}:{end}", self.file),
             snapshot_done: true,
             slot: None,
-            gtid: self.gtid_position(txn.and_then(|t| t.gtid)),
+            gtid: self.gtid_position(gtid),
+            gtid_set: self
+                .ctx
+                .gtid_set
+                .as_ref()
+                .filter(|set| **set != GtidSet::default())
+                .map(GtidSet::to_string),
             written_at_ms: now_us() / 1000,
             tables: Some(self.ctx.backfill.book.complete.clone()),
             backfills: self.ctx.backfill.book.state.clone(),

@@ -298,6 +298,7 @@ impl PostgresSource {
                             snapshot_done: true,
                             slot: Some(s.slot.clone()),
                             gtid: None,
+                            gtid_set: None,
                             written_at_ms: now_us() / 1000,
                             tables: Some(complete),
                             backfills: Vec::new(),

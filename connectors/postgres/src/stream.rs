@@ -348,6 +348,7 @@ impl Session {
                 snapshot_done: true,
                 slot: Some(self.ctx.slot.clone()),
                 gtid: None,
+                gtid_set: None,
                 written_at_ms: now_us() / 1000,
                 tables: Some(self.ctx.backfill.book.complete.clone()),
                 backfills: self.ctx.backfill.book.state.clone(),
