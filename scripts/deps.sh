@@ -47,8 +47,8 @@ else
 fi
 
 # Whether `cargo install` put crate NAME at VERSION with every one of FEATURES (and its binary
-# is on the PATH). Features matter: a plain `cargo install tansu` has no storage engine and
-# silently drops every write.
+# is on the PATH). Features matter: a crate installed without the features a test needs can
+# start and silently do the wrong thing.
 installed() {
   command -v "$1" >/dev/null && python3 - "$@" <<'PY'
 import json, os, sys

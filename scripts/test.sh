@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs Sluice's whole test suite against real services (private Postgres clusters, MariaDB
-# servers, garage object stores and tansu brokers that the tests start themselves), installing
-# what is missing first.
+# Runs Sluice's whole test suite against real services (private Postgres clusters, MariaDB and
+# MySQL 8 servers, garage object stores and Apache Kafka brokers that the tests start
+# themselves), installing what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

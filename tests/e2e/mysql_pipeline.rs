@@ -3,7 +3,6 @@
 //! Sluice several times without a change lost or applied twice. Compared by per-row checksums
 //! computed by each database.
 
-use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
@@ -215,11 +214,6 @@ async fn mariadb_capture_survives_kill_9_without_loss_or_double_application() {
             changes += p.round(r);
         }
         sluice.kill9();
-        if kill == 2 {
-            // Let the killed members' group sessions (6 s) expire first: see the same wait and
-            // its reason in apply::kill_9_five_times_loses_nothing_and_applies_nothing_twice.
-            tokio::time::sleep(Duration::from_secs(7)).await;
-        }
         sluice = p.start();
     }
     for r in 18..24 {

@@ -2,7 +2,6 @@
 //! and 50k mixed changes (checksums computed on both sides; on both servers), `kill -9`
 //! without loss or double application, refused rows in `sluice_dead_letters` (MariaDB).
 
-use std::time::Duration;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
@@ -219,11 +218,6 @@ async fn mariadb_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters()
             made += round(&mut src, r).await;
         }
         sluice.kill9();
-        if kill == 2 {
-            // Let the killed members' group sessions (6 s) expire first: see the same wait
-            // and its reason in apply::kill_9_five_times_loses_nothing_and_applies_nothing_twice.
-            tokio::time::sleep(Duration::from_secs(7)).await;
-        }
         sluice = p.start();
     }
     // A balance the target's CHECK refuses, among good rows.
