@@ -188,7 +188,7 @@ async fn main() {
         );
     }
     println!();
-    println!("apply mapping benchmark ({rows} rows from one topic of 4 partitions into a target Postgres; tansu memory; this machine, all co-located)");
+    println!("apply mapping benchmark ({rows} rows from one topic of 4 partitions into a target Postgres; Apache Kafka; this machine, all co-located)");
     println!("| mapping | rows/s (round a / b) | apply CPU µs/row (a / b) |");
     println!("|---|---|---|");
     for (name, runs) in [
