@@ -235,7 +235,17 @@ async fn every_mysql_type_round_trips_through_snapshot_and_binlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_mid_stream_changes_the_columns_of_later_events_only() {
-    let f = MyFixture::new(
+    ddl_mid_stream(MariaDb::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_ddl_mid_stream_changes_the_columns_of_later_events_only() {
+    ddl_mid_stream(MariaDb::start_mysql8()).await;
+}
+
+async fn ddl_mid_stream(db: MariaDb) {
+    let f = MyFixture::on(
+        db,
         "create table t (id int primary key, a int, b varchar(10))",
         &["t"],
         "",
@@ -275,7 +285,16 @@ async fn ddl_mid_stream_changes_the_columns_of_later_events_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_checkpoint_position_is_refused_with_the_way_out() {
-    let f = MyFixture::new("create table t (id int primary key)", &["t"], "");
+    purged_checkpoint_position(MariaDb::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_a_purged_checkpoint_position_is_refused_with_the_way_out() {
+    purged_checkpoint_position(MariaDb::start_mysql8()).await;
+}
+
+async fn purged_checkpoint_position(db: MariaDb) {
+    let f = MyFixture::on(db, "create table t (id int primary key)", &["t"], "");
     f.db.execute(Some("shop"), "insert into t values (1)");
     let mut sluice = f.start(&[]);
     sluice.wait_snapshot_checkpointed(LONG);

@@ -116,9 +116,11 @@ impl SluiceProcess {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log_text();
-            let done = log
-                .find("initial snapshot read")
-                .is_some_and(|i| log[i..].contains("checkpoint written"));
+            // "published" where the snapshot is read between watermarks (MySQL).
+            let done = ["initial snapshot read", "initial snapshot published"]
+                .iter()
+                .filter_map(|line| log.find(line))
+                .any(|i| log[i..].contains("checkpoint written"));
             if done {
                 return;
             }
