@@ -4,7 +4,7 @@
 # Each run prints its seed, the faults injected, the source transactions committed, and per
 # table the rows lost, extra and differing, and the row versions applied twice. Not part of CI.
 #
-#   scripts/soak.sh                      # 10 runs of 10 minutes: both sources, both shapes in turn
+#   scripts/soak.sh                      # 10 runs of 10 minutes: the sources and shapes in turn
 #   SOAK_RUNS=3 SOAK_SECS=120 scripts/soak.sh
 #   SLUICE_CHAOS_SEED=123 SOAK_RUNS=1 scripts/soak.sh   # replay one seed
 set -euo pipefail
@@ -15,11 +15,13 @@ secs=${SOAK_SECS:-600}
 bash scripts/deps.sh
 cargo nextest run --workspace --no-run
 for i in $(seq 1 "$runs"); do
-  case $((i % 4)) in
+  case $((i % 6)) in
     1) test=chaos::chaos_postgres_source_one_process ;;
     2) test=chaos::chaos_mariadb_source_capture_and_apply_processes ;;
     3) test=chaos::chaos_postgres_source_capture_and_apply_processes ;;
-    *) test=chaos::chaos_mariadb_source_one_process ;;
+    4) test=chaos::chaos_mariadb_source_one_process ;;
+    5) test=chaos::chaos_mysql8_source_capture_and_apply_processes ;;
+    *) test=chaos::chaos_mysql8_source_one_process ;;
   esac
   echo "[soak] run $i/$runs: $test, $secs s of faults"
   log=$(mktemp)

@@ -2,7 +2,6 @@
 //! and 50k mixed changes (checksums computed on both sides; on both servers), `kill -9`
 //! without loss or double application, refused rows in `sluice_dead_letters` (MariaDB).
 
-
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
 use crate::common::{column, start_in, wait_same_rows, LONG};
