@@ -541,6 +541,26 @@ async fn chaos(server: Option<Flavor>, split: bool) {
         }
     }
     let (versions, twice, regressions) = audit(&dst).await;
+    if (twice, regressions) != (0, 0) {
+        std::env::set_var("SLUICE_TEST_KEEP", "1");
+        let rows = dst
+            .query(
+                "select id, version, n, array_length(array(select distinct unnest(digests)), 1)
+                   from applications where n > 1 order by id limit 20",
+                &[],
+            )
+            .await
+            .expect("applications");
+        for r in rows {
+            eprintln!(
+                "chaos: seed {seed}: account {} version {} applied {} times, {} distinct row(s)",
+                r.get::<_, i64>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, i32>(2),
+                r.get::<_, Option<i32>>(3).unwrap_or(0)
+            );
+        }
+    }
     let dead: i64 = dst
         .query_one("select count(*) from sluice.dead_letters", &[])
         .await

@@ -81,15 +81,19 @@ where
 /// and a version that does not increase is recorded. The source bumps `version` on every
 /// update, so a change applied twice shows up as a count of 2 or a regression.
 pub const AUDIT: &str = r#"
-create table applications (id bigint, version int, n int not null, primary key (id, version));
+create table applications (id bigint, version int, n int not null, digests text[],
+                           primary key (id, version));
 create table regressions (id bigint, old_version int, new_version int);
 create function audit_apply() returns trigger language plpgsql as $$
 begin
   if tg_op = 'UPDATE' and new.version <= old.version then
     insert into regressions values (new.id, old.version, new.version);
   end if;
-  insert into applications values (new.id, new.version, 1)
-    on conflict (id, version) do update set n = applications.n + 1;
+  -- Each application's row digest: the same row applied again, or another row with a version
+  -- number the source used twice (a source that lost a commit), tell apart.
+  insert into applications values (new.id, new.version, 1, array[md5(new::text)])
+    on conflict (id, version) do update
+      set n = applications.n + 1, digests = applications.digests || excluded.digests;
   return new;
 end $$;
 create trigger audit_apply after insert or update on accounts
