@@ -5,7 +5,12 @@
 //! 2. writes the workload (WAL now waits in both slots);
 //! 3. times `pg_recvlogical --endpos` draining its slot (the source's own limit);
 //! 4. starts Sluice and times it until every row is in Kafka (summed high watermarks);
-//! 5. reads Sluice's CPU time and peak RSS from /proc.
+//! 5. reads Sluice's CPU time and peak RSS from /proc;
+//! 6. runs Debezium 3.6.1 (embedded engine, pgoutput) over a third slot, `dbz`, created with
+//!    pg_recvlogical's before the workload, and times it from its first change record to the
+//!    last (its CPU time and peak RSS are printed by the JVM itself), then drains the second
+//!    pg_recvlogical slot. See benches/debezium/DebeziumDrain.java for the method;
+//!    `BENCH_DEBEZIUM=0` leaves Debezium out.
 //!
 //! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions; 50k rows with a
 //! 3.2 KB out-of-line (TOASTed) text, each then updated once without touching it (Postgres
@@ -18,6 +23,10 @@ use std::time::{Duration, Instant};
 
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
+#[path = "debezium/drain.rs"]
+mod debezium;
+use debezium::Debezium;
+
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 struct Figures {
@@ -26,6 +35,7 @@ struct Figures {
     sluice_s: f64,
     cpu_us_per_row: f64,
     peak_rss_mb: f64,
+    debezium: Option<debezium::Drain>,
 }
 
 /// Times pg_recvlogical draining `slot` up to `end_lsn`.
@@ -70,7 +80,13 @@ fn recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -> Figures {
+async fn run_workload(
+    name: &str,
+    engine: &str,
+    workload_sql: &str,
+    rows: u64,
+    dbz: Option<&Debezium>,
+) -> Figures {
     let pg = PgCluster::start_with(&[
         ("shared_buffers", "512MB"),
         ("max_wal_size", "4GB"),
@@ -119,6 +135,12 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
     )
     .await
     .expect("pg_recvlogical slots");
+    // Debezium's slot, holding the same WAL.
+    if dbz.is_some() {
+        db.batch_execute("select pg_create_logical_replication_slot('dbz', 'pgoutput');")
+            .await
+            .expect("debezium slot");
+    }
 
     // 2. The workload.
     let t = Instant::now();
@@ -175,6 +197,48 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
     }
     let rss = process::peak_rss_mb(pid);
     assert!(sluice.stop(Duration::from_secs(60)).success());
+
+    // 5. Debezium drains its slot.
+    let dbz = dbz.and_then(|d| {
+        let props = [
+            ("name", "drain".to_string()),
+            (
+                "connector.class",
+                "io.debezium.connector.postgresql.PostgresConnector".into(),
+            ),
+            (
+                "offset.storage",
+                "org.apache.kafka.connect.storage.MemoryOffsetBackingStore".into(),
+            ),
+            ("key.converter.schemas.enable", "false".into()),
+            ("value.converter.schemas.enable", "false".into()),
+            ("topic.prefix", "dbz".into()),
+            ("database.hostname", "127.0.0.1".into()),
+            ("database.port", pg.port().to_string()),
+            ("database.user", "postgres".into()),
+            ("database.dbname", "bench".into()),
+            ("plugin.name", "pgoutput".into()),
+            ("slot.name", "dbz".into()),
+            ("publication.name", "sluice_bench".into()),
+            ("publication.autocreate.mode", "disabled".into()),
+            ("snapshot.mode", "no_data".into()),
+            ("table.include.list", "public.bench".into()),
+        ];
+        match d.drain(
+            &props,
+            rows,
+            "dbz.public.bench",
+            dir.path(),
+            Duration::from_secs(1800),
+        ) {
+            Ok(f) => Some(f),
+            Err(why) => {
+                println!("[{name}] debezium failed: {why}");
+                None
+            }
+        }
+    });
+
     let recv_after_s = recvlogical(&pg, "recv_after", &end_lsn);
     let recvlogical_s = recv_before_s.min(recv_after_s);
     println!(
@@ -183,18 +247,28 @@ async fn run_workload(name: &str, engine: &str, workload_sql: &str, rows: u64) -
         rows as f64 / recv_after_s
     );
     println!("[{name}] wrote {rows} rows in {write_s:.1}s; engine={engine}");
+    let cpu_us_per_row = run.cpu_seconds * 1e6 / rows as f64;
+    if let Some(d) = &dbz {
+        println!("[{name}] {}", d.describe());
+        println!(
+            "[{name}] {}",
+            debezium::compare(rows as f64 / run.seconds, cpu_us_per_row, rss, d)
+        );
+    }
     Figures {
         rows,
         recvlogical_s,
         sluice_s: run.seconds,
-        cpu_us_per_row: run.cpu_seconds * 1e6 / rows as f64,
+        cpu_us_per_row,
         peak_rss_mb: rss,
+        debezium: dbz,
     }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let engine = "kafka".to_string();
+    let dbz = Debezium::prepare();
     let rows: u64 = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -226,13 +300,28 @@ async fn main() {
          end $$;",
         last = toasted / 1000 - 1
     );
-    let a = run_workload("10k-row transactions", &engine, &big_txns, rows).await;
-    let b = run_workload("single-row transactions", &engine, &small_txns, single).await;
+    let a = run_workload(
+        "10k-row transactions",
+        &engine,
+        &big_txns,
+        rows,
+        dbz.as_ref(),
+    )
+    .await;
+    let b = run_workload(
+        "single-row transactions",
+        &engine,
+        &small_txns,
+        single,
+        dbz.as_ref(),
+    )
+    .await;
     let c = run_workload(
         "TOASTed rows, then updates leaving them unchanged",
         &engine,
         &toast_txns,
         toasted * 2,
+        dbz.as_ref(),
     )
     .await;
     println!();
@@ -258,5 +347,38 @@ async fn main() {
             f.cpu_us_per_row,
             f.peak_rss_mb
         );
+    }
+    if dbz.is_some() {
+        println!();
+        println!(
+            "Debezium {} side by side (same WAL, same run; Debezium's embedded engine hands JSON records to a counter, no Kafka)",
+            debezium::VERSION
+        );
+        println!("rows/s and CPU: Sluice from its stream start to the checkpoint covering every row (confirmed by Kafka); Debezium from its first change record to the last. \"from start\" adds the JVM's and connector's start-up.");
+        println!("| workload | rows | sluice rows/s | debezium rows/s | sluice/debezium | debezium rows/s from start | debezium JVM start-up s | sluice CPU µs/row | debezium CPU µs/row | debezium/sluice CPU | debezium CPU µs/row whole process | sluice peak RSS MB | debezium peak RSS MB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (name, f) in names.iter().zip([&a, &b, &c]) {
+            let ours = f.rows as f64 / f.sluice_s;
+            match &f.debezium {
+                Some(d) => println!(
+                    "| {name} | {} | {ours:.0} | {:.0} | {:.2}x | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {:.0} |",
+                    f.rows,
+                    d.rows_per_s(),
+                    ours / d.rows_per_s(),
+                    d.rows_per_s_from_start(),
+                    d.jvm_startup_s(),
+                    f.cpu_us_per_row,
+                    d.cpu_us_per_row(),
+                    debezium::cpu_ratio(d.cpu_us_per_row(), f.cpu_us_per_row),
+                    d.cpu_us_per_row_total(),
+                    f.peak_rss_mb,
+                    d.peak_rss_mb
+                ),
+                None => println!(
+                    "| {name} | {} | {ours:.0} | failed (see above) | | | | {:.2} | | | | {:.0} | |",
+                    f.rows, f.cpu_us_per_row, f.peak_rss_mb
+                ),
+            }
+        }
     }
 }
