@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
+#[path = "shared/users.rs"]
+mod users;
+
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const LONG: Duration = Duration::from_secs(1800);
 
@@ -124,13 +127,7 @@ async fn main() {
         .batch_execute(TARGET)
         .await
         .expect("target schema");
-    src.batch_execute(&format!(
-        "insert into users select g, 'First' || g, 'Last' || g,
-           case when g % 10 = 0 then null else 'u' || g || '@example.com' end,
-           (array['ADMIN','TEACHER','INSTRUCTOR','STUDENT','STAFF'])[g % 5 + 1],
-           case when g % 7 = 0 then 'INACTIVE' else 'ACTIVE' end, g % 1000
-         from generate_series(1, {rows}) g"
-    ))
+    src.batch_execute(&users::users_insert(rows as u64))
     .await
     .expect("rows");
 
@@ -142,16 +139,7 @@ async fn main() {
         broker.brokers(),
         source.sluice_connection("bench"),
     );
-    let capture_config = dir.path().join("capture.toml");
-    std::fs::write(&capture_config, &head).expect("capture config");
-    let mut capture = SluiceProcess::run(
-        Path::new(SLUICE),
-        &capture_config,
-        &["--only", "capture"],
-        &dir.path().join("capture.log"),
-    );
-    capture.wait_snapshot_checkpointed(LONG);
-    assert!(capture.stop(LONG).success());
+    users::capture_once(Path::new(SLUICE), dir.path(), &head);
 
     let tdb = target.connect("bench").await;
     let mut plain = Vec::new();

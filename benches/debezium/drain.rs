@@ -123,12 +123,7 @@ pub fn cpu_ratio(debezium_cpu_us: f64, sluice_cpu_us: f64) -> String {
 }
 
 fn deps_dir() -> PathBuf {
-    std::env::var_os("SLUICE_DEPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice")
-        })
-        .join("debezium-3.6.1")
+    sluice_test_support::kafka::deps_dir().join("debezium-3.6.1")
 }
 
 fn source_dir() -> PathBuf {

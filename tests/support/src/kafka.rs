@@ -23,8 +23,9 @@ pub const KAFKA_VERSION: &str = "4.1.1";
 const KAFKA_INSTALL: &str =
     "bash scripts/deps.sh (it copies Apache Kafka's jars from Maven Central)";
 
-/// Where deps.sh put the Kafka jars and the class-data-sharing archive.
-fn deps_dir() -> PathBuf {
+/// Where deps.sh puts what it fetches (the Kafka jars, the class-data-sharing archive, MySQL
+/// 8) and the benchmarks theirs (Debezium): `$SLUICE_DEPS`, else `~/.cache/sluice`.
+pub fn deps_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SLUICE_DEPS") {
         return PathBuf::from(d);
     }
