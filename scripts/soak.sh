@@ -27,7 +27,7 @@ for i in $(seq 1 "$runs"); do
   log=$(mktemp)
   if ! SLUICE_CHAOS_SECS=$secs cargo nextest run --workspace --profile soak --no-capture \
       --run-ignored all -E "test(=$test)" >"$log" 2>&1; then
-    grep -E '^chaos:|panicked|FAIL|TIMEOUT' -A3 "$log" || tail -40 "$log"
+    grep -E '^chaos:|^kept |panicked|FAIL|TIMEOUT' -A3 "$log" || tail -40 "$log"
     echo "[soak] run $i failed (whole output: $log)"
     exit 1
   fi
