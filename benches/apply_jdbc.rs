@@ -754,8 +754,8 @@ async fn main() {
     .await
     .expect("target schema");
     src.batch_execute(&users::users_insert(rows as u64))
-    .await
-    .expect("rows");
+        .await
+        .expect("rows");
 
     // Capture once: the snapshot puts every row into the topic.
     let dir = TempDir::new("bench-apply-jdbc");
