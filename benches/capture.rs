@@ -201,7 +201,6 @@ async fn run_workload(
     // 5. Debezium drains its slot.
     let dbz = dbz.and_then(|d| {
         let props = [
-            ("name", "drain".to_string()),
             (
                 "connector.class",
                 "io.debezium.connector.postgresql.PostgresConnector".into(),
@@ -210,10 +209,6 @@ async fn run_workload(
                 "offset.storage",
                 "org.apache.kafka.connect.storage.MemoryOffsetBackingStore".into(),
             ),
-            ("key.converter.schemas.enable", "false".into()),
-            ("value.converter.schemas.enable", "false".into()),
-            ("topic.prefix", "dbz".into()),
-            ("database.hostname", "127.0.0.1".into()),
             ("database.port", pg.port().to_string()),
             ("database.user", "postgres".into()),
             ("database.dbname", "bench".into()),

@@ -228,15 +228,10 @@ fn run_server(flavor: Flavor, rows: u64, dbz: Option<&Debezium>) {
     let debezium_tried = dbz.is_some();
     let dbz = dbz.and_then(|d| {
         let props = [
-            ("name", "drain".to_string()),
             (
                 "connector.class",
                 "io.debezium.connector.mysql.MySqlConnector".into(),
             ),
-            ("key.converter.schemas.enable", "false".into()),
-            ("value.converter.schemas.enable", "false".into()),
-            ("topic.prefix", "dbz".into()),
-            ("database.hostname", "127.0.0.1".into()),
             ("database.port", db.port().to_string()),
             ("database.user", "root".into()),
             ("database.password", "".into()),

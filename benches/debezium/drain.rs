@@ -259,8 +259,12 @@ impl Debezium {
     ) -> Result<Drain, String> {
         let props_file = workdir.join("debezium.properties");
         let log = workdir.join("debezium.log");
-        let mut text =
-            format!("drain.rows={rows}\ndrain.topic={topic}\ndrain.idle.timeout.s=120\n");
+        // What every drain sets: JSON without schemas, topics named `dbz.*`, a local server.
+        let mut text = format!(
+            "drain.rows={rows}\ndrain.topic={topic}\ndrain.idle.timeout.s=120\nname=drain\n\
+             key.converter.schemas.enable=false\nvalue.converter.schemas.enable=false\n\
+             topic.prefix=dbz\ndatabase.hostname=127.0.0.1\n"
+        );
         for (k, v) in properties {
             text.push_str(&format!("{k}={}\n", escape(v)));
         }

@@ -70,22 +70,54 @@ struct Reconcile {
 /// (their sequence numbers count rows read), before any change streamed after it.
 const RECONCILE_SEQ: u64 = 1 << 62;
 
-fn reconcile_position(cp: &SourceCheckpoint, n: u64) -> Option<sluice_core::Position> {
-    use sluice_core::event::{binlog_file_seq, parse_lsn};
-    let seq = RECONCILE_SEQ + n;
-    match cp.connector.as_str() {
-        "postgres" => Some(sluice_core::Position::Postgres {
-            commit_lsn: parse_lsn(&cp.position)?,
-            seq,
-        }),
-        _ => {
-            let (file, pos) = cp.position.rsplit_once(':')?;
-            Some(sluice_core::Position::MySql {
-                file: binlog_file_seq(file)?,
-                pos: pos.parse().ok()?,
-                seq,
-            })
+impl Reconcile {
+    /// Strikes off the key a record was just published with.
+    fn settled(&mut self, topic: &str, key: &[u8]) {
+        if let Some(keys) = self.keys.get_mut(topic) {
+            keys.remove(key);
         }
+    }
+
+    /// Publishes, at the position of `cp` (the snapshot's checkpoint), a delete of every key
+    /// left; returns how many. They share `acks`, so the checkpoint waits for them.
+    async fn publish_deletes(
+        self,
+        cp: &SourceCheckpoint,
+        publisher: &KafkaPublisher,
+        now_ms: i64,
+        value: &mut Vec<u8>,
+        acks: &Arc<Acks>,
+    ) -> Result<usize, sluice_kafka::KafkaError> {
+        let mut n = 0u64;
+        for (topic, keys) in self.keys {
+            let Some(table) = self.tables.get(&topic) else {
+                continue;
+            };
+            if !keys.is_empty() {
+                tracing::info!(topic = %topic, rows = keys.len(), "deleting rows an earlier snapshot published that the source no longer has");
+            }
+            for (k, partition) in keys {
+                let Some(position) = cp.position_with_seq(RECONCILE_SEQ + n) else {
+                    continue;
+                };
+                n += 1;
+                let source = sluice_core::SourceInfo {
+                    connector: match position {
+                        sluice_core::Position::Postgres { .. } => "postgres",
+                        sluice_core::Position::MySql { .. } => "mysql",
+                    },
+                    position,
+                    tx_id: None,
+                    commit_time_us: now_ms * 1000,
+                    snapshot: false,
+                    binlog: None,
+                };
+                publisher
+                    .publish_key_delete(table, &k, partition, &source, now_ms, value, acks)
+                    .await?;
+            }
+        }
+        Ok(n as usize)
     }
 }
 
@@ -375,48 +407,15 @@ async fn publish_loop(
             // Any record of a key settles it: a snapshot row, or (a MySQL snapshot read
             // between watermarks) a change streamed while the snapshot is read.
             if let Some(r) = reconcile.as_mut() {
-                if let Some(keys) = r.keys.get_mut(&*event.table.topic) {
-                    keys.remove(&key[..]);
-                }
+                r.settled(&event.table.topic, &key);
             }
         }
         // The snapshot is complete: what it did not publish again is gone from the source.
-        // The deletes share the batch's confirmations, so its checkpoint waits for them.
         if let Some(cp) = batch.checkpoint.as_ref().filter(|c| c.snapshot_done) {
             if let Some(r) = reconcile.take() {
-                let mut n = 0u64;
-                for (topic, keys) in r.keys {
-                    let Some(table) = r.tables.get(&topic) else {
-                        continue;
-                    };
-                    if !keys.is_empty() {
-                        tracing::info!(topic = %topic, rows = keys.len(), "deleting rows an earlier snapshot published that the source no longer has");
-                    }
-                    for (k, partition) in keys {
-                        let Some(position) = reconcile_position(cp, n) else {
-                            continue;
-                        };
-                        n += 1;
-                        let source = sluice_core::SourceInfo {
-                            connector: if cp.connector == "postgres" {
-                                "postgres"
-                            } else {
-                                "mysql"
-                            },
-                            position,
-                            tx_id: None,
-                            commit_time_us: now_ms * 1000,
-                            snapshot: false,
-                            binlog: None,
-                        };
-                        publisher
-                            .publish_key_delete(
-                                table, &k, partition, &source, now_ms, &mut value, &acks,
-                            )
-                            .await?;
-                        events += 1;
-                    }
-                }
+                events += r
+                    .publish_deletes(cp, &publisher, now_ms, &mut value, &acks)
+                    .await?;
             }
         }
         let item = InFlight {

@@ -519,20 +519,8 @@ async fn rows_deleted_between_an_abandoned_snapshot_and_the_next_are_deleted() {
     // The second snapshot (7 rows), and a delete and a tombstone for each of rows 1-3.
     reader.read_until(LONG, "the second snapshot", |r| r.len() >= 23);
     // The topic's last word on each key is what a sink ends with.
-    let mut last: std::collections::BTreeMap<i64, bool> = Default::default();
-    for r in &reader.records {
-        let Some(id) = r.key.as_ref().and_then(|k| k["id"].as_i64()) else {
-            continue;
-        };
-        let alive = r
-            .value
-            .as_ref()
-            .is_some_and(|e| e["op"] != "d" && !e["after"].is_null());
-        last.insert(id, alive);
-    }
-    let alive: Vec<i64> = last.iter().filter(|(_, a)| **a).map(|(k, _)| *k).collect();
     assert_eq!(
-        alive,
+        reader.alive_ids("id"),
         (4..=10).collect::<Vec<_>>(),
         "rows 1-3 were deleted in the source"
     );

@@ -70,18 +70,39 @@ impl SourceCheckpoint {
     /// or a checkpoint position that does not parse, covers nothing.
     pub fn covers(&self, position: &crate::Position) -> bool {
         use crate::Position;
-        match position {
-            Position::Postgres { commit_lsn, .. } => {
-                crate::event::parse_lsn(&self.position).is_some_and(|end| *commit_lsn <= end)
-            }
-            Position::MySql { file, pos, .. } => {
-                let Some((name, at)) = self.position.rsplit_once(':') else {
-                    return false;
-                };
-                match (crate::event::binlog_file_seq(name), at.parse::<u64>()) {
-                    (Some(f), Ok(p)) => (*file, *pos) <= (f, p),
-                    _ => false,
-                }
+        match (position, self.position_with_seq(0)) {
+            (
+                Position::Postgres { commit_lsn, .. },
+                Some(Position::Postgres {
+                    commit_lsn: end, ..
+                }),
+            ) => *commit_lsn <= end,
+            (
+                Position::MySql { file, pos, .. },
+                Some(Position::MySql {
+                    file: f, pos: p, ..
+                }),
+            ) => (*file, *pos) <= (f, p),
+            _ => false,
+        }
+    }
+
+    /// The checkpoint's position (an end LSN, or a binlog `file:pos`) as an event position
+    /// with sequence number `seq`; `None` if it does not parse.
+    pub fn position_with_seq(&self, seq: u64) -> Option<crate::Position> {
+        use crate::event::{binlog_file_seq, parse_lsn};
+        match self.connector.as_str() {
+            "postgres" => Some(crate::Position::Postgres {
+                commit_lsn: parse_lsn(&self.position)?,
+                seq,
+            }),
+            _ => {
+                let (file, pos) = self.position.rsplit_once(':')?;
+                Some(crate::Position::MySql {
+                    file: binlog_file_seq(file)?,
+                    pos: pos.parse().ok()?,
+                    seq,
+                })
             }
         }
     }

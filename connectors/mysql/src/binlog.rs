@@ -73,6 +73,11 @@ impl GtidSet {
         Some(set)
     }
 
+    /// Whether the set holds no transaction (a server that never wrote a GTID).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Adds transaction `gno` of server `uuid`.
     pub fn add(&mut self, uuid: &str, gno: u64) {
         if let Some(last) = self.0.get_mut(uuid).and_then(|r| r.last_mut()) {

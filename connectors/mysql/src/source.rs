@@ -244,43 +244,36 @@ impl MySqlSource {
                         pos
                     }
                 };
-                if snapshot_by_backfill {
-                    // Its checkpoint waits until every table's rows are published.
-                    let _ = conn.disconnect().await;
-                    let start = StreamStart {
-                        pos,
-                        mariadb_gtid: None,
-                        gtid_set,
-                        by_gtid_set: false,
-                    };
-                    return self.stream(start, book, true, handles).await;
+                // A snapshot read between watermarks has its checkpoint when every table's
+                // rows are published; otherwise the start point is checkpointed now.
+                if !snapshot_by_backfill {
+                    // MariaDB: the GTID position of that binlog point (MySQL has no such function).
+                    let gtid: Option<String> = conn
+                        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|g: &String| !g.is_empty());
+                    handles
+                        .out
+                        .send(Batch {
+                            events: Vec::new(),
+                            checkpoint: Some(SourceCheckpoint {
+                                connector: "mysql".into(),
+                                position: pos.to_string(),
+                                snapshot_done: true,
+                                slot: None,
+                                gtid,
+                                gtid_set: gtid_set.as_ref().map(GtidSet::to_string),
+                                written_at_ms: now_us() / 1000,
+                                tables: Some(self.configured()),
+                                backfills: Vec::new(),
+                                abandoned: Vec::new(),
+                            }),
+                        })
+                        .await
+                        .map_err(|_| MySqlError::Closed)?;
                 }
-                // MariaDB: the GTID position of that binlog point (MySQL has no such function).
-                let gtid: Option<String> = conn
-                    .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|g: &String| !g.is_empty());
-                handles
-                    .out
-                    .send(Batch {
-                        events: Vec::new(),
-                        checkpoint: Some(SourceCheckpoint {
-                            connector: "mysql".into(),
-                            position: pos.to_string(),
-                            snapshot_done: true,
-                            slot: None,
-                            gtid,
-                            gtid_set: gtid_set.as_ref().map(GtidSet::to_string),
-                            written_at_ms: now_us() / 1000,
-                            tables: Some(self.configured()),
-                            backfills: Vec::new(),
-                            abandoned: Vec::new(),
-                        }),
-                    })
-                    .await
-                    .map_err(|_| MySqlError::Closed)?;
                 pos
             }
         };

@@ -99,7 +99,7 @@ pub fn spawn_session(
 async fn run_session(
     start: BinlogPos,
     gtid: Option<String>,
-    ctx: StreamContext,
+    mut ctx: StreamContext,
 ) -> Result<(), MySqlError> {
     let mut conn = connect(&ctx.connection).await?;
     let checksum: Option<String> = conn
@@ -149,10 +149,13 @@ async fn run_session(
     }
     // MySQL: by GTID set when resuming with one (the server sends the transactions missing
     // from it, or refuses if they were purged).
+    if mariadb {
+        ctx.gtid_set = None;
+    }
     let by_set = ctx
         .gtid_set
         .clone()
-        .filter(|set| ctx.dump_by_gtid_set && !mariadb && *set != GtidSet::default());
+        .filter(|set| ctx.dump_by_gtid_set && !set.is_empty());
     let request = match (&by_gtid, &by_set) {
         // With @slave_connect_state the server ignores the file name and position.
         (Some(_), _) => BinlogStreamRequest::new(ctx.server_id)
@@ -188,9 +191,6 @@ async fn run_session(
         mariadb && checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE")),
     );
     session.gtids = gtid_state.map(|s| parse_gtid_state(&s));
-    if mariadb {
-        session.ctx.gtid_set = None;
-    }
     let result = session.stream(&mut stream).await;
     drop(stream);
     result
@@ -484,9 +484,8 @@ impl Session {
                 .book
                 .state
                 .iter()
-                .filter(|b| b.id.starts_with(crate::backfill::SNAPSHOT_ID_PREFIX))
-                .count();
-            if reading > 0 {
+                .any(|b| b.id.starts_with(crate::backfill::SNAPSHOT_ID_PREFIX));
+            if reading {
                 return self.flush_if_due().await;
             }
             self.ctx.snapshot_by_backfill = false;
@@ -502,7 +501,7 @@ impl Session {
                 .ctx
                 .gtid_set
                 .as_ref()
-                .filter(|set| **set != GtidSet::default())
+                .filter(|set| !set.is_empty())
                 .map(GtidSet::to_string),
             written_at_ms: now_us() / 1000,
             tables: Some(self.ctx.backfill.book.complete.clone()),

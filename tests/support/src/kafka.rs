@@ -417,6 +417,26 @@ impl TopicReader {
         }
     }
 
+    /// The integer keys (the key's `field`) whose last record read is neither a delete nor a
+    /// tombstone: the rows a sink of this topic ends with, in key order.
+    pub fn alive_ids(&self, field: &str) -> Vec<i64> {
+        let mut last: std::collections::BTreeMap<i64, bool> = Default::default();
+        for r in &self.records {
+            let Some(id) = r.key.as_ref().and_then(|k| k[field].as_i64()) else {
+                continue;
+            };
+            let alive = r
+                .value
+                .as_ref()
+                .is_some_and(|e| e["op"] != "d" && !e["after"].is_null());
+            last.insert(id, alive);
+        }
+        last.into_iter()
+            .filter(|(_, a)| *a)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// Non-tombstone envelopes, in the order read.
     pub fn envelopes(&self) -> Vec<&serde_json::Value> {
         self.records
