@@ -18,13 +18,15 @@
 //! while the stream flows, but not a backlog: one partition can wait on a delete whose
 //! children's deletes sit behind a child insert that waits on a parent behind that delete. So
 //! the topics feeding target tables that foreign keys link ([`OrderedTopics`]) all go to one
-//! worker, which applies them up to consistent source states: it reads the newest capture
-//! checkpoint of their source and then each partition's end offset; once it has read every
-//! partition up to that end, it holds every event the checkpoint covers, and applies those
-//! (whole source transactions, every table together) in one target transaction, which the
-//! sink orders parents first for writes and children first for deletes. Events past the
-//! checkpoint wait for the next one. This costs latency (a checkpoint interval), not
-//! throughput, and needs every partition of those topics in one process.
+//! worker, which applies them up to consistent source states. A change is released when a
+//! durable capture checkpoint covers it (capture will not publish anything before it again
+//! under a new position) and every partition of those topics has been read past its source
+//! transaction ([`read_bound`]; a partition read up to the end offset noted after the
+//! checkpoint limits nothing). What is released is whole source transactions, every table
+//! together, applied in one target transaction that the sink orders parents first for writes
+//! and children first for deletes. So a backlog flows as it is read, and a partition read far
+//! ahead of the others is paused until they catch up, which bounds memory. This costs latency
+//! (up to a checkpoint interval), and needs every partition of those topics in one process.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,12 @@ struct PartitionState {
     waiting: VecDeque<(Record, Option<(String, Position)>)>,
     /// One past the highest offset received from the consumer.
     received_next: Option<i64>,
+    /// The highest source position of the ordered records received: every record of an
+    /// earlier source transaction in this partition has been received (see
+    /// [`Worker::release_durable`]).
+    read_to: Option<Position>,
+    /// Paused because it read far ahead of what the other ordered partitions let go.
+    paused_ahead: bool,
     /// Read again from its stored offset: records are ignored until the consumer hands the
     /// partition over again (see [`Worker::reload`]).
     restarting: bool,
@@ -121,6 +129,11 @@ pub struct OrderedTopics {
 
 /// How often a worker with ordered topics reads capture's durable marks while records wait.
 const ORDER_POLL: Duration = Duration::from_millis(200);
+/// Records an ordered partition may hold read past what the others let go before it is
+/// paused until they catch up: with [`read_bound`], this bounds memory in a backlog.
+const ORDER_AHEAD_MAX: usize = 10_000;
+/// How many batches' worth of ordered records one release lets go at most.
+const ORDER_SLICE_BATCHES: usize = 4;
 /// Ordered records waiting this long without a release are logged at WARN, with the reason.
 const ORDER_WAIT_SAY: Duration = Duration::from_secs(60);
 /// How often a failing read of capture's durable marks is logged.
@@ -139,13 +152,23 @@ pub struct OrderedProgress {
     /// not satisfy the target's keys, e.g. a parent deleted in one transaction and its children
     /// in the next), or for `foreign_key_wait_ms`, after which they are held and retried as
     /// any refused row is. A refusal with nothing left waiting is held at once.
-    stalled: Option<(Instant, Vec<(String, String)>)>,
+    stalled: Option<Stall>,
     /// When ordered records last moved (released, or none waiting), and when a wait past
     /// [`ORDER_WAIT_SAY`] was last logged.
     moved_at: Option<Instant>,
     said_wait: Option<Instant>,
     /// The sources named by the ordered records read so far, whose checkpoints are watched.
     sources: std::collections::BTreeSet<String>,
+}
+
+/// A refusal of ordered records by a target foreign key (see [`OrderedProgress::stalled`]).
+#[derive(Debug)]
+struct Stall {
+    since: Instant,
+    /// The source state the refused records ended at.
+    at: Vec<(String, String)>,
+    /// When the last attempt was refused.
+    tried: Instant,
 }
 
 pub struct Worker {
@@ -368,10 +391,11 @@ impl Worker {
                     .is_some_and(|o| o.topics.contains(&record.topic))
                 {
                     let at = source_position(&record);
-                    if let Some((source, _)) = &at {
+                    if let Some((source, position)) = &at {
                         if !self.ordered_progress.sources.contains(source) {
                             self.ordered_progress.sources.insert(source.clone());
                         }
+                        state.read_to = state.read_to.max(Some(*position));
                     }
                     state.waiting.push_back((record, at));
                 } else {
@@ -585,11 +609,11 @@ impl Worker {
                             .iter()
                             .any(|p| self.is_ordered(&p.topic))
                     {
-                        let (since, _) = self
+                        let since = self
                             .ordered_progress
                             .stalled
                             .take()
-                            .unwrap_or((Instant::now(), Vec::new()));
+                            .map_or_else(Instant::now, |s| s.since);
                         tracing::info!(
                             worker = self.id,
                             waited_ms = since.elapsed().as_millis() as u64,
@@ -685,7 +709,7 @@ impl Worker {
                             .ordered_progress
                             .stalled
                             .as_ref()
-                            .is_none_or(|(since, _)| since.elapsed() < self.settings.fk_wait) =>
+                            .is_none_or(|s| s.since.elapsed() < self.settings.fk_wait) =>
                 {
                     // The source state these records end at does not satisfy the target's
                     // foreign keys: they wait, whole, for a later one (see OrderedProgress).
@@ -700,10 +724,17 @@ impl Worker {
                     }
                     let at = self.ordered_progress.released_at.clone();
                     match &mut self.ordered_progress.stalled {
-                        Some((_, stalled_at)) => *stalled_at = at,
+                        Some(stall) => {
+                            stall.at = at;
+                            stall.tried = Instant::now();
+                        }
                         None => {
-                            self.log_refusal(&record, "a target foreign key refused the source state at the last capture checkpoint: waiting for a later one");
-                            self.ordered_progress.stalled = Some((Instant::now(), at));
+                            self.log_refusal(&record, "a target foreign key refused the source state the changes read so far end at: waiting for a later one");
+                            self.ordered_progress.stalled = Some(Stall {
+                                since: Instant::now(),
+                                at,
+                                tried: Instant::now(),
+                            });
                         }
                     }
                 }
@@ -731,9 +762,9 @@ impl Worker {
         }
     }
 
-    /// Moves the waiting records of ordered topics that a durable capture checkpoint covers
-    /// into `ready`, once every partition of those topics has been read up to the end offset
-    /// read after that checkpoint (see the module docs).
+    /// Moves the waiting records of ordered topics into `ready`: those a durable capture
+    /// checkpoint covers, of source transactions every partition of those topics has been read
+    /// past (see [`read_bound`] and the module docs). Pauses partitions read far ahead.
     fn release_durable(
         &mut self,
         marks: &Option<Arc<DurableMarks>>,
@@ -784,37 +815,79 @@ impl Worker {
             .map(|(s, c)| (s.clone(), c.position.clone()))
             .collect();
         at.sort();
-        if let Some((since, stalled_at)) = &self.ordered_progress.stalled {
-            if *stalled_at == at && since.elapsed() < self.settings.fk_wait {
+        let bound = match read_bound(&ordered.partitions, marks, states, &self.ordered_progress) {
+            ReadBound::All => None,
+            ReadBound::Before(bound) => {
+                at.push((String::new(), bound.to_string()));
+                Some(bound)
+            }
+            ReadBound::Nothing => {
+                if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
+                    tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
+                }
+                self.pause_ahead(states, None);
+                return;
+            }
+        };
+        if let Some(stall) = &self.ordered_progress.stalled {
+            if stall.since.elapsed() < self.settings.fk_wait
+                && (stall.at == at || stall.tried.elapsed() < ORDER_POLL)
+            {
+                self.pause_ahead(states, bound);
                 return;
             }
         }
-        // Every event the checkpoints cover is below these ends: wait until all was read.
-        if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
-            tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
-            return;
+        let releasable = |position: &Position, source: &str, bound: Option<Position>| {
+            marks
+                .checkpoints
+                .get(source)
+                .is_some_and(|cp| cp.covers(position))
+                && bound.is_none_or(|b| transaction_of(position) < b)
+        };
+        // A backlog goes in slices of whole source transactions, each one target transaction
+        // of a few batches (not all at once, nor a batch at a time: one worker applies these
+        // tables, and larger transactions cost it less per change).
+        let mut candidates: Vec<Position> = Vec::new();
+        for state in states.values() {
+            for (_, at) in &state.waiting {
+                match at {
+                    None => {}
+                    Some((source, position)) if releasable(position, source, bound) => {
+                        candidates.push(transaction_of(position))
+                    }
+                    Some(_) => break,
+                }
+            }
         }
-        tracing::debug!(worker = self.id, checkpoints = ?marks.checkpoints.iter().map(|(s, c)| format!("{s}@{}", c.position)).collect::<Vec<_>>(), "ordered topics: releasing what the checkpoints cover");
-        self.ordered_progress.released_at = at;
+        let bound = slice_bound(
+            candidates,
+            self.settings.max_batch_events * ORDER_SLICE_BATCHES,
+        )
+        .or(bound);
+        let mut released = 0usize;
         let mut left = false;
         for state in states.values_mut() {
             while let Some((_, at)) = state.waiting.front() {
-                let covered = match at {
+                let go = match at {
                     None => true,
-                    Some((source, position)) => marks
-                        .checkpoints
-                        .get(source)
-                        .is_some_and(|cp| cp.covers(position)),
+                    Some((source, position)) => releasable(position, source, bound),
                 };
-                if !covered {
+                if !go {
                     left = true;
                     break;
                 }
                 if let Some((record, _)) = state.waiting.pop_front() {
                     ready.push(record);
+                    released += 1;
                 }
             }
         }
+        self.pause_ahead(states, bound);
+        if released == 0 && left {
+            return;
+        }
+        tracing::debug!(worker = self.id, released, checkpoints = ?marks.checkpoints.iter().map(|(s, c)| format!("{s}@{}", c.position)).collect::<Vec<_>>(), read_bound = ?bound, "ordered topics: releasing whole source transactions");
+        self.ordered_progress.released_at = at;
         self.ordered_progress.released_all = !left;
         self.ordered_progress.moved_at = Some(Instant::now());
         if self.ordered_progress.said_wait.take().is_some() {
@@ -843,10 +916,10 @@ impl Worker {
             return "no capture checkpoint read yet (see the warnings about reading them)"
                 .to_owned();
         };
-        if let Some((since, _)) = &self.ordered_progress.stalled {
+        if let Some(stall) = &self.ordered_progress.stalled {
             return format!(
-                "the target refused the source state at the last checkpoint {} s ago and a later checkpoint is awaited",
-                since.elapsed().as_secs()
+                "the target refused the source state the changes read so far end at {} s ago and a later one is awaited",
+                stall.since.elapsed().as_secs()
             );
         }
         if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
@@ -867,6 +940,33 @@ impl Worker {
             wait_ms = self.settings.fk_wait.as_millis() as u64,
             "{what}"
         );
+    }
+
+    /// Pauses an ordered partition that holds [`ORDER_AHEAD_MAX`] records read past `bound`
+    /// (the others must catch up before they can go), and resumes it once they did. The
+    /// partition that sets the bound is never paused, so the bound keeps moving.
+    fn pause_ahead(
+        &self,
+        states: &mut HashMap<TopicPartition, PartitionState>,
+        bound: Option<Position>,
+    ) {
+        for (tp, s) in states.iter_mut() {
+            if !self.is_ordered(&tp.0) {
+                continue;
+            }
+            let ahead =
+                matches!((bound, s.read_to), (Some(b), Some(to)) if transaction_of(&to) > b);
+            if !s.paused_ahead && ahead && s.waiting.len() >= ORDER_AHEAD_MAX {
+                s.paused_ahead = true;
+                tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, waiting = s.waiting.len(), "ordered topics: pausing a partition read far ahead of the others");
+                let _ = self.control.send(Control::Pause(tp.clone(), s.generation));
+            } else if s.paused_ahead && (!ahead || s.waiting.len() < ORDER_AHEAD_MAX / 2) {
+                s.paused_ahead = false;
+                if s.hold.is_none() {
+                    let _ = self.control.send(Control::Resume(tp.clone(), s.generation));
+                }
+            }
+        }
     }
 
     fn is_ordered(&self, topic: &Arc<str>) -> bool {
@@ -1035,6 +1135,7 @@ impl Worker {
                 );
             }
             ready.extend(hold.records);
+            state.paused_ahead = false;
             let _ = self
                 .control
                 .send(Control::Resume(tp.clone(), state.generation));
@@ -1128,6 +1229,79 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+/// How far the waiting records of ordered topics may be released (see [`read_bound`]).
+#[derive(Debug, PartialEq)]
+enum ReadBound {
+    /// Every partition was read up to its durable end: all the checkpoints cover may go.
+    All,
+    /// Only source transactions before this one (a position with sequence number 0).
+    Before(Position),
+    /// Nothing yet.
+    Nothing,
+}
+
+/// The source transactions every ordered partition has been read past. Within a partition,
+/// capture publishes changes in source order, so a partition whose highest received (or
+/// applied) position lies in transaction T holds every change it will get of any transaction
+/// before T. A partition read up to the end noted after the checkpoints holds every change
+/// they cover, and limits nothing. The bound is the earliest such T: releasing below it
+/// releases whole transactions, and a consistent source state, without waiting for the rest
+/// of a backlog. Positions of different sources do not compare: with more than one, every
+/// partition must be read to its end.
+fn read_bound(
+    partitions: &[TopicPartition],
+    marks: &DurableMarks,
+    states: &HashMap<TopicPartition, PartitionState>,
+    progress: &OrderedProgress,
+) -> ReadBound {
+    let mut bound: Option<Position> = None;
+    for tp in partitions {
+        let Some(s) = states.get(tp) else {
+            return ReadBound::Nothing;
+        };
+        let end = marks.ends.get(tp).copied().unwrap_or(0);
+        let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+        if have >= end {
+            continue;
+        }
+        if progress.sources.len() > 1 {
+            return ReadBound::Nothing;
+        }
+        let Some(to) = s.read_to.max(s.position) else {
+            return ReadBound::Nothing;
+        };
+        let t = transaction_of(&to);
+        bound = Some(bound.map_or(t, |b| b.min(t)));
+    }
+    match bound {
+        None => ReadBound::All,
+        Some(b) => ReadBound::Before(b),
+    }
+}
+
+/// A bound that lets about `max` of the releasable records `transactions` (the transaction of
+/// each) go, whole transactions only, and at least one transaction; `None` when all fit.
+fn slice_bound(mut transactions: Vec<Position>, max: usize) -> Option<Position> {
+    if transactions.len() <= max.max(1) {
+        return None;
+    }
+    transactions.sort_unstable();
+    let first = transactions[0];
+    let at = transactions[max.max(1)];
+    if at > first {
+        return Some(at);
+    }
+    transactions.into_iter().find(|t| *t > first)
+}
+
+/// The first position of `position`'s source transaction.
+fn transaction_of(position: &Position) -> Position {
+    match *position {
+        Position::Postgres { commit_lsn, .. } => Position::Postgres { commit_lsn, seq: 0 },
+        Position::MySql { file, pos, .. } => Position::MySql { file, pos, seq: 0 },
     }
 }
 
@@ -1237,4 +1411,108 @@ fn watch_durable_marks(
             }
         })?;
     Ok((sources_tx, marks_rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(commit_lsn: u64, seq: u64) -> Position {
+        Position::Postgres { commit_lsn, seq }
+    }
+
+    fn tp(p: i32) -> TopicPartition {
+        (Arc::from("t"), p)
+    }
+
+    /// Two partitions with durable ends 100 and 50; the states say how far each was read.
+    fn bound(read: [(Option<i64>, Option<Position>); 2], sources: &[&str]) -> ReadBound {
+        let partitions = vec![tp(0), tp(1)];
+        let mut marks = DurableMarks::default();
+        marks.ends.insert(tp(0), 100);
+        marks.ends.insert(tp(1), 50);
+        let mut states = HashMap::new();
+        for (i, (received_next, read_to)) in read.into_iter().enumerate() {
+            let state = PartitionState {
+                received_next,
+                read_to,
+                ..PartitionState::default()
+            };
+            states.insert(tp(i as i32), state);
+        }
+        let progress = OrderedProgress {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            ..OrderedProgress::default()
+        };
+        read_bound(&partitions, &marks, &states, &progress)
+    }
+
+    #[test]
+    fn the_bound_is_the_earliest_transaction_a_partition_is_read_into() {
+        let b = bound(
+            [(Some(10), Some(pg(700, 3))), (Some(5), Some(pg(500, 9)))],
+            &["s"],
+        );
+        assert_eq!(b, ReadBound::Before(pg(500, 0)));
+    }
+
+    #[test]
+    fn a_partition_read_to_its_durable_end_limits_nothing() {
+        let b = bound(
+            [(Some(10), Some(pg(700, 3))), (Some(50), Some(pg(500, 9)))],
+            &["s"],
+        );
+        assert_eq!(b, ReadBound::Before(pg(700, 0)));
+        let b = bound([(Some(100), Some(pg(700, 3))), (Some(50), None)], &["s"]);
+        assert_eq!(b, ReadBound::All);
+    }
+
+    #[test]
+    fn nothing_goes_while_a_partition_short_of_its_end_has_read_nothing() {
+        let b = bound([(Some(10), Some(pg(700, 3))), (None, None)], &["s"]);
+        assert_eq!(b, ReadBound::Nothing);
+    }
+
+    #[test]
+    fn two_sources_wait_for_every_partition_to_reach_its_end() {
+        let b = bound(
+            [(Some(10), Some(pg(700, 3))), (Some(5), Some(pg(500, 9)))],
+            &["a", "b"],
+        );
+        assert_eq!(b, ReadBound::Nothing);
+        let b = bound(
+            [(Some(100), Some(pg(700, 3))), (Some(50), Some(pg(500, 9)))],
+            &["a", "b"],
+        );
+        assert_eq!(b, ReadBound::All);
+    }
+
+    #[test]
+    fn a_slice_is_whole_transactions_about_a_batch_long() {
+        let txns = |lsns: &[u64]| lsns.iter().map(|l| pg(*l, 0)).collect::<Vec<_>>();
+        assert_eq!(slice_bound(txns(&[3, 1, 2]), 3), None);
+        assert_eq!(slice_bound(txns(&[1, 1, 2, 2, 3]), 2), Some(pg(2, 0)));
+        assert_eq!(slice_bound(txns(&[1, 1, 1, 2, 3]), 2), Some(pg(2, 0)));
+        assert_eq!(slice_bound(txns(&[1, 1, 1, 1]), 2), None);
+        assert_eq!(slice_bound(txns(&[4, 1, 3, 2]), 1), Some(pg(2, 0)));
+    }
+
+    #[test]
+    fn a_transaction_is_its_position_without_the_sequence_number() {
+        assert_eq!(transaction_of(&pg(42, 7)), pg(42, 0));
+        let my = Position::MySql {
+            file: 3,
+            pos: 99,
+            seq: 4,
+        };
+        assert_eq!(
+            transaction_of(&my),
+            Position::MySql {
+                file: 3,
+                pos: 99,
+                seq: 0
+            }
+        );
+        assert!(transaction_of(&pg(41, 9)) < transaction_of(&pg(42, 0)));
+    }
 }
