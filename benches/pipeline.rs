@@ -28,7 +28,7 @@ const TARGET: &str = "create table events (id bigint primary key, payload text n
 struct Setup {
     source: PgCluster,
     target: PgCluster,
-    _broker: Broker,
+    broker: Broker,
     _dir: TempDir,
     sluice: SluiceProcess,
 }
@@ -81,7 +81,7 @@ async fn setup() -> Setup {
     Setup {
         source,
         target,
-        _broker: broker,
+        broker,
         _dir: dir,
         sluice,
     }
@@ -104,6 +104,17 @@ async fn throughput(engine: &str, rows: i64) {
     let src = s.source.connect("bench").await;
     let dst = s.target.connect("bench").await;
     let per_txn = 10_000;
+    // CPU of each process over the run, to see where the machine's two cores go.
+    let cpu_of = |s: &Setup| {
+        [
+            process::tree_cpu_seconds(s.source.postmaster_pid()),
+            process::tree_cpu_seconds(s.broker.pid()),
+            process::cpu_seconds(s.sluice.pid()),
+            process::tree_cpu_seconds(s.target.postmaster_pid()),
+            process::machine_busy_seconds(),
+        ]
+    };
+    let before = cpu_of(&s);
     let writer = tokio::spawn(async move {
         let mut id = 0;
         while id < rows {
@@ -132,11 +143,21 @@ async fn throughput(engine: &str, rows: i64) {
     let (total_s, write_s): (f64, f64) = (row.get(0), row.get(1));
     let rss = process::peak_rss_mb(s.sluice.pid());
     let cpu = process::cpu_seconds(s.sluice.pid());
+    let after = cpu_of(&s);
     assert!(s.sluice.stop(LONG).success());
+    let per_row = |i: usize| (after[i] - before[i]) * 1e6 / rows as f64;
     println!(
         "throughput [{engine}]: {rows} rows in {per_txn}-row transactions: first source commit → last target commit {total_s:.2} s = {:.0} rows/s end to end (source writes took {write_s:.2} s); sluice CPU {cpu:.1} s ({:.1} µs/row), peak RSS {rss:.0} MB",
         rows as f64 / total_s,
         cpu * 1e6 / rows as f64
+    );
+    println!(
+        "  CPU µs/row over the run: source Postgres (writes, WAL, walsender) {:.1}, broker {:.1}, sluice {:.1}, target Postgres {:.1}; whole machine busy {:.1}",
+        per_row(0),
+        per_row(1),
+        per_row(2),
+        per_row(3),
+        per_row(4)
     );
 }
 

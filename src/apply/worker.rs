@@ -546,7 +546,10 @@ impl Worker {
         let mut backoff = Backoff::default();
         let mut stop_at: HashMap<TopicPartition, i64> = HashMap::new();
         loop {
+            let planning = Instant::now();
             let mut plan = self.plan(states, ready, &stop_at);
+            let plan_us = planning.elapsed().as_micros() as u64;
+            let writing = Instant::now();
             let mut ready_blobs = crate::blobs::stage::Ready::default();
             let mut hold = None;
             if let (Some(stage), false) = (self.blobs.as_mut(), plan.blobs.is_empty()) {
@@ -687,6 +690,8 @@ impl Worker {
                         worker = self.id,
                         events = plan.events,
                         dead_letters = dead,
+                        plan_us,
+                        write_us = writing.elapsed().as_micros() as u64,
                         "batch applied"
                     );
                     ready.clear();
@@ -817,10 +822,7 @@ impl Worker {
         at.sort();
         let bound = match read_bound(&ordered.partitions, marks, states, &self.ordered_progress) {
             ReadBound::All => None,
-            ReadBound::Before(bound) => {
-                at.push((String::new(), bound.to_string()));
-                Some(bound)
-            }
+            ReadBound::Before(bound) => Some(bound),
             ReadBound::Nothing => {
                 if let Some((tp, have, end)) = first_unread(&ordered.partitions, marks, states) {
                     tracing::debug!(worker = self.id, topic = %tp.0, partition = tp.1, have, end, "ordered topics: not read up to the durable end yet");
@@ -829,14 +831,6 @@ impl Worker {
                 return;
             }
         };
-        if let Some(stall) = &self.ordered_progress.stalled {
-            if stall.since.elapsed() < self.settings.fk_wait
-                && (stall.at == at || stall.tried.elapsed() < ORDER_POLL)
-            {
-                self.pause_ahead(states, bound);
-                return;
-            }
-        }
         let releasable = |position: &Position, source: &str, bound: Option<Position>| {
             marks
                 .checkpoints
@@ -846,9 +840,12 @@ impl Worker {
         };
         // A backlog goes in slices of whole source transactions, each one target transaction
         // of a few batches (not all at once, nor a batch at a time: one worker applies these
-        // tables, and larger transactions cost it less per change).
+        // tables, and larger transactions cost it less per change). After a refusal, the next
+        // attempt goes as far as can be read: a slice may end at a source state the target's
+        // keys refuse where a later one would not.
+        let stalled = self.ordered_progress.stalled.is_some();
         let mut candidates: Vec<Position> = Vec::new();
-        for state in states.values() {
+        for state in states.values().filter(|_| !stalled) {
             for (_, at) in &state.waiting {
                 match at {
                     None => {}
@@ -864,6 +861,18 @@ impl Worker {
             self.settings.max_batch_events * ORDER_SLICE_BATCHES,
         )
         .or(bound);
+        at.push((
+            String::new(),
+            bound.map_or_else(|| "all".to_owned(), |b| b.to_string()),
+        ));
+        if let Some(stall) = &self.ordered_progress.stalled {
+            if stall.since.elapsed() < self.settings.fk_wait
+                && (stall.at == at || stall.tried.elapsed() < ORDER_POLL)
+            {
+                self.pause_ahead(states, bound);
+                return;
+            }
+        }
         let mut released = 0usize;
         let mut left = false;
         for state in states.values_mut() {
@@ -1028,6 +1037,10 @@ impl Worker {
                         if moved_back {
                             ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
                             state.waiting.clear();
+                            // Read again from the stored offset: what was received past it
+                            // no longer says how far this partition is read.
+                            state.received_next = None;
+                            state.read_to = None;
                             state.hold = None;
                             state.parked.clear();
                             state.parked_at = None;
