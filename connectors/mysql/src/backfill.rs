@@ -22,6 +22,13 @@
 //! follows the chunk in the topic. A change between them may or may not have been seen; it is
 //! in the stream with the row's newer state, so the chunk's row is dropped.
 //!
+//! A change before the low watermark but after the backfill became known to this session (at
+//! its start for a queued one, such as MySQL's initial snapshot; at its request for
+//! `sluice snapshot`) is in the stream too, with the whole row (`binlog_row_image = FULL`):
+//! the chunk's row would only publish that state again, at a later position, and a sink would
+//! write it twice. So the tracker also keeps every key such changes touched in a table while
+//! its backfill is under way, and drops those rows as well.
+//!
 //! Requests of `sluice snapshot` travel the same way: a `snapshot` row of the signal table,
 //! read by the stream in order. Progress (the last key read, as SQL literals) is part of the
 //! source checkpoint, so a restart resumes after the last published chunk.
@@ -220,6 +227,9 @@ pub struct Tracker {
     requests: mpsc::UnboundedSender<BackfillState>,
     pending: VecDeque<Chunk>,
     windows: HashMap<TableId, Window>,
+    /// The keys changes touched in each table with a backfill under way, since this session
+    /// knew of it: the stream published those rows' states, which a chunk must not repeat.
+    changed: HashMap<TableId, HashSet<String>>,
     /// Backfills queued, under way, finished and abandoned, as the next checkpoint records them.
     pub book: BackfillBook,
 }
@@ -232,26 +242,52 @@ impl Tracker {
         requests: mpsc::UnboundedSender<BackfillState>,
         book: BackfillBook,
     ) -> Self {
-        Tracker {
+        let mut t = Tracker {
             source,
             captured,
             chunks,
             requests,
             pending: VecDeque::new(),
             windows: HashMap::new(),
+            changed: HashMap::new(),
             book,
+        };
+        t.follow_book();
+        t
+    }
+
+    /// Keeps [`Self::changed`] to the tables the book has a backfill of.
+    fn follow_book(&mut self) {
+        let tables: HashSet<TableId> = self
+            .book
+            .state
+            .iter()
+            .filter_map(|b| TableId::parse(&b.table, ""))
+            .collect();
+        self.changed.retain(|t, _| tables.contains(t));
+        for t in tables {
+            self.changed.entry(t).or_default();
         }
     }
 
-    /// Whether a chunk is being read (changes must then be noted).
+    /// Whether a backfill is under way (changes must then be noted).
     pub fn active(&self) -> bool {
-        !self.windows.is_empty()
+        !self.windows.is_empty() || !self.changed.is_empty()
     }
 
     /// Notes a change of `row` (its key columns at least) in `table`.
     pub fn touched(&mut self, table: &TableSchema, row: &Row) {
-        if let Some(w) = self.windows.get_mut(&table.id) {
-            w.keys.insert(key_text(table, row));
+        let window = self.windows.get_mut(&table.id);
+        let changed = self.changed.get_mut(&table.id);
+        if window.is_none() && changed.is_none() {
+            return;
+        }
+        let key = key_text(table, row);
+        if let Some(c) = changed {
+            c.insert(key.clone());
+        }
+        if let Some(w) = window {
+            w.keys.insert(key);
         }
     }
 
@@ -299,6 +335,7 @@ impl Tracker {
         let captures = |t: &str| TableId::parse(t, "").is_some_and(|id| captured.contains_key(&id));
         if let Some(state) = self.book.request(&self.source, content, captures) {
             let _ = self.requests.send(state);
+            self.follow_book();
         }
     }
 
@@ -319,12 +356,17 @@ impl Tracker {
             .remove(&chunk.table.id)
             .filter(|w| w.run == marker.run && w.n == marker.n);
         let read = chunk.rows.len() as u64;
+        let empty = HashSet::new();
+        let changed = self.changed.get(&chunk.table.id).unwrap_or(&empty);
         let rows: Vec<Row> = match &window {
             Some(w) if w.truncated => Vec::new(),
-            Some(w) if !w.keys.is_empty() => chunk
+            Some(w) if !w.keys.is_empty() || !changed.is_empty() => chunk
                 .rows
                 .into_iter()
-                .filter(|r| !w.keys.contains(&key_text(&chunk.table, r)))
+                .filter(|r| {
+                    let key = key_text(&chunk.table, r);
+                    !w.keys.contains(&key) && !changed.contains(&key)
+                })
                 .collect(),
             Some(_) => chunk.rows,
             None => {
@@ -345,6 +387,7 @@ impl Tracker {
             chunk.done,
             chunk.failed.clone(),
         );
+        self.follow_book();
         Some(Released {
             table: chunk.table,
             rows,
@@ -717,10 +760,9 @@ mod tests {
     #[test]
     fn rows_changed_between_the_watermarks_are_dropped() {
         let (mut t, tx) = tracker();
-        // A change before the low watermark was seen by the read: its row stays.
-        assert!(!t.active());
-        assert!(t.signal(MARKER_KIND, &marker(1, "low")).is_none());
+        // The backfill is queued: changes are noted from the start.
         assert!(t.active());
+        assert!(t.signal(MARKER_KIND, &marker(1, "low")).is_none());
         t.touched(&schema(), &row(2, "newer"));
         tx.try_send(chunk(
             1,
@@ -729,16 +771,19 @@ mod tests {
         ))
         .expect("send");
         assert_eq!(ids(t.signal(MARKER_KIND, &marker(1, "high"))), vec![1, 3]);
-        assert!(!t.active(), "the window closes at the high watermark");
+        assert!(t.windows.is_empty(), "the window closes at the high watermark");
         assert_eq!((t.book.state[0].rows, t.book.state[0].superseded), (2, 1));
-        // After the high watermark changes are not noted.
+        // Between chunks, a change is still noted: the stream published that row's state,
+        // which the next chunk's read sees and must not publish again.
         t.touched(&schema(), &row(4, "later"));
         assert!(t.signal(MARKER_KIND, &marker(2, "low")).is_none());
-        tx.try_send(chunk(2, vec![row(4, "d")], true))
+        tx.try_send(chunk(2, vec![row(4, "later"), row(5, "e")], true))
             .expect("send");
-        assert_eq!(ids(t.signal(MARKER_KIND, &marker(2, "high"))), vec![4]);
+        assert_eq!(ids(t.signal(MARKER_KIND, &marker(2, "high"))), vec![5]);
         assert!(t.book.state.is_empty());
         assert_eq!(t.book.complete, vec!["db.t".to_owned()]);
+        // With no backfill left, nothing is noted.
+        assert!(!t.active(), "no backfill under way");
     }
 
     #[test]
@@ -751,7 +796,7 @@ mod tests {
         assert!(ids(t.signal(MARKER_KIND, &marker(1, "high"))).is_empty());
         let other = marker(2, "low").replace("\"app\"", "\"other\"");
         assert!(t.signal(MARKER_KIND, &other).is_none());
-        assert!(!t.active());
+        assert!(t.windows.is_empty());
     }
 
     #[test]
