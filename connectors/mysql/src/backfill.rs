@@ -771,7 +771,10 @@ mod tests {
         ))
         .expect("send");
         assert_eq!(ids(t.signal(MARKER_KIND, &marker(1, "high"))), vec![1, 3]);
-        assert!(t.windows.is_empty(), "the window closes at the high watermark");
+        assert!(
+            t.windows.is_empty(),
+            "the window closes at the high watermark"
+        );
         assert_eq!((t.book.state[0].rows, t.book.state[0].superseded), (2, 1));
         // Between chunks, a change is still noted: the stream published that row's state,
         // which the next chunk's read sees and must not publish again.
