@@ -62,11 +62,7 @@ struct MySqlPipeline {
 }
 
 impl MySqlPipeline {
-    async fn new() -> MySqlPipeline {
-        Self::on(MariaDb::start()).await
-    }
-
-    /// The same into a target server of the caller's choice (MySQL 8 or MariaDB).
+    /// A Postgres source applied into `target` (MySQL 8 or MariaDB).
     async fn on(target: MariaDb) -> MySqlPipeline {
         let source = PgCluster::start();
         source.create_database("app").await;
