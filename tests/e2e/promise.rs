@@ -94,6 +94,103 @@ async fn deletes_survive_topic_compaction() {
     );
 }
 
+/// A sink stopped for longer than a topic's retention: the records after its stored offsets
+/// are deleted. It must not jump to what is left (those changes would be lost in silence):
+/// each such partition stops, and the log says what was lost and how to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_behind_retention_stops_and_says_so() {
+    let p = Pipeline::new(
+        &["items"],
+        "create table items (id int primary key, v text not null)",
+        "create table items (id int primary key, v text not null)",
+        "",
+    )
+    .await;
+    let src = p.source_db().await;
+    let _capture = p.start("capture", &["--only", "capture"]);
+    let mut apply = p.start("apply", &["--only", "apply"]);
+    // Thirty keys: every one of the three partitions gets a stored offset.
+    src.batch_execute("insert into items select g, 'v' || g from generate_series(1, 30) g")
+        .await
+        .expect("insert");
+    p.wait_equal(WAIT).await;
+    apply.stop(Duration::from_secs(30));
+
+    // While apply is stopped, the topic keeps a second's worth of records: rows 31-60 and then
+    // everything written before the filler's last segments are deleted.
+    src.batch_execute("insert into items select g, 'v' || g from generate_series(31, 60) g")
+        .await
+        .expect("insert");
+    let topic = "sluice.public.items";
+    p.broker.alter_topic_config(
+        topic,
+        &[
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "500"),
+            ("segment.ms", "100"),
+        ],
+    );
+    let mut filler = 1000;
+    wait_for("retention to delete rows 1-60 from the topic", WAIT, || {
+        filler += 10;
+        let sql = format!(
+            "insert into items select g, 'filler' from generate_series({filler}, {}) g",
+            filler + 9
+        );
+        let src = &src;
+        let brokers = p.broker.brokers();
+        async move {
+            src.batch_execute(&sql).await.expect("filler");
+            let records = tokio::task::spawn_blocking(move || {
+                let mut reader = TopicReader::new(&brokers, topic);
+                reader.read_to_end(Duration::from_secs(30));
+                reader.records
+            })
+            .await
+            .expect("reader");
+            let early = records
+                .iter()
+                .filter(|r| {
+                    r.key
+                        .as_ref()
+                        .and_then(|k| k["id"].as_i64())
+                        .is_some_and(|id| id <= 60)
+                })
+                .count();
+            (early == 0).then_some(())
+        }
+    })
+    .await;
+
+    let apply = p.start("apply2", &["--only", "apply"]);
+    apply.wait_log("a stored offset is no longer in Kafka", 3, WAIT);
+    let dst = p.target_db().await;
+    let count = |sql: &'static str| {
+        let dst = &dst;
+        async move {
+            dst.query_one(sql, &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    // Written while capture ran: what is in the target is rows 1-30 and nothing after them.
+    assert_eq!(
+        count("select count(*) from items").await,
+        30,
+        "the sink skipped ahead"
+    );
+    let log = apply.log_text();
+    assert!(
+        log.contains("sluice run --resnapshot"),
+        "the way out is named: {log}"
+    );
+    assert!(
+        log.contains("partition=0") && log.contains("records_lost="),
+        "the partitions and what they lost are named: {log}"
+    );
+}
+
 /// An update that changes the key of a row whose large value stays the same (default replica
 /// identity: Postgres sends neither the old nor the new value) reaches the target with the
 /// value, not NULL.

@@ -334,6 +334,8 @@ fn poll_loop(
     stop: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
     let mut warned_at: Option<std::time::Instant> = None;
+    // Partitions (with the stored offset) whose records retention deleted, already reported.
+    let mut lost: std::collections::HashSet<(TopicPartition, i64)> = Default::default();
     let mut empty_since: Option<std::time::Instant> = None;
     let mut warn_after = EMPTY_ASSIGNMENT_WARN;
     while !stop.load(Ordering::Relaxed) {
@@ -396,15 +398,18 @@ fn poll_loop(
                 };
                 sink.deliver(ConsumerEvent::Record(record));
             }
+            // With `auto.offset.reset = error`, librdkafka reports a fetch below the log's start
+            // as "no offset to reset to", without the partition: find it.
             Some(Err(e))
-                if e.rdkafka_error_code()
-                    == Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange) =>
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange
+                            | rdkafka::types::RDKafkaErrorCode::AutoOffsetReset
+                    )
+                ) =>
             {
-                tracing::error!(
-                    group = %consumer.context().group,
-                    error = %e,
-                    "a stored offset is no longer in Kafka (retention deleted it): the changes in between are lost to this sink; this partition stops here. Re-snapshot the source (sluice run --resnapshot) or move the sink's offsets on, then restart"
-                );
+                report_lost_offsets(&consumer, &mut lost, &e);
             }
             // librdkafka reconnects by itself; say so once in a while, not on every poll.
             Some(Err(e)) if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
@@ -417,6 +422,59 @@ fn poll_loop(
     // Leave the group so that the partitions move to the other members at once.
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Names each assigned partition whose stored offset is below the earliest offset Kafka still
+/// has (retention deleted the records in between), once per stored offset. librdkafka stops
+/// fetching such a partition: it is not read past the gap.
+fn report_lost_offsets(
+    consumer: &BaseConsumer<GroupContext>,
+    lost: &mut std::collections::HashSet<(TopicPartition, i64)>,
+    error: &rdkafka::error::KafkaError,
+) {
+    let cx = consumer.context();
+    let assigned: Vec<TopicPartition> = consumer
+        .assignment()
+        .map(|tpl| {
+            tpl.elements()
+                .iter()
+                .map(|e| (Arc::from(e.topic()), e.partition()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(stored) = cx.load_offsets(&assigned) else {
+        return;
+    };
+    let mut named = false;
+    for tp in &assigned {
+        let Some(next) = stored.get(tp).map(|s| s.next_offset) else {
+            continue;
+        };
+        if lost.contains(&(tp.clone(), next)) {
+            named = true;
+            continue;
+        }
+        let Ok((earliest, _)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5))
+        else {
+            continue;
+        };
+        if next < earliest {
+            named = true;
+            lost.insert((tp.clone(), next));
+            tracing::error!(
+                group = %cx.group,
+                topic = %tp.0,
+                partition = tp.1,
+                stored_offset = next,
+                earliest_offset = earliest,
+                records_lost = earliest - next,
+                "a stored offset is no longer in Kafka (retention deleted the records after it): those changes are lost to this sink, and this partition stops here rather than skip them. Re-snapshot the source (sluice run --resnapshot) or accept the loss and move the sink to what Kafka still has (sluice replay --from beginning), then restart; raise the topic's retention.ms, or keep it compacted, if sinks may stop this long"
+            );
+        }
+    }
+    if !named {
+        tracing::error!(group = %cx.group, error = %error, "a stored offset is no longer in Kafka (retention deleted it), in a partition not found again: the changes in between are lost to this sink and its partition stops here. Re-snapshot the source (sluice run --resnapshot) or move the sink's offsets on, then restart");
+    }
 }
 
 /// A tombstone's delete envelope (see [`Record::tombstone_of`]).

@@ -253,7 +253,7 @@ impl Broker {
             .join(",");
         let out = Self::java(&libs)
             .args(["-Xmx128m", "-Dlog4j2.configurationFile=none"])
-            .args(["org.apache.kafka.tools.ConfigCommand", "--bootstrap-server"])
+            .args(["kafka.admin.ConfigCommand", "--bootstrap-server"])
             .arg(self.brokers())
             .args([
                 "--entity-type",
