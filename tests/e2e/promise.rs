@@ -3,12 +3,51 @@
 
 use std::time::Duration;
 
+use sluice_test_support::kafka::Record;
 use sluice_test_support::{wait_for, TopicReader};
 
 use crate::pipeline::{Pipeline, WAIT};
 
 /// Table topics that Kafka compacts within a second of a segment rolling.
 const FAST_COMPACTION: &str = r#"topic_configs = { "cleanup.policy" = "compact", "segment.ms" = "100", "min.cleanable.dirty.ratio" = "0.0001", "delete.retention.ms" = "86400000" }"#;
+
+/// Segments roll only when a record arrives after `segment.ms`: writes filler rows of other
+/// keys (ids from 1000 on) into `items` until the records of `topic` satisfy `done`.
+async fn fill_until(
+    p: &Pipeline,
+    src: &tokio_postgres::Client,
+    topic: &'static str,
+    what: &str,
+    done: impl Fn(&[Record]) -> bool,
+) {
+    let mut filler = 1000;
+    let done = &done;
+    wait_for(what, WAIT, || {
+        filler += 10;
+        let sql = format!(
+            "insert into items select g, 'filler' from generate_series({filler}, {}) g",
+            filler + 9
+        );
+        let brokers = p.broker.brokers();
+        async move {
+            src.batch_execute(&sql).await.expect("filler");
+            let records = tokio::task::spawn_blocking(move || {
+                let mut reader = TopicReader::new(&brokers, topic);
+                reader.read_to_end(Duration::from_secs(30));
+                reader.records
+            })
+            .await
+            .expect("reader");
+            done(&records).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The `id` in a record's key.
+fn key_id(r: &Record) -> Option<i64> {
+    r.key.as_ref().and_then(|k| k["id"].as_i64())
+}
 
 /// Rows 1–5 replicated; apply stopped; rows 1–3 deleted and 4 updated; the broker compacts
 /// the topic until the deletes' own records are gone and only their tombstones remain; apply
@@ -41,30 +80,13 @@ async fn deletes_survive_topic_compaction() {
     // Segments roll only when a record arrives after segment.ms: keep writing rows of other
     // keys until every partition holding keys 1–3 rolled and was compacted.
     let topic = "sluice.public.items";
-    let mut filler = 1000;
-    wait_for("compaction to drop the deletes' records", WAIT, || {
-        filler += 10;
-        let sql = format!(
-            "insert into items select g, 'filler' from generate_series({filler}, {} ) g",
-            filler + 9
-        );
-        let src = &src;
-        let brokers = p.broker.brokers();
-        async move {
-            src.batch_execute(&sql).await.expect("filler");
-            let records = tokio::task::spawn_blocking(move || {
-                let mut reader = TopicReader::new(&brokers, topic);
-                reader.read_to_end(Duration::from_secs(30));
-                reader.records
-            })
-            .await
-            .expect("reader");
-            let deleted = |r: &&sluice_test_support::kafka::Record| {
-                r.key
-                    .as_ref()
-                    .and_then(|k| k["id"].as_i64())
-                    .is_some_and(|id| id <= 3)
-            };
+    fill_until(
+        &p,
+        &src,
+        topic,
+        "compaction to drop the deletes' records",
+        |records| {
+            let deleted = |r: &&Record| key_id(r).is_some_and(|id| id <= 3);
             let envelopes = records
                 .iter()
                 .filter(deleted)
@@ -75,9 +97,9 @@ async fn deletes_survive_topic_compaction() {
                 .filter(deleted)
                 .filter(|r| r.value.is_none())
                 .count();
-            (envelopes == 0 && tombstones == 3).then_some(())
-        }
-    })
+            envelopes == 0 && tombstones == 3
+        },
+    )
     .await;
 
     let _apply = p.start("apply2", &["--only", "apply"]);
@@ -130,36 +152,13 @@ async fn a_sink_behind_retention_stops_and_says_so() {
             ("segment.ms", "100"),
         ],
     );
-    let mut filler = 1000;
-    wait_for("retention to delete rows 1-60 from the topic", WAIT, || {
-        filler += 10;
-        let sql = format!(
-            "insert into items select g, 'filler' from generate_series({filler}, {}) g",
-            filler + 9
-        );
-        let src = &src;
-        let brokers = p.broker.brokers();
-        async move {
-            src.batch_execute(&sql).await.expect("filler");
-            let records = tokio::task::spawn_blocking(move || {
-                let mut reader = TopicReader::new(&brokers, topic);
-                reader.read_to_end(Duration::from_secs(30));
-                reader.records
-            })
-            .await
-            .expect("reader");
-            let early = records
-                .iter()
-                .filter(|r| {
-                    r.key
-                        .as_ref()
-                        .and_then(|k| k["id"].as_i64())
-                        .is_some_and(|id| id <= 60)
-                })
-                .count();
-            (early == 0).then_some(())
-        }
-    })
+    fill_until(
+        &p,
+        &src,
+        topic,
+        "retention to delete rows 1-60 from the topic",
+        |records| !records.iter().any(|r| key_id(r).is_some_and(|id| id <= 60)),
+    )
     .await;
 
     let apply = p.start("apply2", &["--only", "apply"]);
