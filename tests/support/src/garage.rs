@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, require_binary, signal_child, TempDir};
 
-const GARAGE_INSTALL: &str = "cargo install garage --version 2.5.0 --locked";
+const GARAGE_INSTALL: &str =
+    "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite";
 
 pub const ACCESS_KEY: &str = "GK0123456789abcdef01234567";
 pub const SECRET_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
