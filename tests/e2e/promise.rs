@@ -12,16 +12,16 @@ use crate::pipeline::{Pipeline, WAIT};
 const FAST_COMPACTION: &str = r#"topic_configs = { "cleanup.policy" = "compact", "segment.ms" = "100", "min.cleanable.dirty.ratio" = "0.0001", "delete.retention.ms" = "86400000" }"#;
 
 /// Segments roll only when a record arrives after `segment.ms`: writes filler rows of other
-/// keys (ids from 1000 on) into `items` until the records of `topic` satisfy `done`.
+/// keys (ids from 1000 on) into `items` until `done` says yes of a reader of `topic`.
 async fn fill_until(
     p: &Pipeline,
     src: &tokio_postgres::Client,
     topic: &'static str,
     what: &str,
-    done: impl Fn(&[Record]) -> bool,
+    done: impl Fn(&mut TopicReader) -> bool + Send + Sync + 'static,
 ) {
     let mut filler = 1000;
-    let done = &done;
+    let done = std::sync::Arc::new(done);
     wait_for(what, WAIT, || {
         filler += 10;
         let sql = format!(
@@ -29,16 +29,13 @@ async fn fill_until(
             filler + 9
         );
         let brokers = p.broker.brokers();
+        let done = done.clone();
         async move {
             src.batch_execute(&sql).await.expect("filler");
-            let records = tokio::task::spawn_blocking(move || {
-                let mut reader = TopicReader::new(&brokers, topic);
-                reader.read_to_end(Duration::from_secs(30));
-                reader.records
-            })
-            .await
-            .expect("reader");
-            done(&records).then_some(())
+            tokio::task::spawn_blocking(move || done(&mut TopicReader::new(&brokers, topic)))
+                .await
+                .expect("reader")
+                .then_some(())
         }
     })
     .await;
@@ -85,7 +82,9 @@ async fn deletes_survive_topic_compaction() {
         &src,
         topic,
         "compaction to drop the deletes' records",
-        |records| {
+        |reader| {
+            reader.read_to_end(Duration::from_secs(30));
+            let records = &reader.records;
             let deleted = |r: &&Record| key_id(r).is_some_and(|id| id <= 3);
             let envelopes = records
                 .iter()
@@ -144,6 +143,20 @@ async fn a_sink_behind_retention_stops_and_says_so() {
         .await
         .expect("insert");
     let topic = "sluice.public.items";
+    // Every partition's records up to here must go: its earliest offset must pass its
+    // present end (watermarks, not records: retention deletes records under a reader).
+    let brokers = p.broker.brokers();
+    let ends: Vec<i64> = tokio::task::spawn_blocking(move || {
+        let mut reader = TopicReader::new(&brokers, topic);
+        reader.read_until(WAIT, "rows 1-60 published", |r| r.len() >= 60);
+        reader
+            .watermarks()
+            .into_iter()
+            .map(|(_, end)| end)
+            .collect()
+    })
+    .await
+    .expect("reader");
     p.broker.alter_topic_config(
         topic,
         &[
@@ -157,7 +170,13 @@ async fn a_sink_behind_retention_stops_and_says_so() {
         &src,
         topic,
         "retention to delete rows 1-60 from the topic",
-        |records| !records.iter().any(|r| key_id(r).is_some_and(|id| id <= 60)),
+        move |reader| {
+            reader
+                .watermarks()
+                .iter()
+                .zip(&ends)
+                .all(|((earliest, _), end)| earliest >= end)
+        },
     )
     .await;
 

@@ -393,6 +393,17 @@ impl TopicReader {
         true
     }
 
+    /// Each partition's earliest offset still in Kafka and its end (low and high watermarks).
+    pub fn watermarks(&self) -> Vec<(i64, i64)> {
+        (0..self.partitions)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+            })
+            .collect()
+    }
+
     /// Reads every partition up to its current end (high watermark).
     pub fn read_to_end(&mut self, timeout: Duration) {
         let mut ends = Vec::new();
