@@ -647,37 +647,33 @@ fn mariadb_client(port: u16, sql: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet reliable: capture + apply runs diverged under faults (see README, What does not work yet); run with scripts/soak.sh or --run-ignored"]
 async fn chaos_postgres_source_one_process() {
     chaos(None, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet reliable: capture + apply runs diverged under faults (see README, What does not work yet); run with scripts/soak.sh or --run-ignored"]
 async fn chaos_postgres_source_capture_and_apply_processes() {
     chaos(None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet reliable: capture + apply runs diverged under faults (see README, What does not work yet); run with scripts/soak.sh or --run-ignored"]
 async fn chaos_mariadb_source_one_process() {
     chaos(Some(Flavor::MariaDb), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet reliable: capture + apply runs diverged under faults (see README, What does not work yet); run with scripts/soak.sh or --run-ignored"]
 async fn chaos_mariadb_source_capture_and_apply_processes() {
     chaos(Some(Flavor::MariaDb), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet soaked: run with --run-ignored"]
+#[ignore = "soaked, kept out of CI for time: scripts/soak.sh runs it, or --run-ignored"]
 async fn chaos_mysql8_source_one_process() {
     chaos(Some(Flavor::MySql8), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet soaked: run with --run-ignored"]
+#[ignore = "soaked, kept out of CI for time: scripts/soak.sh runs it, or --run-ignored"]
 async fn chaos_mysql8_source_capture_and_apply_processes() {
     chaos(Some(Flavor::MySql8), true).await;
 }
