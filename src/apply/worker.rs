@@ -843,9 +843,11 @@ impl Worker {
         // tables, and larger transactions cost it less per change). After a refusal, the next
         // attempt goes as far as can be read: a slice may end at a source state the target's
         // keys refuse where a later one would not.
-        let stalled = self.ordered_progress.stalled.is_some();
+        let slice = self.settings.max_batch_events * ORDER_SLICE_BATCHES;
+        let waiting: usize = states.values().map(|s| s.waiting.len()).sum();
+        let slicing = self.ordered_progress.stalled.is_none() && waiting > slice;
         let mut candidates: Vec<Position> = Vec::new();
-        for state in states.values().filter(|_| !stalled) {
+        for state in states.values().filter(|_| slicing) {
             for (_, at) in &state.waiting {
                 match at {
                     None => {}
@@ -856,11 +858,7 @@ impl Worker {
                 }
             }
         }
-        let bound = slice_bound(
-            candidates,
-            self.settings.max_batch_events * ORDER_SLICE_BATCHES,
-        )
-        .or(bound);
+        let bound = slice_bound(candidates, slice).or(bound);
         at.push((
             String::new(),
             bound.map_or_else(|| "all".to_owned(), |b| b.to_string()),
@@ -1275,8 +1273,7 @@ fn read_bound(
         let Some(s) = states.get(tp) else {
             return ReadBound::Nothing;
         };
-        let end = marks.ends.get(tp).copied().unwrap_or(0);
-        let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+        let (have, end) = read_and_end(tp, s, marks);
         if have >= end {
             continue;
         }
@@ -1337,11 +1334,15 @@ fn first_unread<'a>(
     states: &HashMap<TopicPartition, PartitionState>,
 ) -> Option<(&'a TopicPartition, i64, i64)> {
     partitions.iter().find_map(|tp| {
-        let s = states.get(tp)?;
-        let end = marks.ends.get(tp).copied().unwrap_or(0);
-        let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+        let (have, end) = read_and_end(tp, states.get(tp)?, marks);
         (have < end).then_some((tp, have, end))
     })
+}
+
+/// How far a partition has been received (or applied), and the end `marks` noted for it.
+fn read_and_end(tp: &TopicPartition, s: &PartitionState, marks: &DurableMarks) -> (i64, i64) {
+    let have = s.received_next.unwrap_or(0).max(s.expected.unwrap_or(0));
+    (have, marks.ends.get(tp).copied().unwrap_or(0))
 }
 
 fn parse_position(json: &str) -> Option<Position> {

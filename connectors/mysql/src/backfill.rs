@@ -26,8 +26,9 @@
 //! its start for a queued one, such as MySQL's initial snapshot; at its request for
 //! `sluice snapshot`) is in the stream too, with the whole row (`binlog_row_image = FULL`):
 //! the chunk's row would only publish that state again, at a later position, and a sink would
-//! write it twice. So the tracker also keeps every key such changes touched in a table while
-//! its backfill is under way, and drops those rows as well.
+//! write it twice. So the tracker keeps every key any change touched in a table from the
+//! moment its backfill is known until it ends (the window's changes among them), and drops
+//! those rows.
 //!
 //! Requests of `sluice snapshot` travel the same way: a `snapshot` row of the signal table,
 //! read by the stream in order. Progress (the last key read, as SQL literals) is part of the
@@ -210,11 +211,12 @@ pub struct Released {
     pub rows: Vec<Row>,
 }
 
-/// The keys changed since a table's low watermark.
+/// A chunk under way: from its low watermark to its high one. The keys changes touched
+/// meanwhile are in [`Tracker::changed`], which notes every change since the backfill was known
+/// and so those of the window too.
 struct Window {
     run: String,
     n: u64,
-    keys: HashSet<String>,
     truncated: bool,
 }
 
@@ -272,22 +274,13 @@ impl Tracker {
 
     /// Whether a backfill is under way (changes must then be noted).
     pub fn active(&self) -> bool {
-        !self.windows.is_empty() || !self.changed.is_empty()
+        !self.changed.is_empty()
     }
 
     /// Notes a change of `row` (its key columns at least) in `table`.
     pub fn touched(&mut self, table: &TableSchema, row: &Row) {
-        let window = self.windows.get_mut(&table.id);
-        let changed = self.changed.get_mut(&table.id);
-        if window.is_none() && changed.is_none() {
-            return;
-        }
-        let key = key_text(table, row);
-        if let Some(c) = changed {
-            c.insert(key.clone());
-        }
-        if let Some(w) = window {
-            w.keys.insert(key);
+        if let Some(c) = self.changed.get_mut(&table.id) {
+            c.insert(key_text(table, row));
         }
     }
 
@@ -313,7 +306,6 @@ impl Tracker {
                             Window {
                                 run: marker.run,
                                 n: marker.n,
-                                keys: HashSet::new(),
                                 truncated: false,
                             },
                         );
@@ -360,13 +352,10 @@ impl Tracker {
         let changed = self.changed.get(&chunk.table.id).unwrap_or(&empty);
         let rows: Vec<Row> = match &window {
             Some(w) if w.truncated => Vec::new(),
-            Some(w) if !w.keys.is_empty() || !changed.is_empty() => chunk
+            Some(_) if !changed.is_empty() => chunk
                 .rows
                 .into_iter()
-                .filter(|r| {
-                    let key = key_text(&chunk.table, r);
-                    !w.keys.contains(&key) && !changed.contains(&key)
-                })
+                .filter(|r| !changed.contains(&key_text(&chunk.table, r)))
                 .collect(),
             Some(_) => chunk.rows,
             None => {
