@@ -15,7 +15,7 @@ use sluice_core::SourceCheckpoint;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
-use crate::publisher::{client_config, ensure_topics, Acks, KafkaPublisher, TopicSpec};
+use crate::publisher::{ensure_topics, reader_config, Acks, KafkaPublisher, TopicSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,7 +83,7 @@ fn load_blocking(
     topic: &str,
     source: &str,
 ) -> Result<Option<SourceCheckpoint>, KafkaError> {
-    let consumer: BaseConsumer = client_config(cfg)
+    let consumer: BaseConsumer = reader_config(cfg)
         .set("group.id", format!("sluice-checkpoint-reader-{source}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -159,7 +159,7 @@ pub struct DurableMarks {
 
 impl CheckpointWatch {
     pub fn new(cfg: &KafkaConfig) -> Result<CheckpointWatch, KafkaError> {
-        let consumer: BaseConsumer = client_config(cfg)
+        let consumer: BaseConsumer = reader_config(cfg)
             .set("group.id", "sluice-checkpoint-watch")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")

@@ -25,7 +25,7 @@ use sluice_core::Backoff;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
-use crate::publisher::client_config;
+use crate::publisher::reader_config;
 
 /// A topic and partition.
 pub type TopicPartition = (Arc<str>, i32);
@@ -257,7 +257,10 @@ impl SinkConsumer {
             // Bound what is fetched ahead (memory): 8 MB queued, 4 MB per fetch response.
             .set("queued.max.messages.kbytes", "8192")
             .set("fetch.max.bytes", "4194304");
-        for (k, v) in client_config(cfg).config_map().iter() {
+        // `reader_config` shortens librdkafka's pause after a full queue: with its default
+        // (1 s), apply read in one-second bursts and the pipeline ran at 42k rows/s with its
+        // workers idle 78% of the time.
+        for (k, v) in reader_config(cfg).config_map().iter() {
             c.set(*k, *v);
         }
         c.set("client.id", format!("sluice-{}", settings.group));
@@ -530,7 +533,7 @@ pub fn replay_offsets(
     topics: &[(String, i32)],
     from: &ReplayFrom,
 ) -> Result<Vec<(String, i32, i64, i64)>, KafkaError> {
-    let consumer: BaseConsumer = client_config(cfg).create().map_err(KafkaError::client(
+    let consumer: BaseConsumer = reader_config(cfg).create().map_err(KafkaError::client(
         "creating a kafka client: check kafka.properties",
     ))?;
     let timeout = Duration::from_secs(10);
@@ -594,7 +597,7 @@ pub fn partition_counts(
     cfg: &KafkaConfig,
     topics: &[String],
 ) -> Result<HashMap<String, i32>, KafkaError> {
-    let consumer: BaseConsumer = client_config(cfg).create().map_err(KafkaError::client(
+    let consumer: BaseConsumer = reader_config(cfg).create().map_err(KafkaError::client(
         "creating a kafka metadata client: check kafka.properties",
     ))?;
     let md = consumer

@@ -27,7 +27,20 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds a librdkafka client config from `[kafka]`, resolving `env:` property values.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    with_properties(cfg, ClientConfig::new())
+}
+
+/// [`client_config`] for a consumer. When its local queue is full, librdkafka waits
+/// `fetch.queue.backoff.ms` (default 1 s) before fetching again: a reader that drains a
+/// backlog then reads in one-second bursts (the apply pipeline ran at a third of its speed).
+pub fn reader_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
+    c.set("fetch.queue.backoff.ms", "10");
+    with_properties(cfg, c)
+}
+
+/// The brokers and the user's `[kafka.properties]`, which win over what `c` sets.
+fn with_properties(cfg: &KafkaConfig, mut c: ClientConfig) -> ClientConfig {
     c.set("bootstrap.servers", &cfg.brokers);
     c.set("client.id", "sluice");
     for (k, v) in &cfg.properties {
@@ -344,7 +357,7 @@ impl KafkaPublisher {
     pub fn load_published_positions(&self, topics: &[String]) -> Result<(), KafkaError> {
         use rdkafka::consumer::Consumer as _;
         use rdkafka::message::Message as _;
-        let consumer: rdkafka::consumer::BaseConsumer = client_config(&self.cfg)
+        let consumer: rdkafka::consumer::BaseConsumer = reader_config(&self.cfg)
             .set("group.id", "sluice-tail-reader")
             .set("enable.auto.commit", "false")
             .create()
@@ -427,7 +440,7 @@ impl KafkaPublisher {
         struct Op {
             op: Option<String>,
         }
-        let consumer: rdkafka::consumer::BaseConsumer = client_config(&self.cfg)
+        let consumer: rdkafka::consumer::BaseConsumer = reader_config(&self.cfg)
             .set("group.id", "sluice-key-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
