@@ -28,13 +28,14 @@ use sluice_core::{
     RunHandles, SourceCheckpoint, SourceInfo, TableId, TableSchema,
 };
 
-use crate::backfill::{self, Driver, Tracker};
+use crate::backfill::{self, MySqlChunks};
 use crate::binlog::GtidSet;
 use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::stream::{spawn_session, StreamContext};
 use crate::types::Kind;
+use sluice_core::backfill::{Driver, Tracker};
 
 /// Whether a source without a checkpoint starts with a snapshot of the existing rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +228,6 @@ impl MySqlSource {
                         None => {
                             // MySQL: no binlog point of a snapshot transaction. The snapshot
                             // is read in chunks between watermarks while the stream runs.
-                            backfill::check_commit_order(&mut conn, &s.name).await?;
                             backfill::ensure_signal_table(&mut conn, &s.signal_table, &s.name)
                                 .await?;
                             book = self.snapshot_book();
@@ -306,13 +306,17 @@ impl MySqlSource {
             .iter()
             .map(|t| (t.schema.id.clone(), t.clone()))
             .collect();
-        let ((chunk_tx, chunk_rx), (request_tx, request_rx)) = backfill::channels();
+        let ((chunk_tx, chunk_rx), (request_tx, request_rx)) = sluice_core::backfill::channels();
         let queue = book.state.clone();
         let driver = Driver {
-            conn: s.connection.clone(),
+            reader: MySqlChunks {
+                conn: s.connection.clone(),
+                source: s.name.clone(),
+                signal: s.signal_table.clone(),
+            },
             source: s.name.clone(),
+            default_schema: "",
             tables: captured.clone(),
-            signal: s.signal_table.clone(),
             chunk_rows: s.backfill_chunk_rows,
             max_rows_per_second: s.backfill_max_rows_per_second,
             chunks: chunk_tx,
@@ -337,7 +341,14 @@ impl MySqlSource {
             out: handles.out,
             stop: handles.stop,
             signal: s.signal_table.clone(),
-            backfill: Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book),
+            backfill: Tracker::new(
+                s.name.clone(),
+                "",
+                captured.into_keys().collect(),
+                chunk_rx,
+                request_tx,
+                book,
+            ),
             snapshot_by_backfill,
             gtid_set: start.gtid_set,
             dump_by_gtid_set: start.by_gtid_set,

@@ -34,7 +34,6 @@ use sluice_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::backfill::Tracker;
 use crate::binlog::{
     GtidSet, TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID,
 };
@@ -42,6 +41,7 @@ use crate::client::connect;
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::source::{now_us, BinlogPos, CapturedTable};
+use sluice_core::backfill::Tracker;
 
 /// A session that hears nothing (not even a heartbeat, sent every second) for this long is
 /// dead, and is restarted from the last checkpoint.
@@ -733,7 +733,7 @@ impl Session {
         let (Some(kind), Some(content)) = (text("kind"), text("content")) else {
             return Ok(());
         };
-        if let Some(released) = self.ctx.backfill.signal(&kind, &content) {
+        if let Some(released) = crate::backfill::signal(&mut self.ctx.backfill, &kind, &content) {
             for row in released.rows {
                 self.push(&released.table, Op::Read, None, Some(row))?;
                 if let Some(ev) = self.batch.last_mut() {

@@ -25,7 +25,7 @@ use sluice_core::{
 };
 use tokio::sync::oneshot;
 
-use crate::backfill::{self, Driver, Tracker};
+use crate::backfill::PgChunks;
 use crate::catalog;
 use crate::client::{connect, quote_ident, quote_table, SESSION_OPTIONS};
 use crate::config::PostgresConnection;
@@ -33,6 +33,7 @@ use crate::error::PostgresError;
 use crate::snapshot::{now_us, read_snapshot};
 use crate::stream::{spawn_session, StartPlan, StreamContext};
 use crate::types::{TypeKind, TypeMap};
+use sluice_core::backfill::{self, Driver, Tracker};
 
 /// Whether a new slot starts with a snapshot of the existing rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,15 +222,26 @@ impl PostgresSource {
             .collect();
         let ((chunk_tx, chunk_rx), (request_tx, request_rx)) = backfill::channels();
         let driver = Driver {
-            conn: s.connection.clone(),
+            reader: PgChunks {
+                conn: s.connection.clone(),
+                source: s.name.clone(),
+            },
             source: s.name.clone(),
+            default_schema: "public",
             tables: captured.clone(),
             chunk_rows: s.backfill_chunk_rows,
             max_rows_per_second: s.backfill_max_rows_per_second,
             chunks: chunk_tx,
             requests: request_rx,
         };
-        let tracker = Tracker::new(s.name.clone(), captured, chunk_rx, request_tx, book);
+        let tracker = Tracker::new(
+            s.name.clone(),
+            "public",
+            captured.into_keys().collect(),
+            chunk_rx,
+            request_tx,
+            book,
+        );
         let ctx = StreamContext {
             source_name: source_name.clone(),
             slot: s.slot.clone(),

@@ -26,13 +26,13 @@ use sluice_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backfill::Tracker;
 use crate::client::{quote_ident, quote_literal, quote_table};
 use crate::error::PostgresError;
 use crate::pgoutput::{self, Datum, Message, OldTuple, Tuple};
 use crate::snapshot::now_us;
 use crate::source::CapturedTable;
 use crate::types::{decode_text, TypeKind, TypeMap};
+use sluice_core::backfill::Tracker;
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -301,7 +301,9 @@ impl Session {
             ReplicationEvent::Message {
                 prefix, content, ..
             } => {
-                if let Some(released) = self.ctx.backfill.message(&prefix, &content) {
+                if let Some(released) =
+                    crate::backfill::message(&mut self.ctx.backfill, &prefix, &content)
+                {
                     // A chunk joins the batch whole: grow it once, not by doubling.
                     self.batch.reserve(released.rows.len());
                     for row in released.rows {
@@ -326,11 +328,6 @@ impl Session {
             _ => {}
         }
         Ok(())
-    }
-
-    /// The xid of the transaction being decoded (0 outside one).
-    fn xid(&self) -> u32 {
-        self.txn.map(|t| t.1).unwrap_or(0)
     }
 
     async fn flush(&mut self) -> Result<(), PostgresError> {
@@ -464,7 +461,7 @@ impl Session {
                     let after = row(rel, &new, None, false)?;
                     let table = rel.table.clone();
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after, self.xid());
+                        self.ctx.backfill.touched(&table, &after);
                     }
                     let ev = self.event(table, Op::Insert, None, Some(after));
                     self.batch.push(ev);
@@ -484,9 +481,9 @@ impl Session {
                     let fill = unchanged_fill(rel, &new, &after);
                     let table = rel.table.clone();
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &after, self.xid());
+                        self.ctx.backfill.touched(&table, &after);
                         if let Some(b) = &before {
-                            self.ctx.backfill.touched(&table, b, self.xid());
+                            self.ctx.backfill.touched(&table, b);
                         }
                     }
                     if key_changed {
@@ -516,7 +513,7 @@ impl Session {
                     };
                     let table = rel.table.clone();
                     if self.ctx.backfill.active() {
-                        self.ctx.backfill.touched(&table, &before, self.xid());
+                        self.ctx.backfill.touched(&table, &before);
                     }
                     let ev = self.event(table, Op::Delete, Some(before), None);
                     self.batch.push(ev);

@@ -1,7 +1,16 @@
-//! What every source's incremental backfill keeps the same way: re-sync requests, and the
-//! durable record of backfills queued, finished and abandoned that travels in the source
-//! checkpoint. How chunks are read and interleaved with the stream is the connector's own
-//! (WAL messages for Postgres, a signal table for MySQL/MariaDB).
+//! Incremental backfill, the same for every source: the [`Driver`] reads a table in
+//! key-ordered chunks and commits a marker after each; the stream session's [`Tracker`]
+//! publishes each chunk when it decodes its marker, without the rows changes touched (see
+//! [`tracker`] for why a chunk row never overwrites a newer change). Re-sync requests and the
+//! durable record of backfills queued, finished and abandoned travel in the source checkpoint
+//! ([`BackfillBook`]). A connector supplies only its chunk read and its marker
+//! ([`ChunkReader`]): a WAL message for Postgres, a signal-table row for MySQL/MariaDB.
+
+mod driver;
+pub mod tracker;
+
+pub use driver::{channels, ChunkChannel, ChunkRead, ChunkReader, Driver, RequestChannel};
+pub use tracker::{Chunk, MarkerId, Released, Tracker};
 
 use serde::{Deserialize, Serialize};
 
