@@ -33,6 +33,7 @@
 pub mod apply;
 pub mod backfill;
 pub mod batch;
+pub mod connection;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -13,7 +13,10 @@ pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalS
 /// Opens a connection and drives it on the current runtime. The connection task ends when the
 /// returned client is dropped.
 pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client, PostgresError> {
-    let password = conn.expose_password().map_err(PostgresError::Setup)?;
+    let password = conn
+        .expose_password()
+        .map_err(PostgresError::Setup)?
+        .unwrap_or_default();
     let mut cfg = Config::new();
     cfg.host(&conn.host)
         .port(conn.port)
