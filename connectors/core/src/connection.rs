@@ -78,6 +78,7 @@ mod tests {
         let bad = serde_json::from_str::<ServerConnection<5432>>(
             r#"{"user":"u","database":"d","pasword_env":"X"}"#,
         );
-        assert!(bad.unwrap_err().to_string().contains("pasword_env"));
+        let e = bad.expect_err("a misspelt field is refused");
+        assert!(e.to_string().contains("pasword_env"));
     }
 }
