@@ -38,6 +38,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod secret;
+pub mod sink_tx;
 pub mod value;
 
 pub use apply::{

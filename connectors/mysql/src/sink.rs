@@ -13,8 +13,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, TxOpts, Value};
+use sluice_core::sink_tx::{self, Param, SinkTx, Statements};
 use sluice_core::{
-    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
+    ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
     PartitionProgress, TableId, TableShape,
 };
 
@@ -303,69 +304,29 @@ impl MySqlSink {
         batch: &ApplyBatch,
         one_by_one: bool,
     ) -> Result<ApplyOutcome, MySqlError> {
+        let groups = sink_tx::fold_groups(batch, &self.shapes, self.ranks.as_deref(), one_by_one);
+        let mut tx = self.begin("beginning a target transaction").await?;
+        sink_tx::apply_batch(&mut tx, batch, &groups, one_by_one).await
+    }
+
+    /// Opens a transaction, connecting first when needed.
+    async fn begin(&mut self, context: &'static str) -> Result<MyTx<'_, '_>, MySqlError> {
         self.conn().await?;
         let MySqlSink {
-            conn,
-            sink,
-            tables,
-            shapes,
-            ranks,
-            ..
+            conn, sink, tables, ..
         } = self;
-        let conn = conn
+        let tx = conn
             .as_mut()
-            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))?;
-        let (sink, tables, shapes) = (sink.as_str(), tables.as_slice(), shapes.as_slice());
-        let mut tx = conn
+            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))?
             .start_transaction(TxOpts::default())
             .await
-            .map_err(MySqlError::query("beginning a target transaction"))?;
-        let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
-        if one_by_one {
-            for event in &batch.events {
-                tx.query_drop("savepoint sluice_event")
-                    .await
-                    .map_err(MySqlError::query("creating a savepoint"))?;
-                let folded = order(fold(std::slice::from_ref(event), shapes), shapes, ranks);
-                match write_folded(&mut tx, tables, &folded).await {
-                    Ok(()) => tx
-                        .query_drop("release savepoint sluice_event")
-                        .await
-                        .map_err(MySqlError::query("releasing a savepoint"))?,
-                    Err(e) if e.is_foreign_key_error() && batch.holds(event) => {
-                        // A foreign key: the parent row may still be on its way (another
-                        // topic). Nothing commits; the caller holds this partition.
-                        tx.rollback()
-                            .await
-                            .map_err(MySqlError::query("rolling back a held batch"))?;
-                        return Ok(ApplyOutcome::Held(event.record.clone()));
-                    }
-                    Err(e) if e.is_data_error() => {
-                        tx.query_drop("rollback to savepoint sluice_event")
-                            .await
-                            .map_err(MySqlError::query("rolling back a savepoint"))?;
-                        dead.push(dead_letter_for(event, &e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        } else {
-            let folded = order(fold(&batch.events, shapes), shapes, ranks);
-            write_folded(&mut tx, tables, &folded).await?;
-        }
-        let dead_lettered = dead.len() - batch.dead_letters.len();
-        write_dead_letters(&mut tx, sink, &dead).await?;
-        let fenced = write_progress(&mut tx, sink, &batch.progress).await?;
-        if !fenced.is_empty() {
-            tx.rollback()
-                .await
-                .map_err(MySqlError::query("rolling back a fenced batch"))?;
-            return Ok(ApplyOutcome::Fenced(fenced));
-        }
-        tx.commit()
-            .await
-            .map_err(MySqlError::query("committing a target transaction"))?;
-        Ok(ApplyOutcome::Committed { dead_lettered })
+            .map_err(MySqlError::query(context))?;
+        Ok(MyTx {
+            tx: Some(tx),
+            sink,
+            tables,
+            empty: Vec::new(),
+        })
     }
 
     /// Handles a truncate that reached `progress.partition` (see the Postgres sink).
@@ -377,69 +338,147 @@ impl MySqlSink {
         tables: &[usize],
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, MySqlError> {
-        let sink = self.sink.clone();
         let names: Vec<String> = tables
             .iter()
             .map(|t| self.tables[*t].quoted.clone())
             .collect();
-        let conn = self.conn().await?;
-        let ctx = "recording a truncate barrier";
-        let mut tx = conn
-            .start_transaction(TxOpts::default())
+        let mut tx = self.begin("recording a truncate barrier").await?;
+        tx.empty = names;
+        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
+    }
+}
+
+/// A target transaction with what the shared body needs to write into it.
+struct MyTx<'a, 'b> {
+    tx: Option<mysql_async::Transaction<'a>>,
+    sink: &'b str,
+    tables: &'b [MySqlTable],
+    /// The tables a truncate empties (quoted).
+    empty: Vec<String>,
+}
+
+impl<'a> MyTx<'a, '_> {
+    fn tx(&mut self) -> Result<&mut mysql_async::Transaction<'a>, MySqlError> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| MySqlError::Setup("target transaction already ended".into()))
+    }
+}
+
+/// The shared body's statements in MySQL's dialect. The partitions of a topic serialise on a
+/// barrier by locking its done row (or the gap where it would be).
+const STATEMENTS: Statements = Statements {
+    dead_letter_table: "sluice_dead_letters",
+    dead_letter: "insert into sluice_dead_letters (sink, topic, `partition`, `offset`, `key`, value, error, `sqlstate`)
+                  values (?, ?, ?, ?, ?, ?, ?, ?)",
+    barrier_lock: None,
+    barrier_done: "select count(*) from sluice_truncates_done where sink = ? and topic = ? and position = ? for update",
+    barrier_arrive: "insert ignore into sluice_truncate_barriers (sink, topic, position, `partition`) values (?, ?, ?, ?)",
+    barrier_arrived: "select count(*) from sluice_truncate_barriers where sink = ? and topic = ? and position = ? for update",
+    barrier_mark_done: "insert into sluice_truncates_done (sink, topic, position) values (?, ?, ?)",
+    barrier_forget: "delete from sluice_truncate_barriers where sink = ? and topic = ? and position = ?",
+};
+
+fn my_params(params: &[Param<'_>]) -> Vec<Value> {
+    params
+        .iter()
+        .map(|p| match *p {
+            Param::Text(s) | Param::OptText(Some(s)) => Value::from(s),
+            Param::OptText(None) => Value::NULL,
+            Param::Int(i) => Value::from(i),
+            Param::BigInt(i) => Value::from(i),
+        })
+        .collect()
+}
+
+impl SinkTx for MyTx<'_, '_> {
+    type Error = MySqlError;
+
+    const STATEMENTS: &'static Statements = &STATEMENTS;
+
+    fn sink(&self) -> &str {
+        self.sink
+    }
+
+    async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        context: &'static str,
+    ) -> Result<(), MySqlError> {
+        let tx = self.tx()?;
+        let done = if params.is_empty() {
+            tx.query_drop(sql).await
+        } else {
+            tx.exec_drop(sql, my_params(params)).await
+        };
+        done.map_err(MySqlError::query(context))
+    }
+
+    async fn query_count(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        context: &'static str,
+    ) -> Result<i64, MySqlError> {
+        let n: Option<i64> = self
+            .tx()?
+            .exec_first(sql, my_params(params))
             .await
-            .map_err(MySqlError::query(ctx))?;
-        // Serialise the partitions of one topic: lock the barrier's done row (or its gap).
-        let done: Option<i32> = tx
-            .exec_first(
-                "select 1 from sluice_truncates_done where sink = ? and topic = ? and position = ? for update",
-                (&sink, topic, position),
-            )
-            .await
-            .map_err(MySqlError::query(ctx))?;
-        if done.is_none() {
-            tx.exec_drop(
-                "insert ignore into sluice_truncate_barriers (sink, topic, position, `partition`) values (?, ?, ?, ?)",
-                (&sink, topic, position, progress.partition),
-            )
-            .await
-            .map_err(MySqlError::query(ctx))?;
-            let arrived: Option<i64> = tx
-                .exec_first(
-                    "select count(*) from sluice_truncate_barriers where sink = ? and topic = ? and position = ? for update",
-                    (&sink, topic, position),
-                )
+            .map_err(MySqlError::query(context))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn write(&mut self, folded: &[FoldedTable]) -> Result<(), MySqlError> {
+        let tables = self.tables;
+        write_folded(self.tx()?, tables, folded).await
+    }
+
+    async fn progress(
+        &mut self,
+        progress: &[PartitionProgress],
+    ) -> Result<Vec<(Arc<str>, i32)>, MySqlError> {
+        let sink = self.sink;
+        write_progress(self.tx()?, sink, progress).await
+    }
+
+    async fn empty_tables(&mut self) -> Result<(), MySqlError> {
+        let names = std::mem::take(&mut self.empty);
+        // TRUNCATE commits implicitly in MySQL: delete keeps it inside the transaction.
+        for name in &names {
+            self.tx()?
+                .query_drop(format!("delete from {name}"))
                 .await
-                .map_err(MySqlError::query(ctx))?;
-            if arrived.unwrap_or(0) < i64::from(partition_count) {
-                tx.commit().await.map_err(MySqlError::query(ctx))?;
-                return Ok(BarrierOutcome::Waiting);
-            }
-            // TRUNCATE commits implicitly in MySQL: delete keeps it inside the transaction.
-            for name in &names {
-                tx.query_drop(format!("delete from {name}"))
-                    .await
-                    .map_err(MySqlError::query(format!("emptying {name} in the target")))?;
-            }
-            tx.exec_drop(
-                "insert into sluice_truncates_done (sink, topic, position) values (?, ?, ?)",
-                (&sink, topic, position),
-            )
-            .await
-            .map_err(MySqlError::query(ctx))?;
-            tx.exec_drop(
-                "delete from sluice_truncate_barriers where sink = ? and topic = ? and position = ?",
-                (&sink, topic, position),
-            )
-            .await
-            .map_err(MySqlError::query(ctx))?;
+                .map_err(MySqlError::query(format!("emptying {name} in the target")))?;
         }
-        let fenced = write_progress(&mut tx, &sink, std::slice::from_ref(progress)).await?;
-        if !fenced.is_empty() {
-            tx.rollback().await.map_err(MySqlError::query(ctx))?;
-            return Ok(BarrierOutcome::Fenced);
+        Ok(())
+    }
+
+    async fn finish(&mut self, commit: bool) -> Result<(), MySqlError> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        if commit {
+            tx.commit()
+                .await
+                .map_err(MySqlError::query("committing a target transaction"))
+        } else {
+            tx.rollback()
+                .await
+                .map_err(MySqlError::query("rolling back a target transaction"))
         }
-        tx.commit().await.map_err(MySqlError::query(ctx))?;
-        Ok(BarrierOutcome::Passed)
+    }
+
+    fn is_data_error(e: &MySqlError) -> bool {
+        e.is_data_error()
+    }
+
+    fn is_foreign_key_error(e: &MySqlError) -> bool {
+        e.is_foreign_key_error()
+    }
+
+    fn dead_letter(event: &MappedEvent, e: &MySqlError) -> DeadLetter {
+        dead_letter_for(event, e)
     }
 }
 
@@ -613,45 +652,6 @@ async fn write_folded(
     Ok(())
 }
 
-async fn write_dead_letters(
-    tx: &mut mysql_async::Transaction<'_>,
-    sink: &str,
-    dead: &[DeadLetter],
-) -> Result<(), MySqlError> {
-    for d in dead {
-        let reason = match &d.sqlstate {
-            Some(code) => format!("refused by the target, {code}"),
-            None => d.error.clone(),
-        };
-        tracing::warn!(
-            sink = %sink,
-            topic = %d.record.topic,
-            partition = d.record.partition,
-            offset = d.record.offset,
-            reason = %reason,
-            "event refused: recorded in sluice_dead_letters with the full error"
-        );
-        let (key, value) = d.texts();
-        tx.exec_drop(
-            "insert into sluice_dead_letters (sink, topic, `partition`, `offset`, `key`, value, error, `sqlstate`)
-             values (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                sink,
-                &*d.record.topic,
-                d.record.partition,
-                d.record.offset,
-                key,
-                value,
-                &d.error,
-                &d.sqlstate,
-            ),
-        )
-        .await
-        .map_err(MySqlError::query("writing to sluice_dead_letters"))?;
-    }
-    Ok(())
-}
-
 /// Writes each partition's progress if the stored offset is still the expected one; returns
 /// the partitions where it was not.
 async fn write_progress(
@@ -761,17 +761,6 @@ pub fn references_by_index(tables: &[MySqlTable]) -> Vec<Vec<usize>> {
 }
 
 /// A folded batch in the order target foreign keys need, when some tables are linked.
-fn order(
-    folded: Vec<sluice_core::apply::FoldedTable>,
-    shapes: &[TableShape],
-    ranks: &Option<Vec<usize>>,
-) -> Vec<sluice_core::apply::FoldedTable> {
-    match ranks {
-        Some(r) => sluice_core::apply::order_for_foreign_keys(folded, shapes, r),
-        None => folded,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use sluice_core::sink_tx::{self, Param, SinkTx, Statements};
 use sluice_core::{
-    fold, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, ErrorClass, FoldedTable,
-    MappedEvent, PartitionProgress, TableId, TableShape,
+    ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, ErrorClass, FoldedTable, MappedEvent,
+    PartitionProgress, TableId, TableShape,
 };
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
 use crate::catalog;
@@ -316,14 +318,6 @@ impl PostgresSink {
         load_offsets(client, &sink, partitions).await
     }
 
-    /// A folded batch in the order target foreign keys need, when some tables are linked.
-    fn ordered(&self, folded: Vec<FoldedTable>) -> Vec<FoldedTable> {
-        match &self.ranks {
-            Some(r) => sluice_core::apply::order_for_foreign_keys(folded, &self.shapes, r),
-            None => folded,
-        }
-    }
-
     /// Whether some of the sink's target tables reference others by foreign keys.
     pub fn has_foreign_keys(&self) -> bool {
         self.ranks.is_some()
@@ -346,74 +340,35 @@ impl PostgresSink {
         one_by_one: bool,
     ) -> Result<ApplyOutcome, PostgresError> {
         // Fold once: the whole batch, or (retrying after a data error) each event alone.
-        let groups: Vec<Vec<FoldedTable>> = if one_by_one {
-            batch
-                .events
-                .iter()
-                .map(|e| self.ordered(fold(std::slice::from_ref(e), &self.shapes)))
-                .collect()
-        } else {
-            vec![self.ordered(fold(&batch.events, &self.shapes))]
-        };
+        let groups = sink_tx::fold_groups(batch, &self.shapes, self.ranks.as_deref(), one_by_one);
         // Prepare outside the transaction's borrow of the client.
         self.prepare_for(&groups).await?;
-        let sink = self.sink.clone();
-        let client = self
-            .client
+        let mut tx = self.begin("beginning a target transaction").await?;
+        sink_tx::apply_batch(&mut tx, batch, &groups, one_by_one).await
+    }
+
+    /// Opens a transaction on the open connection.
+    async fn begin(&mut self, context: &'static str) -> Result<PgTx<'_, '_>, PostgresError> {
+        let PostgresSink {
+            client,
+            sink,
+            tables,
+            statements,
+            ..
+        } = self;
+        let tx = client
             .as_mut()
-            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))?;
-        let mut tx = client
+            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))?
             .transaction()
             .await
-            .map_err(PostgresError::query("beginning a target transaction"))?;
-        let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
-        if one_by_one {
-            for (event, folded) in batch.events.iter().zip(&groups) {
-                let sp = tx
-                    .savepoint("sluice_event")
-                    .await
-                    .map_err(PostgresError::query("creating a savepoint"))?;
-                match write_folded(&sp, &self.tables, &self.statements, folded).await {
-                    Ok(()) => sp
-                        .commit()
-                        .await
-                        .map_err(PostgresError::query("releasing a savepoint"))?,
-                    Err(e) if sqlstate(&e) == Some("23503") && batch.holds(event) => {
-                        // A foreign key: the parent row may still be on its way (another
-                        // topic). Nothing commits; the caller holds this partition.
-                        drop(sp);
-                        tx.rollback()
-                            .await
-                            .map_err(PostgresError::query("rolling back a held batch"))?;
-                        return Ok(ApplyOutcome::Held(event.record.clone()));
-                    }
-                    Err(e) if is_data_error(&e) => {
-                        sp.rollback()
-                            .await
-                            .map_err(PostgresError::query("rolling back a savepoint"))?;
-                        dead.push(dead_letter_for(event, &e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        } else {
-            for folded in &groups {
-                write_folded(&tx, &self.tables, &self.statements, folded).await?;
-            }
-        }
-        let dead_lettered = dead.len() - batch.dead_letters.len();
-        write_dead_letters(&tx, &sink, &dead).await?;
-        let fenced = write_progress(&tx, &sink, &batch.progress).await?;
-        if !fenced.is_empty() {
-            tx.rollback()
-                .await
-                .map_err(PostgresError::query("rolling back a fenced batch"))?;
-            return Ok(ApplyOutcome::Fenced(fenced));
-        }
-        tx.commit()
-            .await
-            .map_err(PostgresError::query("committing a target transaction"))?;
-        Ok(ApplyOutcome::Committed { dead_lettered })
+            .map_err(PostgresError::query(context))?;
+        Ok(PgTx {
+            tx: Some(tx),
+            sink,
+            tables,
+            statements,
+            truncate: None,
+        })
     }
 
     /// Prepares (once per connection) every statement the folded changes need.
@@ -463,8 +418,7 @@ impl PostgresSink {
         blob_columns: &[BlobColumn],
         progress: &PartitionProgress,
     ) -> Result<BarrierOutcome, PostgresError> {
-        let sink = self.sink.clone();
-        let released: Vec<(String, &str, &str)> = blob_columns
+        let released: Vec<(String, &str, &'static str)> = blob_columns
             .iter()
             .map(|b| {
                 let state = if b.delete_objects { "released" } else { "kept" };
@@ -479,89 +433,166 @@ impl PostgresSink {
             .iter()
             .map(|t| self.tables[*t].quoted.clone())
             .collect();
-        let client = self.client().await?;
-        let ctx = "recording a truncate barrier";
-        let tx = client
-            .transaction()
+        self.client().await?;
+        let mut tx = self.begin("recording a truncate barrier").await?;
+        tx.truncate = Some((table_names, released));
+        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
+    }
+}
+
+/// Truncated tables (quoted) and their blob columns' ledger release: (table, URL column, new
+/// state).
+type Truncate<'a> = (Vec<String>, Vec<(String, &'a str, &'static str)>);
+
+/// A target transaction with what the shared body needs to write into it.
+struct PgTx<'a, 'b> {
+    tx: Option<Transaction<'a>>,
+    sink: &'b str,
+    tables: &'b [TargetTable],
+    statements: &'b HashMap<StatementKey, Statement>,
+    truncate: Option<Truncate<'b>>,
+}
+
+impl PgTx<'_, '_> {
+    fn tx(&self) -> Result<&Transaction<'_>, PostgresError> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| PostgresError::Setup("target transaction already ended".into()))
+    }
+}
+
+/// The shared body's statements in Postgres' dialect.
+const STATEMENTS: Statements = Statements {
+    dead_letter_table: "sluice.dead_letters",
+    dead_letter: "insert into sluice.dead_letters (sink, topic, partition, \"offset\", key, value, error, sqlstate)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    barrier_lock: Some("select pg_advisory_xact_lock(hashtext($1 || '/' || $2))"),
+    barrier_done: "select count(*) from sluice.truncates_done where sink = $1 and topic = $2 and position = $3",
+    barrier_arrive: "insert into sluice.truncate_barriers (sink, topic, position, partition)
+                     values ($1, $2, $3, $4) on conflict do nothing",
+    barrier_arrived: "select count(*) from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
+    barrier_mark_done: "insert into sluice.truncates_done (sink, topic, position) values ($1, $2, $3)",
+    barrier_forget: "delete from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
+};
+
+fn pg_params<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| -> &'a (dyn ToSql + Sync) {
+            match p {
+                Param::Text(s) => s,
+                Param::OptText(s) => s,
+                Param::Int(i) => i,
+                Param::BigInt(i) => i,
+            }
+        })
+        .collect()
+}
+
+impl SinkTx for PgTx<'_, '_> {
+    type Error = PostgresError;
+
+    const STATEMENTS: &'static Statements = &STATEMENTS;
+
+    fn sink(&self) -> &str {
+        self.sink
+    }
+
+    async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        context: &'static str,
+    ) -> Result<(), PostgresError> {
+        let tx = self.tx()?;
+        let done = if params.is_empty() {
+            tx.batch_execute(sql).await
+        } else {
+            tx.execute(sql, &pg_params(params)).await.map(|_| ())
+        };
+        done.map_err(PostgresError::query(context))
+    }
+
+    async fn query_count(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        context: &'static str,
+    ) -> Result<i64, PostgresError> {
+        let row = self
+            .tx()?
+            .query_one(sql, &pg_params(params))
             .await
-            .map_err(PostgresError::query(ctx))?;
-        tx.execute(
-            "select pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
-            &[&sink, &topic],
-        )
-        .await
-        .map_err(PostgresError::query(ctx))?;
-        let done = tx
-            .query_opt(
-                "select 1 from sluice.truncates_done where sink = $1 and topic = $2 and position = $3",
-                &[&sink, &topic, &position],
-            )
-            .await
-            .map_err(PostgresError::query(ctx))?
-            .is_some();
-        if !done {
-            tx.execute(
-                "insert into sluice.truncate_barriers (sink, topic, position, partition)
-                 values ($1, $2, $3, $4) on conflict do nothing",
-                &[&sink, &topic, &position, &progress.partition],
-            )
-            .await
-            .map_err(PostgresError::query(ctx))?;
-            let arrived: i64 = tx
-                .query_one(
-                    "select count(*) from sluice.truncate_barriers
-                      where sink = $1 and topic = $2 and position = $3",
-                    &[&sink, &topic, &position],
-                )
+            .map_err(PostgresError::query(context))?;
+        Ok(row.get(0))
+    }
+
+    async fn write(&mut self, folded: &[FoldedTable]) -> Result<(), PostgresError> {
+        write_folded(self.tx()?, self.tables, self.statements, folded).await
+    }
+
+    async fn progress(
+        &mut self,
+        progress: &[PartitionProgress],
+    ) -> Result<Vec<(Arc<str>, i32)>, PostgresError> {
+        write_progress(self.tx()?, self.sink, progress).await
+    }
+
+    async fn empty_tables(&mut self) -> Result<(), PostgresError> {
+        let tx = self.tx()?;
+        let Some((names, released)) = &self.truncate else {
+            return Ok(());
+        };
+        if !names.is_empty() {
+            tx.batch_execute(&format!("truncate table {}", names.join(", ")))
                 .await
-                .map_err(PostgresError::query(ctx))?
-                .get(0);
-            if arrived < i64::from(partition_count) {
-                tx.commit().await.map_err(PostgresError::query(ctx))?;
-                return Ok(BarrierOutcome::Waiting);
-            }
-            if !table_names.is_empty() {
-                tx.batch_execute(&format!("truncate table {}", table_names.join(", ")))
-                    .await
-                    .map_err(PostgresError::query(format!(
-                        "truncating {} in the target",
-                        table_names.join(", ")
-                    )))?;
-            }
-            // The truncated rows' objects: released (deleted by the next sweep once no live
-            // row references them) or kept, as their blob column says, in the same
-            // transaction as the truncate.
-            for (table, column, state) in &released {
-                tx.execute(
-                    "update sluice.blobs set state = $4, updated_at = now()
-                      where sink = $1 and target_table = $2 and url_column = $3 and state = 'live'",
-                    &[&sink, table, column, state],
-                )
+                .map_err(PostgresError::query(format!(
+                    "truncating {} in the target",
+                    names.join(", ")
+                )))?;
+        }
+        // The truncated rows' objects: released (deleted by the next sweep once no live row
+        // references them) or kept, as their blob column says, in the same transaction as
+        // the truncate.
+        for (table, column, state) in released {
+            tx.execute(
+                "update sluice.blobs set state = $4, updated_at = now()
+                  where sink = $1 and target_table = $2 and url_column = $3 and state = 'live'",
+                &[&self.sink, table, column, state],
+            )
+            .await
+            .map_err(PostgresError::query(
+                "releasing the truncated rows' objects in the blob ledger",
+            ))?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, commit: bool) -> Result<(), PostgresError> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        if commit {
+            tx.commit()
                 .await
-                .map_err(PostgresError::query(
-                    "releasing the truncated rows' objects in the blob ledger",
-                ))?;
-            }
-            tx.execute(
-                "insert into sluice.truncates_done (sink, topic, position) values ($1, $2, $3)",
-                &[&sink, &topic, &position],
-            )
-            .await
-            .map_err(PostgresError::query(ctx))?;
-            tx.execute(
-                "delete from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
-                &[&sink, &topic, &position],
-            )
-            .await
-            .map_err(PostgresError::query(ctx))?;
+                .map_err(PostgresError::query("committing a target transaction"))
+        } else {
+            tx.rollback()
+                .await
+                .map_err(PostgresError::query("rolling back a target transaction"))
         }
-        let fenced = write_progress(&tx, &sink, std::slice::from_ref(progress)).await?;
-        if !fenced.is_empty() {
-            tx.rollback().await.map_err(PostgresError::query(ctx))?;
-            return Ok(BarrierOutcome::Fenced);
-        }
-        tx.commit().await.map_err(PostgresError::query(ctx))?;
-        Ok(BarrierOutcome::Passed)
+    }
+
+    fn is_data_error(e: &PostgresError) -> bool {
+        is_data_error(e)
+    }
+
+    fn is_foreign_key_error(e: &PostgresError) -> bool {
+        sqlstate(e) == Some("23503")
+    }
+
+    fn dead_letter(event: &MappedEvent, e: &PostgresError) -> DeadLetter {
+        dead_letter_for(event, e)
     }
 }
 
@@ -820,47 +851,6 @@ async fn write_folded(
                     table.id
                 )))?;
         }
-    }
-    Ok(())
-}
-
-async fn write_dead_letters(
-    tx: &Transaction<'_>,
-    sink: &str,
-    dead: &[DeadLetter],
-) -> Result<(), PostgresError> {
-    for d in dead {
-        // The target's message can quote the row ("Failing row contains …"): it goes to the
-        // table, the log gets only where and why in general terms.
-        let reason = match &d.sqlstate {
-            Some(code) => format!("refused by the target, SQLSTATE {code}"),
-            None => d.error.clone(),
-        };
-        tracing::warn!(
-            sink = %sink,
-            topic = %d.record.topic,
-            partition = d.record.partition,
-            offset = d.record.offset,
-            reason = %reason,
-            "event refused: recorded in sluice.dead_letters with the full error"
-        );
-        let (key, value) = d.texts();
-        tx.execute(
-            "insert into sluice.dead_letters (sink, topic, partition, \"offset\", key, value, error, sqlstate)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &sink,
-                &&*d.record.topic,
-                &d.record.partition,
-                &d.record.offset,
-                &key,
-                &value,
-                &d.error,
-                &d.sqlstate,
-            ],
-        )
-        .await
-        .map_err(PostgresError::query("writing to sluice.dead_letters"))?;
     }
     Ok(())
 }
