@@ -114,8 +114,8 @@ struct BlobRoute {
 
 impl TableRoute {
     /// This route's blob URL columns, for releasing their objects at a truncate.
-    pub fn blob_columns(&self) -> impl Iterator<Item = sluice_postgres::BlobColumn> + '_ {
-        self.blobs.iter().map(|b| sluice_postgres::BlobColumn {
+    pub fn blob_columns(&self) -> impl Iterator<Item = sluice_core::target::BlobColumn> + '_ {
+        self.blobs.iter().map(|b| sluice_core::target::BlobColumn {
             table: self.table,
             url_column: b.spec.url_column.clone(),
             delete_objects: b.spec.delete_objects,

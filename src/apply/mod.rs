@@ -11,7 +11,8 @@
 //! offsets and starts each partition there. Each partition is routed to one worker, so its
 //! events are applied in order; workers run concurrently, each with its own connection. See
 //! [`worker`] for batching, de-duplication, fencing and truncates, and
-//! [`sluice_postgres::sink`] for the transaction itself.
+//! [`sluice_core::target`] for what a target guarantees and [`sluice_core::sink_tx`] for the
+//! transaction itself.
 
 pub mod direct;
 pub mod expr;
@@ -34,10 +35,11 @@ use sluice_kafka::{
 use tokio::sync::{mpsc, watch};
 
 use self::mapping::{Router, TableRoute};
-use self::target::{prepare, Target, TargetConnection, TargetSink};
+use self::target::{on_target, prepare, TargetConnection};
 use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
 use crate::config::{SinkConfig, StoreConfig, TruncateSetting};
 use crate::telemetry::error_chain;
+use sluice_core::target::{TableShapeOf, Target, TargetWriter};
 
 /// Resolves a sink's mappings against its target tables: the routes per topic, or every
 /// problem found.
@@ -45,10 +47,9 @@ fn resolve(
     name: &str,
     sink: &SinkConfig,
     prefix: &str,
-    target: &Target,
+    shapes: &[TableShapeOf],
     target_ids: &[TableId],
 ) -> Result<Router, Vec<String>> {
-    let shapes = target.shapes();
     let mut problems = Vec::new();
     let mut router = Router::default();
     for (i, m) in sink.tables.iter().enumerate() {
@@ -87,13 +88,24 @@ fn target_ids(sink: &SinkConfig) -> Vec<TableId> {
 /// The sink's preflight: the target answers, every target table exists with a primary key,
 /// every renamed column exists. Changes nothing in the target.
 pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Problem> {
-    let subject = format!("sink {name}");
     let Some(connection) = TargetConnection::of(sink) else {
         return Vec::new();
     };
     let ids = target_ids(sink);
-    match prepare(&connection, &ids, false).await {
-        Ok(Ok(target)) => match resolve(name, sink, prefix, &target, &ids) {
+    on_target!(&connection, t => preflight_on(&t, name, sink, prefix, &ids, &connection).await)
+}
+
+async fn preflight_on<T: Target>(
+    target: &T,
+    name: &str,
+    sink: &SinkConfig,
+    prefix: &str,
+    ids: &[TableId],
+    connection: &TargetConnection,
+) -> Vec<Problem> {
+    let subject = format!("sink {name}");
+    match prepare(target, ids, false).await {
+        Ok(Ok(tables)) => match resolve(name, sink, prefix, &target::shapes::<T>(&tables), ids) {
             Ok(_) => Vec::new(),
             Err(problems) => problems
                 .into_iter()
@@ -105,7 +117,7 @@ pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Probl
             .map(|p| Problem::new(subject.clone(), format!("sinks.{name}: {p}")))
             .collect(),
         Err(e) => vec![Problem::of_class(
-            e.class(),
+            <T::Writer as TargetWriter>::class(&e),
             subject,
             format!(
                 "{}: check host, port, user, database and password_env of {}",
@@ -117,22 +129,21 @@ pub async fn preflight(name: &str, sink: &SinkConfig, prefix: &str) -> Vec<Probl
 }
 
 /// Reads stored offsets for the consumer's rebalance callback (which is synchronous).
-struct TargetOffsets {
+struct TargetOffsets<T> {
     runtime: tokio::runtime::Handle,
-    connection: TargetConnection,
+    target: T,
     sink: String,
 }
 
-impl OffsetSource for TargetOffsets {
+impl<T: Target> OffsetSource for TargetOffsets<T> {
     fn load(
         &self,
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, StoredOffset>, String> {
-        let stored = self.runtime.block_on(target::load_offsets(
-            &self.connection,
-            &self.sink,
-            partitions,
-        ))?;
+        let stored = self
+            .runtime
+            .block_on(self.target.load_offsets(&self.sink, partitions))
+            .map_err(|e| error_chain(&e))?;
         Ok(stored
             .into_iter()
             .map(|(tp, (next_offset, position))| {
@@ -200,10 +211,9 @@ impl ConsumerSink for Dispatcher {
 fn ordered_topics(
     kafka: &KafkaConfig,
     router: &Router,
-    target: &Target,
+    linked: &std::collections::HashSet<usize>,
     counts: &HashMap<String, i32>,
 ) -> Option<Arc<worker::OrderedTopics>> {
-    let linked = target.linked_tables();
     if linked.is_empty() {
         return None;
     }
@@ -236,9 +246,28 @@ pub async fn run(
     name: &str,
     sink: &SinkConfig,
     stores: &std::collections::BTreeMap<String, StoreConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let connection = TargetConnection::of(sink).context("the sink has no target connection")?;
+    // Blobs are a Postgres target's feature (refused for others when the config loads): their
+    // ledger is written over a connection of the stage's own.
+    let blob_ledger = match &connection {
+        TargetConnection::Postgres(pg) => Some(pg.clone()),
+        TargetConnection::MySql(_) => None,
+    };
+    on_target!(&connection, t => run_on(t, blob_ledger, kafka, name, sink, stores, stop).await)
+}
+
+/// [`run`] on the sink's target.
+async fn run_on<T: Target>(
+    target: T,
+    blob_ledger: Option<sluice_postgres::PostgresConnection>,
+    kafka: &KafkaConfig,
+    name: &str,
+    sink: &SinkConfig,
+    stores: &std::collections::BTreeMap<String, StoreConfig>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut ids = target_ids(sink);
     // The blob ledger is written like a target table, in the same transactions.
     let has_blobs = sink.tables.iter().any(|t| !t.blobs.is_empty());
@@ -262,10 +291,11 @@ pub async fn run(
             }
         }
     }
-    let target = prepare(&connection, &ids, true)
+    let tables = prepare(&target, &ids, true)
         .await?
         .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
-    let mut router = resolve(name, sink, &kafka.topic_prefix, &target, &ids)
+    let shapes = target::shapes::<T>(&tables);
+    let mut router = resolve(name, sink, &kafka.topic_prefix, &shapes, &ids)
         .map_err(|p| anyhow::anyhow!("sink {name}:\n  - {}", p.join("\n  - ")))?;
     let topics = router.topics();
 
@@ -290,7 +320,12 @@ pub async fn run(
     for (topic, n) in &counts {
         router.set_partitions(topic, *n);
     }
-    let ordered = ordered_topics(kafka, &router, &target, &counts);
+    let ordered = ordered_topics(
+        kafka,
+        &router,
+        &target::linked_tables::<T>(&tables),
+        &counts,
+    );
     if let Some(o) = &ordered {
         let mut names: Vec<&str> = o.topics.iter().map(|t| &**t).collect();
         names.sort();
@@ -314,7 +349,7 @@ pub async fn run(
         },
         Arc::new(TargetOffsets {
             runtime: tokio::runtime::Handle::current(),
-            connection: connection.clone(),
+            target: target.clone(),
             sink: name.to_owned(),
         }),
         Arc::new(Dispatcher {
@@ -327,11 +362,11 @@ pub async fn run(
     )?;
     let mut workers = tokio::task::JoinSet::new();
     for (id, rx) in receivers.into_iter().enumerate() {
-        let blobs = match (&target, has_blobs) {
-            (Target::Postgres(pg, _), true) => {
-                let tables: Vec<crate::blobs::stage::TableInfo> = target
-                    .shapes()
-                    .into_iter()
+        let blobs = match (&blob_ledger, has_blobs) {
+            (Some(pg), true) => {
+                let tables: Vec<crate::blobs::stage::TableInfo> = shapes
+                    .iter()
+                    .cloned()
                     .map(|(id, columns, key)| crate::blobs::stage::TableInfo { id, columns, key })
                     .collect();
                 let ledger = tables.iter().position(|t| t.id == ledger_id).unwrap_or(0);
@@ -350,7 +385,7 @@ pub async fn run(
             ordered: if id == 0 { ordered.clone() } else { None },
             ordered_progress: Default::default(),
             blobs,
-            sink: TargetSink::new(&target, name, id),
+            sink: target.writer(name, tables.clone(), id),
             router: router.clone(),
             settings: WorkerSettings {
                 max_batch_events: sink.max_batch_events,
@@ -421,7 +456,7 @@ pub async fn run(
         "apply stopped"
     );
     if dead > 0 {
-        tracing::warn!(sink = %name, count = dead, table = connection.dead_letter_table(), "events were refused this run: see the dead-letter table in the target");
+        tracing::warn!(sink = %name, count = dead, table = T::DEAD_LETTER_TABLE, "events were refused this run: see the dead-letter table in the target");
     }
     result
 }

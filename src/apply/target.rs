@@ -1,23 +1,43 @@
-//! The target databases a sink can write to, behind one type the workers use.
+//! The target databases a sink can write to. Apply is generic over
+//! [`sluice_core::target::Target`]; [`on_target!`] is the one place that picks the
+//! implementation a sink's config names (a new target kind is one arm there and one in
+//! [`TargetConnection`]).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_core::{
-    ApplyBatch, ApplyOutcome, BarrierOutcome, ErrorClass, PartitionProgress, TableId,
-};
-use sluice_mysql::{MySqlConnection, MySqlError, MySqlSink, MySqlTable};
-use sluice_postgres::{BlobColumn, PostgresConnection, PostgresError, PostgresSink, TargetTable};
+use sluice_core::target::{StoredOffsets, TableShapeOf, Target, TargetWriter};
+use sluice_core::{ErrorClass, TableId};
+use sluice_mysql::{MySqlConnection, MySqlTarget};
+use sluice_postgres::{PostgresConnection, PostgresTarget};
 
 use crate::config::SinkConfig;
 use crate::telemetry::error_chain;
 
-/// Where a sink writes.
+/// Where a sink writes, as its config says.
 #[derive(Debug, Clone)]
 pub enum TargetConnection {
     Postgres(PostgresConnection),
     MySql(MySqlConnection),
 }
+
+/// Evaluates `$body` with `$t` bound to the [`Target`] implementation of `$connection` (a
+/// [`TargetConnection`]).
+macro_rules! on_target {
+    ($connection:expr, $t:ident => $body:expr) => {
+        match $connection {
+            $crate::apply::target::TargetConnection::Postgres(c) => {
+                let $t = sluice_postgres::PostgresTarget(c.clone());
+                $body
+            }
+            $crate::apply::target::TargetConnection::MySql(c) => {
+                let $t = sluice_mysql::MySqlTarget(c.clone());
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_target;
 
 impl TargetConnection {
     pub fn of(sink: &SinkConfig) -> Option<TargetConnection> {
@@ -28,126 +48,98 @@ impl TargetConnection {
         }
     }
 
-    pub fn describe(&self) -> String {
+    fn kind(&self) -> &'static str {
         match self {
-            TargetConnection::Postgres(c) => format!("postgres {}", c.describe()),
-            TargetConnection::MySql(c) => format!("mysql {}", c.describe()),
+            TargetConnection::Postgres(_) => PostgresTarget::KIND,
+            TargetConnection::MySql(_) => MySqlTarget::KIND,
         }
+    }
+
+    pub fn describe(&self) -> String {
+        let target = on_target!(self, t => t.describe());
+        format!("{} {target}", self.kind())
     }
 
     /// The config section that holds the connection, for messages.
     pub fn section(&self, sink: &str) -> String {
-        match self {
-            TargetConnection::Postgres(_) => format!("[sinks.{sink}.postgres]"),
-            TargetConnection::MySql(_) => format!("[sinks.{sink}.mysql]"),
-        }
+        format!("[sinks.{sink}.{}]", self.kind())
     }
 
     /// Where the dead letters of this target go.
     pub fn dead_letter_table(&self) -> &'static str {
         match self {
-            TargetConnection::Postgres(_) => "sluice.dead_letters",
-            TargetConnection::MySql(_) => "sluice_dead_letters",
+            TargetConnection::Postgres(_) => PostgresTarget::DEAD_LETTER_TABLE,
+            TargetConnection::MySql(_) => MySqlTarget::DEAD_LETTER_TABLE,
         }
     }
 }
 
-/// A target database and its tables' shapes, as read at start.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Postgres(PostgresConnection, Vec<TargetTable>),
-    MySql(MySqlConnection, Vec<MySqlTable>),
-}
-
-impl Target {
-    /// The tables (indexes) that reference, or are referenced by, another table of the sink
-    /// through a foreign key.
-    pub fn linked_tables(&self) -> std::collections::HashSet<usize> {
-        let refs = match self {
-            Target::Postgres(_, t) => sluice_postgres::sink::references_by_index(t),
-            Target::MySql(_, t) => sluice_mysql::sink::references_by_index(t),
-        };
-        let mut linked = std::collections::HashSet::new();
-        for (t, parents) in refs.iter().enumerate() {
-            for &p in parents.iter().filter(|p| **p != t) {
-                linked.insert(t);
-                linked.insert(p);
-            }
-        }
-        linked
-    }
-
-    /// (table, column names, key column indexes) for each table, in order.
-    pub fn shapes(&self) -> Vec<(TableId, Vec<String>, Vec<usize>)> {
-        match self {
-            Target::Postgres(_, t) => t
-                .iter()
-                .map(|t| (t.id.clone(), t.column_names(), t.key.clone()))
-                .collect(),
-            Target::MySql(_, t) => t
-                .iter()
-                .map(|t| (t.id.clone(), t.column_names(), t.key.clone()))
-                .collect(),
+/// The tables (indexes) that reference, or are referenced by, another table of the sink
+/// through a foreign key.
+pub fn linked_tables<T: Target>(tables: &[T::Table]) -> HashSet<usize> {
+    let mut linked = HashSet::new();
+    for (t, parents) in T::references(tables).iter().enumerate() {
+        for &p in parents.iter().filter(|p| **p != t) {
+            linked.insert(t);
+            linked.insert(p);
         }
     }
+    linked
 }
 
-/// Errors of either target, with their class.
-#[derive(Debug, thiserror::Error)]
+/// (table, column names, key column indexes) for each table, in order.
+pub fn shapes<T: Target>(tables: &[T::Table]) -> Vec<TableShapeOf> {
+    tables.iter().map(T::shape).collect()
+}
+
+/// An error of the target or of the blob stage, with its class.
+#[derive(Debug)]
 pub enum SinkError {
-    #[error(transparent)]
-    Postgres(#[from] PostgresError),
-    #[error(transparent)]
-    MySql(#[from] MySqlError),
-    #[error(transparent)]
-    Blob(#[from] crate::blobs::stage::StageError),
+    Target(ErrorClass, Box<dyn std::error::Error + Send + Sync>),
+    Blob(crate::blobs::stage::StageError),
 }
 
 impl SinkError {
+    /// A writer's error, classed by its target.
+    pub fn of<W: TargetWriter>(e: W::Error) -> SinkError {
+        SinkError::Target(W::class(&e), Box::new(e))
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
-            SinkError::Postgres(e) => sluice_postgres::sink::apply_error_class(e),
-            SinkError::MySql(e) => e.class(),
+            SinkError::Target(class, _) => *class,
             // A store or ledger that fails is waited for, never a reason to drop a row.
             SinkError::Blob(_) => ErrorClass::Transient,
         }
     }
 }
 
-/// Connects, creates or upgrades Sluice's own tables, and reads the target tables' shapes.
-/// `Ok(Err(problems))` lists configuration problems.
-pub async fn prepare(
-    connection: &TargetConnection,
-    tables: &[TableId],
-    migrate: bool,
-) -> Result<Result<Target, Vec<String>>, SinkError> {
-    match connection {
-        TargetConnection::Postgres(c) => {
-            let mut client = sluice_postgres::client::connect(c, "apply").await?;
-            if migrate {
-                let applied = sluice_postgres::sink::migrate(&mut client).await?;
-                if !applied.is_empty() {
-                    tracing::info!(migrations = %applied.join(", "), "sluice schema migrated");
-                }
-            }
-            let described = sluice_postgres::sink::describe_targets(&client, tables).await?;
-            Ok(split(described).map(|t| Target::Postgres(c.clone(), t)))
-        }
-        TargetConnection::MySql(c) => {
-            let mut conn = sluice_mysql::client::connect(c).await?;
-            if migrate {
-                let applied = sluice_mysql::sink::migrate(&mut conn).await?;
-                if !applied.is_empty() {
-                    tracing::info!(migrations = %applied.join(", "), "sluice tables migrated");
-                }
-            }
-            let described = sluice_mysql::sink::describe_targets(&mut conn, c, tables).await?;
-            Ok(split(described).map(|t| Target::MySql(c.clone(), t)))
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkError::Target(_, e) => e.fmt(f),
+            SinkError::Blob(e) => e.fmt(f),
         }
     }
 }
 
-fn split<T>(described: Vec<Result<T, String>>) -> Result<Vec<T>, Vec<String>> {
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SinkError::Target(_, e) => e.source(),
+            SinkError::Blob(e) => e.source(),
+        }
+    }
+}
+
+/// Connects, creates or upgrades Sluice's own tables (`migrate`), and reads the target tables'
+/// shapes. `Ok(Err(problems))` lists configuration problems.
+pub async fn prepare<T: Target>(
+    target: &T,
+    tables: &[TableId],
+    migrate: bool,
+) -> Result<Result<Vec<T::Table>, Vec<String>>, T::Error> {
+    let described = target.prepare(tables, migrate).await?;
     let mut ok = Vec::new();
     let mut problems = Vec::new();
     for d in described {
@@ -156,39 +148,23 @@ fn split<T>(described: Vec<Result<T, String>>) -> Result<Vec<T>, Vec<String>> {
             Err(p) => problems.push(p),
         }
     }
-    if problems.is_empty() {
+    Ok(if problems.is_empty() {
         Ok(ok)
     } else {
         Err(problems)
-    }
+    })
 }
 
-/// Reads stored offsets over a fresh connection (for the consumer's rebalance callback).
+/// Reads stored offsets over a fresh connection.
 pub async fn load_offsets(
     connection: &TargetConnection,
     sink: &str,
     partitions: &[(Arc<str>, i32)],
-) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, String> {
-    match connection {
-        TargetConnection::Postgres(c) => {
-            let client = sluice_postgres::client::connect(c, "apply offsets")
-                .await
-                .map_err(|e| error_chain(&e))?;
-            sluice_postgres::sink::load_offsets(&client, sink, partitions)
-                .await
-                .map_err(|e| error_chain(&e))
-        }
-        TargetConnection::MySql(c) => {
-            let mut conn = sluice_mysql::client::connect(c)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let out = sluice_mysql::sink::load_offsets(&mut conn, sink, partitions)
-                .await
-                .map_err(|e| error_chain(&e));
-            let _ = conn.disconnect().await;
-            out
-        }
-    }
+) -> Result<StoredOffsets, String> {
+    on_target!(connection, t => t
+        .load_offsets(sink, partitions)
+        .await
+        .map_err(|e| error_chain(&e)))
 }
 
 /// Moves a sink's stored offsets (see `sluice replay`); returns the offsets stored before.
@@ -196,105 +172,15 @@ pub async fn move_offsets(
     connection: &TargetConnection,
     sink: &str,
     moves: &[(String, i32, i64)],
-) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, String> {
+) -> Result<StoredOffsets, String> {
     let partitions: Vec<(Arc<str>, i32)> = moves
         .iter()
         .map(|(t, p, _)| (Arc::from(t.as_str()), *p))
         .collect();
     let before = load_offsets(connection, sink, &partitions).await?;
-    match connection {
-        TargetConnection::Postgres(c) => {
-            let mut client = sluice_postgres::client::connect(c, "replay")
-                .await
-                .map_err(|e| error_chain(&e))?;
-            sluice_postgres::sink::move_offsets(&mut client, sink, moves)
-                .await
-                .map_err(|e| error_chain(&e))?;
-        }
-        TargetConnection::MySql(c) => {
-            let mut conn = sluice_mysql::client::connect(c)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let r = sluice_mysql::sink::move_offsets(&mut conn, sink, moves)
-                .await
-                .map_err(|e| error_chain(&e));
-            let _ = conn.disconnect().await;
-            r?;
-        }
-    }
+    on_target!(connection, t => t
+        .move_offsets(sink, moves)
+        .await
+        .map_err(|e| error_chain(&e)))?;
     Ok(before)
-}
-
-/// One worker's writer (one per worker, so the size difference does not matter).
-#[allow(clippy::large_enum_variant)]
-pub enum TargetSink {
-    Postgres(PostgresSink),
-    MySql(MySqlSink),
-}
-
-impl TargetSink {
-    pub fn new(target: &Target, sink: &str, id: usize) -> Self {
-        match target {
-            Target::Postgres(c, t) => TargetSink::Postgres(PostgresSink::new(
-                c.clone(),
-                sink,
-                t.clone(),
-                format!("apply {sink} #{id}"),
-            )),
-            Target::MySql(c, t) => TargetSink::MySql(MySqlSink::new(c.clone(), sink, t.clone())),
-        }
-    }
-
-    pub async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, SinkError> {
-        Ok(match self {
-            TargetSink::Postgres(s) => s.apply(batch).await?,
-            TargetSink::MySql(s) => s.apply(batch).await?,
-        })
-    }
-
-    pub async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, SinkError> {
-        Ok(match self {
-            TargetSink::Postgres(s) => s.load_offsets(partitions).await?,
-            TargetSink::MySql(s) => s.load_offsets(partitions).await?,
-        })
-    }
-
-    pub async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        blob_columns: &[BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, SinkError> {
-        Ok(match self {
-            TargetSink::Postgres(s) => {
-                s.truncate_barrier(
-                    topic,
-                    position,
-                    partition_count,
-                    tables,
-                    blob_columns,
-                    progress,
-                )
-                .await?
-            }
-            // MySQL targets have no blob columns (refused when the config loads).
-            TargetSink::MySql(s) => {
-                s.truncate_barrier(topic, position, partition_count, tables, progress)
-                    .await?
-            }
-        })
-    }
-
-    pub fn reset(&mut self) {
-        match self {
-            TargetSink::Postgres(s) => s.reset(),
-            TargetSink::MySql(s) => s.reset(),
-        }
-    }
 }

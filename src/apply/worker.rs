@@ -41,9 +41,10 @@ use sluice_kafka::{CheckpointWatch, Control, DurableMarks, Record, StoredOffset,
 use tokio::sync::{mpsc, watch};
 
 use super::mapping::{map_record, Mapped, Router};
-use super::target::{SinkError, TargetSink};
+use super::target::SinkError;
 use crate::blobs::stage::{BlobWork, Prepared, Stage};
 use crate::telemetry::error_chain;
+use sluice_core::target::TargetWriter;
 
 /// What the consumer sends a worker.
 #[derive(Debug)]
@@ -171,12 +172,12 @@ struct Stall {
     tried: Instant,
 }
 
-pub struct Worker {
+pub struct Worker<W> {
     pub id: usize,
     /// The ordered topics, for the one worker that applies them.
     pub ordered: Option<Arc<OrderedTopics>>,
     pub ordered_progress: OrderedProgress,
-    pub sink: TargetSink,
+    pub sink: W,
     pub router: Arc<Router>,
     pub settings: WorkerSettings,
     pub rx: mpsc::Receiver<WorkerMsg>,
@@ -205,7 +206,7 @@ struct Plan {
 
 const BARRIER_POLL: Duration = Duration::from_millis(200);
 
-impl Worker {
+impl<W: TargetWriter> Worker<W> {
     /// Runs until stopped or until the consumer goes away. Returns an error only for a
     /// problem that retrying cannot fix and that stops this sink.
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -596,7 +597,10 @@ impl Worker {
                 match self.sink.apply(&plan.batch).await {
                     Ok(o) => o,
                     Err(e) => {
-                        if !self.pause_after_error(&e, &mut backoff).await {
+                        if !self
+                            .pause_after_error(&SinkError::of::<W>(e), &mut backoff)
+                            .await
+                        {
                             return Ok(false);
                         }
                         continue;
@@ -1051,7 +1055,10 @@ impl Worker {
                     return true;
                 }
                 Err(e) => {
-                    if !self.pause_after_error(&e, &mut backoff).await {
+                    if !self
+                        .pause_after_error(&SinkError::of::<W>(e), &mut backoff)
+                        .await
+                    {
                         return false;
                     }
                 }
@@ -1233,7 +1240,10 @@ impl Worker {
                 }
                 Err(e) => {
                     let mut backoff = Backoff::default();
-                    if !self.pause_after_error(&e, &mut backoff).await {
+                    if !self
+                        .pause_after_error(&SinkError::of::<W>(e), &mut backoff)
+                        .await
+                    {
                         return false;
                     }
                 }

@@ -39,6 +39,7 @@ pub mod error;
 pub mod event;
 pub mod secret;
 pub mod sink_tx;
+pub mod target;
 pub mod value;
 
 pub use apply::{

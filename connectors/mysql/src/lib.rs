@@ -18,9 +18,11 @@ pub mod preflight;
 pub mod sink;
 pub mod source;
 pub mod stream;
+pub mod target;
 pub mod types;
 
 pub use config::MySqlConnection;
 pub use error::MySqlError;
 pub use sink::{MySqlSink, MySqlTable};
 pub use source::{MySqlSnapshotMode, MySqlSource, MySqlSourceSettings};
+pub use target::MySqlTarget;

@@ -27,6 +27,7 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod stream;
+pub mod target;
 pub mod types;
 
 pub use config::PostgresConnection;
@@ -34,3 +35,4 @@ pub use error::PostgresError;
 pub use sink::{BlobColumn, PostgresSink, TargetTable};
 pub use sluice_core::RunHandles;
 pub use source::{PostgresSource, SnapshotMode, SourceSettings};
+pub use target::PostgresTarget;

@@ -101,16 +101,7 @@ pub struct TargetColumn {
     json_key: String,
 }
 
-/// A blob URL column of a target table, for releasing its objects when the table is
-/// truncated.
-#[derive(Debug, Clone)]
-pub struct BlobColumn {
-    /// Index of the target table in the sink's table list.
-    pub table: usize,
-    pub url_column: String,
-    /// Whether released objects are deleted (`on_delete = "delete"`) or kept.
-    pub delete_objects: bool,
-}
+pub use sluice_core::target::BlobColumn;
 
 /// A target table as the sink writes it.
 #[derive(Debug, Clone)]
