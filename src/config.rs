@@ -23,7 +23,7 @@ use sluice_kafka::KafkaConfig;
 use sluice_mysql::{MySqlConnection, MySqlSnapshotMode, MySqlSourceSettings};
 use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
 
-use crate::apply::direct::{Ty, Var};
+use crate::mapping::direct::{Ty, Var};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -638,7 +638,7 @@ impl Config {
                 // Type errors that show without the tables' column types (`'a' + 1`, a filter
                 // giving a number) are caught here; the rest by `sluice check` and `run`.
                 let unknown = |_: Var, _: &str| Ty::Dyn;
-                match crate::apply::expr::Expr::compile(text) {
+                match crate::mapping::expr::Expr::compile(text) {
                     Err(e) => problems.push(format!("{path}: {e}")),
                     Ok(e) => match e.result_type(&unknown) {
                         Err(e) => problems.push(format!("{path}: {e}")),
@@ -691,7 +691,7 @@ impl Config {
                     )),
                     _ => {}
                 }
-                if let Err(e) = crate::blobs::KeyTemplate::parse(&blob.key) {
+                if let Err(e) = crate::mapping::keys::KeyTemplate::parse(&blob.key) {
                     problems.push(format!("{at}.key: {e}"));
                 }
                 if m.compute.contains_key(column) || m.maps.contains_key(column) {

@@ -84,7 +84,7 @@ pub async fn reload(path: &Path, wait: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let problems = crate::preflight(&config, None).await;
+    let problems = crate::preflight::preflight(&config, None).await;
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("error: {p}");

@@ -15,7 +15,7 @@ use sluice_core::event::{binlog_file_seq, parse_lsn};
 use sluice_core::{SnapshotRequest, TableId};
 use sluice_kafka::CheckpointStore;
 use sluice_mysql::backfill::{count_rows as count_mysql_rows, queue_snapshot};
-use sluice_mysql::source::BinlogPos;
+use sluice_mysql::table::BinlogPos;
 use sluice_postgres::backfill::{count_matching, emit_message, REQUEST_PREFIX};
 use sluice_postgres::client::connect;
 

@@ -14,9 +14,6 @@
 //! [`sluice_core::target`] for what a target guarantees and [`sluice_core::sink_tx`] for the
 //! transaction itself.
 
-pub mod direct;
-pub mod expr;
-pub mod mapping;
 pub mod target;
 pub mod worker;
 
@@ -34,10 +31,10 @@ use sluice_kafka::{
 };
 use tokio::sync::{mpsc, watch};
 
-use self::mapping::{Router, TableRoute};
 use self::target::{on_target, prepare, TargetConnection};
 use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
 use crate::config::{SinkConfig, StoreConfig, TruncateSetting};
+use crate::mapping::{Router, TableRoute};
 use crate::telemetry::error_chain;
 use sluice_core::target::{TableShapeOf, Target, TargetWriter};
 

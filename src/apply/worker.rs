@@ -40,9 +40,9 @@ use sluice_core::{
 use sluice_kafka::{CheckpointWatch, Control, DurableMarks, Record, StoredOffset, TopicPartition};
 use tokio::sync::{mpsc, watch};
 
-use super::mapping::{map_record, Mapped, Router};
 use super::target::SinkError;
 use crate::blobs::stage::{BlobWork, Prepared, Stage};
+use crate::mapping::{map_record, Mapped, Router};
 use crate::telemetry::error_chain;
 use sluice_core::target::TargetWriter;
 

@@ -7,6 +7,7 @@
 //! period (younger ones may belong to a batch being written right now).
 
 use std::collections::{HashMap, HashSet};
+use std::process::ExitCode;
 
 use super::content_type_of;
 use super::ledger;
@@ -196,4 +197,68 @@ pub async fn verify_sink(
         }
     }
     Ok(report)
+}
+
+/// `sluice blobs verify`.
+pub async fn command(
+    path: &std::path::Path,
+    only: Option<&str>,
+    repair: bool,
+    grace_s: i64,
+) -> ExitCode {
+    let config = match crate::load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sinks = blob_sinks(&config);
+    if sinks.is_empty() {
+        eprintln!("error: no sink of {} has blob columns", path.display());
+        return ExitCode::from(2);
+    }
+    let mut left = 0;
+    for (sink, stores) in sinks {
+        if only.is_some_and(|o| o != sink) {
+            continue;
+        }
+        match verify_sink(&config, &sink, &stores, repair, grace_s).await {
+            Ok(r) => {
+                println!(
+                    "sink {sink}: {} object(s) checked; {} missing, {} damaged, {} orphaned, {} released but not deleted",
+                    r.checked,
+                    r.missing.len(),
+                    r.damaged.len(),
+                    r.orphans.len(),
+                    r.released.len()
+                );
+                for (kind, list) in [
+                    ("missing", &r.missing),
+                    ("damaged", &r.damaged),
+                    ("orphan", &r.orphans),
+                    ("released", &r.released),
+                ] {
+                    for item in list {
+                        println!("  {kind}: {item}");
+                    }
+                }
+                for item in &r.repaired {
+                    println!("  repaired: {item}");
+                }
+                for item in &r.unrepairable {
+                    println!("  not repaired: {item}");
+                }
+                left += r.problems(repair);
+            }
+            Err(e) => {
+                println!("sink {sink}: {e}");
+                left += 1;
+            }
+        }
+    }
+    if left == 0 {
+        println!("blobs: ok");
+        ExitCode::SUCCESS
+    } else {
+        println!("blobs: {left} problem(s) left");
+        ExitCode::FAILURE
+    }
 }

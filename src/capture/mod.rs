@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use sluice_core::source::ChangeSource;
 use sluice_core::{Backoff, Batch, ErrorClass, RunHandles, SourceCheckpoint, TableSchema};
 use sluice_kafka::{ensure_topics, Acks, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec};
 use sluice_mysql::{MySqlSource, MySqlSourceSettings};
@@ -35,21 +36,22 @@ pub enum SourceKind {
     MySql(MySqlSourceSettings),
 }
 
-impl SourceKind {
-    fn name(&self) -> &str {
-        match self {
-            SourceKind::Postgres(s) => &s.name,
-            SourceKind::MySql(s) => &s.name,
+/// Evaluates `$body` with the type `$s` set to the [`ChangeSource`] implementation of
+/// `$kind` (a [`SourceKind`]) and `$settings` bound to its settings: the one place that maps
+/// a source's config to its implementation.
+macro_rules! on_source {
+    ($kind:expr, $s:ident, $settings:ident => $body:expr) => {
+        match $kind {
+            SourceKind::Postgres($settings) => {
+                type $s = PostgresSource;
+                $body
+            }
+            SourceKind::MySql($settings) => {
+                type $s = MySqlSource;
+                $body
+            }
         }
-    }
-
-    /// Whether a start without a checkpoint takes an initial snapshot.
-    fn snapshots(&self) -> bool {
-        match self {
-            SourceKind::Postgres(s) => matches!(s.snapshot, sluice_postgres::SnapshotMode::Initial),
-            SourceKind::MySql(s) => matches!(s.snapshot, sluice_mysql::MySqlSnapshotMode::Initial),
-        }
-    }
+    };
 }
 
 /// What a snapshot taken over topics an earlier run already wrote must also publish: the
@@ -129,57 +131,10 @@ pub struct CaptureSettings {
     pub resnapshot: bool,
 }
 
-/// An opened source of either kind.
-enum Source {
-    Postgres(PostgresSource),
-    MySql(MySqlSource),
-}
-
 /// A failed source run: the error and whether retrying can help.
 struct RunFailure {
     class: ErrorClass,
     error: anyhow::Error,
-}
-
-impl Source {
-    async fn open(settings: SourceKind) -> anyhow::Result<Source> {
-        Ok(match settings {
-            SourceKind::Postgres(s) => Source::Postgres(PostgresSource::open(s).await?),
-            SourceKind::MySql(s) => Source::MySql(MySqlSource::open(s).await?),
-        })
-    }
-
-    fn tables(&self) -> Vec<&TableSchema> {
-        match self {
-            Source::Postgres(s) => s.tables().collect(),
-            Source::MySql(s) => s.tables().collect(),
-        }
-    }
-
-    async fn run(
-        &self,
-        resume: Option<SourceCheckpoint>,
-        resnapshot: bool,
-        handles: RunHandles,
-    ) -> Result<(), RunFailure> {
-        match self {
-            Source::Postgres(s) => {
-                s.run(resume, resnapshot, handles)
-                    .await
-                    .map_err(|e| RunFailure {
-                        class: e.class(),
-                        error: e.into(),
-                    })
-            }
-            Source::MySql(s) => s
-                .run(resume, resnapshot, handles)
-                .await
-                .map_err(|e| RunFailure {
-                    class: e.class(),
-                    error: e.into(),
-                }),
-        }
-    }
 }
 
 struct InFlight {
@@ -206,7 +161,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
-        match run_pipeline(kafka, settings.clone(), stop.clone(), &mut backoff).await? {
+        let ended = on_source!(&settings.source, S, source => {
+            run_pipeline::<S>(kafka, source.clone(), &settings, stop.clone(), &mut backoff).await?
+        });
+        match ended {
             Ended::Done => return Ok(()),
             Ended::SnapshotUnfinished => {
                 let delay = backoff.next_delay();
@@ -221,15 +179,16 @@ pub async fn run(
 
 /// One capture pipeline: the source's sessions (retried while the snapshot is done), the
 /// publisher and the checkpoint writer.
-async fn run_pipeline(
+async fn run_pipeline<S: ChangeSource>(
     kafka: &KafkaConfig,
-    settings: CaptureSettings,
+    source_settings: S::Settings,
+    settings: &CaptureSettings,
     mut stop: watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<Ended> {
-    let name = settings.source.name().to_owned();
-    let snapshots = settings.source.snapshots();
-    let source = Source::open(settings.source)
+    let name = S::name(&source_settings).to_owned();
+    let snapshots = S::snapshots(&source_settings);
+    let source = S::open(source_settings)
         .await
         .with_context(|| format!("source {name}"))?;
     let topics: Vec<TopicSpec> = source
@@ -321,6 +280,12 @@ async fn run_pipeline(
         };
         let resume = durable_rx.borrow().clone();
         let run = source.run(resume.clone(), resnapshot, handles);
+        let run = async {
+            run.await.map_err(|e| RunFailure {
+                class: S::class(&e),
+                error: e.into(),
+            })
+        };
         tokio::pin!(run);
         let result = tokio::select! {
             r = &mut run => r,

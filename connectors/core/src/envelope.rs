@@ -22,7 +22,7 @@
 //! * `op = "t"` (truncate) has neither `before` nor `after`.
 
 use crate::event::{ChangeEvent, Position};
-use crate::value::write_json_str;
+use crate::json::{write_hex, write_i64, write_json_str, write_u64};
 
 /// Appends the event's message key (its key columns as a JSON object) to `out`.
 /// Returns false when the event has no row to take a key from (a truncate).
@@ -123,56 +123,6 @@ fn write_source_and_time(
     });
     write_i64(now_ms, out);
     out.push(b'}');
-}
-
-// The envelope is written once per event: integers go straight into the buffer, without the
-// formatting machinery (which showed up in capture profiles).
-pub(crate) fn write_u64(mut v: u64, out: &mut Vec<u8>) {
-    // Two digits per division: timestamps have 13-16 digits and every event carries three.
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut buf = [0u8; 20];
-    let mut pos = buf.len();
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        pos -= 2;
-        buf[pos..pos + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        pos -= 2;
-        buf[pos..pos + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        pos -= 1;
-        buf[pos] = b'0' + v as u8;
-    }
-    out.extend_from_slice(&buf[pos..]);
-}
-
-pub(crate) fn write_i64(v: i64, out: &mut Vec<u8>) {
-    if v < 0 {
-        out.push(b'-');
-    }
-    write_u64(v.unsigned_abs(), out);
-}
-
-fn write_hex(mut v: u64, out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut buf = [0u8; 16];
-    let mut pos = buf.len();
-    loop {
-        pos -= 1;
-        buf[pos] = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[pos..]);
 }
 
 #[cfg(test)]

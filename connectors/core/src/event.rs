@@ -109,7 +109,7 @@ impl TableSchema {
             .iter()
             .map(|c| {
                 let mut k = Vec::with_capacity(c.len() + 3);
-                crate::value::write_json_str(c, &mut k);
+                crate::json::write_json_str(c, &mut k);
                 k.push(b':');
                 k.into_boxed_slice()
             })
@@ -122,7 +122,7 @@ impl TableSchema {
             (b",\"table\":", &*id.name),
         ] {
             source_names.extend_from_slice(name);
-            crate::value::write_json_str(value, &mut source_names);
+            crate::json::write_json_str(value, &mut source_names);
         }
         TableSchema {
             source,

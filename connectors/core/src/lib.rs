@@ -37,8 +37,10 @@ pub mod connection;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod secret;
 pub mod sink_tx;
+pub mod source;
 pub mod target;
 pub mod value;
 

@@ -50,8 +50,8 @@ impl Value {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(true) => out.extend_from_slice(b"true"),
             Value::Bool(false) => out.extend_from_slice(b"false"),
-            Value::Int(i) => crate::envelope::write_i64(*i, out),
-            Value::UInt(u) => crate::envelope::write_u64(*u, out),
+            Value::Int(i) => crate::json::write_i64(*i, out),
+            Value::UInt(u) => crate::json::write_u64(*u, out),
             Value::Float(f) => {
                 if f.is_nan() {
                     out.extend_from_slice(b"\"NaN\"");
@@ -66,7 +66,7 @@ impl Value {
                     let _ = serde_json::to_writer(&mut *out, f);
                 }
             }
-            Value::Decimal(s) | Value::Text(s) => write_json_str(s, out),
+            Value::Decimal(s) | Value::Text(s) => crate::json::write_json_str(s, out),
             Value::Bytes(b) => {
                 out.push(b'"');
                 let start = out.len();
@@ -91,52 +91,6 @@ impl Value {
             }
         }
     }
-}
-
-/// Appends `s` as a JSON string literal. Only `"`, `\\` and control characters need
-/// escaping; everything else (all of UTF-8 above U+001F) is copied as is. Written here rather
-/// than through serde_json because it runs for every column of every event.
-pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    // Most names and values need no escaping: one branch-free (vectorisable) scan, one copy.
-    let plain = !bytes.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xf) as usize],
-            ]),
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// A row image: values aligned with the columns of its [`crate::TableSchema`] (which holds the
@@ -273,7 +227,7 @@ mod tests {
             "mixed \"a\"\n😀",
         ] {
             let mut ours = Vec::new();
-            write_json_str(s, &mut ours);
+            crate::json::write_json_str(s, &mut ours);
             let theirs = serde_json::to_vec(s).unwrap_or_default();
             assert_eq!(
                 String::from_utf8_lossy(&ours),

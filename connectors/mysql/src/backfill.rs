@@ -25,7 +25,7 @@ use sluice_core::{BackfillState, ErrorClass, Row, SnapshotRequest, TableId, Tabl
 use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
-use crate::source::CapturedTable;
+use crate::table::CapturedTable;
 
 /// The id of each backfill that reads a table for the initial snapshot of a server without
 /// a snapshot point in the binlog (MySQL), followed by the table and the start time.
@@ -99,7 +99,7 @@ pub async fn queue_snapshot(
     settings: &crate::MySqlSourceSettings,
     request: &SnapshotRequest,
     table: &TableId,
-) -> Result<(i64, crate::source::BinlogPos), MySqlError> {
+) -> Result<(i64, crate::table::BinlogPos), MySqlError> {
     let mut conn = connect(&settings.connection).await?;
     let total = count_matching(&mut conn, table, request.predicate.as_deref()).await?;
     ensure_signal_table(&mut conn, &settings.signal_table, &settings.name).await?;
@@ -112,7 +112,7 @@ pub async fn queue_snapshot(
         &body,
     )
     .await?;
-    let at = crate::source::current_position(&mut conn).await?;
+    let at = crate::table::current_position(&mut conn).await?;
     let _ = conn.disconnect().await;
     Ok((total, at))
 }

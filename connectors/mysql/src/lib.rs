@@ -18,6 +18,7 @@ pub mod preflight;
 pub mod sink;
 pub mod source;
 pub mod stream;
+pub mod table;
 pub mod target;
 pub mod types;
 

@@ -40,7 +40,7 @@ use crate::binlog::{
 use crate::client::connect;
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
-use crate::source::{now_us, BinlogPos, CapturedTable};
+use crate::table::{now_us, BinlogPos, CapturedTable};
 use sluice_core::backfill::Tracker;
 
 /// A session that hears nothing (not even a heartbeat, sent every second) for this long is

@@ -21,7 +21,7 @@ use crate::client::{connect, quote_ident, quote_literal, quote_table};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::snapshot::{decode_fields, CopyParser};
-use crate::source::CapturedTable;
+use crate::table::CapturedTable;
 
 /// Prefix of the marker messages; the content is `SOURCE/RUN/N`.
 pub const MARKER_PREFIX: &str = "sluice.marker";

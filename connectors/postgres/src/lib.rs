@@ -27,6 +27,7 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod stream;
+pub mod table;
 pub mod target;
 pub mod types;
 

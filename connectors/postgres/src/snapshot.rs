@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::client::{connect, quote_literal, quote_table};
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
-use crate::source::CapturedTable;
+use crate::table::CapturedTable;
 use crate::types::decode_text;
 
 /// Reads every table under `snapshot_name` and sends the rows as `op = r` batches.

@@ -32,7 +32,8 @@ use crate::config::PostgresConnection;
 use crate::error::PostgresError;
 use crate::snapshot::{now_us, read_snapshot};
 use crate::stream::{spawn_session, StartPlan, StreamContext};
-use crate::types::{TypeKind, TypeMap};
+use crate::table::CapturedTable;
+use crate::types::TypeMap;
 use sluice_core::backfill::{self, Driver, Tracker};
 
 /// Whether a new slot starts with a snapshot of the existing rows.
@@ -58,21 +59,6 @@ pub struct SourceSettings {
     pub backfill_chunk_rows: usize,
     /// Most rows a backfill reads per second (0: no limit).
     pub backfill_max_rows_per_second: u64,
-}
-
-/// A table being captured: its current shape and how to convert its columns.
-#[derive(Debug)]
-pub struct CapturedTable {
-    pub schema: Arc<TableSchema>,
-    pub kinds: Vec<TypeKind>,
-    pub key_names: Vec<String>,
-}
-
-impl CapturedTable {
-    /// The table's columns, quoted and comma-separated, for a select list.
-    pub fn select_list(&self) -> String {
-        self.schema.select_list(quote_ident)
-    }
 }
 
 pub struct PostgresSource {
@@ -420,4 +406,38 @@ async fn ensure_publication(
         }
     }
     Ok(())
+}
+
+impl sluice_core::source::ChangeSource for PostgresSource {
+    type Settings = SourceSettings;
+    type Error = PostgresError;
+
+    fn name(settings: &SourceSettings) -> &str {
+        &settings.name
+    }
+
+    fn snapshots(settings: &SourceSettings) -> bool {
+        matches!(settings.snapshot, SnapshotMode::Initial)
+    }
+
+    async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
+        PostgresSource::open(settings).await
+    }
+
+    fn tables(&self) -> Vec<&TableSchema> {
+        PostgresSource::tables(self).collect()
+    }
+
+    fn class(e: &PostgresError) -> sluice_core::ErrorClass {
+        e.class()
+    }
+
+    async fn run(
+        &self,
+        resume: Option<SourceCheckpoint>,
+        resnapshot: bool,
+        handles: RunHandles,
+    ) -> Result<(), PostgresError> {
+        PostgresSource::run(self, resume, resnapshot, handles).await
+    }
 }

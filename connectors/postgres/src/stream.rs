@@ -30,7 +30,7 @@ use crate::client::{quote_ident, quote_literal, quote_table};
 use crate::error::PostgresError;
 use crate::pgoutput::{self, Datum, Message, OldTuple, Tuple};
 use crate::snapshot::now_us;
-use crate::source::CapturedTable;
+use crate::table::CapturedTable;
 use crate::types::{decode_text, TypeKind, TypeMap};
 use sluice_core::backfill::Tracker;
 

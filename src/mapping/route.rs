@@ -21,8 +21,8 @@ use sluice_core::{ColumnClass, ColumnDesc, Position, TableId, TargetChange};
 
 use super::direct::{Ty, Var};
 use super::expr::{Event, Expr, Vars};
+use super::keys::KeyTemplate;
 use crate::blobs::stage::{BlobSpec, BlobWork, Input, InputValue};
-use crate::blobs::KeyTemplate;
 use crate::config::{BlobDeleteMode, DeleteMode, TableMapping};
 
 /// Where a target column's value comes from.
@@ -453,7 +453,7 @@ pub fn check_source(
     for (target, blob) in &m.blobs {
         let input = blob.path.iter().map(|c| ("path", c.as_str()));
         let input = input.chain(blob.bytes.iter().map(|c| ("bytes", c.as_str())));
-        let template = crate::blobs::KeyTemplate::parse(&blob.key).ok();
+        let template = KeyTemplate::parse(&blob.key).ok();
         let keyed = template
             .iter()
             .flat_map(|t| t.columns().map(|c| ("key", c)).collect::<Vec<_>>());
