@@ -1,5 +1,7 @@
 //! One apply worker: the partitions routed to it, one target connection, one batch at a time.
 //!
+//! Over 700 lines: one worker's loop, whose holds, truncate barriers and ordered release share its per-partition state.
+//!
 //! A partition always goes to the same worker, so its events are applied in Kafka order; the
 //! workers run concurrently. For each partition the worker keeps what the target stored (the
 //! next offset and the last source position applied) and skips records below that offset

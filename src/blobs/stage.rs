@@ -1,5 +1,7 @@
 //! The apply worker's blob step, between mapping a batch and writing it.
 //!
+//! Over 700 lines: the blob step's reads, uploads, holds and releases share one batch's state.
+//!
 //! For every row a batch writes with a blob column, the bytes are read (a file under the
 //! configured directories, or a byte column), hashed, and uploaded unless the ledger shows the
 //! object is already there with that content; the store verifies each upload by its SHA-256.

@@ -1,4 +1,7 @@
 //! The common part of CEL, evaluated straight over the envelope's JSON, and the static types of
+//!
+//! Over 700 lines: the evaluator and its type checker are 630 lines, the rest unit tests.
+//!
 //! expressions.
 //!
 //! Most mapping expressions read a few columns and combine them with literals: `+ - * / %`,

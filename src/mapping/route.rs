@@ -1,5 +1,7 @@
 //! From a Kafka record (the capture envelope) to row changes on target tables.
 //!
+//! Over 700 lines: routes, column rules, filters and blob specs share one route type; a third is unit tests.
+//!
 //! A mapping names a source table (hence a topic) and a target table. Each target column takes
 //! one of: a source column of the same name, a renamed one (`columns`), a CEL expression
 //! (`compute`, see [`super::expr`]), or a source value translated through a table (`maps`).

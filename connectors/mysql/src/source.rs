@@ -83,162 +83,6 @@ struct StreamStart {
 }
 
 impl MySqlSource {
-    /// Reads each configured table's columns and key. Preflight has run before; problems
-    /// found here are still explained.
-    pub async fn open(settings: MySqlSourceSettings) -> Result<Self, MySqlError> {
-        let mut conn = connect(&settings.connection).await?;
-        let mut tables = Vec::new();
-        for id in &settings.tables {
-            tables.push(Arc::new(describe(&mut conn, &settings, id).await?));
-        }
-        let _ = conn.disconnect().await;
-        Ok(MySqlSource { settings, tables })
-    }
-
-    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
-        self.tables.iter().map(|t| &*t.schema)
-    }
-
-    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
-    /// The caller retries transient errors with the then-durable checkpoint.
-    pub async fn run(
-        &self,
-        resume: Option<SourceCheckpoint>,
-        resnapshot: bool,
-        handles: RunHandles,
-    ) -> Result<(), MySqlError> {
-        let s = &self.settings;
-        let resume = resume.filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot);
-        let book = match &resume {
-            Some(cp) => BackfillBook::resume(
-                &s.name,
-                &self.configured(),
-                Some(cp),
-                s.snapshot == MySqlSnapshotMode::Never,
-            ),
-            None => BackfillBook {
-                complete: self.configured(),
-                ..BackfillBook::default()
-            },
-        };
-        // A MariaDB GTID position to resume from (digits, dashes and commas only).
-        let resume_gtid = resume.as_ref().and_then(|c| c.gtid.clone()).filter(|g| {
-            !g.is_empty()
-                && g.chars()
-                    .all(|c| c.is_ascii_digit() || c == '-' || c == ',')
-        });
-        // A MySQL GTID set to resume from.
-        let resume_set = resume
-            .as_ref()
-            .and_then(|c| c.gtid_set.as_deref())
-            .and_then(GtidSet::parse);
-        let resume_pos = resume
-            .map(|c| {
-                BinlogPos::parse(&c.position).ok_or_else(|| {
-                    MySqlError::Setup(format!(
-                        "source {}: the checkpoint position {:?} is not a binlog file:pos; start over with `sluice run --resnapshot {}`",
-                        s.name, c.position, s.name
-                    ))
-                })
-            })
-            .transpose()?;
-        let mut conn = connect(&s.connection).await?;
-        let mut book = book;
-        let mut snapshot_by_backfill = false;
-        let mut gtid_set = None;
-        let resumed = resume_pos.is_some();
-        let start = match resume_pos {
-            Some(pos) => {
-                // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
-                let files: Vec<String> = conn
-                    .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
-                    .await
-                    .map_err(MySqlError::query("listing the server's binlog files"))?
-                    .into_iter()
-                    .filter_map(|row| row.get::<String, usize>(0))
-                    .collect();
-                if !files.contains(&pos.file) {
-                    return Err(MySqlError::Setup(format!(
-                        "source {}: the checkpoint is at {pos} but the server no longer has binlog file {} (purged; it keeps {}): the changes since then cannot be recovered; start over with a new snapshot with `sluice run --resnapshot {}`",
-                        s.name,
-                        pos.file,
-                        files.first().map(|f| format!("{f} and later")).unwrap_or_else(|| "none".into()),
-                        s.name
-                    )));
-                }
-                tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
-                gtid_set = resume_set;
-                pos
-            }
-            None => {
-                let pos = match s.snapshot {
-                    MySqlSnapshotMode::Initial => match self.snapshot(&mut conn, &handles).await? {
-                        Some(pos) => pos,
-                        None => {
-                            // MySQL: no binlog point of a snapshot transaction. The snapshot
-                            // is read in chunks between watermarks while the stream runs.
-                            backfill::ensure_signal_table(&mut conn, &s.signal_table, &s.name)
-                                .await?;
-                            book = self.snapshot_book();
-                            snapshot_by_backfill = true;
-                            let (pos, set) = current_position_and_gtids(&mut conn).await?;
-                            gtid_set = set;
-                            tracing::info!(source = %s.name, tables = self.tables.len(), at = %pos, "initial snapshot started: read in chunks between watermarks while the binlog streams (the server has no binlog_snapshot_file)");
-                            pos
-                        }
-                    },
-                    MySqlSnapshotMode::Never => {
-                        let (pos, set) = current_position_and_gtids(&mut conn).await?;
-                        gtid_set = set;
-                        pos
-                    }
-                };
-                // A snapshot read between watermarks has its checkpoint when every table's
-                // rows are published; otherwise the start point is checkpointed now.
-                if !snapshot_by_backfill {
-                    // MariaDB: the GTID position of that binlog point (MySQL has no such function).
-                    let gtid: Option<String> = conn
-                        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
-                        .await
-                        .ok()
-                        .flatten()
-                        .filter(|g: &String| !g.is_empty());
-                    handles
-                        .out
-                        .send(Batch {
-                            events: Vec::new(),
-                            checkpoint: Some(SourceCheckpoint {
-                                connector: "mysql".into(),
-                                position: pos.to_string(),
-                                snapshot_done: true,
-                                slot: None,
-                                gtid,
-                                gtid_set: gtid_set.as_ref().map(GtidSet::to_string),
-                                written_at_ms: now_us() / 1000,
-                                tables: Some(self.configured()),
-                                backfills: Vec::new(),
-                                abandoned: Vec::new(),
-                            }),
-                        })
-                        .await
-                        .map_err(|_| MySqlError::Closed)?;
-                }
-                pos
-            }
-        };
-        let _ = conn.disconnect().await;
-        // A resume with a GTID set asks for the transactions missing from it.
-        let by_gtid_set = resumed && gtid_set.is_some();
-        let start = StreamStart {
-            pos: start,
-            mariadb_gtid: resume_gtid,
-            gtid_set,
-            by_gtid_set,
-        };
-        self.stream(start, book, snapshot_by_backfill, handles)
-            .await
-    }
-
     /// Streams from `start`, running the backfills of `book` beside it. With
     /// `snapshot_by_backfill`, no checkpoint is written until the queued backfills (the
     /// initial snapshot) are all published.
@@ -631,25 +475,164 @@ impl sluice_core::source::ChangeSource for MySqlSource {
         matches!(settings.snapshot, MySqlSnapshotMode::Initial)
     }
 
+    /// Reads each configured table's columns and key. Preflight has run before; problems
+    /// found here are still explained.
     async fn open(settings: MySqlSourceSettings) -> Result<Self, MySqlError> {
-        MySqlSource::open(settings).await
+        let mut conn = connect(&settings.connection).await?;
+        let mut tables = Vec::new();
+        for id in &settings.tables {
+            tables.push(Arc::new(describe(&mut conn, &settings, id).await?));
+        }
+        let _ = conn.disconnect().await;
+        Ok(MySqlSource { settings, tables })
     }
 
     fn tables(&self) -> Vec<&TableSchema> {
-        MySqlSource::tables(self).collect()
+        self.tables.iter().map(|t| &*t.schema).collect()
     }
 
     fn class(e: &MySqlError) -> sluice_core::ErrorClass {
         e.class()
     }
 
+    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
+    /// The caller retries transient errors with the then-durable checkpoint.
     async fn run(
         &self,
         resume: Option<SourceCheckpoint>,
         resnapshot: bool,
         handles: RunHandles,
     ) -> Result<(), MySqlError> {
-        MySqlSource::run(self, resume, resnapshot, handles).await
+        let s = &self.settings;
+        let resume = resume.filter(|c| c.connector == "mysql" && c.snapshot_done && !resnapshot);
+        let book = match &resume {
+            Some(cp) => BackfillBook::resume(
+                &s.name,
+                &self.configured(),
+                Some(cp),
+                s.snapshot == MySqlSnapshotMode::Never,
+            ),
+            None => BackfillBook {
+                complete: self.configured(),
+                ..BackfillBook::default()
+            },
+        };
+        // A MariaDB GTID position to resume from (digits, dashes and commas only).
+        let resume_gtid = resume.as_ref().and_then(|c| c.gtid.clone()).filter(|g| {
+            !g.is_empty()
+                && g.chars()
+                    .all(|c| c.is_ascii_digit() || c == '-' || c == ',')
+        });
+        // A MySQL GTID set to resume from.
+        let resume_set = resume
+            .as_ref()
+            .and_then(|c| c.gtid_set.as_deref())
+            .and_then(GtidSet::parse);
+        let resume_pos = resume
+            .map(|c| {
+                BinlogPos::parse(&c.position).ok_or_else(|| {
+                    MySqlError::Setup(format!(
+                        "source {}: the checkpoint position {:?} is not a binlog file:pos; start over with `sluice run --resnapshot {}`",
+                        s.name, c.position, s.name
+                    ))
+                })
+            })
+            .transpose()?;
+        let mut conn = connect(&s.connection).await?;
+        let mut book = book;
+        let mut snapshot_by_backfill = false;
+        let mut gtid_set = None;
+        let resumed = resume_pos.is_some();
+        let start = match resume_pos {
+            Some(pos) => {
+                // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
+                let files: Vec<String> = conn
+                    .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+                    .await
+                    .map_err(MySqlError::query("listing the server's binlog files"))?
+                    .into_iter()
+                    .filter_map(|row| row.get::<String, usize>(0))
+                    .collect();
+                if !files.contains(&pos.file) {
+                    return Err(MySqlError::Setup(format!(
+                        "source {}: the checkpoint is at {pos} but the server no longer has binlog file {} (purged; it keeps {}): the changes since then cannot be recovered; start over with a new snapshot with `sluice run --resnapshot {}`",
+                        s.name,
+                        pos.file,
+                        files.first().map(|f| format!("{f} and later")).unwrap_or_else(|| "none".into()),
+                        s.name
+                    )));
+                }
+                tracing::info!(source = %s.name, from = %pos, "resuming the binlog stream");
+                gtid_set = resume_set;
+                pos
+            }
+            None => {
+                let pos = match s.snapshot {
+                    MySqlSnapshotMode::Initial => match self.snapshot(&mut conn, &handles).await? {
+                        Some(pos) => pos,
+                        None => {
+                            // MySQL: no binlog point of a snapshot transaction. The snapshot
+                            // is read in chunks between watermarks while the stream runs.
+                            backfill::ensure_signal_table(&mut conn, &s.signal_table, &s.name)
+                                .await?;
+                            book = self.snapshot_book();
+                            snapshot_by_backfill = true;
+                            let (pos, set) = current_position_and_gtids(&mut conn).await?;
+                            gtid_set = set;
+                            tracing::info!(source = %s.name, tables = self.tables.len(), at = %pos, "initial snapshot started: read in chunks between watermarks while the binlog streams (the server has no binlog_snapshot_file)");
+                            pos
+                        }
+                    },
+                    MySqlSnapshotMode::Never => {
+                        let (pos, set) = current_position_and_gtids(&mut conn).await?;
+                        gtid_set = set;
+                        pos
+                    }
+                };
+                // A snapshot read between watermarks has its checkpoint when every table's
+                // rows are published; otherwise the start point is checkpointed now.
+                if !snapshot_by_backfill {
+                    // MariaDB: the GTID position of that binlog point (MySQL has no such function).
+                    let gtid: Option<String> = conn
+                        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&pos.file, pos.pos))
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|g: &String| !g.is_empty());
+                    handles
+                        .out
+                        .send(Batch {
+                            events: Vec::new(),
+                            checkpoint: Some(SourceCheckpoint {
+                                connector: "mysql".into(),
+                                position: pos.to_string(),
+                                snapshot_done: true,
+                                slot: None,
+                                gtid,
+                                gtid_set: gtid_set.as_ref().map(GtidSet::to_string),
+                                written_at_ms: now_us() / 1000,
+                                tables: Some(self.configured()),
+                                backfills: Vec::new(),
+                                abandoned: Vec::new(),
+                            }),
+                        })
+                        .await
+                        .map_err(|_| MySqlError::Closed)?;
+                }
+                pos
+            }
+        };
+        let _ = conn.disconnect().await;
+        // A resume with a GTID set asks for the transactions missing from it.
+        let by_gtid_set = resumed && gtid_set.is_some();
+        let start = StreamStart {
+            pos: start,
+            mariadb_gtid: resume_gtid,
+            gtid_set,
+            by_gtid_set,
+        };
+        self.stream(start, book, snapshot_by_backfill, handles)
+            .await
     }
 }
 

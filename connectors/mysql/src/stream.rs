@@ -1,5 +1,7 @@
 //! The binlog stream: one replica session (`COM_BINLOG_DUMP`), decoded into batches.
 //!
+//! Over 700 lines: one binlog session, whose decoding, table maps, GTIDs and markers share its state.
+//!
 //! Like the Postgres stream it runs on a `current_thread` runtime on a thread of its own and
 //! hands batches to the capture pipeline through a bounded channel.
 //!

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use sluice_core::target::{BlobColumn, StoredOffsets, TableShapeOf, Target, TargetWriter};
-use sluice_core::{
-    ApplyBatch, ApplyOutcome, BarrierOutcome, ErrorClass, PartitionProgress, TableId,
-};
+use sluice_core::target::{StoredOffsets, TableShapeOf, Target};
+use sluice_core::TableId;
 
 use crate::client::connect;
 use crate::config::MySqlConnection;
@@ -78,41 +76,5 @@ impl Target for MySqlTarget {
 
     fn shape(t: &MySqlTable) -> TableShapeOf {
         (t.id.clone(), t.column_names(), t.key.clone())
-    }
-}
-
-impl TargetWriter for MySqlSink {
-    type Error = MySqlError;
-
-    fn class(e: &MySqlError) -> ErrorClass {
-        e.class()
-    }
-
-    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, MySqlError> {
-        MySqlSink::apply(self, batch).await
-    }
-
-    async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<StoredOffsets, MySqlError> {
-        MySqlSink::load_offsets(self, partitions).await
-    }
-
-    /// MySQL targets have no blob columns (refused when the config loads).
-    async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        _blob_columns: &[BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, MySqlError> {
-        MySqlSink::truncate_barrier(self, topic, position, partition_count, tables, progress).await
-    }
-
-    fn reset(&mut self) {
-        MySqlSink::reset(self)
     }
 }

@@ -1,5 +1,7 @@
 //! The Postgres target: mapped row changes, Kafka progress and dead letters in one transaction.
 //!
+//! Over 700 lines: the Postgres target's migrations, table descriptions, statements and transaction calls.
+//!
 //! Rows travel to the server as one JSON array per statement and are turned into the target
 //! table's row type there (`json_populate_recordset`), so a batch of thousands of rows is one
 //! round trip and the server does the type conversion exactly as it does for any input.
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use sluice_core::sink_tx::{self, Param, SinkTx, Statements};
+use sluice_core::target::TargetWriter;
 use sluice_core::{
     ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, ErrorClass, FoldedTable, MappedEvent,
     PartitionProgress, TableId, TableShape,
@@ -293,36 +296,9 @@ impl PostgresSink {
             .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))
     }
 
-    /// Forgets the connection (after an error that may have broken it).
-    pub fn reset(&mut self) {
-        self.client = None;
-        self.statements.clear();
-    }
-
-    /// Reads stored offsets over this sink's connection.
-    pub async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
-        let sink = self.sink.clone();
-        let client = self.client().await?;
-        load_offsets(client, &sink, partitions).await
-    }
-
     /// Whether some of the sink's target tables reference others by foreign keys.
     pub fn has_foreign_keys(&self) -> bool {
         self.ranks.is_some()
-    }
-
-    /// Applies a batch in one transaction (see the module docs).
-    pub async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
-        match self.apply_once(batch, false).await {
-            Err(e) if is_data_error(&e) => {
-                tracing::debug!(error = %e, "batch refused; applying it event by event");
-                self.apply_once(batch, true).await
-            }
-            other => other,
-        }
     }
 
     async fn apply_once(
@@ -397,37 +373,6 @@ impl PostgresSink {
             self.statements.insert(key, stmt);
         }
         Ok(())
-    }
-
-    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`.
-    pub async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        blob_columns: &[BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, PostgresError> {
-        let released: Vec<(String, &str, &'static str)> = blob_columns
-            .iter()
-            .map(|b| {
-                let state = if b.delete_objects { "released" } else { "kept" };
-                (
-                    self.tables[b.table].id.to_string(),
-                    b.url_column.as_str(),
-                    state,
-                )
-            })
-            .collect();
-        let table_names: Vec<String> = tables
-            .iter()
-            .map(|t| self.tables[*t].quoted.clone())
-            .collect();
-        self.client().await?;
-        let mut tx = self.begin("recording a truncate barrier").await?;
-        tx.truncate = Some((table_names, released));
-        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
     }
 }
 
@@ -913,6 +858,72 @@ pub async fn move_offsets(
         .await
         .map_err(PostgresError::query("moving the sink's offsets in sluice.apply_offsets"))?;
     Ok(())
+}
+
+impl TargetWriter for PostgresSink {
+    type Error = PostgresError;
+
+    fn class(e: &PostgresError) -> ErrorClass {
+        apply_error_class(e)
+    }
+
+    /// Applies a batch in one transaction (see the module docs).
+    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
+        match self.apply_once(batch, false).await {
+            Err(e) if is_data_error(&e) => {
+                tracing::debug!(error = %e, "batch refused; applying it event by event");
+                self.apply_once(batch, true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads stored offsets over this sink's connection.
+    async fn load_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
+        let sink = self.sink.clone();
+        let client = self.client().await?;
+        load_offsets(client, &sink, partitions).await
+    }
+
+    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`.
+    async fn truncate_barrier(
+        &mut self,
+        topic: &str,
+        position: &str,
+        partition_count: i32,
+        tables: &[usize],
+        blob_columns: &[BlobColumn],
+        progress: &PartitionProgress,
+    ) -> Result<BarrierOutcome, PostgresError> {
+        let released: Vec<(String, &str, &'static str)> = blob_columns
+            .iter()
+            .map(|b| {
+                let state = if b.delete_objects { "released" } else { "kept" };
+                (
+                    self.tables[b.table].id.to_string(),
+                    b.url_column.as_str(),
+                    state,
+                )
+            })
+            .collect();
+        let table_names: Vec<String> = tables
+            .iter()
+            .map(|t| self.tables[*t].quoted.clone())
+            .collect();
+        self.client().await?;
+        let mut tx = self.begin("recording a truncate barrier").await?;
+        tx.truncate = Some((table_names, released));
+        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
+    }
+
+    /// Forgets the connection (after an error that may have broken it).
+    fn reset(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
 }
 
 #[cfg(test)]

@@ -68,9 +68,112 @@ pub struct PostgresSource {
 }
 
 impl PostgresSource {
+    /// Every configured table, by name.
+    fn configured(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .map(|t| t.schema.id.to_string())
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Plan {
+    Resume(u64),
+    Create,
+}
+
+async fn join(
+    session: std::thread::JoinHandle<Result<(), PostgresError>>,
+) -> Result<(), PostgresError> {
+    tokio::task::spawn_blocking(move || session.join())
+        .await
+        .map_err(|e| PostgresError::Setup(format!("stream thread lost: {e}")))?
+        .unwrap_or_else(|_| Err(PostgresError::Setup("stream thread panicked".into())))
+}
+
+async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PostgresError> {
+    client
+        .execute("select pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(PostgresError::query(format!(
+            "dropping replication slot {slot}"
+        )))?;
+    Ok(())
+}
+
+/// Creates the publication, or adds configured tables it lacks. Tables it holds beyond the
+/// configured ones are left alone (their changes are skipped) and reported.
+async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    s: &SourceSettings,
+) -> Result<(), PostgresError> {
+    let list = |tables: &[&TableId]| {
+        tables
+            .iter()
+            .map(|t| quote_table(t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match catalog::publication_tables(client, &s.publication).await? {
+        None => {
+            let all: Vec<&TableId> = s.tables.iter().collect();
+            let sql = format!(
+                "create publication {} for table {}",
+                quote_ident(&s.publication),
+                list(&all)
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(PostgresError::query(format!(
+                    "creating publication {}",
+                    s.publication
+                )))?;
+            tracing::info!(publication = %s.publication, "publication created");
+        }
+        Some(existing) => {
+            let missing: Vec<&TableId> =
+                s.tables.iter().filter(|t| !existing.contains(t)).collect();
+            if !missing.is_empty() {
+                let sql = format!(
+                    "alter publication {} add table {}",
+                    quote_ident(&s.publication),
+                    list(&missing)
+                );
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(PostgresError::query(format!(
+                        "adding tables to publication {}",
+                        s.publication
+                    )))?;
+                tracing::info!(publication = %s.publication, added = missing.len(), "tables added to publication");
+            }
+            let extra = existing.iter().filter(|t| !s.tables.contains(t)).count();
+            if extra > 0 {
+                tracing::warn!(publication = %s.publication, extra, "publication holds tables Sluice does not capture; their changes are skipped");
+            }
+        }
+    }
+    Ok(())
+}
+
+impl sluice_core::source::ChangeSource for PostgresSource {
+    type Settings = SourceSettings;
+    type Error = PostgresError;
+
+    fn name(settings: &SourceSettings) -> &str {
+        &settings.name
+    }
+
+    fn snapshots(settings: &SourceSettings) -> bool {
+        matches!(settings.snapshot, SnapshotMode::Initial)
+    }
+
     /// Reads the catalog and makes sure the publication holds every configured table.
     /// Preflight has run before; problems found here are still explained.
-    pub async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
+    async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
         let client = connect(&settings.connection, "catalog").await?;
         let types = Arc::new(catalog::load_types(&client).await?);
         let mut tables = Vec::new();
@@ -116,13 +219,17 @@ impl PostgresSource {
         })
     }
 
-    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
-        self.tables.iter().map(|t| &*t.schema)
+    fn tables(&self) -> Vec<&TableSchema> {
+        self.tables.iter().map(|t| &*t.schema).collect()
+    }
+
+    fn class(e: &PostgresError) -> sluice_core::ErrorClass {
+        e.class()
     }
 
     /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
     /// The caller retries transient errors with the then-durable checkpoint.
-    pub async fn run(
+    async fn run(
         &self,
         resume: Option<SourceCheckpoint>,
         resnapshot: bool,
@@ -315,129 +422,5 @@ impl PostgresSource {
         let result = join(session).await;
         driver.abort();
         result
-    }
-
-    /// Every configured table, by name.
-    fn configured(&self) -> Vec<String> {
-        self.tables
-            .iter()
-            .map(|t| t.schema.id.to_string())
-            .collect()
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Plan {
-    Resume(u64),
-    Create,
-}
-
-async fn join(
-    session: std::thread::JoinHandle<Result<(), PostgresError>>,
-) -> Result<(), PostgresError> {
-    tokio::task::spawn_blocking(move || session.join())
-        .await
-        .map_err(|e| PostgresError::Setup(format!("stream thread lost: {e}")))?
-        .unwrap_or_else(|_| Err(PostgresError::Setup("stream thread panicked".into())))
-}
-
-async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PostgresError> {
-    client
-        .execute("select pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .map_err(PostgresError::query(format!(
-            "dropping replication slot {slot}"
-        )))?;
-    Ok(())
-}
-
-/// Creates the publication, or adds configured tables it lacks. Tables it holds beyond the
-/// configured ones are left alone (their changes are skipped) and reported.
-async fn ensure_publication(
-    client: &tokio_postgres::Client,
-    s: &SourceSettings,
-) -> Result<(), PostgresError> {
-    let list = |tables: &[&TableId]| {
-        tables
-            .iter()
-            .map(|t| quote_table(t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match catalog::publication_tables(client, &s.publication).await? {
-        None => {
-            let all: Vec<&TableId> = s.tables.iter().collect();
-            let sql = format!(
-                "create publication {} for table {}",
-                quote_ident(&s.publication),
-                list(&all)
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(PostgresError::query(format!(
-                    "creating publication {}",
-                    s.publication
-                )))?;
-            tracing::info!(publication = %s.publication, "publication created");
-        }
-        Some(existing) => {
-            let missing: Vec<&TableId> =
-                s.tables.iter().filter(|t| !existing.contains(t)).collect();
-            if !missing.is_empty() {
-                let sql = format!(
-                    "alter publication {} add table {}",
-                    quote_ident(&s.publication),
-                    list(&missing)
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(PostgresError::query(format!(
-                        "adding tables to publication {}",
-                        s.publication
-                    )))?;
-                tracing::info!(publication = %s.publication, added = missing.len(), "tables added to publication");
-            }
-            let extra = existing.iter().filter(|t| !s.tables.contains(t)).count();
-            if extra > 0 {
-                tracing::warn!(publication = %s.publication, extra, "publication holds tables Sluice does not capture; their changes are skipped");
-            }
-        }
-    }
-    Ok(())
-}
-
-impl sluice_core::source::ChangeSource for PostgresSource {
-    type Settings = SourceSettings;
-    type Error = PostgresError;
-
-    fn name(settings: &SourceSettings) -> &str {
-        &settings.name
-    }
-
-    fn snapshots(settings: &SourceSettings) -> bool {
-        matches!(settings.snapshot, SnapshotMode::Initial)
-    }
-
-    async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
-        PostgresSource::open(settings).await
-    }
-
-    fn tables(&self) -> Vec<&TableSchema> {
-        PostgresSource::tables(self).collect()
-    }
-
-    fn class(e: &PostgresError) -> sluice_core::ErrorClass {
-        e.class()
-    }
-
-    async fn run(
-        &self,
-        resume: Option<SourceCheckpoint>,
-        resnapshot: bool,
-        handles: RunHandles,
-    ) -> Result<(), PostgresError> {
-        PostgresSource::run(self, resume, resnapshot, handles).await
     }
 }

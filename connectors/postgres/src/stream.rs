@@ -1,5 +1,7 @@
 //! The replication stream: one session of `START_REPLICATION`, decoded into batches.
 //!
+//! Over 700 lines: one replication session, whose decoding, TOAST read-back and batching share its state.
+//!
 //! The session runs on a `current_thread` runtime on a thread of its own (on the multi-thread
 //! runtime the same client used 2–3x the CPU). It hands batches to the capture pipeline through a
 //! bounded channel and learns through a `watch` channel which position the pipeline made durable;

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use sluice_core::target::{BlobColumn, StoredOffsets, TableShapeOf, Target, TargetWriter};
-use sluice_core::{
-    ApplyBatch, ApplyOutcome, BarrierOutcome, ErrorClass, PartitionProgress, TableId,
-};
+use sluice_core::target::{StoredOffsets, TableShapeOf, Target};
+use sluice_core::TableId;
 
 use crate::client::connect;
 use crate::config::PostgresConnection;
@@ -72,49 +70,5 @@ impl Target for PostgresTarget {
 
     fn shape(t: &TargetTable) -> TableShapeOf {
         (t.id.clone(), t.column_names(), t.key.clone())
-    }
-}
-
-impl TargetWriter for PostgresSink {
-    type Error = PostgresError;
-
-    fn class(e: &PostgresError) -> ErrorClass {
-        sink::apply_error_class(e)
-    }
-
-    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
-        PostgresSink::apply(self, batch).await
-    }
-
-    async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<StoredOffsets, PostgresError> {
-        PostgresSink::load_offsets(self, partitions).await
-    }
-
-    async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        blob_columns: &[BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, PostgresError> {
-        PostgresSink::truncate_barrier(
-            self,
-            topic,
-            position,
-            partition_count,
-            tables,
-            blob_columns,
-            progress,
-        )
-        .await
-    }
-
-    fn reset(&mut self) {
-        PostgresSink::reset(self)
     }
 }
