@@ -268,7 +268,10 @@ pub async fn follow_backfills(config: &Config, source: &str) -> Result<(), Strin
                     p.elapsed_s()
                 );
             } else {
-                println!("source {source}: nothing to backfill");
+                // Nothing was under way when first looked at: either nothing was added, or
+                // its backfill finished before then (a small table can take less time than
+                // the capture's restart takes to be seen).
+                println!("source {source}: every table backfilled (none under way)");
             }
             return Ok(());
         }

@@ -13,18 +13,9 @@ pub mod stage;
 pub mod store;
 pub mod verify;
 
-use std::fmt::Write as _;
-
 pub use crate::mapping::keys::{KeyTemplate, PartialKey};
 
-/// The hex form of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use sluice_s3::hex;
 
 /// A content type from a file name's extension.
 pub fn content_type_of(ext: &str) -> &'static str {
