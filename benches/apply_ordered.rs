@@ -137,13 +137,7 @@ async fn main() {
     let src = source.connect("bench").await;
     src.batch_execute(SOURCE).await.expect("source schema");
     for (db, schema) in [("free", FREE), ("linked", LINKED)] {
-        target.create_database(db).await;
-        target
-            .connect(db)
-            .await
-            .batch_execute(schema)
-            .await
-            .expect("target schema");
+        target.database_with(db, schema).await;
     }
 
     let dir = TempDir::new("bench-ordered");

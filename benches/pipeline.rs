@@ -42,20 +42,8 @@ async fn setup() -> Setup {
     let source = PgCluster::start_with(&tuned);
     let target = PgCluster::start_with(&tuned);
     let broker = Broker::start();
-    source.create_database("bench").await;
-    target.create_database("bench").await;
-    source
-        .connect("bench")
-        .await
-        .batch_execute(SOURCE)
-        .await
-        .expect("source schema");
-    target
-        .connect("bench")
-        .await
-        .batch_execute(TARGET)
-        .await
-        .expect("target schema");
+    source.database_with("bench", SOURCE).await;
+    target.database_with("bench", TARGET).await;
     let dir = TempDir::new("bench-pipeline");
     let config = dir.path().join("sluice.toml");
     std::fs::write(

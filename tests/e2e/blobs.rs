@@ -60,9 +60,7 @@ async fn blob_fixture(
     credentials();
     let garage = Garage::start(bucket);
     let f = Fixture::new(&[table], source_sql).await;
-    f.pg.create_database(target).await;
-    let db = f.pg.connect(target).await;
-    db.batch_execute(target_sql).await.expect("target schema");
+    let db = f.pg.database_with(target, target_sql).await;
     (garage, f, db)
 }
 
@@ -318,14 +316,13 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
            patientId varchar(36) not null, deleted tinyint not null default 0)",
     );
     let target = PgCluster::start();
-    target.create_database("vitalsign").await;
-    let pg = target.connect("vitalsign").await;
-    pg.batch_execute(
-        "create table documents (vsrx_reference text primary key, url text, sha256 text,
-           patient_id text not null)",
-    )
-    .await
-    .expect("target");
+    let pg = target
+        .database_with(
+            "vitalsign",
+            "create table documents (vsrx_reference text primary key, url text, sha256 text,
+               patient_id text not null)",
+        )
+        .await;
     let broker = sluice_test_support::Broker::start();
     let dir = sluice_test_support::TempDir::new("ehr");
     let files = dir.path().join("files");

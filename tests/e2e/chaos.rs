@@ -344,22 +344,13 @@ async fn chaos(server: Option<Flavor>, split: bool) {
         Source::MariaDb(my)
     } else {
         let pg = PgCluster::start();
-        pg.create_database("app").await;
-        pg.connect("app")
-            .await
-            .batch_execute(PG_SOURCE)
-            .await
-            .expect("source schema");
+        pg.database_with("app", PG_SOURCE).await;
         Source::Postgres(pg)
     };
     let mut target = PgCluster::start();
-    target.create_database("warehouse").await;
     target
-        .connect("warehouse")
-        .await
-        .batch_execute(&format!("{TARGET}{AUDIT}"))
-        .await
-        .expect("target schema");
+        .database_with("warehouse", &format!("{TARGET}{AUDIT}"))
+        .await;
     let mut broker = Broker::start();
     let dir = TempDir::new("chaos");
     let schema = source.schema();

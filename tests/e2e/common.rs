@@ -136,14 +136,7 @@ impl Fixture {
         setup_sql: &str,
         extra_source: &str,
     ) -> Fixture {
-        pg.create_database("app").await;
-        if !setup_sql.is_empty() {
-            pg.connect("app")
-                .await
-                .batch_execute(setup_sql)
-                .await
-                .expect("setup sql");
-        }
+        pg.database_with("app", setup_sql).await;
         let broker = Broker::start();
         let dir = TempDir::new("e2e");
         let config = dir.path().join("sluice.toml");

@@ -168,12 +168,7 @@ impl Org {
         lms.execute(None, "create database lms");
         lms.execute(Some("lms"), LMS);
         let orgs = PgCluster::start();
-        orgs.create_database("orgs").await;
-        orgs.connect("orgs")
-            .await
-            .batch_execute(ORGS)
-            .await
-            .expect("target schema");
+        orgs.database_with("orgs", ORGS).await;
         let broker = Broker::start();
         let dir = TempDir::new("mappings");
         std::fs::write(

@@ -55,13 +55,7 @@ impl Setup {
         }
         source.execute(Some("shop"), "insert into a values (1, 'a')");
         let target = PgCluster::start();
-        target.create_database("warehouse").await;
-        target
-            .connect("warehouse")
-            .await
-            .batch_execute(TARGET)
-            .await
-            .expect("target schema");
+        target.database_with("warehouse", TARGET).await;
         Setup {
             source,
             target,

@@ -70,13 +70,9 @@ impl Pipeline {
             );
         }
         let target = PgCluster::start();
-        target.create_database("warehouse").await;
         target
-            .connect("warehouse")
-            .await
-            .batch_execute(&format!("{TARGET}{AUDIT}"))
-            .await
-            .expect("target schema");
+            .database_with("warehouse", &format!("{TARGET}{AUDIT}"))
+            .await;
         let broker = Broker::start();
         let dir = TempDir::new("mysql-pipeline");
         std::fs::write(

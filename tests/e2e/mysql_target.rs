@@ -65,13 +65,7 @@ impl MySqlPipeline {
     /// A Postgres source applied into `target` (MySQL 8 or MariaDB).
     async fn on(target: MariaDb) -> MySqlPipeline {
         let source = PgCluster::start();
-        source.create_database("app").await;
-        source
-            .connect("app")
-            .await
-            .batch_execute(SOURCE)
-            .await
-            .expect("source schema");
+        source.database_with("app", SOURCE).await;
         target.execute(None, "create database warehouse");
         target.execute(Some("warehouse"), TARGET);
         let broker = Broker::start();

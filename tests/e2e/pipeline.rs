@@ -32,20 +32,8 @@ impl Pipeline {
     ) -> Pipeline {
         let source = PgCluster::start();
         let target = PgCluster::start();
-        source.create_database("app").await;
-        target.create_database("warehouse").await;
-        source
-            .connect("app")
-            .await
-            .batch_execute(source_sql)
-            .await
-            .expect("source setup sql");
-        target
-            .connect("warehouse")
-            .await
-            .batch_execute(target_sql)
-            .await
-            .expect("target setup sql");
+        source.database_with("app", source_sql).await;
+        target.database_with("warehouse", target_sql).await;
         let broker = Broker::start();
         let dir = TempDir::new("pipeline");
         let config = dir.path().join("sluice.toml");

@@ -271,6 +271,17 @@ impl PgCluster {
             .expect("create database");
     }
 
+    /// Creates database `name`, runs `sql` in it (its schema, rows), and returns a client of it.
+    pub async fn database_with(&self, name: &str, sql: &str) -> tokio_postgres::Client {
+        self.create_database(name).await;
+        let client = self.connect(name).await;
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("setting up database {name}: {e}"));
+        client
+    }
+
     /// Connects as `postgres` to `db` with the session settings Sluice uses.
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::Config::new()
