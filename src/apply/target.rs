@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use sluice_core::target::{StoredOffsets, TableShapeOf, Target, TargetWriter};
 use sluice_core::{ErrorClass, TableId};
-use sluice_mysql::{MySqlConnection, MySqlTarget};
-use sluice_postgres::{PostgresConnection, PostgresTarget};
+use sluice_mysql::MySqlConnection;
+use sluice_postgres::PostgresConnection;
 
 use crate::config::SinkConfig;
 use crate::telemetry::error_chain;
@@ -49,10 +49,10 @@ impl TargetConnection {
     }
 
     fn kind(&self) -> &'static str {
-        match self {
-            TargetConnection::Postgres(_) => PostgresTarget::KIND,
-            TargetConnection::MySql(_) => MySqlTarget::KIND,
+        fn kind_of<T: Target>(_: &T) -> &'static str {
+            T::KIND
         }
+        on_target!(self, t => kind_of(&t))
     }
 
     pub fn describe(&self) -> String {
@@ -67,10 +67,10 @@ impl TargetConnection {
 
     /// Where the dead letters of this target go.
     pub fn dead_letter_table(&self) -> &'static str {
-        match self {
-            TargetConnection::Postgres(_) => PostgresTarget::DEAD_LETTER_TABLE,
-            TargetConnection::MySql(_) => MySqlTarget::DEAD_LETTER_TABLE,
+        fn table_of<T: Target>(_: &T) -> &'static str {
+            T::DEAD_LETTER_TABLE
         }
+        on_target!(self, t => table_of(&t))
     }
 }
 

@@ -177,6 +177,9 @@ pub async fn apply_batch<T: SinkTx>(
 /// Records dead letters in the target's table, and logs where and why in general terms: the
 /// target's message can quote the row ("Failing row contains …"), so it goes only to the table.
 async fn write_dead_letters<T: SinkTx>(tx: &mut T, dead: &[DeadLetter]) -> Result<(), T::Error> {
+    if dead.is_empty() {
+        return Ok(());
+    }
     let st = T::STATEMENTS;
     let sink = tx.sink().to_owned();
     for d in dead {
