@@ -201,6 +201,11 @@ impl Stage {
 
     /// Uploads what `batch` needs and fills in its URLs and ledger rows. `waited` says how
     /// long a record's partition has been held (for the missing-file window).
+    ///
+    /// In four steps: find every file (a missing one holds the batch before any upload),
+    /// look up what the ledger and the stores already hold, read, hash and upload, and put
+    /// the URLs and ledger rows into the batch. An event whose blob cannot be made becomes a
+    /// dead letter, and none of its objects goes up.
     pub async fn prepare(
         &mut self,
         batch: &mut ApplyBatch,
@@ -208,14 +213,55 @@ impl Stage {
         waited: &(dyn Fn(&RecordRef) -> Duration + Sync),
     ) -> Result<Prepared, StageError> {
         let started = std::time::Instant::now();
-        let concurrency = self
-            .stores
-            .values()
-            .map(|s| s.concurrency)
-            .max()
-            .unwrap_or(8);
-        // Find every file first (without reading it): a missing one holds the batch before
-        // any upload.
+        let (mut jobs, mut refused) = match self.find_jobs(batch, work, waited) {
+            Ok(found) => found,
+            Err(hold) => return Ok(hold),
+        };
+        jobs.retain(|j| !refused.contains_key(&j.event));
+        self.dead_letter(batch, &refused);
+
+        let mut known = self.known(work, &jobs, &refused).await?;
+        let loads = self.load(&jobs, &known).await?;
+        refused.extend(loads.refused);
+        for (event, path) in &loads.vanished {
+            let Some(j) = jobs.iter().find(|j| j.event == *event) else {
+                continue;
+            };
+            let record = batch.events[*event].record.clone();
+            let why = missing_why(path, &j.spec);
+            if waited(&record) < j.spec.missing_wait {
+                return Ok(Prepared::Hold(record, why));
+            }
+            refused.insert(*event, expired_why(&why, &j.spec));
+        }
+        let mut loaded: Vec<Loaded> = loads.loaded.into_iter().flatten().collect();
+        loaded.retain(|l| !refused.contains_key(&l.event));
+        self.dead_letter(batch, &refused);
+        tracing::debug!(
+            objects = loaded.len(),
+            uploaded = loads.uploaded.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "blobs ready"
+        );
+
+        let released = self
+            .fill(batch, work, &refused, &loaded, &mut known.live)
+            .await?;
+        Ok(Prepared::Ready(Ready {
+            released,
+            uploaded: loads.uploaded,
+        }))
+    }
+
+    /// Finds every file the batch's rows need, without reading any. Returns the jobs and the
+    /// events refused (with why), or the hold of the first record whose file is missing while
+    /// its partition may still wait.
+    fn find_jobs(
+        &self,
+        batch: &ApplyBatch,
+        work: &[(usize, Vec<BlobWork>)],
+        waited: &(dyn Fn(&RecordRef) -> Duration + Sync),
+    ) -> Result<(Vec<Job>, HashMap<usize, String>), Prepared> {
         let mut jobs: Vec<Job> = Vec::new();
         let mut refused: HashMap<usize, String> = HashMap::new();
         // Each blob column's directories, resolved once per batch rather than once per file.
@@ -240,28 +286,27 @@ impl Stage {
                         continue;
                     }
                     InputValue::Bytes(b) => Source::Bytes(b.clone()),
-                    InputValue::Path(p) => match locate(
-                        p,
-                        &spec.base_dirs,
-                        real_bases
+                    InputValue::Path(p) => {
+                        let bases = real_bases
                             .entry(Arc::as_ptr(spec) as usize)
-                            .or_insert_with(|| canonical(&spec.base_dirs)),
-                    ) {
-                        Ok(path) => Source::File(path),
-                        Err(ReadError::Missing(path)) => {
-                            let record = batch.events[*event].record.clone();
-                            let why = missing_why(&path, spec);
-                            if waited(&record) < spec.missing_wait {
-                                return Ok(Prepared::Hold(record, why));
+                            .or_insert_with(|| canonical(&spec.base_dirs));
+                        match locate(p, &spec.base_dirs, bases) {
+                            Ok(path) => Source::File(path),
+                            Err(ReadError::Missing(path)) => {
+                                let record = batch.events[*event].record.clone();
+                                let why = missing_why(&path, spec);
+                                if waited(&record) < spec.missing_wait {
+                                    return Err(Prepared::Hold(record, why));
+                                }
+                                refused.insert(*event, expired_why(&why, spec));
+                                continue;
                             }
-                            refused.insert(*event, expired_why(&why, spec));
-                            continue;
+                            Err(ReadError::Refused(why)) => {
+                                refused.insert(*event, why);
+                                continue;
+                            }
                         }
-                        Err(ReadError::Refused(why)) => {
-                            refused.insert(*event, why);
-                            continue;
-                        }
-                    },
+                    }
                 };
                 let key = match key {
                     Ok(k) => k.clone(),
@@ -289,14 +334,18 @@ impl Stage {
                 });
             }
         }
-        // Events whose blob cannot be made: dead letters, written with the batch; none of
-        // their objects is uploaded.
-        jobs.retain(|j| !refused.contains_key(&j.event));
-        self.dead_letter(batch, &refused);
+        Ok((jobs, refused))
+    }
 
-        // What the ledger already has for these rows, and, for keys known before hashing,
-        // which objects are there already. Where a batch writes one such key twice (a report
-        // replaced twice), only the last content goes up.
+    /// What the ledger already has for the rows of `work` (but the refused events'), and,
+    /// for object keys known before hashing, which objects are there already. Where a batch
+    /// writes one such key twice (a report replaced twice), only the last content goes up.
+    async fn known(
+        &mut self,
+        work: &[(usize, Vec<BlobWork>)],
+        jobs: &[Job],
+        refused: &HashMap<usize, String>,
+    ) -> Result<Known, StageError> {
         let mut slots: Vec<Slot> = Vec::new();
         for (event, works) in work {
             if refused.contains_key(event) {
@@ -318,7 +367,7 @@ impl Stage {
             }
         }
         let sink = self.sink.clone();
-        let mut live = ledger::live(self.client().await?, &sink, &slots).await?;
+        let live = ledger::live(self.client().await?, &sink, &slots).await?;
         let mut last_for_key: HashMap<(String, String), usize> = HashMap::new();
         let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
         for (i, j) in jobs.iter().enumerate() {
@@ -338,22 +387,32 @@ impl Stage {
                 present.insert((store.clone(), k, sha));
             }
         }
+        Ok(Known {
+            live,
+            present,
+            last_for_key,
+        })
+    }
 
-        // Read, hash and upload, a bounded number at a time (the store's limit is shared by
-        // the sink's workers), so that hashing one file overlaps uploading others.
+    /// Reads, hashes and uploads the jobs' objects, a bounded number at a time (the store's
+    /// limit is shared by the sink's workers), so that hashing one file overlaps uploading
+    /// others.
+    async fn load(&mut self, jobs: &[Job], known: &Known) -> Result<Loads, StageError> {
+        let concurrency = self
+            .stores
+            .values()
+            .map(|s| s.concurrency)
+            .max()
+            .unwrap_or(8);
         self.client().await?;
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| StageError::Ledger("no connection".into()))?;
-        let (stores, live_ref, present, last_for_key) =
-            (&self.stores, &live, &present, &last_for_key);
         let context = JobContext {
             client,
-            stores,
-            live: live_ref,
-            present,
-            last_for_key,
+            stores: &self.stores,
+            known,
         };
         let context = &context;
         let futures: Vec<_> = jobs
@@ -366,128 +425,110 @@ impl Stage {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-        let mut loaded: Vec<Option<Loaded>> = (0..jobs.len()).map(|_| None).collect();
-        let mut uploaded = 0;
-        let mut uploaded_keys: Vec<(String, String)> = Vec::new();
-        let mut vanished: HashMap<usize, String> = HashMap::new();
+        let mut loads = Loads {
+            loaded: (0..jobs.len()).map(|_| None).collect(),
+            ..Loads::default()
+        };
         for outcome in outcomes {
             match outcome {
                 Ok((i, l, up)) => {
-                    uploaded += usize::from(up);
                     if up {
-                        uploaded_keys.push((jobs[i].spec.store.clone(), l.key.clone()));
+                        loads
+                            .uploaded
+                            .push((jobs[i].spec.store.clone(), l.key.clone()));
                     }
-                    loaded[i] = Some(l);
+                    loads.loaded[i] = Some(l);
                 }
                 Err(JobError::Stage(e)) => return Err(e),
                 // A file that went away (or became unreadable) since it was found.
                 Err(JobError::Read(event, ReadError::Missing(path))) => {
-                    vanished.insert(event, path);
+                    loads.vanished.insert(event, path);
                 }
                 Err(JobError::Read(event, ReadError::Refused(why))) => {
-                    refused.insert(event, why);
+                    loads.refused.insert(event, why);
                 }
             }
         }
-        for (event, path) in &vanished {
-            let Some(j) = jobs.iter().find(|j| j.event == *event) else {
-                continue;
-            };
-            let record = batch.events[*event].record.clone();
-            let why = missing_why(path, &j.spec);
-            if waited(&record) < j.spec.missing_wait {
-                return Ok(Prepared::Hold(record, why));
-            }
-            refused.insert(*event, expired_why(&why, &j.spec));
-        }
-        let mut loaded: Vec<Loaded> = loaded.into_iter().flatten().collect();
-        loaded.retain(|l| !refused.contains_key(&l.event));
-        self.dead_letter(batch, &refused);
-        tracing::debug!(
-            objects = loaded.len(),
-            uploaded,
-            ms = started.elapsed().as_millis() as u64,
-            "blobs ready"
-        );
+        Ok(loads)
+    }
 
-        // URLs into the rows, ledger rows into the batch.
+    /// Puts the objects' URLs into the rows and the ledger rows into the batch, keeping
+    /// `live` (the ledger's entries as of each event) up to date. Returns the objects the
+    /// rows let go of that are to be deleted.
+    async fn fill(
+        &self,
+        batch: &mut ApplyBatch,
+        work: &[(usize, Vec<BlobWork>)],
+        refused: &HashMap<usize, String>,
+        loaded: &[Loaded],
+        live: &mut HashMap<Slot, Entry>,
+    ) -> Result<Vec<(String, String)>, StageError> {
         let now = now_s();
         let mut released: Vec<(String, String)> = Vec::new();
         let mut urls: HashMap<(String, String), (String, Option<i64>)> = HashMap::new();
-        let mut by_work: HashMap<(usize, usize), usize> = HashMap::new();
-        for (i, l) in loaded.iter().enumerate() {
-            by_work.insert((l.event, l.work), i);
-        }
+        let by_work: HashMap<(usize, usize), &Loaded> =
+            loaded.iter().map(|l| ((l.event, l.work), l)).collect();
         for (event, works) in work {
             if refused.contains_key(event) {
                 continue;
             }
             for (w, item) in works.iter().enumerate() {
-                match item {
+                let (table, target_key, spec) = match item {
                     BlobWork::Put {
-                        change,
                         table,
                         target_key,
+                        spec,
+                        ..
+                    }
+                    | BlobWork::Release {
+                        table,
+                        target_key,
+                        spec,
+                    } => (table, target_key, spec),
+                };
+                let slot = self.slot(*table, target_key, spec);
+                let previous = match item {
+                    BlobWork::Release { .. } => live.remove(&slot),
+                    BlobWork::Put {
+                        change,
                         url,
                         sha,
                         size,
-                        spec,
                         ..
                     } => {
-                        let slot = self.slot(*table, target_key, spec);
                         // The slot's entry as of this event: the ledger's, or an earlier
                         // event's in this batch.
                         let previous = live.get(&slot).cloned();
-                        let l = by_work.get(&(*event, w)).map(|i| &loaded[*i]);
-                        let (url_value, sha_value, size_value) = match l {
-                            None => (J::Null, J::Null, J::Null),
+                        let l = by_work.get(&(*event, w)).copied();
+                        let values = match l {
+                            None => {
+                                live.remove(&slot);
+                                [J::Null, J::Null, J::Null]
+                            }
                             Some(l) => {
-                                let store = self.store(&spec.store)?;
-                                let reuse = previous.as_ref().filter(|e| {
+                                let reused = previous.as_ref().filter(|e| {
                                     e.object_key == l.key
                                         && e.sha256 == l.sha_hex
                                         && e.expires_at.is_none_or(|x| x > now + 60)
                                 });
-                                let (u, expires) = match reuse {
+                                let (u, expires) = match reused {
                                     Some(e) => (e.url.clone(), e.expires_at),
-                                    None => match urls.get(&(spec.store.clone(), l.key.clone())) {
-                                        Some(u) => u.clone(),
-                                        None => {
-                                            let u = store.url(&l.key).await?;
-                                            urls.insert(
-                                                (spec.store.clone(), l.key.clone()),
-                                                u.clone(),
-                                            );
-                                            u
-                                        }
-                                    },
+                                    None => self.url(&spec.store, &l.key, &mut urls).await?,
                                 };
                                 let ledger_row =
                                     self.ledger_row(&slot, &spec.store, l, &u, expires);
                                 batch.events[*event].changes.push(ledger_row);
                                 live.insert(
                                     slot.clone(),
-                                    Entry {
-                                        target_table: slot.0.clone(),
-                                        target_key: slot.1.clone(),
-                                        url_column: slot.2.clone(),
-                                        object_key: l.key.clone(),
-                                        store: spec.store.clone(),
-                                        sha256: l.sha_hex.clone(),
-                                        size: l.size as i64,
-                                        content_type: l.content_type.clone(),
-                                        source_path: l.source_path.clone(),
-                                        url: u.clone(),
-                                        expires_at: expires,
-                                        state: "live".into(),
-                                    },
+                                    live_entry(&slot, &spec.store, l, &u, expires),
                                 );
-                                (J::String(u), J::String(l.sha_hex.clone()), J::from(l.size))
+                                [J::String(u), J::String(l.sha_hex.clone()), J::from(l.size)]
                             }
                         };
                         if let Some(TargetChange::Upsert { columns, .. }) =
                             batch.events[*event].changes.get_mut(*change)
                         {
+                            let [url_value, sha_value, size_value] = values;
                             columns.push((*url, url_value));
                             if let Some(c) = sha {
                                 columns.push((*c, sha_value));
@@ -496,46 +537,36 @@ impl Stage {
                                 columns.push((*c, size_value));
                             }
                         }
-                        if l.is_none() {
-                            live.remove(&slot);
-                        }
-                        if let Some(prev) = &previous {
-                            if l.is_none_or(|l| l.key != prev.object_key) {
-                                batch.events[*event].changes.push(self.release_row(
-                                    &slot,
-                                    prev,
-                                    spec.delete_objects,
-                                ));
-                                if spec.delete_objects {
-                                    released.push((prev.store.clone(), prev.object_key.clone()));
-                                }
-                            }
-                        }
+                        // A row that keeps its object releases nothing.
+                        previous.filter(|prev| l.is_none_or(|l| l.key != prev.object_key))
                     }
-                    BlobWork::Release {
-                        table,
-                        target_key,
-                        spec,
-                    } => {
-                        let slot = self.slot(*table, target_key, spec);
-                        if let Some(prev) = live.remove(&slot) {
-                            batch.events[*event].changes.push(self.release_row(
-                                &slot,
-                                &prev,
-                                spec.delete_objects,
-                            ));
-                            if spec.delete_objects {
-                                released.push((prev.store.clone(), prev.object_key.clone()));
-                            }
-                        }
+                };
+                if let Some(prev) = previous {
+                    let release = self.release_row(&slot, &prev, spec.delete_objects);
+                    batch.events[*event].changes.push(release);
+                    if spec.delete_objects {
+                        released.push((prev.store, prev.object_key));
                     }
                 }
             }
         }
-        Ok(Prepared::Ready(Ready {
-            released,
-            uploaded: uploaded_keys,
-        }))
+        Ok(released)
+    }
+
+    /// The URL of an object (and when it expires), made once per batch.
+    async fn url(
+        &self,
+        store: &str,
+        key: &str,
+        urls: &mut HashMap<(String, String), (String, Option<i64>)>,
+    ) -> Result<(String, Option<i64>), StageError> {
+        let id = (store.to_owned(), key.to_owned());
+        if let Some(u) = urls.get(&id) {
+            return Ok(u.clone());
+        }
+        let u = self.store(store)?.url(key).await?;
+        urls.insert(id, u.clone());
+        Ok(u)
     }
 
     /// Turns the refused events into dead letters (once each), with the reason.
@@ -786,13 +817,52 @@ enum JobError {
     Read(usize, ReadError),
 }
 
+/// What the ledger and the stores hold already for a batch.
+struct Known {
+    /// The ledger's live entries of the batch's rows.
+    live: HashMap<Slot, Entry>,
+    /// (store, object key, SHA-256) of objects whose key is known before hashing.
+    present: HashSet<(String, String, String)>,
+    /// The last job to write each such key.
+    last_for_key: HashMap<(String, String), usize>,
+}
+
+/// What reading and uploading a batch's objects did.
+#[derive(Default)]
+struct Loads {
+    /// Each job's object (by job index), `None` where it could not be read.
+    loaded: Vec<Option<Loaded>>,
+    /// Objects uploaded, (store, key) each.
+    uploaded: Vec<(String, String)>,
+    /// Events whose file went away since it was found.
+    vanished: HashMap<usize, String>,
+    /// Events whose file became unreadable, with why.
+    refused: HashMap<usize, String>,
+}
+
+/// The ledger entry of `slot` once `l` is its object.
+fn live_entry(slot: &Slot, store: &str, l: &Loaded, url: &str, expires_at: Option<i64>) -> Entry {
+    Entry {
+        target_table: slot.0.clone(),
+        target_key: slot.1.clone(),
+        url_column: slot.2.clone(),
+        object_key: l.key.clone(),
+        store: store.to_owned(),
+        sha256: l.sha_hex.clone(),
+        size: l.size as i64,
+        content_type: l.content_type.clone(),
+        source_path: l.source_path.clone(),
+        url: url.to_owned(),
+        expires_at,
+        state: "live".into(),
+    }
+}
+
 /// What a job reads besides itself.
 struct JobContext<'a> {
     client: &'a tokio_postgres::Client,
     stores: &'a HashMap<String, Store>,
-    live: &'a HashMap<Slot, Entry>,
-    present: &'a HashSet<(String, String, String)>,
-    last_for_key: &'a HashMap<(String, String), usize>,
+    known: &'a Known,
 }
 
 /// Reads and hashes job `i`'s bytes and uploads them unless the object is there already.
@@ -802,8 +872,13 @@ async fn run_job(
     j: &Job,
     cx: &JobContext<'_>,
 ) -> Result<(usize, Loaded, bool), JobError> {
-    let (client, stores, live_ref, present, last_for_key) =
-        (cx.client, cx.stores, cx.live, cx.present, cx.last_for_key);
+    let (client, stores, live_ref, present, last_for_key) = (
+        cx.client,
+        cx.stores,
+        &cx.known.live,
+        &cx.known.present,
+        &cx.known.last_for_key,
+    );
 
     let source = match &j.source {
         Source::File(p) => Source::File(p.clone()),
