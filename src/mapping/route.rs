@@ -980,6 +980,18 @@ mod tests {
         TableRoute::plain(0, &[(0, "id"), (1, "name"), (2, "note")], &[(0, "id")])
     }
 
+    /// The changes, position and blob work of a mapped record; panics on anything else.
+    fn parts(m: Mapped) -> (Vec<TargetChange>, Option<Position>, Vec<BlobWork>) {
+        match m {
+            Mapped::Changes {
+                changes,
+                position,
+                blobs,
+            } => (changes, position, blobs),
+            other => panic!("changes expected, got {other:?}"),
+        }
+    }
+
     fn map(value: J) -> Result<Mapped, String> {
         let bytes = value.to_string().into_bytes();
         map_record(&vec![route()].into(), Some(b"{\"id\":1}"), Some(&bytes))
@@ -992,12 +1004,7 @@ mod tests {
             "source": {"connector": "postgres", "commit_lsn": "0/10", "seq": 2}}),
         )
         .expect("maps");
-        let Mapped::Changes {
-            changes, position, ..
-        } = m
-        else {
-            panic!("changes expected")
-        };
+        let (changes, position, _) = parts(m);
         assert_eq!(
             changes,
             vec![TargetChange::Upsert {
@@ -1021,9 +1028,7 @@ mod tests {
             "after": {"id": 2, "name": "a", "note": null}}),
         )
         .expect("maps");
-        let Mapped::Changes { changes, .. } = m else {
-            panic!("changes expected")
-        };
+        let (changes, ..) = parts(m);
         assert_eq!(
             changes[0],
             TargetChange::Delete {
@@ -1038,12 +1043,7 @@ mod tests {
         let envelope = json!({"op": "d", "before": {}, "after": null}).to_string();
         for value in [Some(envelope.as_bytes()), None] {
             let m = map_record(&vec![route()].into(), Some(b"{\"id\":7}"), value).expect("maps");
-            let Mapped::Changes {
-                changes, position, ..
-            } = m
-            else {
-                panic!("changes expected")
-            };
+            let (changes, position, _) = parts(m);
             assert_eq!(
                 changes,
                 vec![TargetChange::Delete {
@@ -1110,10 +1110,7 @@ exclude = ["deleted_at"]
     }
 
     fn changes(route: &TableRoute, value: &[u8]) -> Vec<TargetChange> {
-        match map_record(&vec![route.clone()].into(), None, Some(value)).expect("maps") {
-            Mapped::Changes { changes, .. } => changes,
-            other => panic!("changes expected, got {other:?}"),
-        }
+        parts(map_record(&vec![route.clone()].into(), None, Some(value)).expect("maps")).0
     }
 
     #[test]
@@ -1277,11 +1274,10 @@ blobs.card_url = { store = "s", bytes = "first_name", key = "cards/{id}", on_del
             "t",
         )
         .expect("route");
-        let map = |value: &[u8]| match map_record(&vec![route.clone()].into(), None, Some(value))
-            .expect("maps")
-        {
-            Mapped::Changes { changes, blobs, .. } => (changes, blobs),
-            other => panic!("changes expected, got {other:?}"),
+        let map = |value: &[u8]| {
+            let (changes, _, blobs) =
+                parts(map_record(&vec![route.clone()].into(), None, Some(value)).expect("maps"));
+            (changes, blobs)
         };
         let row = |op: &str, status: &str, name: &str| {
             json!({"op": op, "after": {"id": 7, "first_name": name, "email": "a/b.pdf", "status": status},
