@@ -20,10 +20,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_core::source::SnapshotMode;
 use sluice_core::TableId;
 use sluice_kafka::KafkaConfig;
-use sluice_mysql::{MySqlConnection, MySqlSnapshotMode, MySqlSourceSettings};
-use sluice_postgres::{PostgresConnection, SnapshotMode, SourceSettings};
+use sluice_mysql::{MySqlConnection, MySqlSourceSettings};
+use sluice_postgres::{PostgresConnection, SourceSettings};
 
 use crate::mapping::direct::{Ty, Var};
 
@@ -260,6 +261,15 @@ pub enum SnapshotSetting {
     #[default]
     Initial,
     Never,
+}
+
+impl SnapshotSetting {
+    pub fn mode(self) -> SnapshotMode {
+        match self {
+            SnapshotSetting::Initial => SnapshotMode::Initial,
+            SnapshotSetting::Never => SnapshotMode::Never,
+        }
+    }
 }
 
 fn default_max_batch_events() -> usize {
@@ -680,10 +690,7 @@ impl Config {
             connection,
             tables: self.source_tables(name),
             server_id: source.server_id.unwrap_or_else(|| default_server_id(name)),
-            snapshot: match source.snapshot {
-                SnapshotSetting::Initial => MySqlSnapshotMode::Initial,
-                SnapshotSetting::Never => MySqlSnapshotMode::Never,
-            },
+            snapshot: source.snapshot.mode(),
             topic_prefix: self.kafka.topic_prefix.clone(),
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),
@@ -713,10 +720,7 @@ impl Config {
                 .publication
                 .clone()
                 .unwrap_or_else(|| format!("sluice_{name}")),
-            snapshot: match source.snapshot {
-                SnapshotSetting::Initial => SnapshotMode::Initial,
-                SnapshotSetting::Never => SnapshotMode::Never,
-            },
+            snapshot: source.snapshot.mode(),
             topic_prefix: self.kafka.topic_prefix.clone(),
             max_batch_events: source.max_batch_events,
             max_batch_delay: Duration::from_millis(source.max_batch_delay_ms),

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use sluice_core::source::SnapshotMode;
 use tokio::sync::watch;
 
 use crate::cli::Side;
@@ -201,6 +202,8 @@ fn components(config: &Config, only: Option<Side>, resnapshot: &[String]) -> Vec
             };
             let interval = Duration::from_millis(config.sources[name].checkpoint_interval_ms);
             let settings = capture::CaptureSettings {
+                name: name.clone(),
+                snapshots: config.sources[name].snapshot.mode() == SnapshotMode::Initial,
                 source,
                 checkpoint_interval: interval,
                 resnapshot: resnapshot.contains(name),

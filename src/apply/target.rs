@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_core::target::{StoredOffsets, TableShapeOf, Target, TargetWriter};
+use sluice_core::target::{
+    references_by_index, DescribedTable, StoredOffsets, TableShapeOf, Target, TargetWriter,
+};
 use sluice_core::{ErrorClass, TableId};
 use sluice_mysql::MySqlConnection;
 use sluice_postgres::PostgresConnection;
@@ -78,7 +80,7 @@ impl TargetConnection {
 /// through a foreign key.
 pub fn linked_tables<T: Target>(tables: &[T::Table]) -> HashSet<usize> {
     let mut linked = HashSet::new();
-    for (t, parents) in T::references(tables).iter().enumerate() {
+    for (t, parents) in references_by_index(tables).iter().enumerate() {
         for &p in parents.iter().filter(|p| **p != t) {
             linked.insert(t);
             linked.insert(p);
@@ -89,7 +91,7 @@ pub fn linked_tables<T: Target>(tables: &[T::Table]) -> HashSet<usize> {
 
 /// (table, column names, key column indexes) for each table, in order.
 pub fn shapes<T: Target>(tables: &[T::Table]) -> Vec<TableShapeOf> {
-    tables.iter().map(T::shape).collect()
+    tables.iter().map(DescribedTable::shape_of).collect()
 }
 
 /// An error of the target or of the blob stage, with its class.

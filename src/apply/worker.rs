@@ -11,7 +11,7 @@
 //! committed and the worker reloads them ([`ApplyOutcome::Fenced`]).
 //!
 //! A truncate parks its partition until every partition of the topic has reached it (see
-//! [`PostgresSink::truncate_barrier`]); the other partitions keep flowing meanwhile.
+//! [`TargetWriter::truncate_barrier`]); the other partitions keep flowing meanwhile.
 //!
 //! # Tables linked by target foreign keys
 //!
@@ -46,7 +46,7 @@ use super::target::SinkError;
 use crate::blobs::stage::{BlobWork, Prepared, Stage};
 use crate::mapping::{map_record, Mapped, Router};
 use crate::telemetry::error_chain;
-use sluice_core::target::TargetWriter;
+use sluice_core::target::{TargetWriter, TruncateAt};
 
 /// What the consumer sends a worker.
 #[derive(Debug)]
@@ -1196,11 +1196,13 @@ impl<W: TargetWriter> Worker<W> {
             let outcome = self
                 .sink
                 .truncate_barrier(
-                    &tp.0,
-                    &position.to_string(),
-                    route.partitions,
-                    &tables,
-                    &blob_columns,
+                    &TruncateAt {
+                        topic: &tp.0,
+                        position: &position.to_string(),
+                        partition_count: route.partitions,
+                        tables: &tables,
+                        blob_columns: &blob_columns,
+                    },
                     &progress,
                 )
                 .await;

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sluice_core::source::ChangeSource;
-use sluice_core::{Backoff, Batch, ErrorClass, RunHandles, SourceCheckpoint, TableSchema};
+use sluice_core::{
+    Backoff, Batch, Classified, ErrorClass, RunHandles, SourceCheckpoint, TableSchema,
+};
 use sluice_kafka::{ensure_topics, Acks, CheckpointStore, KafkaConfig, KafkaPublisher, TopicSpec};
 use sluice_mysql::{MySqlSource, MySqlSourceSettings};
 use sluice_postgres::{PostgresSource, SourceSettings};
@@ -126,6 +128,10 @@ impl Reconcile {
 /// One capture pipeline's settings.
 #[derive(Clone)]
 pub struct CaptureSettings {
+    /// The source's name in the config (`[sources.NAME]`).
+    pub name: String,
+    /// Whether a start without a checkpoint takes an initial snapshot.
+    pub snapshots: bool,
     pub source: SourceKind,
     pub checkpoint_interval: Duration,
     pub resnapshot: bool,
@@ -186,8 +192,8 @@ async fn run_pipeline<S: ChangeSource>(
     mut stop: watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<Ended> {
-    let name = S::name(&source_settings).to_owned();
-    let snapshots = S::snapshots(&source_settings);
+    let name = settings.name.clone();
+    let snapshots = settings.snapshots;
     let source = S::open(source_settings)
         .await
         .with_context(|| format!("source {name}"))?;
@@ -282,7 +288,7 @@ async fn run_pipeline<S: ChangeSource>(
         let run = source.run(resume.clone(), resnapshot, handles);
         let run = async {
             run.await.map_err(|e| RunFailure {
-                class: S::class(&e),
+                class: e.class(),
                 error: e.into(),
             })
         };

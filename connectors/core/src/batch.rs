@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::{mpsc, watch};
 
 use crate::event::ChangeEvent;
@@ -158,4 +160,15 @@ impl BackfillState {
             superseded: 0,
         }
     }
+}
+
+/// Whether a batch being gathered is handed on now: it holds `max` events, or its first
+/// event came in `max_delay` ago or more (`since`, set to now when unset).
+pub fn batch_due(
+    len: usize,
+    since: &mut Option<Instant>,
+    (max, max_delay): (usize, Duration),
+) -> bool {
+    let since = since.get_or_insert_with(Instant::now);
+    len >= max || since.elapsed() >= max_delay
 }

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// An error that knows how the caller should react to it.
+pub trait Classified: std::error::Error + Send + Sync + 'static {
+    fn class(&self) -> ErrorClass;
+}
+
 /// How the caller should react to an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -118,6 +123,20 @@ impl Problem {
             ErrorClass::Transient => Problem::unreachable(subject, message),
             ErrorClass::Definite => Problem::new(subject, message),
         }
+    }
+
+    /// The problem an error is, with its causes.
+    pub fn of_error<E: Classified>(subject: impl Into<String>, e: &E) -> Self {
+        Problem::of_class(e.class(), subject, error_chain(e))
+    }
+
+    /// A connection that failed: the error, and the config section whose settings to check.
+    pub fn of_connect<E: Classified>(subject: impl Into<String>, e: &E, section: &str) -> Self {
+        let message = format!(
+            "{}: check host, port, user, database and password_env of [{section}]",
+            error_chain(e)
+        );
+        Problem::of_class(e.class(), subject, message)
     }
 }
 

@@ -50,7 +50,7 @@ pub use apply::{
 };
 pub use backfill::{key_text, BackfillBook, ReadPace, SnapshotRequest};
 pub use batch::{AbandonedBackfill, BackfillState, Batch, RunHandles, SourceCheckpoint};
-pub use error::{error_chain, Backoff, ErrorClass, Problem};
+pub use error::{error_chain, Backoff, Classified, ErrorClass, Problem};
 pub use event::{BinlogTxn, ChangeEvent, Op, Position, SourceInfo, TableId, TableSchema};
 pub use value::{Row, Value};
 

@@ -8,9 +8,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::apply::{
-    fold, order_for_foreign_keys, ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter,
-    FoldedTable, MappedEvent, PartitionProgress, TableShape,
+    fold, foreign_key_ranks, order_for_foreign_keys, ApplyBatch, ApplyOutcome, BarrierOutcome,
+    DeadLetter, FoldedTable, PartitionProgress, TableShape,
 };
+use crate::target::{references_by_index, DescribedTable, StoredOffsets, TargetWriter, TruncateAt};
+use crate::ErrorClass;
+
+/// A migration of Sluice's own tables in a target: version, file name, SQL.
+pub type Migration = (i32, &'static str, &'static str);
+
+/// The migrations of `all` whose version is not in `done`, in order.
+pub fn pending<'a>(all: &'a [Migration], done: &[i32]) -> impl Iterator<Item = &'a Migration> {
+    let done = done.to_vec();
+    all.iter().filter(move |(v, _, _)| !done.contains(v))
+}
 
 /// A statement parameter.
 #[derive(Debug, Clone, Copy)]
@@ -43,32 +54,38 @@ pub struct Statements {
     pub barrier_forget: &'static str,
 }
 
+/// What the shared body needs to know about a SQL target's errors.
+pub trait SqlError: std::error::Error + Send + Sync + 'static {
+    /// The target refuses this data for good (a constraint, a value out of range).
+    fn is_data_error(&self) -> bool;
+    /// A foreign key refused the row (its parent is not there yet, or still has children).
+    fn is_foreign_key_error(&self) -> bool;
+    /// The target's own message (without Sluice's context) and its SQLSTATE, for a dead letter.
+    fn refusal(&self) -> (String, Option<String>);
+    /// Whether retrying a write can help (see [`TargetWriter::class`]).
+    fn apply_class(&self) -> ErrorClass;
+}
+
 /// One open target transaction. Dropping it without [`Self::finish`] rolls it back.
 ///
 /// Contract: [`Self::progress`] writes a partition's next offset only if the stored one is
 /// still [`PartitionProgress::expected`], and returns the partitions where it was not (another
 /// consumer moved them): the body then rolls everything back, so rows and offsets never part.
-/// [`Self::execute`] and [`Self::query_count`] run a statement of [`Self::STATEMENTS`] (or a
-/// savepoint command, without parameters) inside the transaction.
+/// [`Self::run`] runs a statement of [`Self::STATEMENTS`] (or a savepoint command, without
+/// parameters) inside the transaction.
 pub trait SinkTx: Send {
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: SqlError;
 
     const STATEMENTS: &'static Statements;
 
-    fn sink(&self) -> &str;
-    fn execute(
+    /// Runs a statement; returns the first column of its first row when it returns a row
+    /// whose first column is a bigint (the counts), else `None`.
+    fn run(
         &mut self,
         sql: &str,
         params: &[Param<'_>],
         context: &'static str,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// A statement returning one row with one bigint.
-    fn query_count(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-        context: &'static str,
-    ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<i64>, Self::Error>> + Send;
     /// Writes folded changes (deletes, upserts, updates) of one or more target tables.
     fn write(
         &mut self,
@@ -82,36 +99,145 @@ pub trait SinkTx: Send {
     fn empty_tables(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Commits, or rolls back.
     fn finish(&mut self, commit: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
-
-    /// The target refuses this data for good (a constraint, a value out of range).
-    fn is_data_error(e: &Self::Error) -> bool;
-    /// A foreign key refused the row (its parent is not there yet, or still has children).
-    fn is_foreign_key_error(e: &Self::Error) -> bool;
-    /// The dead letter of `event`, refused with `e` (the target's message and SQLSTATE).
-    fn dead_letter(event: &MappedEvent, e: &Self::Error) -> DeadLetter;
 }
 
-/// The folded changes of `batch` for [`apply_batch`]: one group for the whole batch or, with
-/// `one_by_one`, one per event; each in the order the target's foreign keys need when some
-/// tables are linked (`ranks`, see [`crate::apply::foreign_key_ranks`]).
-pub fn fold_groups(
+/// A sink as the shared body sees it: its name, and how it folds batches (each target
+/// table's shape, and the tables' foreign-key ranks when some reference others, see
+/// [`crate::apply::foreign_key_ranks`]).
+#[derive(Debug, Clone)]
+pub struct FoldPlan {
+    sink: Arc<str>,
+    shapes: Vec<TableShape>,
+    ranks: Option<Vec<usize>>,
+}
+
+impl FoldPlan {
+    pub fn new<T: DescribedTable>(sink: &str, tables: &[T]) -> FoldPlan {
+        FoldPlan {
+            sink: sink.into(),
+            shapes: tables.iter().map(DescribedTable::fold_shape).collect(),
+            ranks: foreign_key_ranks(&references_by_index(tables)),
+        }
+    }
+
+    /// Whether some of the sink's target tables reference others by foreign keys.
+    pub fn has_foreign_keys(&self) -> bool {
+        self.ranks.is_some()
+    }
+
+    /// The folded changes of `batch` for [`apply_batch`]: one group for the whole batch or,
+    /// with `one_by_one`, one per event; each in the order the target's foreign keys need.
+    pub fn groups(&self, batch: &ApplyBatch, one_by_one: bool) -> Vec<Vec<FoldedTable>> {
+        let ordered = |folded: Vec<FoldedTable>| match &self.ranks {
+            Some(r) => order_for_foreign_keys(folded, &self.shapes, r),
+            None => folded,
+        };
+        if one_by_one {
+            batch
+                .events
+                .iter()
+                .map(|e| ordered(fold(std::slice::from_ref(e), &self.shapes)))
+                .collect()
+        } else {
+            vec![ordered(fold(&batch.events, &self.shapes))]
+        }
+    }
+}
+
+/// A SQL target's writer, as the shared body drives it. Every `SqlWriter` is a
+/// [`TargetWriter`]: a refused batch is applied again event by event, and a truncate goes
+/// through [`truncate_barrier`].
+pub trait SqlWriter: Send + 'static {
+    type Error: SqlError;
+    /// An open transaction, borrowing the writer's connection.
+    type Tx<'a>: SinkTx<Error = Self::Error>
+    where
+        Self: 'a;
+
+    /// Whether the connection is dropped after the target refused a batch, before the
+    /// batch is applied again event by event.
+    const RECONNECT_AFTER_REFUSAL: bool;
+
+    fn plan(&self) -> &FoldPlan;
+    /// Connects when needed and gets ready to write `groups` (e.g. prepares statements).
+    fn prepare(
+        &mut self,
+        groups: &[Vec<FoldedTable>],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Opens a transaction, connecting first when needed; with `truncate`, one that may
+    /// empty the truncate's tables.
+    fn begin<'s>(
+        &'s mut self,
+        context: &'static str,
+        truncate: Option<&TruncateAt<'_>>,
+    ) -> impl Future<Output = Result<Self::Tx<'s>, Self::Error>> + Send;
+    /// Stored offsets of `partitions`, over this writer's connection.
+    fn stored_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> impl Future<Output = Result<StoredOffsets, Self::Error>> + Send;
+    /// Drops the connection (after an error that may have broken it).
+    fn disconnect(&mut self);
+}
+
+async fn apply_once<W: SqlWriter>(
+    w: &mut W,
     batch: &ApplyBatch,
-    shapes: &[TableShape],
-    ranks: Option<&[usize]>,
     one_by_one: bool,
-) -> Vec<Vec<FoldedTable>> {
-    let ordered = |folded: Vec<FoldedTable>| match ranks {
-        Some(r) => order_for_foreign_keys(folded, shapes, r),
-        None => folded,
-    };
-    if one_by_one {
-        batch
-            .events
-            .iter()
-            .map(|e| ordered(fold(std::slice::from_ref(e), shapes)))
-            .collect()
-    } else {
-        vec![ordered(fold(&batch.events, shapes))]
+) -> Result<ApplyOutcome, W::Error> {
+    let sink = w.plan().sink.clone();
+    let groups = w.plan().groups(batch, one_by_one);
+    w.prepare(&groups).await?;
+    let mut tx = w.begin("beginning a target transaction", None).await?;
+    apply_batch(&mut tx, &sink, batch, &groups, one_by_one).await
+}
+
+impl<W: SqlWriter> TargetWriter for W {
+    type Error = W::Error;
+
+    fn class(e: &W::Error) -> ErrorClass {
+        e.apply_class()
+    }
+
+    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, W::Error> {
+        match apply_once(self, batch, false).await {
+            Err(e) if e.is_data_error() => {
+                tracing::debug!(error = %e, "batch refused; applying it event by event");
+                if W::RECONNECT_AFTER_REFUSAL {
+                    self.disconnect();
+                }
+                apply_once(self, batch, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn load_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<StoredOffsets, W::Error> {
+        self.stored_offsets(partitions).await
+    }
+
+    async fn truncate_barrier(
+        &mut self,
+        truncate: &TruncateAt<'_>,
+        progress: &PartitionProgress,
+    ) -> Result<BarrierOutcome, W::Error> {
+        let sink = self.plan().sink.clone();
+        let mut tx = self
+            .begin("recording a truncate barrier", Some(truncate))
+            .await?;
+        let at = [
+            Param::Text(&sink),
+            Param::Text(truncate.topic),
+            Param::Text(truncate.position),
+        ];
+        truncate_barrier(&mut tx, at, truncate.partition_count, progress).await
+    }
+
+    fn reset(&mut self) {
+        self.disconnect();
     }
 }
 
@@ -120,8 +246,9 @@ pub fn fold_groups(
 /// written under a savepoint so that a refused event becomes a dead letter and the others
 /// commit. A foreign-key refusal of an event whose partition may wait ([`ApplyBatch::holds`])
 /// commits nothing and returns [`ApplyOutcome::Held`].
-pub async fn apply_batch<T: SinkTx>(
+async fn apply_batch<T: SinkTx>(
     tx: &mut T,
+    sink: &str,
     batch: &ApplyBatch,
     groups: &[Vec<FoldedTable>],
     one_by_one: bool,
@@ -129,31 +256,38 @@ pub async fn apply_batch<T: SinkTx>(
     let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
     if one_by_one {
         for (event, folded) in batch.events.iter().zip(groups) {
-            tx.execute("savepoint sluice_event", &[], "creating a savepoint")
+            tx.run("savepoint sluice_event", &[], "creating a savepoint")
                 .await?;
             match tx.write(folded).await {
                 Ok(()) => {
-                    tx.execute(
+                    tx.run(
                         "release savepoint sluice_event",
                         &[],
                         "releasing a savepoint",
                     )
-                    .await?
+                    .await?;
                 }
-                Err(e) if T::is_foreign_key_error(&e) && batch.holds(event) => {
+                Err(e) if e.is_foreign_key_error() && batch.holds(event) => {
                     // The parent row may still be on its way (another topic). Nothing
                     // commits; the caller holds this partition.
                     tx.finish(false).await?;
                     return Ok(ApplyOutcome::Held(event.record.clone()));
                 }
-                Err(e) if T::is_data_error(&e) => {
-                    tx.execute(
+                Err(e) if e.is_data_error() => {
+                    tx.run(
                         "rollback to savepoint sluice_event",
                         &[],
                         "rolling back a savepoint",
                     )
                     .await?;
-                    dead.push(T::dead_letter(event, &e));
+                    let (message, sqlstate) = e.refusal();
+                    dead.push(DeadLetter {
+                        record: event.record.clone(),
+                        key: event.key.clone(),
+                        value: event.value.clone(),
+                        error: format!("target refused the row: {message}"),
+                        sqlstate,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -164,7 +298,7 @@ pub async fn apply_batch<T: SinkTx>(
         }
     }
     let dead_lettered = dead.len() - batch.dead_letters.len();
-    write_dead_letters(tx, &dead).await?;
+    write_dead_letters(tx, sink, &dead).await?;
     let fenced = tx.progress(&batch.progress).await?;
     if !fenced.is_empty() {
         tx.finish(false).await?;
@@ -176,12 +310,15 @@ pub async fn apply_batch<T: SinkTx>(
 
 /// Records dead letters in the target's table, and logs where and why in general terms: the
 /// target's message can quote the row ("Failing row contains …"), so it goes only to the table.
-async fn write_dead_letters<T: SinkTx>(tx: &mut T, dead: &[DeadLetter]) -> Result<(), T::Error> {
+async fn write_dead_letters<T: SinkTx>(
+    tx: &mut T,
+    sink: &str,
+    dead: &[DeadLetter],
+) -> Result<(), T::Error> {
     if dead.is_empty() {
         return Ok(());
     }
     let st = T::STATEMENTS;
-    let sink = tx.sink().to_owned();
     for d in dead {
         let reason = match &d.sqlstate {
             Some(code) => format!("refused by the target, SQLSTATE {code}"),
@@ -198,7 +335,7 @@ async fn write_dead_letters<T: SinkTx>(tx: &mut T, dead: &[DeadLetter]) -> Resul
         );
         let (key, value) = d.texts();
         let params = [
-            Param::Text(&sink),
+            Param::Text(sink),
             Param::Text(&d.record.topic),
             Param::Int(d.record.partition),
             Param::BigInt(d.record.offset),
@@ -207,7 +344,7 @@ async fn write_dead_letters<T: SinkTx>(tx: &mut T, dead: &[DeadLetter]) -> Resul
             Param::Text(&d.error),
             Param::OptText(d.sqlstate.as_deref()),
         ];
-        tx.execute(st.dead_letter, &params, "writing a dead letter")
+        tx.run(st.dead_letter, &params, "writing a dead letter")
             .await?;
     }
     Ok(())
@@ -217,35 +354,30 @@ async fn write_dead_letters<T: SinkTx>(tx: &mut T, dead: &[DeadLetter]) -> Resul
 /// once, when the last partition reaches it, so that no partition's earlier rows land after
 /// the truncate and no later ones before it. Each partition moves past the barrier with its
 /// progress (conditional, as in [`apply_batch`]).
-pub async fn truncate_barrier<T: SinkTx>(
+///
+/// `at` is the barrier: sink, topic and the truncate's source position.
+async fn truncate_barrier<T: SinkTx>(
     tx: &mut T,
-    topic: &str,
-    position: &str,
+    at: [Param<'_>; 3],
     partition_count: i32,
     progress: &PartitionProgress,
 ) -> Result<BarrierOutcome, T::Error> {
     const CTX: &str = "recording a truncate barrier";
     let st = T::STATEMENTS;
-    let sink = tx.sink().to_owned();
-    let at = [
-        Param::Text(&sink),
-        Param::Text(topic),
-        Param::Text(position),
-    ];
     if let Some(lock) = st.barrier_lock {
-        tx.execute(lock, &at[..2], CTX).await?;
+        tx.run(lock, &at[..2], CTX).await?;
     }
-    if tx.query_count(st.barrier_done, &at, CTX).await? == 0 {
+    if tx.run(st.barrier_done, &at, CTX).await?.unwrap_or(0) == 0 {
         let arrival = [at[0], at[1], at[2], Param::Int(progress.partition)];
-        tx.execute(st.barrier_arrive, &arrival, CTX).await?;
-        let arrived = tx.query_count(st.barrier_arrived, &at, CTX).await?;
+        tx.run(st.barrier_arrive, &arrival, CTX).await?;
+        let arrived = tx.run(st.barrier_arrived, &at, CTX).await?.unwrap_or(0);
         if arrived < i64::from(partition_count) {
             tx.finish(true).await?;
             return Ok(BarrierOutcome::Waiting);
         }
         tx.empty_tables().await?;
-        tx.execute(st.barrier_mark_done, &at, CTX).await?;
-        tx.execute(st.barrier_forget, &at, CTX).await?;
+        tx.run(st.barrier_mark_done, &at, CTX).await?;
+        tx.run(st.barrier_forget, &at, CTX).await?;
     }
     let fenced = tx.progress(std::slice::from_ref(progress)).await?;
     if !fenced.is_empty() {

@@ -16,22 +16,51 @@
 use std::future::Future;
 
 use crate::batch::RunHandles;
-use crate::{ErrorClass, SourceCheckpoint, TableSchema};
+use crate::{Classified, SourceCheckpoint, TableSchema};
+
+/// Runs a stream session to its end on a thread of its own (`name`) with a single-threaded
+/// runtime, so that decoding a busy stream never waits behind the pipeline's tasks. `setup`
+/// makes the error for a thread or runtime that cannot start.
+pub fn spawn_session_thread<E, F>(
+    name: String,
+    setup: fn(String) -> E,
+    session: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<Result<(), E>>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| setup(format!("cannot start the stream runtime: {e}")))?;
+            rt.block_on(session())
+        })
+        .unwrap_or_else(|e| {
+            let msg = format!("cannot start the stream thread: {e}");
+            std::thread::spawn(move || Err(setup(msg)))
+        })
+}
+
+/// Whether a source without a checkpoint starts with a snapshot of the existing rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    Initial,
+    Never,
+}
 
 /// A database whose row changes capture publishes.
 pub trait ChangeSource: Send + Sync + Sized + 'static {
     /// The source's configuration (connection, tables, snapshot mode, …).
     type Settings: Clone + Send + Sync + 'static;
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: Classified;
 
-    /// The source's name in the config (`[sources.NAME]`).
-    fn name(settings: &Self::Settings) -> &str;
-    /// Whether a start without a checkpoint takes an initial snapshot.
-    fn snapshots(settings: &Self::Settings) -> bool;
     /// Connects and reads the captured tables' shapes (the preflight's checks included).
     fn open(settings: Self::Settings) -> impl Future<Output = Result<Self, Self::Error>> + Send;
     fn tables(&self) -> Vec<&TableSchema>;
-    fn class(e: &Self::Error) -> ErrorClass;
     /// One run: decide where to start (`resume`, or a new snapshot with `resnapshot`),
     /// snapshot if needed, then stream until stopped or an error. Capture retries transient
     /// errors with the then-durable checkpoint.

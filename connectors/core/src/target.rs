@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::apply::{ApplyBatch, ApplyOutcome, BarrierOutcome, PartitionProgress};
+use crate::apply::{ApplyBatch, ApplyOutcome, BarrierOutcome, PartitionProgress, TableShape};
 use crate::{ErrorClass, TableId};
 
 /// Stored progress per (topic, partition): the next offset to read and the source position
@@ -41,10 +41,66 @@ pub struct BlobColumn {
     pub delete_objects: bool,
 }
 
+/// A truncate that reached one partition of its topic: the barrier it waits at, and what it
+/// empties once every partition is there.
+#[derive(Debug, Clone, Copy)]
+pub struct TruncateAt<'a> {
+    pub topic: &'a str,
+    /// The truncate's source position (text): with the topic, the barrier's name.
+    pub position: &'a str,
+    /// How many partitions the topic has: all of them reach the barrier before it passes.
+    pub partition_count: i32,
+    /// The target tables it empties (indexes into the sink's tables).
+    pub tables: &'a [usize],
+    /// Their blob columns: what happens to the truncated rows' objects.
+    pub blob_columns: &'a [BlobColumn],
+}
+
+/// A target table as its connector read it from the database's catalog.
+pub trait DescribedTable: Clone + Send + Sync + 'static {
+    /// The table as the sink's mapping names it.
+    fn id(&self) -> &TableId;
+    fn column_names(&self) -> Vec<String>;
+    /// Indexes of the primary-key columns, in key order.
+    fn key(&self) -> &[usize];
+    /// The tables this one references by foreign keys.
+    fn references(&self) -> &[TableId];
+    /// Whether `other` (as a foreign key names it) is this table.
+    fn is(&self, other: &TableId) -> bool {
+        self.id() == other
+    }
+
+    /// The table's name, column names and key, for mapping checks.
+    fn shape_of(&self) -> TableShapeOf {
+        (self.id().clone(), self.column_names(), self.key().to_vec())
+    }
+
+    /// How many columns and which form the key, for folding.
+    fn fold_shape(&self) -> TableShape {
+        TableShape {
+            columns: self.column_names().len(),
+            key: self.key().to_vec(),
+        }
+    }
+}
+
+/// For each table, the indexes of the tables among `tables` that its foreign keys reference.
+pub fn references_by_index<T: DescribedTable>(tables: &[T]) -> Vec<Vec<usize>> {
+    tables
+        .iter()
+        .map(|t| {
+            t.references()
+                .iter()
+                .filter_map(|r| tables.iter().position(|o| o.is(r)))
+                .collect()
+        })
+        .collect()
+}
+
 /// A target database, as configured for a sink.
 pub trait Target: Clone + Send + Sync + 'static {
     /// A target table as read from the database's catalog.
-    type Table: Clone + Send + Sync + 'static;
+    type Table: DescribedTable;
     type Writer: TargetWriter<Error = Self::Error>;
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -78,9 +134,6 @@ pub trait Target: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// A writer for worker `id` of `sink`, with its own connection (opened when first used).
     fn writer(&self, sink: &str, tables: Vec<Self::Table>, id: usize) -> Self::Writer;
-    /// For each table, the tables (indexes) its foreign keys reference.
-    fn references(tables: &[Self::Table]) -> Vec<Vec<usize>>;
-    fn shape(table: &Self::Table) -> TableShapeOf;
 }
 
 /// One apply worker's connection to the target.
@@ -100,15 +153,10 @@ pub trait TargetWriter: Send + 'static {
         &mut self,
         partitions: &[(Arc<str>, i32)],
     ) -> impl Future<Output = Result<StoredOffsets, Self::Error>> + Send;
-    /// A truncate of `tables` reached `progress.partition` of `topic` at `position`.
-    /// `blob_columns` say what happens to the truncated rows' objects.
+    /// A truncate reached `progress.partition` of its topic.
     fn truncate_barrier(
         &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        blob_columns: &[BlobColumn],
+        truncate: &TruncateAt<'_>,
         progress: &PartitionProgress,
     ) -> impl Future<Output = Result<BarrierOutcome, Self::Error>> + Send;
     /// Forgets the connection (after an error that may have broken it).

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
-use sluice_core::backfill::{ChunkReader, MarkerId, Released, Tracker};
-use sluice_core::{BackfillState, ErrorClass, Row, SnapshotRequest, TableId, TableSchema};
+use sluice_core::backfill::{chunk_filter, ChunkReader, MarkerId, Released, Tracker};
+use sluice_core::{
+    BackfillState, Classified, ErrorClass, Row, SnapshotRequest, TableId, TableSchema,
+};
 
 use crate::client::{connect, quote_ident, quote_table};
 use crate::config::MySqlConnection;
@@ -237,33 +239,19 @@ impl ChunkReader for MySqlChunks {
     ) -> Result<(Vec<Row>, Option<Vec<String>>), MySqlError> {
         let context = || format!("reading a backfill chunk of {}", table.schema.id);
         let keys: Vec<String> = table.key_names.iter().map(|k| quote_ident(k)).collect();
-        let mut conditions = Vec::new();
-        if let Some(after) = &bf.after {
-            conditions.push(after_condition(&keys, after));
-        }
-        if let Some(p) = &bf.predicate {
-            conditions.push(format!("({p})"));
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
+        let after = bf.after.as_ref().map(|after| after_condition(&keys, after));
+        let filter = chunk_filter(after, bf.predicate.as_deref());
         let sql = format!(
             "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
             table.select_list(),
             quote_table(&table.schema.id),
             keys.join(", "),
         );
-        let mut result = conn
-            .exec_iter(sql, ())
+        // A SELECT: exactly one result set.
+        let mut stream = conn
+            .exec_stream::<mysql_async::Row, _, _>(sql, ())
             .await
             .map_err(MySqlError::query(context()))?;
-        let mut stream = result
-            .stream::<mysql_async::Row>()
-            .await
-            .map_err(MySqlError::query(context()))?
-            .ok_or_else(|| MySqlError::Setup(format!("{}: no result set", context())))?;
         let mut rows = Vec::with_capacity(limit);
         let mut last = None;
         while let Some(row) = stream.next().await {

@@ -1,6 +1,7 @@
 //! Errors of the MySQL connector, each with its [`ErrorClass`].
 
-use sluice_core::ErrorClass;
+use sluice_core::sink_tx::SqlError;
+use sluice_core::{Classified, ErrorClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MySqlError {
@@ -75,22 +76,10 @@ impl MySqlError {
     pub fn server_message(&self) -> Option<&str> {
         self.server().map(|e| e.message.as_str())
     }
+}
 
-    /// A foreign key refused the row: no parent (1452), or a parent that still has children
-    /// (1451).
-    pub fn is_foreign_key_error(&self) -> bool {
-        self.server()
-            .is_some_and(|e| e.code == 1452 || e.code == 1451)
-    }
-
-    /// The target refuses this data for good (constraint, type, range).
-    pub fn is_data_error(&self) -> bool {
-        self.server().is_some_and(|e| {
-            e.state.starts_with("22") || e.state.starts_with("23") || DATA_ERRORS.contains(&e.code)
-        })
-    }
-
-    pub fn class(&self) -> ErrorClass {
+impl Classified for MySqlError {
+    fn class(&self) -> ErrorClass {
         match self {
             MySqlError::Setup(_) | MySqlError::Decode(_) => ErrorClass::Definite,
             MySqlError::Ended | MySqlError::Silent(_) | MySqlError::Closed => ErrorClass::Transient,
@@ -99,5 +88,30 @@ impl MySqlError {
                 _ => ErrorClass::Transient,
             },
         }
+    }
+}
+
+impl SqlError for MySqlError {
+    /// Constraint, type or range: SQLSTATE classes 22 and 23, and the codes that mean the
+    /// same whatever their SQLSTATE.
+    fn is_data_error(&self) -> bool {
+        self.server().is_some_and(|e| {
+            e.state.starts_with("22") || e.state.starts_with("23") || DATA_ERRORS.contains(&e.code)
+        })
+    }
+
+    /// No parent (1452), or a parent that still has children (1451).
+    fn is_foreign_key_error(&self) -> bool {
+        self.server()
+            .is_some_and(|e| e.code == 1452 || e.code == 1451)
+    }
+
+    fn refusal(&self) -> (String, Option<String>) {
+        let message = self.server_message().unwrap_or("unknown error");
+        (message.to_owned(), self.sqlstate())
+    }
+
+    fn apply_class(&self) -> ErrorClass {
+        self.class()
     }
 }

@@ -25,5 +25,5 @@ pub mod types;
 pub use config::MySqlConnection;
 pub use error::MySqlError;
 pub use sink::{MySqlSink, MySqlTable};
-pub use source::{MySqlSnapshotMode, MySqlSource, MySqlSourceSettings};
+pub use source::{MySqlSource, MySqlSourceSettings};
 pub use target::MySqlTarget;

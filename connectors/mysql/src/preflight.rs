@@ -2,7 +2,7 @@
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
-use sluice_core::{error_chain, Problem, TableId};
+use sluice_core::{Problem, TableId};
 
 use crate::client::connect;
 use crate::config::MySqlConnection;
@@ -18,19 +18,13 @@ pub async fn preflight(
     let mut conn = match connect(connection).await {
         Ok(c) => c,
         Err(e) => {
-            return vec![Problem::of_class(
-                e.class(),
-                subject,
-                format!(
-                "{}: check host, port, user, database and password_env of [sources.{name}.mysql]",
-                error_chain(&e)
-            ),
-            )]
+            let section = format!("sources.{name}.mysql");
+            return vec![Problem::of_connect(subject, &e, &section)];
         }
     };
     let problems = match checks(&mut conn, connection, tables, &subject).await {
         Ok(p) => p,
-        Err(e) => vec![Problem::of_class(e.class(), subject, error_chain(&e))],
+        Err(e) => vec![Problem::of_error(subject, &e)],
     };
     let _ = conn.disconnect().await;
     problems

@@ -1,8 +1,7 @@
 //! The MySQL/MariaDB target: mapped row changes, Kafka progress and dead letters in one
+//! transaction, like the Postgres target (see `sluice_postgres::sink`).
 //!
 //! Over 700 lines: the MySQL target's migrations, table descriptions, statements and transaction calls.
-//!
-//! transaction, like the Postgres target (see `sluice_postgres::sink`).
 //!
 //! Folded batches become one multi-row `delete … where key in (…)` and one multi-row
 //! `insert … on duplicate key update` per table and set of carried columns. Progress rows are
@@ -16,19 +15,15 @@ use std::sync::Arc;
 use base64::Engine as _;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, TxOpts, Value};
-use sluice_core::sink_tx::{self, Param, SinkTx, Statements};
-use sluice_core::target::TargetWriter;
-use sluice_core::ErrorClass;
-use sluice_core::{
-    ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, FoldedTable, MappedEvent,
-    PartitionProgress, TableId, TableShape,
-};
+use sluice_core::sink_tx::{self, FoldPlan, Migration, Param, SinkTx, SqlWriter, Statements};
+use sluice_core::target::{DescribedTable, StoredOffsets, TruncateAt};
+use sluice_core::{FoldedTable, PartitionProgress, TableId};
 
 use crate::client::{connect, quote_ident};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
+const MIGRATIONS: &[Migration] = &[(
     1,
     "0001_apply_state.sql",
     include_str!("../../../migrations/mysql/0001_apply_state.sql"),
@@ -58,10 +53,7 @@ pub async fn migrate(conn: &mut Conn) -> Result<Vec<String>, MySqlError> {
             .await
             .map_err(MySqlError::query(ctx))?;
         let mut applied = Vec::new();
-        for (version, name, sql) in MIGRATIONS {
-            if done.contains(version) {
-                continue;
-            }
+        for (version, name, sql) in sink_tx::pending(MIGRATIONS, &done) {
             for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
                 let statement: String = statement
                     .lines()
@@ -131,16 +123,26 @@ pub struct MySqlTable {
     quoted: String,
 }
 
-impl MySqlTable {
-    pub fn column_names(&self) -> Vec<String> {
+impl DescribedTable for MySqlTable {
+    fn id(&self) -> &TableId {
+        &self.id
+    }
+
+    fn column_names(&self) -> Vec<String> {
         self.columns.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    pub fn shape(&self) -> TableShape {
-        TableShape {
-            columns: self.columns.len(),
-            key: self.key.clone(),
-        }
+    fn key(&self) -> &[usize] {
+        &self.key
+    }
+
+    fn references(&self) -> &[TableId] {
+        &self.references
+    }
+
+    /// A foreign key names the database; the mapping may not.
+    fn is(&self, other: &TableId) -> bool {
+        self.id.name == other.name && self.db == other.schema
     }
 }
 
@@ -225,7 +227,7 @@ pub async fn load_offsets(
     conn: &mut Conn,
     sink: &str,
     partitions: &[(Arc<str>, i32)],
-) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, MySqlError> {
+) -> Result<StoredOffsets, MySqlError> {
     let rows: Vec<(String, i32, i64, Option<String>)> = conn
         .exec(
             "select topic, `partition`, next_offset, cast(source_position as char)
@@ -252,10 +254,7 @@ pub struct MySqlSink {
     conn: Option<Conn>,
     sink: String,
     tables: Vec<MySqlTable>,
-    shapes: Vec<TableShape>,
-    /// The tables' foreign-key ranks, when some reference others (see
-    /// [`sluice_core::apply::order_for_foreign_keys`]).
-    ranks: Option<Vec<usize>>,
+    plan: FoldPlan,
 }
 
 impl MySqlSink {
@@ -264,54 +263,82 @@ impl MySqlSink {
             connection,
             conn: None,
             sink: sink.to_owned(),
-            shapes: tables.iter().map(MySqlTable::shape).collect(),
-            ranks: sluice_core::apply::foreign_key_ranks(&references_by_index(&tables)),
+            plan: FoldPlan::new(sink, &tables),
             tables,
         }
     }
+}
 
-    async fn conn(&mut self) -> Result<&mut Conn, MySqlError> {
-        if self.conn.is_none() {
-            self.conn = Some(connect(&self.connection).await?);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))
+/// The open connection in `slot`, opened first when there is none.
+async fn connected<'c>(
+    slot: &'c mut Option<Conn>,
+    connection: &MySqlConnection,
+) -> Result<&'c mut Conn, MySqlError> {
+    if slot.is_none() {
+        *slot = Some(connect(connection).await?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))
+}
+
+impl SqlWriter for MySqlSink {
+    type Error = MySqlError;
+    type Tx<'a> = MyTx<'a, 'a>;
+
+    /// A refused batch may leave mysql_async's connection with the transaction's rollback
+    /// still pending: the retry starts on a new one.
+    const RECONNECT_AFTER_REFUSAL: bool = true;
+
+    fn plan(&self) -> &FoldPlan {
+        &self.plan
     }
 
-    async fn apply_once(
-        &mut self,
-        batch: &ApplyBatch,
-        one_by_one: bool,
-    ) -> Result<ApplyOutcome, MySqlError> {
-        let groups = sink_tx::fold_groups(batch, &self.shapes, self.ranks.as_deref(), one_by_one);
-        let mut tx = self.begin("beginning a target transaction").await?;
-        sink_tx::apply_batch(&mut tx, batch, &groups, one_by_one).await
+    async fn prepare(&mut self, _groups: &[Vec<FoldedTable>]) -> Result<(), MySqlError> {
+        connected(&mut self.conn, &self.connection)
+            .await
+            .map(|_| ())
     }
 
-    /// Opens a transaction, connecting first when needed.
-    async fn begin(&mut self, context: &'static str) -> Result<MyTx<'_, '_>, MySqlError> {
-        self.conn().await?;
-        let MySqlSink {
-            conn, sink, tables, ..
-        } = self;
-        let tx = conn
-            .as_mut()
-            .ok_or_else(|| MySqlError::Setup("target connection unavailable".into()))?
+    async fn begin<'s>(
+        &'s mut self,
+        context: &'static str,
+        truncate: Option<&TruncateAt<'_>>,
+    ) -> Result<MyTx<'s, 's>, MySqlError> {
+        // MySQL targets have no blob columns (refused when the config loads).
+        let empty = truncate
+            .map(|truncate| {
+                let name = |t: &usize| self.tables[*t].quoted.clone();
+                truncate.tables.iter().map(name).collect()
+            })
+            .unwrap_or_default();
+        let tx = connected(&mut self.conn, &self.connection)
+            .await?
             .start_transaction(TxOpts::default())
             .await
             .map_err(MySqlError::query(context))?;
         Ok(MyTx {
             tx: Some(tx),
-            sink,
-            tables,
-            empty: Vec::new(),
+            sink: &self.sink,
+            tables: &self.tables,
+            empty,
         })
+    }
+
+    async fn stored_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<StoredOffsets, MySqlError> {
+        let conn = connected(&mut self.conn, &self.connection).await?;
+        load_offsets(conn, &self.sink, partitions).await
+    }
+
+    fn disconnect(&mut self) {
+        self.conn = None;
     }
 }
 
 /// A target transaction with what the shared body needs to write into it.
-struct MyTx<'a, 'b> {
+pub struct MyTx<'a, 'b> {
     tx: Option<mysql_async::Transaction<'a>>,
     sink: &'b str,
     tables: &'b [MySqlTable],
@@ -358,37 +385,23 @@ impl SinkTx for MyTx<'_, '_> {
 
     const STATEMENTS: &'static Statements = &STATEMENTS;
 
-    fn sink(&self) -> &str {
-        self.sink
-    }
-
-    async fn execute(
+    async fn run(
         &mut self,
         sql: &str,
         params: &[Param<'_>],
         context: &'static str,
-    ) -> Result<(), MySqlError> {
+    ) -> Result<Option<i64>, MySqlError> {
         let tx = self.tx()?;
-        let done = if params.is_empty() {
-            tx.query_drop(sql).await
-        } else {
-            tx.exec_drop(sql, my_params(params)).await
-        };
-        done.map_err(MySqlError::query(context))
-    }
-
-    async fn query_count(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-        context: &'static str,
-    ) -> Result<i64, MySqlError> {
-        let n: Option<i64> = self
-            .tx()?
-            .exec_first(sql, my_params(params))
+        if params.is_empty() {
+            // Savepoint commands: the text protocol.
+            tx.query_drop(sql)
+                .await
+                .map_err(MySqlError::query(context))?;
+            return Ok(None);
+        }
+        tx.exec_first(sql, my_params(params))
             .await
-            .map_err(MySqlError::query(context))?;
-        Ok(n.unwrap_or(0))
+            .map_err(MySqlError::query(context))
     }
 
     async fn write(&mut self, folded: &[FoldedTable]) -> Result<(), MySqlError> {
@@ -417,43 +430,17 @@ impl SinkTx for MyTx<'_, '_> {
     }
 
     async fn finish(&mut self, commit: bool) -> Result<(), MySqlError> {
-        let Some(tx) = self.tx.take() else {
-            return Ok(());
-        };
-        if commit {
-            tx.commit()
+        match self.tx.take() {
+            Some(tx) if commit => tx
+                .commit()
                 .await
-                .map_err(MySqlError::query("committing a target transaction"))
-        } else {
-            tx.rollback()
+                .map_err(MySqlError::query("committing a target transaction")),
+            Some(tx) => tx
+                .rollback()
                 .await
-                .map_err(MySqlError::query("rolling back a target transaction"))
+                .map_err(MySqlError::query("rolling back a target transaction")),
+            None => Ok(()),
         }
-    }
-
-    fn is_data_error(e: &MySqlError) -> bool {
-        e.is_data_error()
-    }
-
-    fn is_foreign_key_error(e: &MySqlError) -> bool {
-        e.is_foreign_key_error()
-    }
-
-    fn dead_letter(event: &MappedEvent, e: &MySqlError) -> DeadLetter {
-        dead_letter_for(event, e)
-    }
-}
-
-fn dead_letter_for(event: &MappedEvent, e: &MySqlError) -> DeadLetter {
-    DeadLetter {
-        record: event.record.clone(),
-        key: event.key.clone(),
-        value: event.value.clone(),
-        error: format!(
-            "target refused the row: {}",
-            e.server_message().unwrap_or("unknown error")
-        ),
-        sqlstate: e.sqlstate(),
     }
 }
 
@@ -489,6 +476,120 @@ fn to_mysql(kind: ColumnKind, v: &serde_json::Value) -> Value {
     }
 }
 
+/// How many rows of `per_row` placeholders one statement takes.
+fn rows_per_statement(per_row: usize) -> usize {
+    (MAX_PLACEHOLDERS / per_row.max(1)).max(1)
+}
+
+/// `(?,?,…)` for `n` rows of `per_row` values.
+fn tuples(per_row: usize, n: usize) -> String {
+    let tuple = format!("({})", vec!["?"; per_row].join(","));
+    vec![tuple.as_str(); n].join(",")
+}
+
+/// The quoted names of `columns`, joined by `sep`.
+fn names(t: &MySqlTable, columns: &[usize], sep: &str) -> String {
+    let quoted: Vec<String> = columns
+        .iter()
+        .map(|c| quote_ident(&t.columns[*c].0))
+        .collect();
+    quoted.join(sep)
+}
+
+/// Deletes `n` keys: `delete … where (k1, k2) in ((?,?), …)`.
+fn delete_sql(t: &MySqlTable, n: usize) -> String {
+    let keys = names(t, &t.key, ",");
+    let tuples = tuples(t.key.len(), n);
+    format!("delete from {} where ({keys}) in ({tuples})", t.quoted)
+}
+
+/// Inserts `n` rows of the columns in `shape`, updating the non-key ones of rows that exist.
+fn upsert_sql(t: &MySqlTable, shape: &[usize], n: usize) -> String {
+    let updates: Vec<String> = shape
+        .iter()
+        .filter(|c| !t.key.contains(c))
+        .map(|c| {
+            let q = quote_ident(&t.columns[*c].0);
+            format!("{q} = values({q})")
+        })
+        .collect();
+    let on_duplicate = if updates.is_empty() {
+        // Only key columns: nothing to update, but the statement must not fail.
+        let q = quote_ident(&t.columns[shape[0]].0);
+        format!("{q} = {q}")
+    } else {
+        updates.join(", ")
+    };
+    format!(
+        "insert into {} ({}) values {} on duplicate key update {on_duplicate}",
+        t.quoted,
+        names(t, shape, ", "),
+        tuples(shape.len(), n)
+    )
+}
+
+/// Sets `sets` of the row with a key (parameters: `sets`, then the key columns).
+fn update_sql(t: &MySqlTable, sets: &[usize]) -> String {
+    let assign = |c: &usize| format!("{} = ?", quote_ident(&t.columns[*c].0));
+    let sets: Vec<String> = sets.iter().map(assign).collect();
+    let key: Vec<String> = t.key.iter().map(assign).collect();
+    format!(
+        "update {} set {} where {}",
+        t.quoted,
+        sets.join(", "),
+        key.join(" and ")
+    )
+}
+
+/// The values of `rows` (each holding `columns`, in order) as statement parameters.
+fn row_params(t: &MySqlTable, columns: &[usize], rows: &[Vec<serde_json::Value>]) -> Vec<Value> {
+    let value = |(c, v): (&usize, &serde_json::Value)| to_mysql(t.columns[*c].1, v);
+    rows.iter()
+        .flat_map(|row| columns.iter().zip(row).map(value))
+        .collect()
+}
+
+/// The statements that write one table's folded changes: SQL, parameters, and what it does
+/// (for errors).
+fn statements_for(t: &MySqlTable, f: &FoldedTable) -> Vec<(String, Vec<Value>, &'static str)> {
+    let mut out = Vec::new();
+    for chunk in f.deletes.chunks(rows_per_statement(t.key.len())) {
+        let params = row_params(t, &t.key, chunk);
+        out.push((delete_sql(t, chunk.len()), params, "deleting rows from"));
+    }
+    for (shape, rows) in &f.upserts {
+        for chunk in rows.chunks(rows_per_statement(shape.len())) {
+            let params = row_params(t, shape, chunk);
+            out.push((
+                upsert_sql(t, shape, chunk.len()),
+                params,
+                "upserting rows into",
+            ));
+        }
+    }
+    for (shape, rows) in &f.updates {
+        let sets: Vec<usize> = shape
+            .iter()
+            .copied()
+            .filter(|c| !t.key.contains(c))
+            .collect();
+        if sets.is_empty() {
+            continue;
+        }
+        let sql = update_sql(t, &sets);
+        for row in rows {
+            let value_of = |c: &usize| {
+                let at = shape.iter().position(|s| s == c);
+                at.and_then(|i| row.get(i))
+                    .map_or(Value::NULL, |v| to_mysql(t.columns[*c].1, v))
+            };
+            let params = sets.iter().chain(&t.key).map(value_of).collect();
+            out.push((sql.clone(), params, "updating rows of"));
+        }
+    }
+    out
+}
+
 async fn write_folded(
     tx: &mut mysql_async::Transaction<'_>,
     tables: &[MySqlTable],
@@ -496,119 +597,11 @@ async fn write_folded(
 ) -> Result<(), MySqlError> {
     for f in folded {
         let t = &tables[f.table];
-        if !f.deletes.is_empty() {
-            let per_row = t.key.len();
-            for chunk in f.deletes.chunks((MAX_PLACEHOLDERS / per_row).max(1)) {
-                let tuple = format!("({})", vec!["?"; per_row].join(","));
-                let cols = t
-                    .key
-                    .iter()
-                    .map(|k| quote_ident(&t.columns[*k].0))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let sql = format!(
-                    "delete from {} where ({cols}) in ({})",
-                    t.quoted,
-                    vec![tuple.as_str(); chunk.len()].join(",")
-                );
-                let params: Vec<Value> = chunk
-                    .iter()
-                    .flat_map(|key| {
-                        t.key
-                            .iter()
-                            .zip(key)
-                            .map(|(k, v)| to_mysql(t.columns[*k].1, v))
-                    })
-                    .collect();
-                tx.exec_drop(sql, params)
-                    .await
-                    .map_err(MySqlError::query(format!(
-                        "deleting rows from {}",
-                        t.quoted
-                    )))?;
-            }
-        }
-        for (shape, rows) in &f.upserts {
-            let cols: Vec<String> = shape
-                .iter()
-                .map(|c| quote_ident(&t.columns[*c].0))
-                .collect();
-            let updates: Vec<String> = shape
-                .iter()
-                .filter(|c| !t.key.contains(c))
-                .map(|c| {
-                    let q = quote_ident(&t.columns[*c].0);
-                    format!("{q} = values({q})")
-                })
-                .collect();
-            let on_duplicate = if updates.is_empty() {
-                // Only key columns: nothing to update, but the statement must not fail.
-                let q = &cols[0];
-                format!("{q} = {q}")
-            } else {
-                updates.join(", ")
-            };
-            let tuple = format!("({})", vec!["?"; shape.len()].join(","));
-            for chunk in rows.chunks((MAX_PLACEHOLDERS / shape.len()).max(1)) {
-                let sql = format!(
-                    "insert into {} ({}) values {} on duplicate key update {on_duplicate}",
-                    t.quoted,
-                    cols.join(", "),
-                    vec![tuple.as_str(); chunk.len()].join(",")
-                );
-                let params: Vec<Value> = chunk
-                    .iter()
-                    .flat_map(|row| {
-                        shape
-                            .iter()
-                            .zip(row)
-                            .map(|(c, v)| to_mysql(t.columns[*c].1, v))
-                    })
-                    .collect();
-                tx.exec_drop(sql, params)
-                    .await
-                    .map_err(MySqlError::query(format!(
-                        "upserting rows into {}",
-                        t.quoted
-                    )))?;
-            }
-        }
-        for (shape, rows) in &f.updates {
-            let sets: Vec<usize> = shape
-                .iter()
-                .copied()
-                .filter(|c| !t.key.contains(c))
-                .collect();
-            if sets.is_empty() {
-                continue;
-            }
-            let sql = format!(
-                "update {} set {} where {}",
-                t.quoted,
-                sets.iter()
-                    .map(|c| format!("{} = ?", quote_ident(&t.columns[*c].0)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                t.key
-                    .iter()
-                    .map(|k| format!("{} = ?", quote_ident(&t.columns[*k].0)))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            );
-            for row in rows {
-                let value_of = |c: usize| {
-                    shape
-                        .iter()
-                        .position(|s| *s == c)
-                        .and_then(|i| row.get(i))
-                        .map(|v| to_mysql(t.columns[c].1, v))
-                        .unwrap_or(Value::NULL)
-                };
-                let params: Vec<Value> = sets.iter().chain(&t.key).map(|c| value_of(*c)).collect();
-                tx.exec_drop(&sql, params)
-                    .await
-                    .map_err(MySqlError::query(format!("updating rows of {}", t.quoted)))?;
-            }
+        for (sql, params, what) in statements_for(t, f) {
+            let context = format!("{what} {}", t.quoted);
+            tx.exec_drop(sql, params)
+                .await
+                .map_err(MySqlError::query(context))?;
         }
     }
     Ok(())
@@ -667,17 +660,6 @@ async fn write_progress(
     Ok(fenced)
 }
 
-/// Connects and describes the target tables: a sink's preflight.
-pub async fn preflight_target(
-    connection: &MySqlConnection,
-    tables: &[TableId],
-) -> Result<Vec<Result<MySqlTable, String>>, MySqlError> {
-    let mut conn = connect(connection).await?;
-    let out = describe_targets(&mut conn, connection, tables).await;
-    let _ = conn.disconnect().await;
-    out
-}
-
 /// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
 /// given offset, and its last applied source position is forgotten. One transaction.
 pub async fn move_offsets(
@@ -703,77 +685,6 @@ pub async fn move_offsets(
     }
     tx.commit().await.map_err(MySqlError::query(context))?;
     Ok(())
-}
-
-/// For each table, the indexes of the sink's tables it references by foreign keys.
-pub fn references_by_index(tables: &[MySqlTable]) -> Vec<Vec<usize>> {
-    tables
-        .iter()
-        .map(|t| {
-            t.references
-                .iter()
-                .filter_map(|r| {
-                    tables
-                        .iter()
-                        .position(|o| o.id.name == r.name && o.db == r.schema)
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// A folded batch in the order target foreign keys need, when some tables are linked.
-impl TargetWriter for MySqlSink {
-    type Error = MySqlError;
-
-    fn class(e: &MySqlError) -> ErrorClass {
-        e.class()
-    }
-
-    /// Applies a batch in one transaction (see the module docs).
-    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, MySqlError> {
-        match self.apply_once(batch, false).await {
-            Err(e) if e.is_data_error() => {
-                tracing::debug!(error = %e, "batch refused; applying it event by event");
-                self.reset();
-                self.apply_once(batch, true).await
-            }
-            other => other,
-        }
-    }
-
-    async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, MySqlError> {
-        let sink = self.sink.clone();
-        load_offsets(self.conn().await?, &sink, partitions).await
-    }
-
-    /// Handles a truncate that reached `progress.partition` (see the Postgres sink).
-    async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        // MySQL targets have no blob columns (refused when the config loads).
-        _blob_columns: &[sluice_core::target::BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, MySqlError> {
-        let names: Vec<String> = tables
-            .iter()
-            .map(|t| self.tables[*t].quoted.clone())
-            .collect();
-        let mut tx = self.begin("recording a truncate barrier").await?;
-        tx.empty = names;
-        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
-    }
-
-    /// Forgets the connection (after an error that may have broken it).
-    fn reset(&mut self) {
-        self.conn = None;
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use sluice_core::event::binlog_file_seq;
+use sluice_core::source::SnapshotMode;
 use sluice_core::{
     topic_name, BackfillBook, BackfillState, Batch, BinlogTxn, ChangeEvent, Op, Position,
     RunHandles, SourceCheckpoint, SourceInfo, TableId, TableSchema,
@@ -38,13 +39,6 @@ use crate::table::{current_position_and_gtids, now_us, BinlogPos, CapturedTable}
 use crate::types::Kind;
 use sluice_core::backfill::{Driver, Tracker};
 
-/// Whether a source without a checkpoint starts with a snapshot of the existing rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MySqlSnapshotMode {
-    Initial,
-    Never,
-}
-
 /// Everything a MySQL/MariaDB source needs to run.
 #[derive(Debug, Clone)]
 pub struct MySqlSourceSettings {
@@ -54,7 +48,7 @@ pub struct MySqlSourceSettings {
     pub tables: Vec<TableId>,
     /// The replica server id Sluice registers with (unique among the server's replicas).
     pub server_id: u32,
-    pub snapshot: MySqlSnapshotMode,
+    pub snapshot: SnapshotMode,
     pub topic_prefix: String,
     pub max_batch_events: usize,
     pub max_batch_delay: Duration,
@@ -251,15 +245,11 @@ impl MySqlSource {
                 quote_table(&table.schema.id)
             );
             let context = || format!("reading the snapshot of {}", table.schema.id);
-            let mut result = conn
-                .exec_iter(sql, ())
+            // A SELECT: exactly one result set.
+            let mut stream = conn
+                .exec_stream::<mysql_async::Row, _, _>(sql, ())
                 .await
                 .map_err(MySqlError::query(context()))?;
-            let mut stream = result
-                .stream::<mysql_async::Row>()
-                .await
-                .map_err(MySqlError::query(context()))?
-                .ok_or_else(|| MySqlError::Setup(format!("{}: no result set", context())))?;
             use futures_util::StreamExt as _;
             while let Some(row) = stream.next().await {
                 let row = row.map_err(MySqlError::query(context()))?;
@@ -467,14 +457,6 @@ impl sluice_core::source::ChangeSource for MySqlSource {
     type Settings = MySqlSourceSettings;
     type Error = MySqlError;
 
-    fn name(settings: &MySqlSourceSettings) -> &str {
-        &settings.name
-    }
-
-    fn snapshots(settings: &MySqlSourceSettings) -> bool {
-        matches!(settings.snapshot, MySqlSnapshotMode::Initial)
-    }
-
     /// Reads each configured table's columns and key. Preflight has run before; problems
     /// found here are still explained.
     async fn open(settings: MySqlSourceSettings) -> Result<Self, MySqlError> {
@@ -491,12 +473,6 @@ impl sluice_core::source::ChangeSource for MySqlSource {
         self.tables.iter().map(|t| &*t.schema).collect()
     }
 
-    fn class(e: &MySqlError) -> sluice_core::ErrorClass {
-        e.class()
-    }
-
-    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
-    /// The caller retries transient errors with the then-durable checkpoint.
     async fn run(
         &self,
         resume: Option<SourceCheckpoint>,
@@ -510,7 +486,7 @@ impl sluice_core::source::ChangeSource for MySqlSource {
                 &s.name,
                 &self.configured(),
                 Some(cp),
-                s.snapshot == MySqlSnapshotMode::Never,
+                s.snapshot == SnapshotMode::Never,
             ),
             None => BackfillBook {
                 complete: self.configured(),
@@ -568,7 +544,7 @@ impl sluice_core::source::ChangeSource for MySqlSource {
             }
             None => {
                 let pos = match s.snapshot {
-                    MySqlSnapshotMode::Initial => match self.snapshot(&mut conn, &handles).await? {
+                    SnapshotMode::Initial => match self.snapshot(&mut conn, &handles).await? {
                         Some(pos) => pos,
                         None => {
                             // MySQL: no binlog point of a snapshot transaction. The snapshot
@@ -583,7 +559,7 @@ impl sluice_core::source::ChangeSource for MySqlSource {
                             pos
                         }
                     },
-                    MySqlSnapshotMode::Never => {
+                    SnapshotMode::Never => {
                         let (pos, set) = current_position_and_gtids(&mut conn).await?;
                         gtid_set = set;
                         pos

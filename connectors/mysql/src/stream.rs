@@ -44,6 +44,8 @@ use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 use crate::table::{now_us, BinlogPos, CapturedTable};
 use sluice_core::backfill::Tracker;
+use sluice_core::batch::batch_due;
+use sluice_core::source::spawn_session_thread;
 
 /// A session that hears nothing (not even a heartbeat, sent every second) for this long is
 /// dead, and is restarted from the last checkpoint.
@@ -83,19 +85,10 @@ pub fn spawn_session(
     gtid: Option<String>,
     ctx: StreamContext,
 ) -> std::thread::JoinHandle<Result<(), MySqlError>> {
-    std::thread::Builder::new()
-        .name(format!("binlog-{}", ctx.source_name))
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| MySqlError::Setup(format!("cannot start the stream runtime: {e}")))?;
-            rt.block_on(run_session(start, gtid, ctx))
-        })
-        .unwrap_or_else(|e| {
-            let msg = format!("cannot start the stream thread: {e}");
-            std::thread::spawn(move || Err(MySqlError::Setup(msg)))
-        })
+    let name = format!("binlog-{}", ctx.source_name);
+    spawn_session_thread(name, MySqlError::Setup, move || {
+        run_session(start, gtid, ctx)
+    })
 }
 
 async fn run_session(
@@ -286,10 +279,7 @@ impl Session {
             let silence = tokio::time::Instant::from_std(last_heard + SILENCE_LIMIT);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => {
-                    self.flush().await?;
-                    return Ok(());
-                }
+                _ = stop.wait_for(|s| *s) => return self.flush().await,
                 ev = stream.next() => {
                     last_heard = Instant::now();
                     let mut next = Some(ev);
@@ -515,12 +505,8 @@ impl Session {
 
     /// Sends the batch once it is full or has waited `max_delay`.
     async fn flush_if_due(&mut self) -> Result<(), MySqlError> {
-        self.pending_since.get_or_insert_with(Instant::now);
-        if self.batch.len() >= self.ctx.max_batch
-            || self
-                .pending_since
-                .is_some_and(|t| t.elapsed() >= self.ctx.max_delay)
-        {
+        let limits = (self.ctx.max_batch, self.ctx.max_delay);
+        if batch_due(self.batch.len(), &mut self.pending_since, limits) {
             self.flush().await?;
         }
         Ok(())

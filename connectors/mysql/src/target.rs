@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sluice_core::target::{StoredOffsets, TableShapeOf, Target};
+use sluice_core::target::{StoredOffsets, Target};
 use sluice_core::TableId;
 
 use crate::client::connect;
@@ -68,13 +68,5 @@ impl Target for MySqlTarget {
 
     fn writer(&self, sink: &str, tables: Vec<MySqlTable>, _id: usize) -> MySqlSink {
         MySqlSink::new(self.0.clone(), sink, tables)
-    }
-
-    fn references(tables: &[MySqlTable]) -> Vec<Vec<usize>> {
-        sink::references_by_index(tables)
-    }
-
-    fn shape(t: &MySqlTable) -> TableShapeOf {
-        (t.id.clone(), t.column_names(), t.key.clone())
     }
 }

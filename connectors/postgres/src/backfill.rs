@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sluice_core::backfill::{ChunkReader, MarkerId, Released, Tracker};
-use sluice_core::{BackfillState, ErrorClass, Row, TableId, TableSchema};
+use sluice_core::backfill::{chunk_filter, ChunkReader, MarkerId, Released, Tracker};
+use sluice_core::{BackfillState, Classified, ErrorClass, Row, TableId, TableSchema};
 
 use crate::client::{connect, quote_ident, quote_literal, quote_table};
 use crate::config::PostgresConnection;
@@ -166,23 +166,11 @@ impl ChunkReader for PgChunks {
             .map(|k| quote_ident(k))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut conditions = Vec::new();
-        if let Some(after) = &bf.after {
-            let lits = after
-                .iter()
-                .map(|v| quote_literal(v))
-                .collect::<Vec<_>>()
-                .join(", ");
-            conditions.push(format!("({keys}) > ({lits})"));
-        }
-        if let Some(p) = &bf.predicate {
-            conditions.push(format!("({p})"));
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" where {}", conditions.join(" and "))
-        };
+        let after = bf.after.as_ref().map(|after| {
+            let lits: Vec<String> = after.iter().map(|v| quote_literal(v)).collect();
+            format!("({keys}) > ({})", lits.join(", "))
+        });
+        let filter = chunk_filter(after, bf.predicate.as_deref());
         let sql = format!(
             "copy (select {cols} from {}{filter} order by {keys} limit {}) to stdout",
             quote_table(&table.schema.id),

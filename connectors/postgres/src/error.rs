@@ -1,6 +1,6 @@
 //! Errors of the Postgres connector, each with its [`ErrorClass`].
 
-use sluice_core::ErrorClass;
+use sluice_core::{Classified, ErrorClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -32,8 +32,8 @@ pub enum PostgresError {
     Closed,
 }
 
-impl PostgresError {
-    pub fn class(&self) -> ErrorClass {
+impl Classified for PostgresError {
+    fn class(&self) -> ErrorClass {
         match self {
             PostgresError::Connect { source, .. } | PostgresError::Query { source, .. } => {
                 sqlstate_class(source.code().map(|c| c.code()))
@@ -43,7 +43,9 @@ impl PostgresError {
             PostgresError::Closed => ErrorClass::Transient,
         }
     }
+}
 
+impl PostgresError {
     /// Whether a query failed on what it asked, not on the connection or the server's state:
     /// SQLSTATE class 22 (data exception, e.g. a division by zero) or 42 (a column, table or
     /// function that does not exist, a syntax error). Retrying the same query cannot help.

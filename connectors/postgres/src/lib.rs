@@ -35,5 +35,5 @@ pub use config::PostgresConnection;
 pub use error::PostgresError;
 pub use sink::{BlobColumn, PostgresSink, TargetTable};
 pub use sluice_core::RunHandles;
-pub use source::{PostgresSource, SnapshotMode, SourceSettings};
+pub use source::{PostgresSource, SourceSettings};
 pub use target::PostgresTarget;

@@ -1,6 +1,6 @@
 //! Checks that a source database can be captured, each failure explained with its fix.
 
-use sluice_core::{error_chain, Problem};
+use sluice_core::Problem;
 use tokio_postgres::Client;
 
 use crate::catalog;
@@ -13,20 +13,13 @@ pub async fn preflight(settings: &SourceSettings) -> Vec<Problem> {
     let client = match connect(&settings.connection, "preflight").await {
         Ok(c) => c,
         Err(e) => {
-            return vec![Problem::of_class(
-                e.class(),
-                subject,
-                format!(
-                "{}: check host, port, user, database and password_env of [sources.{}.postgres]",
-                error_chain(&e),
-                settings.name
-            ),
-            )]
+            let section = format!("sources.{}.postgres", settings.name);
+            return vec![Problem::of_connect(subject, &e, &section)];
         }
     };
     match checks(settings, &client, &subject).await {
         Ok(problems) => problems,
-        Err(e) => vec![Problem::of_class(e.class(), subject, error_chain(&e))],
+        Err(e) => vec![Problem::of_error(subject, &e)],
     }
 }
 

@@ -17,12 +17,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use sluice_core::sink_tx::{self, Param, SinkTx, Statements};
-use sluice_core::target::TargetWriter;
-use sluice_core::{
-    ApplyBatch, ApplyOutcome, BarrierOutcome, DeadLetter, ErrorClass, FoldedTable, MappedEvent,
-    PartitionProgress, TableId, TableShape,
+use sluice_core::sink_tx::{
+    self, FoldPlan, Migration, Param, SinkTx, SqlError, SqlWriter, Statements,
 };
+use sluice_core::target::{DescribedTable, StoredOffsets, TruncateAt};
+use sluice_core::{Classified, ErrorClass, FoldedTable, PartitionProgress, TableId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
@@ -36,7 +35,7 @@ use crate::types::{TypeKind, TypeMap};
 pub const SCHEMA: &str = "sluice";
 
 /// The migrations of Sluice's schema, in order. Append-only.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
+const MIGRATIONS: &[Migration] = &[
     (
         1,
         "0001_apply_state.sql",
@@ -76,10 +75,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<String>, PostgresError> 
         .map(|r| r.get(0))
         .collect();
     let mut applied = Vec::new();
-    for (version, name, sql) in MIGRATIONS {
-        if done.contains(version) {
-            continue;
-        }
+    for (version, name, sql) in sink_tx::pending(MIGRATIONS, &done) {
         tx.batch_execute(sql)
             .await
             .map_err(PostgresError::query(format!("applying migration {name}")))?;
@@ -122,16 +118,23 @@ impl TargetTable {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
+}
 
-    pub fn shape(&self) -> TableShape {
-        TableShape {
-            columns: self.columns.len(),
-            key: self.key.clone(),
-        }
+impl DescribedTable for TargetTable {
+    fn id(&self) -> &TableId {
+        &self.id
     }
 
-    pub fn column_names(&self) -> Vec<String> {
+    fn column_names(&self) -> Vec<String> {
         self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    fn key(&self) -> &[usize] {
+        &self.key
+    }
+
+    fn references(&self) -> &[TableId] {
+        &self.references
     }
 }
 
@@ -197,25 +200,12 @@ pub async fn describe_targets(
     Ok(out)
 }
 
-/// For each table, the indexes of the sink's tables it references by foreign keys.
-pub fn references_by_index(tables: &[TargetTable]) -> Vec<Vec<usize>> {
-    tables
-        .iter()
-        .map(|t| {
-            t.references
-                .iter()
-                .filter_map(|r| tables.iter().position(|o| &o.id == r))
-                .collect()
-        })
-        .collect()
-}
-
 /// Reads the stored progress of `partitions` for `sink`.
 pub async fn load_offsets(
     client: &Client,
     sink: &str,
     partitions: &[(Arc<str>, i32)],
-) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
+) -> Result<StoredOffsets, PostgresError> {
     let topics: Vec<&str> = partitions.iter().map(|(t, _)| &**t).collect();
     let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
     let rows = client
@@ -246,10 +236,7 @@ pub struct PostgresSink {
     client: Option<Client>,
     sink: String,
     tables: Vec<TargetTable>,
-    shapes: Vec<TableShape>,
-    /// The tables' foreign-key ranks, when some reference others (see
-    /// [`sluice_core::apply::order_for_foreign_keys`]).
-    ranks: Option<Vec<usize>>,
+    plan: FoldPlan,
     statements: HashMap<StatementKey, Statement>,
     purpose: String,
 }
@@ -272,8 +259,7 @@ impl PostgresSink {
             connection,
             client: None,
             sink: sink.to_owned(),
-            shapes: tables.iter().map(TargetTable::shape).collect(),
-            ranks: sluice_core::apply::foreign_key_ranks(&references_by_index(&tables)),
+            plan: FoldPlan::new(sink, &tables),
             tables,
             statements: HashMap::new(),
             purpose,
@@ -298,48 +284,14 @@ impl PostgresSink {
 
     /// Whether some of the sink's target tables reference others by foreign keys.
     pub fn has_foreign_keys(&self) -> bool {
-        self.ranks.is_some()
-    }
-
-    async fn apply_once(
-        &mut self,
-        batch: &ApplyBatch,
-        one_by_one: bool,
-    ) -> Result<ApplyOutcome, PostgresError> {
-        // Fold once: the whole batch, or (retrying after a data error) each event alone.
-        let groups = sink_tx::fold_groups(batch, &self.shapes, self.ranks.as_deref(), one_by_one);
-        // Prepare outside the transaction's borrow of the client.
-        self.prepare_for(&groups).await?;
-        let mut tx = self.begin("beginning a target transaction").await?;
-        sink_tx::apply_batch(&mut tx, batch, &groups, one_by_one).await
-    }
-
-    /// Opens a transaction on the open connection.
-    async fn begin(&mut self, context: &'static str) -> Result<PgTx<'_, '_>, PostgresError> {
-        let PostgresSink {
-            client,
-            sink,
-            tables,
-            statements,
-            ..
-        } = self;
-        let tx = client
-            .as_mut()
-            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))?
-            .transaction()
-            .await
-            .map_err(PostgresError::query(context))?;
-        Ok(PgTx {
-            tx: Some(tx),
-            sink,
-            tables,
-            statements,
-            truncate: None,
-        })
+        self.plan.has_foreign_keys()
     }
 
     /// Prepares (once per connection) every statement the folded changes need.
-    async fn prepare_for(&mut self, groups: &[Vec<FoldedTable>]) -> Result<(), PostgresError> {
+    async fn prepare_statements(
+        &mut self,
+        groups: &[Vec<FoldedTable>],
+    ) -> Result<(), PostgresError> {
         let mut wanted = Vec::new();
         for f in groups.iter().flatten() {
             if !f.deletes.is_empty() {
@@ -376,17 +328,93 @@ impl PostgresSink {
     }
 }
 
+impl SqlWriter for PostgresSink {
+    type Error = PostgresError;
+    type Tx<'a> = PgTx<'a, 'a>;
+
+    /// A refused batch's transaction is rolled back; the connection and its prepared
+    /// statements serve the retry.
+    const RECONNECT_AFTER_REFUSAL: bool = false;
+
+    fn plan(&self) -> &FoldPlan {
+        &self.plan
+    }
+
+    async fn prepare(&mut self, groups: &[Vec<FoldedTable>]) -> Result<(), PostgresError> {
+        // Outside the transaction's borrow of the client.
+        self.prepare_statements(groups).await
+    }
+
+    async fn begin<'s>(
+        &'s mut self,
+        context: &'static str,
+        truncate: Option<&TruncateAt<'_>>,
+    ) -> Result<PgTx<'s, 's>, PostgresError> {
+        self.client().await?;
+        let PostgresSink {
+            client,
+            sink,
+            tables,
+            statements,
+            ..
+        } = self;
+        let truncate = truncate.map(|truncate| {
+            let names = truncate
+                .tables
+                .iter()
+                .map(|t| tables[*t].quoted.clone())
+                .collect();
+            let released = truncate
+                .blob_columns
+                .iter()
+                .map(|b| {
+                    let state = if b.delete_objects { "released" } else { "kept" };
+                    (tables[b.table].id.to_string(), b.url_column.clone(), state)
+                })
+                .collect();
+            (names, released)
+        });
+        let tx = client
+            .as_mut()
+            .ok_or_else(|| PostgresError::Setup("target connection unavailable".into()))?
+            .transaction()
+            .await
+            .map_err(PostgresError::query(context))?;
+        Ok(PgTx {
+            tx: Some(tx),
+            sink,
+            tables,
+            statements,
+            truncate,
+        })
+    }
+
+    async fn stored_offsets(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> Result<StoredOffsets, PostgresError> {
+        let sink = self.sink.clone();
+        let client = self.client().await?;
+        load_offsets(client, &sink, partitions).await
+    }
+
+    fn disconnect(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+}
+
 /// Truncated tables (quoted) and their blob columns' ledger release: (table, URL column, new
 /// state).
-type Truncate<'a> = (Vec<String>, Vec<(String, &'a str, &'static str)>);
+type Truncate = (Vec<String>, Vec<(String, String, &'static str)>);
 
 /// A target transaction with what the shared body needs to write into it.
-struct PgTx<'a, 'b> {
+pub struct PgTx<'a, 'b> {
     tx: Option<Transaction<'a>>,
     sink: &'b str,
     tables: &'b [TargetTable],
     statements: &'b HashMap<StatementKey, Statement>,
-    truncate: Option<Truncate<'b>>,
+    truncate: Option<Truncate>,
 }
 
 impl PgTx<'_, '_> {
@@ -430,37 +458,20 @@ impl SinkTx for PgTx<'_, '_> {
 
     const STATEMENTS: &'static Statements = &STATEMENTS;
 
-    fn sink(&self) -> &str {
-        self.sink
-    }
-
-    async fn execute(
+    async fn run(
         &mut self,
         sql: &str,
         params: &[Param<'_>],
         context: &'static str,
-    ) -> Result<(), PostgresError> {
+    ) -> Result<Option<i64>, PostgresError> {
         let tx = self.tx()?;
-        let done = if params.is_empty() {
-            tx.batch_execute(sql).await
-        } else {
-            tx.execute(sql, &pg_params(params)).await.map(|_| ())
-        };
-        done.map_err(PostgresError::query(context))
-    }
-
-    async fn query_count(
-        &mut self,
-        sql: &str,
-        params: &[Param<'_>],
-        context: &'static str,
-    ) -> Result<i64, PostgresError> {
-        let row = self
-            .tx()?
-            .query_one(sql, &pg_params(params))
-            .await
-            .map_err(PostgresError::query(context))?;
-        Ok(row.get(0))
+        let row = match params {
+            // Savepoint commands: the simple query protocol.
+            [] => tx.batch_execute(sql).await.map(|()| None),
+            _ => tx.query_opt(sql, &pg_params(params)).await,
+        }
+        .map_err(PostgresError::query(context))?;
+        Ok(row.and_then(|r| r.try_get::<_, i64>(0).ok()))
     }
 
     async fn write(&mut self, folded: &[FoldedTable]) -> Result<(), PostgresError> {
@@ -518,18 +529,6 @@ impl SinkTx for PgTx<'_, '_> {
                 .map_err(PostgresError::query("rolling back a target transaction"))
         }
     }
-
-    fn is_data_error(e: &PostgresError) -> bool {
-        is_data_error(e)
-    }
-
-    fn is_foreign_key_error(e: &PostgresError) -> bool {
-        sqlstate(e) == Some("23503")
-    }
-
-    fn dead_letter(event: &MappedEvent, e: &PostgresError) -> DeadLetter {
-        dead_letter_for(event, e)
-    }
 }
 
 fn key_table(key: &StatementKey) -> usize {
@@ -538,13 +537,7 @@ fn key_table(key: &StatementKey) -> usize {
     }
 }
 
-/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the target
-/// refuses this data for good. Anything else is about the connection or the setup.
-fn is_data_error(e: &PostgresError) -> bool {
-    sqlstate(e).is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
-}
-
-pub fn sqlstate(e: &PostgresError) -> Option<&str> {
+fn sqlstate(e: &PostgresError) -> Option<&str> {
     match e {
         PostgresError::Query { source, .. } | PostgresError::Connect { source, .. } => {
             source.code().map(|c| c.code())
@@ -553,34 +546,42 @@ pub fn sqlstate(e: &PostgresError) -> Option<&str> {
     }
 }
 
-/// Whether an apply error is worth retrying: everything but a refused configuration (missing
-/// table or column, privileges) is; data errors never reach the caller.
-pub fn apply_error_class(e: &PostgresError) -> ErrorClass {
-    match sqlstate(e) {
-        Some(c) if c.starts_with("42") || c.starts_with("28") || c == "3D000" => {
-            ErrorClass::Definite
-        }
-        _ => e.class(),
+impl SqlError for PostgresError {
+    /// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+    /// Anything else is about the connection or the setup.
+    fn is_data_error(&self) -> bool {
+        sqlstate(self).is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
     }
-}
 
-fn dead_letter_for(event: &MappedEvent, e: &PostgresError) -> DeadLetter {
-    let message = match e {
-        PostgresError::Query { source, .. } => source
-            .as_db_error()
-            .map(|db| match db.detail() {
-                Some(d) => format!("{}: {d}", db.message()),
-                None => db.message().to_owned(),
-            })
-            .unwrap_or_else(|| source.to_string()),
-        other => other.to_string(),
-    };
-    DeadLetter {
-        record: event.record.clone(),
-        key: event.key.clone(),
-        value: event.value.clone(),
-        error: format!("target refused the row: {message}"),
-        sqlstate: sqlstate(e).map(str::to_owned),
+    fn is_foreign_key_error(&self) -> bool {
+        sqlstate(self) == Some("23503")
+    }
+
+    /// The server's message and detail (the detail may quote the row: it goes only to the
+    /// dead-letter table).
+    fn refusal(&self) -> (String, Option<String>) {
+        let message = match self {
+            PostgresError::Query { source, .. } => source
+                .as_db_error()
+                .map(|db| match db.detail() {
+                    Some(d) => format!("{}: {d}", db.message()),
+                    None => db.message().to_owned(),
+                })
+                .unwrap_or_else(|| source.to_string()),
+            other => other.to_string(),
+        };
+        (message, sqlstate(self).map(str::to_owned))
+    }
+
+    /// Everything but a refused configuration (missing table or column, privileges) is worth
+    /// retrying; data errors never reach the caller.
+    fn apply_class(&self) -> ErrorClass {
+        match sqlstate(self) {
+            Some(c) if c.starts_with("42") || c.starts_with("28") || c == "3D000" => {
+                ErrorClass::Definite
+            }
+            _ => self.class(),
+        }
     }
 }
 
@@ -827,15 +828,6 @@ async fn write_progress(
     Ok(fenced)
 }
 
-/// Connects and describes the target tables: a sink's preflight. Each problem has its fix.
-pub async fn preflight_target(
-    connection: &PostgresConnection,
-    tables: &[TableId],
-) -> Result<Vec<Result<TargetTable, String>>, PostgresError> {
-    let client = connect(connection, "preflight").await?;
-    describe_targets(&client, tables).await
-}
-
 /// Moves `sink`'s stored offsets (a replay): each (topic, partition) reads again from the
 /// given offset, and its last applied source position is forgotten so that nothing is skipped
 /// as already applied. One transaction.
@@ -858,72 +850,6 @@ pub async fn move_offsets(
         .await
         .map_err(PostgresError::query("moving the sink's offsets in sluice.apply_offsets"))?;
     Ok(())
-}
-
-impl TargetWriter for PostgresSink {
-    type Error = PostgresError;
-
-    fn class(e: &PostgresError) -> ErrorClass {
-        apply_error_class(e)
-    }
-
-    /// Applies a batch in one transaction (see the module docs).
-    async fn apply(&mut self, batch: &ApplyBatch) -> Result<ApplyOutcome, PostgresError> {
-        match self.apply_once(batch, false).await {
-            Err(e) if is_data_error(&e) => {
-                tracing::debug!(error = %e, "batch refused; applying it event by event");
-                self.apply_once(batch, true).await
-            }
-            other => other,
-        }
-    }
-
-    /// Reads stored offsets over this sink's connection.
-    async fn load_offsets(
-        &mut self,
-        partitions: &[(Arc<str>, i32)],
-    ) -> Result<HashMap<(Arc<str>, i32), (i64, Option<String>)>, PostgresError> {
-        let sink = self.sink.clone();
-        let client = self.client().await?;
-        load_offsets(client, &sink, partitions).await
-    }
-
-    /// Handles a truncate of `tables` that reached `partition` of `topic` at `position`.
-    async fn truncate_barrier(
-        &mut self,
-        topic: &str,
-        position: &str,
-        partition_count: i32,
-        tables: &[usize],
-        blob_columns: &[BlobColumn],
-        progress: &PartitionProgress,
-    ) -> Result<BarrierOutcome, PostgresError> {
-        let released: Vec<(String, &str, &'static str)> = blob_columns
-            .iter()
-            .map(|b| {
-                let state = if b.delete_objects { "released" } else { "kept" };
-                (
-                    self.tables[b.table].id.to_string(),
-                    b.url_column.as_str(),
-                    state,
-                )
-            })
-            .collect();
-        let table_names: Vec<String> = tables
-            .iter()
-            .map(|t| self.tables[*t].quoted.clone())
-            .collect();
-        self.client().await?;
-        let mut tx = self.begin("recording a truncate barrier").await?;
-        tx.truncate = Some((table_names, released));
-        sink_tx::truncate_barrier(&mut tx, topic, position, partition_count, progress).await
-    }
-
-    /// Forgets the connection (after an error that may have broken it).
-    fn reset(&mut self) {
-        self.client = None;
-        self.statements.clear();
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationConfig};
 use sluice_core::event::{format_lsn, parse_lsn};
+use sluice_core::source::SnapshotMode;
 use sluice_core::{
     topic_name, BackfillBook, Batch, RunHandles, SourceCheckpoint, TableId, TableSchema,
 };
@@ -35,13 +36,6 @@ use crate::stream::{spawn_session, StartPlan, StreamContext};
 use crate::table::CapturedTable;
 use crate::types::TypeMap;
 use sluice_core::backfill::{self, Driver, Tracker};
-
-/// Whether a new slot starts with a snapshot of the existing rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotMode {
-    Initial,
-    Never,
-}
 
 /// Everything a Postgres source needs to run.
 #[derive(Debug, Clone)]
@@ -163,14 +157,6 @@ impl sluice_core::source::ChangeSource for PostgresSource {
     type Settings = SourceSettings;
     type Error = PostgresError;
 
-    fn name(settings: &SourceSettings) -> &str {
-        &settings.name
-    }
-
-    fn snapshots(settings: &SourceSettings) -> bool {
-        matches!(settings.snapshot, SnapshotMode::Initial)
-    }
-
     /// Reads the catalog and makes sure the publication holds every configured table.
     /// Preflight has run before; problems found here are still explained.
     async fn open(settings: SourceSettings) -> Result<Self, PostgresError> {
@@ -223,12 +209,6 @@ impl sluice_core::source::ChangeSource for PostgresSource {
         self.tables.iter().map(|t| &*t.schema).collect()
     }
 
-    fn class(e: &PostgresError) -> sluice_core::ErrorClass {
-        e.class()
-    }
-
-    /// One run: decide where to start, snapshot if needed, then stream until `stop` or an error.
-    /// The caller retries transient errors with the then-durable checkpoint.
     async fn run(
         &self,
         resume: Option<SourceCheckpoint>,

@@ -35,6 +35,8 @@ use crate::snapshot::now_us;
 use crate::table::CapturedTable;
 use crate::types::{decode_text, TypeKind, TypeMap};
 use sluice_core::backfill::Tracker;
+use sluice_core::batch::batch_due;
+use sluice_core::source::spawn_session_thread;
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -77,21 +79,10 @@ pub fn spawn_session(
     plan: StartPlan,
     ctx: StreamContext,
 ) -> std::thread::JoinHandle<Result<(), PostgresError>> {
-    std::thread::Builder::new()
-        .name(format!("pg-stream-{}", ctx.source_name))
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    PostgresError::Setup(format!("cannot start the stream runtime: {e}"))
-                })?;
-            rt.block_on(run_session(target, cfg, plan, ctx))
-        })
-        .unwrap_or_else(|e| {
-            let msg = format!("cannot start the stream thread: {e}");
-            std::thread::spawn(move || Err(PostgresError::Setup(msg)))
-        })
+    let name = format!("pg-stream-{}", ctx.source_name);
+    spawn_session_thread(name, PostgresError::Setup, move || {
+        run_session(target, cfg, plan, ctx)
+    })
 }
 
 async fn run_session(
@@ -233,10 +224,7 @@ impl Session {
             let deadline = self.pending_since.map(|t| t + self.ctx.max_delay);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => {
-                    self.flush().await?;
-                    return Ok(());
-                }
+                _ = stop.wait_for(|s| *s) => return self.flush().await,
                 changed = durable.changed() => {
                     if changed.is_err() {
                         return Err(PostgresError::Closed);
@@ -284,12 +272,8 @@ impl Session {
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.txn = None;
                 self.pending_checkpoint = Some(end_lsn.0);
-                self.pending_since.get_or_insert_with(Instant::now);
-                if self.batch.len() >= self.ctx.max_batch
-                    || self
-                        .pending_since
-                        .is_some_and(|t| t.elapsed() >= self.ctx.max_delay)
-                {
+                let limits = (self.ctx.max_batch, self.ctx.max_delay);
+                if batch_due(self.batch.len(), &mut self.pending_since, limits) {
                     self.flush().await?;
                 }
             }

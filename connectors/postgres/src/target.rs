@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sluice_core::target::{StoredOffsets, TableShapeOf, Target};
+use sluice_core::target::{StoredOffsets, Target};
 use sluice_core::TableId;
 
 use crate::client::connect;
@@ -62,13 +62,5 @@ impl Target for PostgresTarget {
 
     fn writer(&self, sink: &str, tables: Vec<TargetTable>, id: usize) -> PostgresSink {
         PostgresSink::new(self.0.clone(), sink, tables, format!("apply {sink} #{id}"))
-    }
-
-    fn references(tables: &[TargetTable]) -> Vec<Vec<usize>> {
-        sink::references_by_index(tables)
-    }
-
-    fn shape(t: &TargetTable) -> TableShapeOf {
-        (t.id.clone(), t.column_names(), t.key.clone())
     }
 }

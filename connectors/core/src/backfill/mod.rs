@@ -42,6 +42,18 @@ impl SnapshotRequest {
     }
 }
 
+/// The `where` clause of a chunk read: rows after the last key read (`after`, a condition in
+/// the source's SQL) that match the backfill's predicate; empty when there is neither.
+pub fn chunk_filter(after: Option<String>, predicate: Option<&str>) -> String {
+    let predicate = predicate.map(|p| format!("({p})"));
+    let conditions: Vec<String> = after.into_iter().chain(predicate).collect();
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" where {}", conditions.join(" and "))
+    }
+}
+
 /// The key of a row as a comparable string (only equality matters).
 pub fn key_text(table: &TableSchema, row: &Row) -> String {
     let mut key = String::new();
