@@ -216,7 +216,7 @@ fn components(config: &Config, only: Option<Side>, resnapshot: &[String]) -> Vec
                 what,
                 launch: Box::new(move |stop| {
                     Box::pin(async move {
-                        let r = capture::run(&kafka, settings, stop).await;
+                        let r = Box::pin(capture::run(&kafka, settings, stop)).await;
                         (label, r)
                     })
                 }),

@@ -168,7 +168,7 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let ended = on_source!(&settings.source, S, source => {
-            run_pipeline::<S>(kafka, source.clone(), &settings, stop.clone(), &mut backoff).await?
+            Box::pin(run_pipeline::<S>(kafka, source.clone(), &settings, stop.clone(), &mut backoff)).await?
         });
         match ended {
             Ended::Done => return Ok(()),

@@ -26,3 +26,4 @@ mod promise;
 mod resnapshot;
 mod restart;
 mod snapshot_handover;
+mod tls;

@@ -1,13 +1,17 @@
 //! How to reach a database server: the settings every SQL connector (source or target) shares.
 
+use std::path::PathBuf;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::tls::{SslMode, TlsSettings};
 use crate::TableId;
 
-/// A server's address, user, database and where its password comes from; `PORT` is the
-/// kind's default port (Postgres 5432, MySQL/MariaDB 3306). The password is never in the
-/// config file itself: it is read from the environment variable named by `password_env`.
+/// A server's address, user, database, where its password comes from and how TLS is used;
+/// `PORT` is the kind's default port (Postgres 5432, MySQL/MariaDB 3306). The password is
+/// never in the config file itself: it is read from the environment variable named by
+/// `password_env`, or from the file named by `password_file` (a Docker or Kubernetes secret).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConnection<const PORT: u16> {
@@ -20,7 +24,24 @@ pub struct ServerConnection<const PORT: u16> {
     /// Name of the environment variable that holds the password (none: no password).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file whose content is the password (one trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     pub database: String,
+    /// `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`, as libpq means
+    /// them (see [`crate::tls`]); `verify-full` is the one that stops a man in the middle.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates the server's certificate must chain to (the verifying
+    /// modes; without it, the system's CA store).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM file of a client certificate, for servers that ask for one; with `sslkey`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
 }
 
 fn default_host() -> String {
@@ -32,9 +53,19 @@ fn default_port<const PORT: u16>() -> u16 {
 }
 
 impl<const PORT: u16> ServerConnection<PORT> {
-    /// The password from the environment. `Err` names the missing variable.
+    /// The password, from the environment or a file. `Err` names what is missing.
     pub fn password(&self) -> Result<Option<SecretString>, String> {
-        crate::secret::password_from_env(self.password_env.as_deref())
+        crate::secret::password(self.password_env.as_deref(), self.password_file.as_deref())
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            mode: self.sslmode,
+            root_cert: self.sslrootcert.clone(),
+            client_cert: self.sslcert.clone(),
+            client_key: self.sslkey.clone(),
+        }
     }
 
     /// The password as the client library takes it. Never log or print it.

@@ -42,6 +42,7 @@ pub mod secret;
 pub mod sink_tx;
 pub mod source;
 pub mod target;
+pub mod tls;
 pub mod value;
 
 pub use apply::{

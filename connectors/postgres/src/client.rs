@@ -1,6 +1,11 @@
 //! Ordinary (non-replication) connections: catalog queries, preflight, snapshot reads.
 
-use tokio_postgres::{Client, Config, NoTls};
+use sluice_core::error_chain;
+use sluice_core::tls::{tls_hint, SslMode};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PostgresConnection;
 use crate::error::PostgresError;
@@ -10,8 +15,8 @@ use crate::error::PostgresError;
 pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 \
      -c bytea_output=hex -c extra_float_digits=1 -c client_encoding=UTF8";
 
-/// Opens a connection and drives it on the current runtime. The connection task ends when the
-/// returned client is dropped.
+/// Opens a connection (over TLS as `sslmode` says) and drives it on the current runtime. The
+/// connection task ends when the returned client is dropped.
 pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client, PostgresError> {
     let password = conn
         .expose_password()
@@ -28,13 +33,45 @@ pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client,
     if !password.is_empty() {
         cfg.password(password);
     }
-    let (client, connection) =
-        cfg.connect(NoTls)
-            .await
-            .map_err(|source| PostgresError::Connect {
-                target: conn.describe(),
+    let tls = conn.tls();
+    // libpq does not use TLS over a Unix socket, whatever sslmode says.
+    let config = match conn.host.starts_with('/') {
+        true => None,
+        false => tls.client_config().map_err(PostgresError::Setup)?,
+    };
+    let connected = match config {
+        None => {
+            cfg.ssl_mode(PgSslMode::Disable);
+            start(&cfg, NoTls).await
+        }
+        Some(config) => {
+            cfg.ssl_mode(match tls.mode {
+                SslMode::Prefer => PgSslMode::Prefer,
+                _ => PgSslMode::Require,
+            });
+            start(&cfg, MakeRustlsConnect::new(config)).await
+        }
+    };
+    connected.map_err(|source| {
+        let target = conn.describe();
+        match tls_hint(&error_chain(&source), &tls) {
+            Some(hint) => PostgresError::Tls {
+                target,
+                hint,
                 source,
-            })?;
+            },
+            None => PostgresError::Connect { target, source },
+        }
+    })
+}
+
+/// Connects with `tls` and drives the connection on a task of its own.
+async fn start<T>(cfg: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = cfg.connect(tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");

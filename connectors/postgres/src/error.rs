@@ -10,6 +10,14 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// TLS with the server failed; `hint` says which setting to change.
+    #[error("cannot connect to postgres {target} over TLS: {hint}")]
+    Tls {
+        target: String,
+        hint: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("{context}")]
     Query {
         context: String,
@@ -39,7 +47,9 @@ impl Classified for PostgresError {
                 sqlstate_class(source.code().map(|c| c.code()))
             }
             PostgresError::Replication { source, .. } => replication_class(source),
-            PostgresError::Decode(_) | PostgresError::Setup(_) => ErrorClass::Definite,
+            PostgresError::Decode(_) | PostgresError::Setup(_) | PostgresError::Tls { .. } => {
+                ErrorClass::Definite
+            }
             PostgresError::Closed => ErrorClass::Transient,
         }
     }
@@ -89,7 +99,8 @@ fn replication_class(e: &pgwire_replication::PgWireError) -> ErrorClass {
                 ErrorClass::Transient
             }
         }
-        E::Auth(_) => ErrorClass::Definite,
+        // A certificate or TLS setting the server refuses does not fix itself.
+        E::Auth(_) | E::Tls(_) => ErrorClass::Definite,
         _ => ErrorClass::Transient,
     }
 }

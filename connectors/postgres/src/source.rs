@@ -153,6 +153,32 @@ async fn ensure_publication(
     Ok(())
 }
 
+/// The replication connection's TLS: the same `sslmode` and files as every other connection
+/// (the transport verifies with the same meanings; without `sslrootcert` it trusts the Mozilla
+/// roots it carries).
+fn replication_tls(connection: &PostgresConnection) -> pgwire_replication::TlsConfig {
+    use pgwire_replication::SslMode as Mode;
+    let tls = connection.tls();
+    let mode = match tls.mode {
+        _ if connection.host.starts_with('/') => Mode::Disable,
+        sluice_core::tls::SslMode::Disable => Mode::Disable,
+        sluice_core::tls::SslMode::Prefer => Mode::Prefer,
+        sluice_core::tls::SslMode::Require => Mode::Require,
+        sluice_core::tls::SslMode::VerifyCa => Mode::VerifyCa,
+        sluice_core::tls::SslMode::VerifyFull => Mode::VerifyFull,
+    };
+    // The transport wants an IP address spelt out as the name to verify (as libpq does, the
+    // certificate must then hold that address).
+    let is_ip = connection.host.parse::<std::net::IpAddr>().is_ok();
+    pgwire_replication::TlsConfig {
+        mode,
+        ca_pem_path: tls.root_cert,
+        sni_hostname: is_ip.then(|| connection.host.clone()),
+        client_cert_pem_path: tls.client_cert,
+        client_key_pem_path: tls.client_key,
+    }
+}
+
 impl sluice_core::source::ChangeSource for PostgresSource {
     type Settings = SourceSettings;
     type Error = PostgresError;
@@ -269,6 +295,7 @@ impl sluice_core::source::ChangeSource for PostgresSource {
             s.publication.clone(),
         )
         .with_port(s.connection.port)
+        .with_tls(replication_tls(&s.connection))
         .with_options(SESSION_OPTIONS)
         .with_application_name(format!("sluice {}", s.name))
         .with_status_interval(Duration::from_secs(1))

@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod process;
 pub mod sluice;
+pub mod tls;
 
 pub use garage::Garage;
 pub use kafka::{Broker, TopicReader};

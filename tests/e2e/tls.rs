@@ -1,0 +1,199 @@
+//! TLS to the databases: a source and a target Postgres that accept Sluice's user only over
+//! TLS, with a CA and server certificates the test makes; capture (snapshot and stream) and
+//! apply run with `sslmode = "verify-full"`, and a wrong CA, a wrong host name and a server
+//! without TLS are refused by `sluice check` with the setting to change.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_test_support::sluice::run_to_end;
+use sluice_test_support::tls::TestCa;
+use sluice_test_support::{Broker, PgCluster, TempDir};
+
+use crate::common::{start_in, wait_same_rows, SLUICE};
+
+/// Clients may use plaintext as `postgres` (the test's own connections) but only TLS as
+/// `sluice`: a Sluice that did not encrypt could not log in.
+const HBA: &str = "local all all trust
+hostnossl all postgres 127.0.0.1/32 trust
+hostnossl replication postgres 127.0.0.1/32 trust
+hostssl all all 127.0.0.1/32 trust
+hostssl replication all 127.0.0.1/32 trust
+";
+
+/// A cluster that serves `cert`/`key` and the [`HBA`] rules, with a `sluice` superuser.
+async fn tls_cluster(cert: &Path, key: &Path, hba: &Path) -> PgCluster {
+    let quoted = |p: &Path| format!("'{}'", p.display());
+    let pg = PgCluster::start_with(&[
+        ("ssl", "on"),
+        ("ssl_cert_file", &quoted(cert)),
+        ("ssl_key_file", &quoted(key)),
+        ("hba_file", &quoted(hba)),
+    ]);
+    pg.connect("postgres")
+        .await
+        .batch_execute("create role sluice login superuser replication")
+        .await
+        .expect("create role sluice");
+    pg
+}
+
+/// A `postgres = { … }` value for Sluice's user with these TLS settings.
+fn connection(pg: &PgCluster, host: &str, db: &str, tls: &str) -> String {
+    format!(
+        "{{ host = \"{host}\", port = {}, user = \"sluice\", database = \"{db}\", {tls} }}",
+        pg.port()
+    )
+}
+
+fn verify(mode: &str, ca: &Path) -> String {
+    format!("sslmode = \"{mode}\", sslrootcert = \"{}\"", ca.display())
+}
+
+/// `sluice check` on a config whose only source is `source`: (exit code, output).
+fn check(dir: &Path, broker: &Broker, source: &str) -> (i32, String) {
+    let config = dir.join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[sources.app]\npostgres = {source}\ntables = [\"public.items\"]\n",
+            broker.brokers()
+        ),
+    )
+    .expect("write config");
+    let args = ["check", "--config", config.to_str().expect("utf-8 path")];
+    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
+    let text = format!("{out}{err}");
+    assert!(!text.contains("panicked"), "sluice panicked: {text}");
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Whether every session of `sluice` on the server is encrypted (and there is one).
+async fn sessions_encrypted(pg: &PgCluster) -> (i64, i64) {
+    let row = pg
+        .connect("postgres")
+        .await
+        .query_one(
+            "select count(*) filter (where s.ssl), count(*) filter (where not s.ssl)
+               from pg_stat_ssl s join pg_stat_activity a using (pid) where a.usename = 'sluice'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_capture_and_apply_over_verify_full_tls() {
+    let dir = TempDir::new("tls-pg");
+    let ca = TestCa::new(&dir.path().join("certs"), "Sluice test CA");
+    let (cert, key) = ca.issue("server", &["127.0.0.1", "localhost"]);
+    let (elsewhere_cert, elsewhere_key) = ca.issue("elsewhere", &["db.elsewhere.example"]);
+    let hba = dir.path().join("certs").join("pg_hba.conf");
+    std::fs::write(&hba, HBA).expect("write pg_hba.conf");
+    let other_ca = TestCa::new(&dir.path().join("other"), "Another CA");
+    ca.give_to("postgres");
+
+    let source = tls_cluster(&cert, &key, &hba).await;
+    let target = tls_cluster(&cert, &key, &hba).await;
+    let src = source
+        .database_with(
+            "app",
+            "create table items (id int primary key, name text, amount numeric(12,2));
+             insert into items select g, 'item ' || g, g * 1.5 from generate_series(1, 500) g;",
+        )
+        .await;
+    let dst = target
+        .database_with(
+            "warehouse",
+            "create table items (id int primary key, name text, amount numeric(12,2));",
+        )
+        .await;
+    let broker = Broker::start();
+    let full = verify("verify-full", &ca.ca_file());
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "[kafka]\nbrokers = \"{}\"\npartitions = 2\n\n\
+             [sources.app]\npostgres = {}\ntables = [\"public.items\"]\ncheckpoint_interval_ms = 200\n\n\
+             [sinks.target]\npostgres = {}\n\n[[sinks.target.tables]]\nfrom = \"public.items\"\n",
+            broker.brokers(),
+            connection(&source, "127.0.0.1", "app", &full),
+            connection(&target, "127.0.0.1", "warehouse", &full),
+        ),
+    )
+    .expect("write config");
+
+    let mut sluice = start_in(dir.path(), &[]);
+    // The stream, after the snapshot: inserts, updates, deletes.
+    src.batch_execute(
+        "insert into items select g, 'item ' || g, g * 1.5 from generate_series(501, 1000) g;
+         update items set name = name || ' (updated)' where id % 7 = 0;
+         delete from items where id % 11 = 0;",
+    )
+    .await
+    .expect("changes");
+    let rows = "select id::text || '|' || name || '|' || amount::text from items";
+    let counts = wait_same_rows("items over TLS", || async {
+        let a = crate::common::column::<String>(&src, rows).await;
+        let b = crate::common::column::<String>(&dst, rows).await;
+        vec![(a, b)]
+    })
+    .await;
+    assert_eq!(counts, vec![910]);
+    // Every session Sluice holds (control, replication, apply) is encrypted.
+    for (side, pg) in [("source", &source), ("target", &target)] {
+        let (encrypted, plain) = sessions_encrypted(pg).await;
+        assert!(encrypted > 0, "{side}: no sluice session");
+        assert_eq!(plain, 0, "{side}: a sluice session is not encrypted");
+    }
+    sluice.stop(Duration::from_secs(30));
+
+    // A CA that did not sign the server's certificate.
+    let wrong_ca = verify("verify-full", &other_ca.ca_file());
+    let (code, text) = check(
+        dir.path(),
+        &broker,
+        &connection(&source, "127.0.0.1", "app", &wrong_ca),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not signed by a CA"), "{text}");
+    assert!(text.contains("set sslrootcert"), "{text}");
+
+    // A certificate for another host name: verify-full refuses it, verify-ca accepts it.
+    let elsewhere = tls_cluster(&elsewhere_cert, &elsewhere_key, &hba).await;
+    elsewhere
+        .database_with("app", "create table items (id int primary key)")
+        .await;
+    let (code, text) = check(
+        dir.path(),
+        &broker,
+        &connection(&elsewhere, "127.0.0.1", "app", &full),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("does not name the host"), "{text}");
+    assert!(text.contains("sslmode = \"verify-ca\""), "{text}");
+    let ca_only = verify("verify-ca", &ca.ca_file());
+    let (code, text) = check(
+        dir.path(),
+        &broker,
+        &connection(&elsewhere, "127.0.0.1", "app", &ca_only),
+    );
+    assert_eq!(code, 0, "verify-ca checks the CA only: {text}");
+
+    // A server without TLS, where TLS is required.
+    let plain = PgCluster::start();
+    plain
+        .database_with(
+            "app",
+            "create role sluice login superuser replication; create table items (id int primary key)",
+        )
+        .await;
+    let (code, text) = check(
+        dir.path(),
+        &broker,
+        &connection(&plain, "127.0.0.1", "app", "sslmode = \"require\""),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("does not accept TLS"), "{text}");
+}
