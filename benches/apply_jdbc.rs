@@ -43,9 +43,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_test_support::{
-    free_port, process, require_binary, signal_child, Broker, PgCluster, SluiceProcess, TempDir,
-};
+use sluice_test_support::bench::{env_flag, env_number, run_only, source_target_broker};
+use sluice_test_support::{free_port, process, require_binary, signal_child, PgCluster, TempDir};
 
 #[path = "shared/users.rs"]
 mod users;
@@ -56,7 +55,7 @@ const CONNECT_EXITED: &str = "Kafka Connect exited";
 /// How long the schemaless attempt may go without a row and without a failure.
 const PROBE_WAIT: Duration = Duration::from_secs(300);
 const KAFKA_VERSION: &str = "4.1.1";
-const PARTITIONS: i32 = 4;
+const PARTITIONS: i32 = users::PARTITIONS;
 /// Sluice's apply workers and the connector's tasks: one per partition on both sides.
 const WORKERS: usize = 4;
 /// Sluice's `max_batch_events`, the connector's `batch.size` and Connect's `max.poll.records`.
@@ -701,13 +700,6 @@ async fn create_topic(brokers: &str, topic: &str) {
     }
 }
 
-fn env_flag(name: &str, default: bool) -> bool {
-    match std::env::var(name) {
-        Ok(v) => !matches!(v.as_str(), "0" | "false" | "no" | "off"),
-        Err(_) => default,
-    }
-}
-
 fn line(side: &str, r: &Run) -> String {
     format!(
         "{side}: {:.0} rows/s (first → last row {:.0}), {:.1} µs CPU/row (+ {:.1} in the target Postgres), peak RSS {:.0} MB (start → last row {:.1} s, CPU {:.1} s incl. start-up)",
@@ -723,10 +715,7 @@ fn line(side: &str, r: &Run) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let rows: i64 = env_number("BENCH_ROWS", 200_000);
     let probe = env_flag("BENCH_JDBC_PROBE", true);
     let unnest = env_flag("BENCH_JDBC_UNNEST", true);
     // What the Java side needs, before any server starts.
@@ -735,55 +724,40 @@ async fn main() {
     let version = connector_version();
     let plugin_path = connector_plugin_path(&version);
 
-    let tuned = [("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
-    let source = PgCluster::start_with(&tuned);
-    let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start();
+    let (source, target, broker) = source_target_broker(&[]);
     let brokers = broker.brokers();
-    source.create_database("bench").await;
-    target.create_database("bench").await;
-    let src = source.connect("bench").await;
-    src.batch_execute(&format!("create table users ({TABLE_COLUMNS})"))
-        .await
-        .expect("source schema");
-    let tdb = target.connect("bench").await;
-    tdb.batch_execute(&format!(
-        "create table users_sluice ({TABLE_COLUMNS}, {APPLIED_AT});
-         create table users_jdbc ({TABLE_COLUMNS}, {APPLIED_AT});"
-    ))
-    .await
-    .expect("target schema");
-    src.batch_execute(&users::users_insert(rows as u64))
-        .await
-        .expect("rows");
+    source
+        .database_with("bench", &format!("create table users ({TABLE_COLUMNS})"))
+        .await;
+    let tdb = target
+        .database_with(
+            "bench",
+            &format!(
+                "create table users_sluice ({TABLE_COLUMNS}, {APPLIED_AT});
+                 create table users_jdbc ({TABLE_COLUMNS}, {APPLIED_AT});"
+            ),
+        )
+        .await;
 
     // Capture once: the snapshot puts every row into the topic.
     let dir = TempDir::new("bench-apply-jdbc");
-    let head = format!(
-        "[kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"app\"\npartitions = {PARTITIONS}\n\
-         tombstones = false\n\n[sources.app]\npostgres = {}\ntables = [\"public.users\"]\n",
-        source.sluice_connection("bench"),
-    );
-    users::capture_once(Path::new(SLUICE), dir.path(), &head);
+    let topic_prefix = "topic_prefix = \"app\"";
+    let head = users::capture_users(dir.path(), &brokers, topic_prefix, &source, rows as u64).await;
 
     // a. Sluice apply alone.
-    let apply_config = dir.path().join("apply.toml");
-    std::fs::write(
-        &apply_config,
-        format!(
-            "{head}\n[sinks.bench]\npostgres = {}\nworkers = {WORKERS}\n\
-             max_batch_events = {BATCH}\nmax_batch_delay_ms = 20\n\n\
-             [[sinks.bench.tables]]\nfrom = \"public.users\"\nto = \"public.users_sluice\"\n",
-            target.sluice_connection("bench")
-        ),
-    )
-    .expect("apply config");
+    let apply_config = format!(
+        "{head}\n[sinks.bench]\npostgres = {}\nworkers = {WORKERS}\n\
+         max_batch_events = {BATCH}\nmax_batch_delay_ms = 20\n\n\
+         [[sinks.bench.tables]]\nfrom = \"public.users\"\nto = \"public.users_sluice\"\n",
+        target.sluice_connection("bench")
+    );
     let started = Instant::now();
-    let mut sluice = SluiceProcess::run(
+    let mut sluice = run_only(
         Path::new(SLUICE),
+        dir.path(),
+        "apply",
+        "apply",
         &apply_config,
-        &["--only", "apply"],
-        &dir.path().join("apply.log"),
     );
     let pid = sluice.pid();
     let sluice_run = {

@@ -12,7 +12,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::bench::{env_number, run_only, source_target_broker};
+use sluice_test_support::{process, PgCluster, TempDir};
 
 #[path = "shared/users.rs"]
 mod users;
@@ -61,17 +62,11 @@ async fn apply(
     table: &str,
     rows: i64,
 ) -> Run {
-    let config = dir.join(format!("{table}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "{head}\n[sinks.{group}]\npostgres = {}\n{mapping}",
-            target.sluice_connection("bench")
-        ),
-    )
-    .expect("config");
-    let log = dir.join(format!("{table}.log"));
-    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &["--only", "apply"], &log);
+    let config = format!(
+        "{head}\n[sinks.{group}]\npostgres = {}\n{mapping}",
+        target.sluice_connection("bench")
+    );
+    let mut sluice = run_only(Path::new(SLUICE), dir, "apply", table, &config);
     let pid = sluice.pid();
     let db = target.connect("bench").await;
     let sql = format!("select count(*) from {table}");
@@ -109,39 +104,15 @@ async fn apply(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500_000);
-    let tuned = [("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
-    let source = PgCluster::start_with(&tuned);
-    let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start();
-    source.create_database("bench").await;
-    target.create_database("bench").await;
-    let src = source.connect("bench").await;
-    src.batch_execute(SOURCE).await.expect("source schema");
-    target
-        .connect("bench")
-        .await
-        .batch_execute(TARGET)
-        .await
-        .expect("target schema");
-    src.batch_execute(&users::users_insert(rows as u64))
-        .await
-        .expect("rows");
+    let rows: i64 = env_number("BENCH_ROWS", 500_000);
+    let (source, target, broker) = source_target_broker(&[]);
+    source.database_with("bench", SOURCE).await;
+    let tdb = target.database_with("bench", TARGET).await;
 
     // Capture once: the snapshot puts every row into the topic.
     let dir = TempDir::new("bench-mapping");
-    let head = format!(
-        "[kafka]\nbrokers = \"{}\"\npartitions = 4\ntombstones = false\n\n\
-         [sources.app]\npostgres = {}\ntables = [\"public.users\"]\n",
-        broker.brokers(),
-        source.sluice_connection("bench"),
-    );
-    users::capture_once(Path::new(SLUICE), dir.path(), &head);
+    let head = users::capture_users(dir.path(), &broker.brokers(), "", &source, rows as u64).await;
 
-    let tdb = target.connect("bench").await;
     let mut plain = Vec::new();
     let mut mapped = Vec::new();
     for round in ["a", "b"] {

@@ -16,7 +16,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::bench::{config_head, env_number, run_only, source_target_broker};
+use sluice_test_support::{process, PgCluster, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const LONG: Duration = Duration::from_secs(1800);
@@ -76,19 +77,13 @@ async fn apply(
     want: &str,
     changes: u64,
 ) -> Run {
-    let config = dir.join(format!("{group}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "{head}\n[sinks.{group}]\npostgres = {}\n\n\
-             [[sinks.{group}.tables]]\nfrom = \"public.parents\"\n\n\
-             [[sinks.{group}.tables]]\nfrom = \"public.children\"\n",
-            target.sluice_connection(database)
-        ),
-    )
-    .expect("config");
-    let log = dir.join(format!("{group}.log"));
-    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &["--only", "apply"], &log);
+    let config = format!(
+        "{head}\n[sinks.{group}]\npostgres = {}\n\n\
+         [[sinks.{group}.tables]]\nfrom = \"public.parents\"\n\n\
+         [[sinks.{group}.tables]]\nfrom = \"public.children\"\n",
+        target.sluice_connection(database)
+    );
+    let mut sluice = run_only(Path::new(SLUICE), dir, "apply", group, &config);
     let pid = sluice.pid();
     let db = target.connect(database).await;
     // From the moment the group assigned the partitions: the ordered worker applies a whole
@@ -125,14 +120,8 @@ async fn apply(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000);
-    let tuned = [("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
-    let source = PgCluster::start_with(&tuned);
-    let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start();
+    let rows: i64 = env_number("BENCH_ROWS", 300_000);
+    let (source, target, broker) = source_target_broker(&[]);
     source.create_database("bench").await;
     let src = source.connect("bench").await;
     src.batch_execute(SOURCE).await.expect("source schema");
@@ -141,21 +130,16 @@ async fn main() {
     }
 
     let dir = TempDir::new("bench-ordered");
-    let head = format!(
-        "[kafka]\nbrokers = \"{}\"\npartitions = 4\n\n\
-         [sources.app]\npostgres = {}\ntables = [\"public.parents\", \"public.children\"]\n",
-        broker.brokers(),
-        source.sluice_connection("bench"),
+    let head = config_head(
+        &broker.brokers(),
+        "partitions = 4",
+        "app",
+        &format!(
+            "postgres = {}\ntables = [\"public.parents\", \"public.children\"]",
+            source.sluice_connection("bench")
+        ),
     );
-    let capture_config = dir.path().join("capture.toml");
-    std::fs::write(&capture_config, &head).expect("capture config");
-    let capture_log = dir.path().join("capture.log");
-    let mut capture = SluiceProcess::run(
-        Path::new(SLUICE),
-        &capture_config,
-        &["--only", "capture"],
-        &capture_log,
-    );
+    let mut capture = run_only(Path::new(SLUICE), dir.path(), "capture", "capture", &head);
     capture.wait_log("replication stream started", 1, LONG);
     let mut written = 0u64;
     let mut t = 0;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use sluice_test_support::bench::{capture_config, env_number};
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -103,23 +104,21 @@ fn wait_next_checkpoint(log: &Path) -> Instant {
 }
 
 fn config_text(broker: &Broker, pg: &PgCluster, tables: &str, chunk: &str) -> String {
-    format!(
-        "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[kafka.properties]\n{}\n\n[sources.bench]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 100\n{chunk}\n",
-        broker.brokers(),
-        // BENCH_COMPRESSION sets the producer's compression.type (Sluice's default: lz4).
-        std::env::var("BENCH_COMPRESSION")
-            .map(|c| format!("\"compression.type\" = \"{c}\""))
-            .unwrap_or_default(),
+    // BENCH_COMPRESSION sets the producer's compression.type (Sluice's default: lz4).
+    let compression = std::env::var("BENCH_COMPRESSION")
+        .map(|c| format!("\"compression.type\" = \"{c}\""))
+        .unwrap_or_default();
+    let source = format!(
+        "postgres = {}\ntables = [{tables}]\n{chunk}",
         pg.sluice_connection("bench")
-    )
+    );
+    let head = capture_config(&broker.brokers(), &source);
+    format!("{head}\n[kafka.properties]\n{compression}\n")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let rows: u64 = env_number("BENCH_ROWS", 1_000_000);
     let chunk = std::env::var("BENCH_CHUNK")
         .map(|c| format!("backfill_chunk_rows = {c}"))
         .unwrap_or_default();
@@ -176,10 +175,7 @@ async fn main() {
         })
     };
 
-    let repeats: usize = std::env::var("BENCH_REPEAT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let repeats: usize = env_number("BENCH_REPEAT", 3);
     // COPY, backfill, COPY, re-sync, COPY, …: the machine's speed drifts from one second to
     // the next (COPY alone has ranged 0.5-1.1 s here), so each backfill is set against the
     // COPYs just before and after it, and the median round is the figure.

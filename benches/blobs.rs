@@ -21,19 +21,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use sluice_test_support::bench::env_number;
 use sluice_test_support::garage::Garage;
 use sluice_test_support::process::cpu_seconds;
 use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const LONG: Duration = Duration::from_secs(600);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[])
@@ -162,8 +156,8 @@ impl PhaseStart {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n = env_or("BENCH_FILES", 1000);
-    let kb = env_or("BENCH_FILE_KB", 100);
+    let n = env_number::<usize>("BENCH_FILES", 1000);
+    let kb = env_number::<usize>("BENCH_FILE_KB", 100);
     for (k, v) in Garage::env() {
         std::env::set_var(k, v);
     }
@@ -241,7 +235,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let rounds = env_number::<usize>("BENCH_ROUNDS", 3).max(1);
     let (gpid, spid) = (garage.pid(), sluice.pid());
     // Seconds and the CPU seconds garage and Sluice used, per path and round.
     let mut plain: Vec<Phase> = Vec::new();

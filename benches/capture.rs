@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sluice_test_support::bench::{capture_config, env_number, first_checkpoint};
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 #[path = "debezium/drain.rs"]
@@ -110,23 +111,14 @@ async fn run_workload(
     .await
     .expect("schema");
     let dir = TempDir::new("bench");
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\npostgres = {}\ntables = [\"public.bench\"]\ncheckpoint_interval_ms = 100\n",
-            broker.brokers(),
-            pg.sluice_connection("bench")
-        ),
-    )
-    .expect("config");
-    let log = dir.path().join("sluice.log");
+    let source = format!(
+        "postgres = {}\ntables = [\"public.bench\"]",
+        pg.sluice_connection("bench")
+    );
+    let head = capture_config(&broker.brokers(), &source);
 
     // 1. Sluice's slot (empty snapshot), then pg_recvlogical's slot.
-    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
-    sluice.wait_log("replication stream started", 1, Duration::from_secs(60));
-    sluice.wait_log("checkpoint written", 1, Duration::from_secs(60));
-    assert!(sluice.stop(Duration::from_secs(60)).success());
+    let (config, log) = first_checkpoint(Path::new(SLUICE), dir.path(), &head);
     // Two pg_recvlogical slots: one drained before Sluice runs (cold) and one after (warm), so
     // the order of the runs does not favour either side.
     db.batch_execute(
@@ -264,10 +256,7 @@ async fn run_workload(
 async fn main() {
     let engine = "kafka".to_string();
     let dbz = Debezium::prepare();
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let rows: u64 = env_number("BENCH_ROWS", 1_000_000);
     let single: u64 = rows / 10;
     let big_txns = format!(
         "do $$ begin for t in 0..{} loop

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sluice_test_support::bench::{capture_config, env_number, first_checkpoint};
 use sluice_test_support::{
     mariadb::mysql8_home, process, Broker, Flavor, MariaDb, SluiceProcess, TempDir,
 };
@@ -73,10 +74,7 @@ fn mariadb_binlog(reader: &Path, db: &MariaDb, first_file: &str, out: &Path) -> 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let rows: u64 = env_number("BENCH_ROWS", 1_000_000);
     let asked = std::env::var("BENCH_SERVERS").ok();
     let mut servers = Vec::new();
     for name in asked.as_deref().unwrap_or("mariadb,mysql8").split(',') {
@@ -150,23 +148,14 @@ fn run_server(flavor: Flavor, rows: u64, dbz: Option<&Debezium>) {
     }
     let broker = Broker::start();
     let dir = TempDir::new("bench-mysql");
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n[sources.bench]\nmysql = {}\ntables = [\"bench\"]\ncheckpoint_interval_ms = 100\n",
-            broker.brokers(),
-            db.sluice_connection("bench")
-        ),
-    )
-    .expect("config");
-    let log = dir.path().join("sluice.log");
+    let source = format!(
+        "mysql = {}\ntables = [\"bench\"]",
+        db.sluice_connection("bench")
+    );
+    let head = capture_config(&broker.brokers(), &source);
 
     // 1. Sluice's snapshot of the empty table and its first checkpoint.
-    let mut sluice = SluiceProcess::run(Path::new(SLUICE), &config, &[], &log);
-    sluice.wait_log("binlog stream started", 1, Duration::from_secs(60));
-    sluice.wait_log("checkpoint written", 1, Duration::from_secs(60));
-    assert!(sluice.stop(Duration::from_secs(60)).success());
+    let (config, log) = first_checkpoint(Path::new(SLUICE), dir.path(), &head);
     let first_file = db
         .query("bench", "show binary logs")
         .first()

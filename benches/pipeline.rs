@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sluice_test_support::bench::{env_number, source_target_broker};
 use sluice_test_support::{process, wait_for, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -34,14 +35,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let tuned = [
-        ("shared_buffers", "256MB"),
-        ("max_wal_size", "4GB"),
-        ("wal_writer_delay", "10ms"),
-    ];
-    let source = PgCluster::start_with(&tuned);
-    let target = PgCluster::start_with(&tuned);
-    let broker = Broker::start();
+    let (source, target, broker) = source_target_broker(&[("wal_writer_delay", "10ms")]);
     source.database_with("bench", SOURCE).await;
     target.database_with("bench", TARGET).await;
     let dir = TempDir::new("bench-pipeline");
@@ -196,14 +190,8 @@ async fn latency(engine: &str, secs: u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: i64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let secs: u64 = std::env::var("BENCH_LATENCY_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let rows: i64 = env_number("BENCH_ROWS", 1_000_000);
+    let secs: u64 = env_number("BENCH_LATENCY_SECS", 60);
     let engines = ["kafka".to_string()];
     println!("pipeline benchmark: source Postgres → sluice capture → Kafka → sluice apply → target Postgres, all on this machine");
     for engine in &engines {

@@ -1,0 +1,79 @@
+//! What the benchmarks share: their `BENCH_*` settings, their servers, their config heads.
+
+use crate::{Broker, PgCluster};
+
+/// The number in environment variable `name`; `default` when it is unset or not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Environment variable `name` as a flag: `0`, `false`, `no`, `off` are false, the rest true.
+pub fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) => !matches!(v.as_str(), "0" | "false" | "no" | "off"),
+        Err(_) => default,
+    }
+}
+
+/// A source and a target Postgres with room for big runs (plus `settings`), and a broker.
+pub fn source_target_broker(settings: &[(&str, &str)]) -> (PgCluster, PgCluster, Broker) {
+    let mut tuned = vec![("shared_buffers", "256MB"), ("max_wal_size", "4GB")];
+    tuned.extend_from_slice(settings);
+    let source = PgCluster::start_with(&tuned);
+    let target = PgCluster::start_with(&tuned);
+    (source, target, Broker::start())
+}
+
+/// A config's `[kafka]` section (`brokers` and the lines `kafka`) and its `[sources.<name>]`
+/// section (the lines `source`).
+pub fn config_head(brokers: &str, kafka: &str, name: &str, source: &str) -> String {
+    format!("[kafka]\nbrokers = \"{brokers}\"\n{kafka}\n\n[sources.{name}]\n{source}\n")
+}
+
+/// Writes `config` to `dir/sluice.toml` and runs Sluice with it until its stream (Postgres or
+/// binlog) has started and written a checkpoint, then stops it; returns the config's and the
+/// log's paths.
+pub fn first_checkpoint(
+    sluice: &std::path::Path,
+    dir: &std::path::Path,
+    config: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (path, log) = (dir.join("sluice.toml"), dir.join("sluice.log"));
+    std::fs::write(&path, config).expect("config");
+    let minute = std::time::Duration::from_secs(60);
+    let mut run = crate::SluiceProcess::run(sluice, &path, &[], &log);
+    run.wait_log("stream started", 1, minute);
+    run.wait_log("checkpoint written", 1, minute);
+    assert!(run.stop(minute).success());
+    (path, log)
+}
+
+/// The capture benchmarks' config: source `bench` (the lines `source`) checkpointed every
+/// 100 ms, into 3 partitions without tombstones.
+pub fn capture_config(brokers: &str, source: &str) -> String {
+    let source = format!("{source}\ncheckpoint_interval_ms = 100");
+    config_head(
+        brokers,
+        "partitions = 3\ntombstones = false",
+        "bench",
+        &source,
+    )
+}
+
+/// Writes `config` to `dir/<name>.toml` and runs `sluice --only <only>` with it, logging to
+/// `dir/<name>.log`.
+pub fn run_only(
+    sluice: &std::path::Path,
+    dir: &std::path::Path,
+    only: &str,
+    name: &str,
+    config: &str,
+) -> crate::SluiceProcess {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).expect("config");
+    let log = dir.join(format!("{name}.log"));
+    crate::SluiceProcess::run(sluice, &path, &["--only", only], &log)
+}
