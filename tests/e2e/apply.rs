@@ -24,7 +24,7 @@ async fn snapshot_and_mixed_changes_arrive_equal() {
     let p = Pipeline::new(&TABLES, &SCHEMA, &SCHEMA, "").await;
     let mut src = p.source_db().await;
     seed(&src, 3334).await;
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     // The snapshot holds exactly the seeded rows; everything after is streamed.
     sluice.wait_log("replication stream started", 1, LONG);
     let t = Instant::now();
@@ -58,7 +58,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
     let mut src = p.source_db().await;
     seed(&src, 3334).await;
     let dst = p.target_db().await;
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     // Crash only once the snapshot is checkpointed: a crash during the snapshot takes it
     // again (documented), which re-applies identical rows.
     sluice_test_support::wait_for("snapshot applied", LONG, || async {
@@ -97,7 +97,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
         // The killed processes stay members of the consumer group until their sessions
         // (6 s) expire; Kafka's coordinator then hands their partitions to the live member,
         // which the equality wait below waits for.
-        sluice = p.start("sluice", &[]);
+        sluice = p.run("sluice", &[]);
     }
     let changes = writer.await.expect("writer");
     let counts = p.wait_equal(WAIT).await;
@@ -115,7 +115,7 @@ async fn target_restart_mid_stream_converges() {
     let mut p = Pipeline::new(&TABLES, &SCHEMA, &SCHEMA, "").await;
     let mut src = p.source_db().await;
     seed(&src, 1000).await;
-    let sluice = p.start("sluice", &[]);
+    let sluice = p.run("sluice", &[]);
     p.wait_equal(WAIT).await;
     // Stop the target, keep writing, wait until sluice has noticed, then bring it back.
     p.target.stop();
@@ -141,7 +141,7 @@ async fn poison_events_go_to_dead_letters_and_the_rest_applies() {
     src.batch_execute("insert into lines select g, 1, g % 5, 'ok' from generate_series(1, 500) g")
         .await
         .expect("rows");
-    let sluice = p.start("sluice", &[]);
+    let sluice = p.run("sluice", &[]);
     sluice.wait_log("replication stream started", 1, LONG);
     // Bad rows among good ones, in the same transactions.
     src.batch_execute(
@@ -231,12 +231,12 @@ async fn two_apply_processes_share_the_partitions() {
     let mut src = p.source_db().await;
     seed(&src, 1000).await;
     // An apply process started before capture waits for the topics capture creates.
-    let mut a = p.start("apply-a", &["--only", "apply"]);
+    let mut a = p.run("apply-a", &["--only", "apply"]);
     a.wait_log("waiting for the sink's topics", 1, LONG);
-    let mut capture = p.start("capture", &["--only", "capture"]);
+    let mut capture = p.run("capture", &["--only", "capture"]);
     capture.wait_log("replication stream started", 1, LONG);
     a.wait_log("partitions assigned", 1, LONG);
-    let mut b = p.start("apply-b", &["--only", "apply"]);
+    let mut b = p.run("apply-b", &["--only", "apply"]);
     // b joins the group: the partitions are split between the two.
     b.wait_log("partitions assigned", 1, LONG);
     let (_, changes) = workload(&mut src, 10_000).await;
@@ -273,7 +273,7 @@ async fn truncate_ignore_leaves_the_target_as_it_is() {
     src.batch_execute("insert into lines select g, 1, 1, 'before' from generate_series(1, 100) g")
         .await
         .expect("rows");
-    let sluice = p.start("sluice", &[]);
+    let sluice = p.run("sluice", &[]);
     p.wait_equal(WAIT).await;
     src.batch_execute(
         "truncate lines; insert into lines select g, 2, 2, 'after' from generate_series(1, 10) g",
@@ -316,14 +316,14 @@ async fn misconfigured_sinks_are_explained() {
         )
     };
     // A mapping from a table no source captures: the config itself is invalid.
-    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.nope\"\n");
+    p.write_sink("", "[[sinks.target.tables]]\nfrom = \"public.nope\"\n");
     let (status, _, err) = check(&p);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("sinks.target.tables[0].from"), "{err}");
     assert!(err.contains("not captured by any source"), "{err}");
 
     // A target table that does not exist.
-    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.lines\"\n");
+    p.write_sink("", "[[sinks.target.tables]]\nfrom = \"public.lines\"\n");
     let (status, out, _) = check(&p);
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(
@@ -332,7 +332,7 @@ async fn misconfigured_sinks_are_explained() {
     );
 
     // A renamed column the target does not have.
-    p.write_config(
+    p.write_sink(
         "",
         "[[sinks.target.tables]]\nfrom = \"public.lines\"\nto = \"public.other\"\ncolumns = { id = \"order_id\", lable = \"note\" }\n",
     );

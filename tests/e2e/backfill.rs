@@ -31,14 +31,14 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
     // The rate limit makes the backfill last at least 10 s, so the crash below, once 10,000
     // rows are checkpointed, lands in its middle however fast the machine is.
     p.source_extra = "backfill_chunk_rows = 1000\nbackfill_max_rows_per_second = 10000".into();
-    p.write_config("", &mappings(&LOAD_TABLES));
+    p.write_sink("", &mappings(&LOAD_TABLES));
     let src = p.source_db().await;
     src.batch_execute(
         "insert into big select g, md5(g::text), g * 7 from generate_series(1, 100000) g",
     )
     .await
     .expect("big rows");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
 
     // A steady load on a, b and c: one row each every 10 ms, with the time it was written.
     let written: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
@@ -106,7 +106,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
 
     // Add `big` to the source and the sink, and reload.
     p.tables.push("big".into());
-    p.write_config("", &mappings(&["a", "b", "c", "big"]));
+    p.write_sink("", &mappings(&["a", "b", "c", "big"]));
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
         &["reload", "--config", p.config.to_str().expect("utf-8 path")],
@@ -137,7 +137,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
         !before_crash.contains("backfill finished"),
         "the backfill finished before the crash; nothing to resume"
     );
-    let mut sluice = p.start("sluice-after-crash", &[]);
+    let mut sluice = p.run("sluice-after-crash", &[]);
     sluice.wait_log("backfill finished", 1, LONG);
     // The reader logs its total on its own thread, not always before the stream's "finished".
     sluice.wait_log("backfill read complete", 1, LONG);
@@ -180,7 +180,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
 async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     let mut p = Pipeline::new(&["a"], SQL, SQL, "").await;
     p.source_extra = "backfill_chunk_rows = 200".into();
-    p.write_config("", &mappings(&["a"]));
+    p.write_sink("", &mappings(&["a"]));
     let src = p.source_db().await;
     src.batch_execute(
         "insert into big select g, 'v' || g, 0 from generate_series(1, 20000) g;
@@ -188,7 +188,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     )
     .await
     .expect("rows");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     p.wait_equal(LONG).await;
 
     // `sluice reload` refuses an invalid config and signals nothing.
@@ -204,7 +204,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     assert!(err.contains("not asked to reload"), "{err}");
 
     p.tables.push("big".into());
-    p.write_config("", &mappings(&["a", "big"]));
+    p.write_sink("", &mappings(&["a", "big"]));
     // Updates, deletes and inserts spread over every chunk's key range, while it is read.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -272,7 +272,7 @@ async fn snapshot_where_heals_exactly_its_key_range() {
     src.batch_execute("insert into big select g, 'v' || g, g from generate_series(1, 1000) g")
         .await
         .expect("rows");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     p.wait_equal(LONG).await;
 
     // Damage the target inside and outside the range 100–199.
@@ -369,7 +369,7 @@ async fn snapshot_where_heals_exactly_its_key_range() {
     src.batch_execute("drop table helper")
         .await
         .expect("drop helper");
-    let mut sluice = p.start("sluice-after-drop", &[]);
+    let mut sluice = p.run("sluice-after-drop", &[]);
     let deadline = Instant::now() + LONG;
     let status = loop {
         if let Some(status) = waiter.try_wait().expect("snapshot status") {

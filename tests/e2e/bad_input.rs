@@ -21,7 +21,7 @@ fn sluice(args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_replica_is_explained() {
     let pg = PgCluster::start_with(&[("wal_level", "replica")]);
-    let f = Fixture::with_pg(pg, &["t"], "create table t (id int primary key)", "").await;
+    let f = Fixture::with_pg(pg, &["t"], "create table t (id int primary key)").await;
     let config = f.config.to_str().expect("utf-8 path");
     let (code, text) = sluice(&["check", "--config", config]);
     assert_eq!(code, 1, "{text}");
@@ -70,7 +70,7 @@ async fn missing_table_keyless_table_and_unreachable_broker() {
         format!(
             "[kafka]\nbrokers = \"127.0.0.1:{}\"\n[sources.app]\npostgres = {}\ntables = [\"present\"]\n",
             free_port(),
-            f.pg.sluice_connection("app")
+            f.source.sluice_connection("app")
         ),
     )
     .expect("write config");

@@ -60,7 +60,7 @@ async fn blob_fixture(
     credentials();
     let garage = Garage::start(bucket);
     let f = Fixture::new(&[table], source_sql).await;
-    let db = f.pg.database_with(target, target_sql).await;
+    let db = f.source.database_with(target, target_sql).await;
     (garage, f, db)
 }
 
@@ -134,7 +134,7 @@ async fn training_session_reports_go_to_the_store_before_their_rows() {
          [[sinks.cloud.tables]]\nfrom = \"public.sessions\"\n\
          blobs.pdf_url = {{ store = \"reports\", path = \"pdf_path\", base_dirs = [\"{dir}\"], key = \"sessions/{{id}}.pdf\", sha256_column = \"pdf_sha256\", missing_file_wait_ms = 60000 }}\n\
          blobs.json_url = {{ store = \"reports\", path = \"json_path\", base_dirs = [\"{dir}\"], key = \"sessions/{{id}}{{ext}}\", missing_file_wait_ms = 1500 }}\n",
-        f.pg.sluice_connection("cloud"),
+        f.source.sluice_connection("cloud"),
         garage.store_section("reports", &format!("public_url = \"{public}\"")),
         dir = files.display(),
     ));
@@ -461,7 +461,7 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
         "\n[sinks.dash]\npostgres = {}\n\n{}\n\
          [[sinks.dash.tables]]\nfrom = \"public.photos\"\n\
          blobs.image_url = {{ store = \"photos\", bytes = \"image\", key = \"photos/{{id}}.png\", content_type = \"image/png\" }}\n",
-        f.pg.sluice_connection("dash"),
+        f.source.sluice_connection("dash"),
         garage.store_section("photos", "presign_ttl_s = 16"),
     ));
     let src = f.client().await;
@@ -597,7 +597,7 @@ async fn kills_during_uploads_leave_no_orphan_after_repair() {
         "\n[sinks.cloud]\npostgres = {}\nmax_batch_events = 50\n\n{}\n\
          [[sinks.cloud.tables]]\nfrom = \"public.docs\"\n\
          blobs.url = {{ store = \"crash\", path = \"path\", base_dirs = [\"{}\"], key = \"docs/{{id}}-{{sha256}}.txt\", sha256_column = \"sha\" }}\n",
-        f.pg.sluice_connection("cloud"),
+        f.source.sluice_connection("cloud"),
         garage.store_section("crash", "public_url = \"http://objects.invalid/{key}\""),
         files.display(),
     ));

@@ -3,10 +3,27 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir, TopicReader};
+use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir, TopicReader};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 pub const LONG: Duration = Duration::from_secs(120);
+
+/// Two tests, `$mariadb` and `$mysql8`, that run the async `$body` on a fresh MariaDB and on a
+/// fresh MySQL 8 server, with each one's extra arguments in brackets.
+macro_rules! mariadb_and_mysql8 {
+    ($body:ident, $mariadb:ident, $mysql8:ident $(, [$($a:expr),*], [$($b:expr),*])?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $mariadb() {
+            $body(sluice_test_support::MariaDb::start() $($(, $a)*)?).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $mysql8() {
+            $body(sluice_test_support::MariaDb::start_mysql8() $($(, $b)*)?).await;
+        }
+    };
+}
+pub(crate) use mariadb_and_mysql8;
 
 /// Runs sluice with `dir/sluice.toml`, logging to `dir/sluice.log`.
 pub fn start_in(dir: &Path, args: &[&str]) -> SluiceProcess {
@@ -115,63 +132,132 @@ pub async fn audit(db: &tokio_postgres::Client) -> (i64, i64, i64) {
     )
 }
 
+/// A `[kafka]` section: `brokers`, `partitions`, and the lines `extra`.
+pub fn kafka_section(brokers: &str, partitions: u32, extra: &str) -> String {
+    format!("[kafka]\nbrokers = \"{brokers}\"\npartitions = {partitions}\n{extra}\n")
+}
+
+/// The `postgres = …` line of database `db` of `pg`.
+pub fn postgres(pg: &PgCluster, db: &str) -> String {
+    format!("postgres = {}", pg.sluice_connection(db))
+}
+
+/// The `mysql = …` line of database `db` of `server`.
+pub fn mysql(server: &MariaDb, db: &str) -> String {
+    format!("mysql = {}", server.sluice_connection(db))
+}
+
+/// A `[sources.<name>]` section: its `connection` line (`postgres = …`, `mysql = …`), `tables`
+/// checkpointed every 200 ms, and the lines `extra`.
+pub fn source_section(
+    name: &str,
+    connection: &str,
+    tables: &[impl AsRef<str>],
+    extra: &str,
+) -> String {
+    let tables = tables
+        .iter()
+        .map(|t| format!("\"{}\"", t.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "\n[sources.{name}]\n{connection}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{extra}\n"
+    )
+}
+
+/// A `[sinks.<name>]` section: its `connection` line and the lines `extra`.
+pub fn sink_section(name: &str, connection: &str, extra: &str) -> String {
+    format!("\n[sinks.{name}]\n{connection}\n{extra}\n\n")
+}
+
+/// A `[[sinks.<sink>.tables]]` for each `(from, to)` of `maps` (no `to` where it is empty).
+pub fn table_maps(sink: &str, maps: &[(impl AsRef<str>, impl AsRef<str>)]) -> String {
+    let mut text = String::new();
+    for (from, to) in maps {
+        text.push_str(&format!(
+            "[[sinks.{sink}.tables]]\nfrom = \"{}\"\n",
+            from.as_ref()
+        ));
+        if !to.as_ref().is_empty() {
+            text.push_str(&format!("to = \"{}\"\n", to.as_ref()));
+        }
+    }
+    text
+}
+
+/// A source Postgres (database `app`), a broker, and a directory with a config capturing
+/// `tables` (in schema public) as source `app`; [`Pipeline`] adds a target.
 pub struct Fixture {
-    pub pg: PgCluster,
+    pub source: PgCluster,
     pub broker: Broker,
     pub dir: TempDir,
     pub config: PathBuf,
     pub tables: Vec<String>,
+    /// Extra lines for `[sources.app]`.
+    pub source_extra: String,
+    /// Extra lines for `[kafka]`.
+    pub kafka_extra: String,
 }
 
 impl Fixture {
-    /// Starts Postgres (database `app`, prepared with `setup_sql`) and a broker, and writes a
-    /// config capturing `tables` (in schema public) as source `app`.
+    /// Starts Postgres (database `app`, prepared with `setup_sql`) and a broker, and writes the
+    /// config.
     pub async fn new(tables: &[&str], setup_sql: &str) -> Fixture {
-        Self::with_pg(PgCluster::start(), tables, setup_sql, "").await
+        Self::with_pg(PgCluster::start(), tables, setup_sql).await
     }
 
-    pub async fn with_pg(
-        pg: PgCluster,
-        tables: &[&str],
-        setup_sql: &str,
-        extra_source: &str,
-    ) -> Fixture {
-        pg.database_with("app", setup_sql).await;
-        let broker = Broker::start();
-        let dir = TempDir::new("e2e");
-        let config = dir.path().join("sluice.toml");
-        let fixture = Fixture {
-            pg,
-            broker,
-            dir,
-            config,
-            tables: tables.iter().map(|t| t.to_string()).collect(),
-        };
-        fixture.write_config(extra_source);
+    /// The same with a Postgres of the caller's.
+    pub async fn with_pg(source: PgCluster, tables: &[&str], setup_sql: &str) -> Fixture {
+        let fixture = Self::started(source, tables, setup_sql).await;
+        fixture.write_config("");
         fixture
     }
 
-    pub fn write_config(&self, extra_source: &str) {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| format!("\"public.{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = format!(
-            "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n[sources.app]\npostgres = {}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{extra_source}\n",
-            self.broker.brokers(),
-            self.pg.sluice_connection("app"),
-        );
+    /// The services and the directory, without a config yet.
+    pub async fn started(source: PgCluster, tables: &[&str], setup_sql: &str) -> Fixture {
+        source.database_with("app", setup_sql).await;
+        let dir = TempDir::new("e2e");
+        Fixture {
+            source,
+            broker: Broker::start(),
+            config: dir.path().join("sluice.toml"),
+            dir,
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            source_extra: String::new(),
+            kafka_extra: String::new(),
+        }
+    }
+
+    /// Rewrites the config: `[kafka]`, `[sources.app]`, then `rest` (sinks, stores).
+    pub fn write_config(&self, rest: &str) {
+        let tables: Vec<String> = self.tables.iter().map(|t| format!("public.{t}")).collect();
+        let text = kafka_section(&self.broker.brokers(), 3, &self.kafka_extra)
+            + &source_section(
+                "app",
+                &postgres(&self.source, "app"),
+                &tables,
+                &self.source_extra,
+            )
+            + rest;
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    /// The log of the run called `name`.
+    pub fn log_of(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("sluice.log")
+        self.log_of("sluice")
+    }
+
+    /// Starts `sluice run` with `args`, logging to `<name>.log`.
+    pub fn run(&self, name: &str, args: &[&str]) -> SluiceProcess {
+        SluiceProcess::run(Path::new(SLUICE), &self.config, args, &self.log_of(name))
     }
 
     pub fn start(&self) -> SluiceProcess {
-        SluiceProcess::run(Path::new(SLUICE), &self.config, &[], &self.log_path())
+        self.run("sluice", &[])
     }
 
     /// Starts sluice and waits until its replication stream runs.
@@ -186,7 +272,7 @@ impl Fixture {
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        self.pg.connect("app").await
+        self.source.connect("app").await
     }
 
     /// A reader of table `t`'s topic (waits until sluice created it).

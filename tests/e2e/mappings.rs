@@ -10,7 +10,10 @@ use std::path::Path;
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{column, start_in, LONG, SLUICE};
+use crate::common::{
+    column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
+    start_in, LONG, SLUICE,
+};
 
 const LMS: &str = r#"
 create table institutes (
@@ -171,18 +174,12 @@ impl Org {
         orgs.database_with("orgs", ORGS).await;
         let broker = Broker::start();
         let dir = TempDir::new("mappings");
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!(
-                "[kafka]\nbrokers = \"{}\"\npartitions = 2\n\n\
-                 [sources.lms]\nmysql = {}\ntables = [\"institutes\", \"users\", \"institute_user\", \"user_profiles\"]\ncheckpoint_interval_ms = 200\n\n\
-                 [sinks.orgs]\npostgres = {}\nforeign_key_wait_ms = {fk_wait_ms}\n{MAPPINGS}",
-                broker.brokers(),
-                lms.sluice_connection("lms"),
-                orgs.sluice_connection("orgs"),
-            ),
-        )
-        .expect("config");
+        let tables = ["institutes", "users", "institute_user", "user_profiles"];
+        let sink_extra = format!("foreign_key_wait_ms = {fk_wait_ms}\n{MAPPINGS}");
+        let text = kafka_section(&broker.brokers(), 2, "")
+            + &source_section("lms", &mysql(&lms, "lms"), &tables, "")
+            + &sink_section("orgs", &postgres(&orgs, "orgs"), &sink_extra);
+        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
         Org {
             lms,
             orgs,
@@ -277,15 +274,11 @@ fn seed(db: &MariaDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn org_directory_mapped_from_mariadb_into_postgres() {
-    org_directory_mapped_into_postgres(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn org_directory_mapped_from_mysql8_into_postgres() {
-    org_directory_mapped_into_postgres(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    org_directory_mapped_into_postgres,
+    org_directory_mapped_from_mariadb_into_postgres,
+    org_directory_mapped_from_mysql8_into_postgres
+);
 
 async fn org_directory_mapped_into_postgres(lms: MariaDb) {
     let org = Org::on(lms, 60_000).await;

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{column, logged_number, start_in, wait_rows, wait_same_rows, LONG, SLUICE};
+use crate::common::{
+    column, kafka_section, logged_number, mariadb_and_mysql8, mysql, postgres, sink_section,
+    source_section, start_in, table_maps, wait_rows, wait_same_rows, LONG, SLUICE,
+};
 
 const SOURCE: &str = "create table a (id int primary key, v varchar(50));
                       create table big (id int primary key, v varchar(50), n bigint not null);
@@ -66,32 +69,17 @@ impl Setup {
     }
 
     fn config(&self, tables: &[&str]) -> std::path::PathBuf {
-        let list = tables
+        let maps: Vec<_> = tables
             .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let maps: String = tables
-            .iter()
-            .map(|t| {
-                format!("[[sinks.warehouse.tables]]\nfrom = \"shop.{t}\"\nto = \"public.{t}\"\n")
-            })
+            .map(|t| (format!("shop.{t}"), format!("public.{t}")))
             .collect();
+        let source_extra = format!("backfill_chunk_rows = 500\n{}", self.extra);
+        let text = kafka_section(&self.broker.brokers(), 3, "")
+            + &source_section("shop", &mysql(&self.source, "shop"), tables, &source_extra)
+            + &sink_section("warehouse", &postgres(&self.target, "warehouse"), "")
+            + &table_maps("warehouse", &maps);
         let path = self.dir.path().join("sluice.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n\
-                 [sources.shop]\nmysql = {}\ntables = [{list}]\ncheckpoint_interval_ms = 200\n\
-                 backfill_chunk_rows = 500\n{}\n\n\
-                 [sinks.warehouse]\npostgres = {}\n\n{maps}",
-                self.broker.brokers(),
-                self.source.sluice_connection("shop"),
-                self.extra,
-                self.target.sluice_connection("warehouse"),
-            ),
-        )
-        .expect("config");
+        std::fs::write(&path, text).expect("config");
         path
     }
 
@@ -151,15 +139,11 @@ fn write_all_over_big(source: &MariaDb, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_range() {
-    table_added_under_writes_is_backfilled_and_resynced(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_table_added_under_writes_is_backfilled_and_resynced_by_key_range() {
-    table_added_under_writes_is_backfilled_and_resynced(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    table_added_under_writes_is_backfilled_and_resynced,
+    mariadb_table_added_under_writes_is_backfilled_and_resynced_by_key_range,
+    mysql8_table_added_under_writes_is_backfilled_and_resynced_by_key_range
+);
 
 async fn table_added_under_writes_is_backfilled_and_resynced(db: MariaDb) {
     let server = format!("{:?}", db.flavor());

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sluice_test_support::{Broker, Flavor, MariaDb, SluiceProcess, TempDir, TopicReader};
 
-use crate::common::{start_in, LONG, SLUICE};
+use crate::common::{
+    kafka_section, mariadb_and_mysql8, mysql, source_section, start_in, LONG, SLUICE,
+};
 
 /// A MariaDB (database `shop`), a broker, and a config capturing `tables` of `shop`.
 pub struct MyFixture {
@@ -29,21 +31,10 @@ impl MyFixture {
         let broker = Broker::start();
         let dir = TempDir::new("mysql-capture");
         let config = dir.path().join("sluice.toml");
-        let list = tables
-            .iter()
-            .map(|t| format!("\"shop.{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "[kafka]\nbrokers = \"{}\"\npartitions = 1\n\n\
-                 [sources.shop]\nmysql = {}\ntables = [{list}]\ncheckpoint_interval_ms = 200\n{extra_config}",
-                broker.brokers(),
-                db.sluice_connection("shop"),
-            ),
-        )
-        .expect("config");
+        let tables: Vec<String> = tables.iter().map(|t| format!("shop.{t}")).collect();
+        let text = kafka_section(&broker.brokers(), 1, "")
+            + &source_section("shop", &mysql(&db, "shop"), &tables, extra_config);
+        std::fs::write(&config, text).expect("config");
         MyFixture {
             db,
             broker,
@@ -233,15 +224,11 @@ async fn every_mysql_type_round_trips_through_snapshot_and_binlog() {
     assert_eq!(reader.records[0].key, Some(json!({"id": 1})));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ddl_mid_stream_changes_the_columns_of_later_events_only() {
-    ddl_mid_stream(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_ddl_mid_stream_changes_the_columns_of_later_events_only() {
-    ddl_mid_stream(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    ddl_mid_stream,
+    ddl_mid_stream_changes_the_columns_of_later_events_only,
+    mysql8_ddl_mid_stream_changes_the_columns_of_later_events_only
+);
 
 async fn ddl_mid_stream(db: MariaDb) {
     let f = MyFixture::on(
@@ -283,15 +270,11 @@ async fn ddl_mid_stream(db: MariaDb) {
     assert_eq!(*afters[6], json!({"id": 5, "a": 5, "c": 5}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purged_checkpoint_position_is_refused_with_the_way_out() {
-    purged_checkpoint_position(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_a_purged_checkpoint_position_is_refused_with_the_way_out() {
-    purged_checkpoint_position(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    purged_checkpoint_position,
+    a_purged_checkpoint_position_is_refused_with_the_way_out,
+    mysql8_a_purged_checkpoint_position_is_refused_with_the_way_out
+);
 
 async fn purged_checkpoint_position(db: MariaDb) {
     let f = MyFixture::on(db, "create table t (id int primary key)", &["t"], "");
@@ -403,21 +386,18 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
     assert!(sluice.stop(LONG).success());
 }
 
+mariadb_and_mysql8!(
+    table_id_reused_after_restart,
+    a_table_id_reused_after_a_server_restart_is_read_afresh,
+    mysql8_a_table_id_reused_after_a_server_restart_is_read_afresh,
+    [""],
+    [""]
+);
+
 /// Table ids in the binlog hold for one server run: after a restart the server hands the ids
 /// out again, to whichever table is opened first. A capture that resumes before the restart
 /// reads the old file (where an id names one table) and then the new one (where it names
 /// another), and must read each rows event with its own file's table map.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_id_reused_after_a_server_restart_is_read_afresh() {
-    table_id_reused_after_restart(MariaDb::start(), "").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_a_table_id_reused_after_a_server_restart_is_read_afresh() {
-    table_id_reused_after_restart(MariaDb::start_mysql8(), "").await;
-}
-
-/// The body of [`a_table_id_reused_after_a_server_restart_is_read_afresh`].
 async fn table_id_reused_after_restart(db: MariaDb, extra_config: &str) {
     let mut f = MyFixture::on(
         db,

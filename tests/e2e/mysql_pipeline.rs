@@ -5,7 +5,10 @@
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{audit, column, start_in, wait_same_rows, AUDIT, LONG};
+use crate::common::{
+    audit, column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section,
+    source_section, start_in, table_maps, wait_same_rows, AUDIT, LONG,
+};
 
 const SOURCE: &str = r#"
 create table accounts (
@@ -75,20 +78,15 @@ impl Pipeline {
             .await;
         let broker = Broker::start();
         let dir = TempDir::new("mysql-pipeline");
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!(
-                "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n\
-                 [sources.shop]\nmysql = {}\ntables = [\"accounts\", \"visits\"]\ncheckpoint_interval_ms = 200\n\n\
-                 [sinks.warehouse]\npostgres = {}\n\n\
-                 [[sinks.warehouse.tables]]\nfrom = \"shop.accounts\"\nto = \"public.accounts\"\n\
-                 [[sinks.warehouse.tables]]\nfrom = \"shop.visits\"\nto = \"public.visits\"\n",
-                broker.brokers(),
-                source.sluice_connection("shop"),
-                target.sluice_connection("warehouse"),
-            ),
-        )
-        .expect("config");
+        let maps = [
+            ("shop.accounts", "public.accounts"),
+            ("shop.visits", "public.visits"),
+        ];
+        let text = kafka_section(&broker.brokers(), 3, "")
+            + &source_section("shop", &mysql(&source, "shop"), &["accounts", "visits"], "")
+            + &sink_section("warehouse", &postgres(&target, "warehouse"), "")
+            + &table_maps("warehouse", &maps);
+        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
         Pipeline {
             source,
             target,
@@ -177,15 +175,11 @@ impl Pipeline {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_to_postgres_equal_after_snapshot_50k_changes_and_a_server_restart() {
-    equal_after_50k_changes_and_a_server_restart(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_to_postgres_equal_after_snapshot_50k_changes_and_a_server_restart() {
-    equal_after_50k_changes_and_a_server_restart(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    equal_after_50k_changes_and_a_server_restart,
+    mariadb_to_postgres_equal_after_snapshot_50k_changes_and_a_server_restart,
+    mysql8_to_postgres_equal_after_snapshot_50k_changes_and_a_server_restart
+);
 
 async fn equal_after_50k_changes_and_a_server_restart(source: MariaDb) {
     let server = format!("{:?}", source.flavor());
@@ -220,15 +214,13 @@ async fn equal_after_50k_changes_and_a_server_restart(source: MariaDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_capture_survives_kill_9_without_loss_or_double_application() {
-    capture_survives_kill_9(MariaDb::start(), "from the GTID position").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_capture_survives_kill_9_without_loss_or_double_application() {
-    capture_survives_kill_9(MariaDb::start_mysql8(), "from the GTID set").await;
-}
+mariadb_and_mysql8!(
+    capture_survives_kill_9,
+    mariadb_capture_survives_kill_9_without_loss_or_double_application,
+    mysql8_capture_survives_kill_9_without_loss_or_double_application,
+    ["from the GTID position"],
+    ["from the GTID set"]
+);
 
 /// `resumed` names how the server's GTIDs let a restarted capture resume.
 async fn capture_survives_kill_9(source: MariaDb, resumed: &str) {

@@ -4,7 +4,10 @@
 
 use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{column, start_in, wait_same_rows, LONG};
+use crate::common::{
+    column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
+    start_in, table_maps, wait_same_rows, LONG,
+};
 
 const SOURCE: &str = r#"
 create table people (
@@ -70,20 +73,12 @@ impl MySqlPipeline {
         target.execute(Some("warehouse"), TARGET);
         let broker = Broker::start();
         let dir = TempDir::new("mysql-target");
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!(
-                "[kafka]\nbrokers = \"{}\"\npartitions = 3\n\n\
-                 [sources.app]\npostgres = {}\ntables = [\"public.people\", \"public.visits\"]\ncheckpoint_interval_ms = 200\n\n\
-                 [sinks.warehouse]\nmysql = {}\n\n\
-                 [[sinks.warehouse.tables]]\nfrom = \"public.people\"\n\
-                 [[sinks.warehouse.tables]]\nfrom = \"public.visits\"\n",
-                broker.brokers(),
-                source.sluice_connection("app"),
-                target.sluice_connection("warehouse"),
-            ),
-        )
-        .expect("config");
+        let tables = ["public.people", "public.visits"];
+        let text = kafka_section(&broker.brokers(), 3, "")
+            + &source_section("app", &postgres(&source, "app"), &tables, "")
+            + &sink_section("warehouse", &mysql(&target, "warehouse"), "")
+            + &table_maps("warehouse", &tables.map(|t| (t, "")));
+        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
         MySqlPipeline {
             source,
             target,
@@ -157,15 +152,11 @@ async fn round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
     changes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_to_mariadb_equal_after_snapshot_and_mixed_changes() {
-    equal_after_snapshot_and_mixed_changes(MariaDb::start()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_to_mysql8_equal_after_snapshot_and_mixed_changes() {
-    equal_after_snapshot_and_mixed_changes(MariaDb::start_mysql8()).await;
-}
+mariadb_and_mysql8!(
+    equal_after_snapshot_and_mixed_changes,
+    postgres_to_mariadb_equal_after_snapshot_and_mixed_changes,
+    postgres_to_mysql8_equal_after_snapshot_and_mixed_changes
+);
 
 async fn equal_after_snapshot_and_mixed_changes(target: MariaDb) {
     let server = format!("{:?}", target.flavor());
@@ -193,18 +184,16 @@ async fn equal_after_snapshot_and_mixed_changes(target: MariaDb) {
     assert_eq!(truncates, vec!["1".to_owned()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters() {
-    // MariaDB reports a failed CHECK as SQLSTATE 23000, error 4025.
-    survives_kill_9_and_refuses_bad_rows(MariaDb::start(), "23000/4025").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters() {
-    // MySQL 8 reports it as SQLSTATE HY000, error 3819: the class does not say "data", the
-    // error number does.
-    survives_kill_9_and_refuses_bad_rows(MariaDb::start_mysql8(), "HY000/3819").await;
-}
+// MariaDB reports a failed CHECK as SQLSTATE 23000, error 4025.
+// MySQL 8 reports it as SQLSTATE HY000, error 3819: the class does not say "data", the
+// error number does.
+mariadb_and_mysql8!(
+    survives_kill_9_and_refuses_bad_rows,
+    mariadb_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters,
+    mysql8_target_survives_kill_9_and_refuses_bad_rows_into_dead_letters,
+    ["23000/4025"],
+    ["HY000/3819"]
+);
 
 async fn survives_kill_9_and_refuses_bad_rows(target: MariaDb, refusal: &str) {
     let p = MySqlPipeline::on(target).await;

@@ -1,23 +1,29 @@
 //! A whole pipeline for one test: source Postgres → broker → target Postgres, and sluice.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::PgCluster;
 
-use crate::common::{LONG, SLUICE};
+use crate::common::{postgres, sink_section, table_maps, Fixture, LONG};
 
+/// A [`Fixture`] whose source is also applied into a target Postgres (database `warehouse`).
 pub struct Pipeline {
-    pub source: PgCluster,
+    fixture: Fixture,
     pub target: PgCluster,
-    pub broker: Broker,
-    pub dir: TempDir,
-    pub config: PathBuf,
-    pub tables: Vec<String>,
-    /// Extra lines for `[sources.app]`.
-    pub source_extra: String,
-    /// Extra lines for `[kafka]`.
-    pub kafka_extra: String,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.fixture
+    }
+}
+
+impl std::ops::DerefMut for Pipeline {
+    fn deref_mut(&mut self) -> &mut Fixture {
+        &mut self.fixture
+    }
 }
 
 impl Pipeline {
@@ -30,59 +36,20 @@ impl Pipeline {
         target_sql: &str,
         sink_extra: &str,
     ) -> Pipeline {
-        let source = PgCluster::start();
         let target = PgCluster::start();
-        source.database_with("app", source_sql).await;
         target.database_with("warehouse", target_sql).await;
-        let broker = Broker::start();
-        let dir = TempDir::new("pipeline");
-        let config = dir.path().join("sluice.toml");
-        let p = Pipeline {
-            source,
-            target,
-            broker,
-            dir,
-            config,
-            tables: tables.iter().map(|t| t.to_string()).collect(),
-            source_extra: String::new(),
-            kafka_extra: String::new(),
-        };
-        let mappings: String = tables
-            .iter()
-            .map(|t| format!("[[sinks.target.tables]]\nfrom = \"public.{t}\"\n"))
-            .collect();
-        p.write_config(sink_extra, &mappings);
+        let fixture = Fixture::started(PgCluster::start(), tables, source_sql).await;
+        let p = Pipeline { fixture, target };
+        let maps: Vec<_> = tables.iter().map(|t| (format!("public.{t}"), "")).collect();
+        p.write_sink(sink_extra, &table_maps("target", &maps));
         p
     }
 
-    /// Rewrites the config with these `[[sinks.target.tables]]` sections.
-    pub fn write_config(&self, sink_extra: &str, mappings: &str) {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| format!("\"public.{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = format!(
-            "[kafka]\nbrokers = \"{brokers}\"\npartitions = 3\n{kafka_extra}\n\n\
-             [sources.app]\npostgres = {src}\ntables = [{tables}]\ncheckpoint_interval_ms = 200\n{source_extra}\n\n\
-             [sinks.target]\npostgres = {dst}\n{sink_extra}\n\n{mappings}",
-            brokers = self.broker.brokers(),
-            src = self.source.sluice_connection("app"),
-            dst = self.target.sluice_connection("warehouse"),
-            source_extra = self.source_extra,
-            kafka_extra = self.kafka_extra,
-        );
-        std::fs::write(&self.config, text).expect("write config");
-    }
-
-    pub fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// Starts `sluice run` with `extra` arguments, logging to `<name>.log`.
-    pub fn start(&self, name: &str, extra: &[&str]) -> SluiceProcess {
-        SluiceProcess::run(Path::new(SLUICE), &self.config, extra, &self.log_path(name))
+    /// Rewrites the config with `[sinks.target]` (the lines `sink_extra`) and these
+    /// `[[sinks.target.tables]]` sections.
+    pub fn write_sink(&self, sink_extra: &str, mappings: &str) {
+        let sink = sink_section("target", &postgres(&self.target, "warehouse"), sink_extra);
+        self.fixture.write_config(&format!("{sink}{mappings}"));
     }
 
     pub async fn source_db(&self) -> tokio_postgres::Client {

@@ -59,10 +59,10 @@ async fn deletes_survive_topic_compaction() {
     )
     .await;
     p.kafka_extra = FAST_COMPACTION.into();
-    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.items\"\n");
+    p.write_sink("", "[[sinks.target.tables]]\nfrom = \"public.items\"\n");
     let src = p.source_db().await;
-    let _capture = p.start("capture", &["--only", "capture"]);
-    let mut apply = p.start("apply", &["--only", "apply"]);
+    let _capture = p.run("capture", &["--only", "capture"]);
+    let mut apply = p.run("apply", &["--only", "apply"]);
     src.batch_execute("insert into items select g, 'v' || g from generate_series(1, 5) g")
         .await
         .expect("insert");
@@ -101,7 +101,7 @@ async fn deletes_survive_topic_compaction() {
     )
     .await;
 
-    let _apply = p.start("apply2", &["--only", "apply"]);
+    let _apply = p.run("apply2", &["--only", "apply"]);
     p.wait_equal(WAIT).await;
     let dst = p.target_db().await;
     let left: i64 = dst
@@ -128,8 +128,8 @@ async fn a_sink_behind_retention_stops_and_says_so() {
     )
     .await;
     let src = p.source_db().await;
-    let _capture = p.start("capture", &["--only", "capture"]);
-    let mut apply = p.start("apply", &["--only", "apply"]);
+    let _capture = p.run("capture", &["--only", "capture"]);
+    let mut apply = p.run("apply", &["--only", "apply"]);
     // Thirty keys: every one of the three partitions gets a stored offset.
     src.batch_execute("insert into items select g, 'v' || g from generate_series(1, 30) g")
         .await
@@ -180,7 +180,7 @@ async fn a_sink_behind_retention_stops_and_says_so() {
     )
     .await;
 
-    let apply = p.start("apply2", &["--only", "apply"]);
+    let apply = p.run("apply2", &["--only", "apply"]);
     apply.wait_log("a stored offset is no longer in Kafka", 3, WAIT);
     let dst = p.target_db().await;
     let count = |sql: &'static str| {
@@ -218,7 +218,7 @@ async fn key_change_keeps_an_unchanged_toasted_value() {
                   alter table docs alter column body set storage external;";
     let p = Pipeline::new(&["docs"], schema, schema, "").await;
     let src = p.source_db().await;
-    let _sluice = p.start("sluice", &[]);
+    let _sluice = p.run("sluice", &[]);
     src.batch_execute(
         "insert into docs select g, 't' || g, repeat(md5(g::text), 400) from generate_series(1, 20) g",
     )
@@ -249,7 +249,7 @@ async fn run_waits_for_a_broker_that_is_not_up_yet() {
     let schema = "create table items (id int primary key, v text not null)";
     let mut p = Pipeline::new(&["items"], schema, schema, "").await;
     p.broker.kill();
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     sluice.wait_log("cannot reach the brokers", 1, WAIT);
     assert!(
         sluice.is_running(),
@@ -270,7 +270,7 @@ async fn run_waits_for_a_broker_that_is_not_up_yet() {
 async fn a_running_pipeline_outlives_a_broker_kill() {
     let schema = "create table items (id int primary key, v text not null)";
     let mut p = Pipeline::new(&["items"], schema, schema, "").await;
-    let _sluice = p.start("sluice", &[]);
+    let _sluice = p.run("sluice", &[]);
     let src = p.source_db().await;
     let writer = crate::common::PacedWriter::start(src, |n| {
         format!("insert into items values ({n}, 'v{n}') on conflict (id) do update set v = 'again'")
@@ -330,8 +330,8 @@ async fn linked_tables_after_a_backlog(sink_settings: &str) {
                   create table members (id int primary key,
                     institute_id int not null references institutes (id), name text not null);";
     let p = Pipeline::new(&["institutes", "members"], source, target, sink_settings).await;
-    let _capture = p.start("capture", &["--only", "capture"]);
-    let mut apply = p.start("apply", &["--only", "apply"]);
+    let _capture = p.run("capture", &["--only", "capture"]);
+    let mut apply = p.run("apply", &["--only", "apply"]);
     p.wait_equal(WAIT).await;
     apply.stop(Duration::from_secs(30));
 
@@ -350,7 +350,7 @@ async fn linked_tables_after_a_backlog(sink_settings: &str) {
         .await
         .expect("workload round");
     }
-    let _apply = p.start("apply2", &["--only", "apply"]);
+    let _apply = p.run("apply2", &["--only", "apply"]);
     let counts = p.wait_equal(WAIT).await;
     assert_eq!(counts[0], 10, "institutes");
     let dead: i64 = p

@@ -19,7 +19,7 @@ fn hangup(pid: u32) {
 async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
     let p = Pipeline::new(&["a", "b"], TABLES, TABLES, "").await;
     // The sink maps only `a` to begin with.
-    p.write_config("", "[[sinks.target.tables]]\nfrom = \"public.a\"\n");
+    p.write_sink("", "[[sinks.target.tables]]\nfrom = \"public.a\"\n");
     let src = p.source_db().await;
     src.batch_execute(
         "insert into a select g, 'a' || g from generate_series(1, 200) g;
@@ -27,7 +27,7 @@ async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
     )
     .await
     .expect("rows");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     let dst = p.target_db().await;
     let count = |table: &'static str| {
         let dst = &dst;

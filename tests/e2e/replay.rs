@@ -40,7 +40,7 @@ async fn replay_from_the_beginning_rebuilds_an_emptied_target() {
     )
     .await
     .expect("changes");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     let counts = p.wait_equal(LONG).await;
     assert_eq!(counts, vec![3000 - 3000 / 11]);
 
@@ -79,7 +79,7 @@ async fn replay_from_a_time_heals_rows_damaged_after_it() {
     )
     .await
     .expect("first changes");
-    let mut sluice = p.start("sluice", &[]);
+    let mut sluice = p.run("sluice", &[]);
     p.wait_equal(LONG).await;
     // Every change after this moment is in Kafka with a later timestamp.
     let now = std::time::SystemTime::now()
