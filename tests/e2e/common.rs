@@ -185,19 +185,87 @@ pub fn table_maps(sink: &str, maps: &[(impl AsRef<str>, impl AsRef<str>)]) -> St
     text
 }
 
+/// A broker, and a directory for one test's config (`config`) and sluice's logs.
+pub struct Workdir {
+    pub broker: Broker,
+    pub dir: TempDir,
+    pub config: PathBuf,
+}
+
+impl Workdir {
+    /// Starts a broker and makes the directory (`label` in its name).
+    pub fn new(label: &str) -> Workdir {
+        let dir = TempDir::new(label);
+        Workdir {
+            broker: Broker::start(),
+            config: dir.path().join("sluice.toml"),
+            dir,
+        }
+    }
+
+    /// Writes the config: `[kafka]` (`partitions`, the lines `kafka`), then `sections`.
+    pub fn configure(&self, partitions: u32, kafka: &str, sections: &str) {
+        let text = kafka_section(&self.broker.brokers(), partitions, kafka) + sections;
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// The log of the run called `name`.
+    pub fn log_of(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.log_of("sluice")
+    }
+
+    /// Starts `sluice run` with `args`, logging to `<name>.log`.
+    pub fn run(&self, name: &str, args: &[&str]) -> SluiceProcess {
+        SluiceProcess::run(Path::new(SLUICE), &self.config, args, &self.log_of(name))
+    }
+
+    /// Starts `sluice run` with `args`, logging to `sluice.log`.
+    pub fn start_with(&self, args: &[&str]) -> SluiceProcess {
+        self.run("sluice", args)
+    }
+
+    pub fn start(&self) -> SluiceProcess {
+        self.start_with(&[])
+    }
+}
+
+/// Lets a fixture type that holds a [`Workdir`] in `work` be used as one.
+macro_rules! deref_workdir {
+    ($fixture:ty) => {
+        impl std::ops::Deref for $fixture {
+            type Target = $crate::common::Workdir;
+
+            fn deref(&self) -> &$crate::common::Workdir {
+                &self.work
+            }
+        }
+
+        impl std::ops::DerefMut for $fixture {
+            fn deref_mut(&mut self) -> &mut $crate::common::Workdir {
+                &mut self.work
+            }
+        }
+    };
+}
+pub(crate) use deref_workdir;
+
 /// A source Postgres (database `app`), a broker, and a directory with a config capturing
 /// `tables` (in schema public) as source `app`; [`Pipeline`] adds a target.
 pub struct Fixture {
     pub source: PgCluster,
-    pub broker: Broker,
-    pub dir: TempDir,
-    pub config: PathBuf,
+    pub work: Workdir,
     pub tables: Vec<String>,
     /// Extra lines for `[sources.app]`.
     pub source_extra: String,
     /// Extra lines for `[kafka]`.
     pub kafka_extra: String,
 }
+
+deref_workdir!(Fixture);
 
 impl Fixture {
     /// Starts Postgres (database `app`, prepared with `setup_sql`) and a broker, and writes the
@@ -216,12 +284,9 @@ impl Fixture {
     /// The services and the directory, without a config yet.
     pub async fn started(source: PgCluster, tables: &[&str], setup_sql: &str) -> Fixture {
         source.database_with("app", setup_sql).await;
-        let dir = TempDir::new("e2e");
         Fixture {
             source,
-            broker: Broker::start(),
-            config: dir.path().join("sluice.toml"),
-            dir,
+            work: Workdir::new("e2e"),
             tables: tables.iter().map(|t| t.to_string()).collect(),
             source_extra: String::new(),
             kafka_extra: String::new(),
@@ -231,33 +296,9 @@ impl Fixture {
     /// Rewrites the config: `[kafka]`, `[sources.app]`, then `rest` (sinks, stores).
     pub fn write_config(&self, rest: &str) {
         let tables: Vec<String> = self.tables.iter().map(|t| format!("public.{t}")).collect();
-        let text = kafka_section(&self.broker.brokers(), 3, &self.kafka_extra)
-            + &source_section(
-                "app",
-                &postgres(&self.source, "app"),
-                &tables,
-                &self.source_extra,
-            )
-            + rest;
-        std::fs::write(&self.config, text).expect("write config");
-    }
-
-    /// The log of the run called `name`.
-    pub fn log_of(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.log_of("sluice")
-    }
-
-    /// Starts `sluice run` with `args`, logging to `<name>.log`.
-    pub fn run(&self, name: &str, args: &[&str]) -> SluiceProcess {
-        SluiceProcess::run(Path::new(SLUICE), &self.config, args, &self.log_of(name))
-    }
-
-    pub fn start(&self) -> SluiceProcess {
-        self.run("sluice", &[])
+        let connection = postgres(&self.source, "app");
+        let source = source_section("app", &connection, &tables, &self.source_extra);
+        self.configure(3, &self.kafka_extra, &(source + rest));
     }
 
     /// Starts sluice and waits until its replication stream runs.

@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{MariaDb, PgCluster, SluiceProcess};
 
 use crate::common::{
-    column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
-    start_in, LONG, SLUICE,
+    column, deref_workdir, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
+    Workdir, LONG, SLUICE,
 };
 
 const LMS: &str = r#"
@@ -157,39 +157,34 @@ async fn actual(pg: &tokio_postgres::Client) -> Vec<Vec<String>> {
 struct Org {
     lms: MariaDb,
     orgs: PgCluster,
-    _broker: Broker,
-    dir: TempDir,
+    work: Workdir,
 }
 
+deref_workdir!(Org);
+
 impl Org {
-    async fn new(fk_wait_ms: u64) -> Org {
-        Self::on(MariaDb::start(), fk_wait_ms).await
+    /// A seeded MariaDB `lms` with sluice running, once the target holds its snapshot.
+    async fn converged(fk_wait_ms: u64) -> (Org, SluiceProcess) {
+        let org = Self::on(MariaDb::start(), fk_wait_ms).await;
+        seed(&org.lms);
+        let sluice = org.start();
+        org.converge("snapshot", &[]).await;
+        (org, sluice)
     }
 
-    /// The same with an `lms` on a server of the caller's choice (MySQL 8 or MariaDB).
+    /// An `lms` on a server of the caller's choice (MySQL 8 or MariaDB), mapped into `orgs`.
     async fn on(lms: MariaDb, fk_wait_ms: u64) -> Org {
         lms.execute(None, "create database lms");
         lms.execute(Some("lms"), LMS);
         let orgs = PgCluster::start();
         orgs.database_with("orgs", ORGS).await;
-        let broker = Broker::start();
-        let dir = TempDir::new("mappings");
+        let work = Workdir::new("mappings");
         let tables = ["institutes", "users", "institute_user", "user_profiles"];
         let sink_extra = format!("foreign_key_wait_ms = {fk_wait_ms}\n{MAPPINGS}");
-        let text = kafka_section(&broker.brokers(), 2, "")
-            + &source_section("lms", &mysql(&lms, "lms"), &tables, "")
+        let sections = source_section("lms", &mysql(&lms, "lms"), &tables, "")
             + &sink_section("orgs", &postgres(&orgs, "orgs"), &sink_extra);
-        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
-        Org {
-            lms,
-            orgs,
-            _broker: broker,
-            dir,
-        }
-    }
-
-    fn start(&self) -> SluiceProcess {
-        start_in(self.dir.path(), &[])
+        work.configure(2, "", &sections);
+        Org { lms, orgs, work }
     }
 
     /// Waits until the target holds exactly the expected mapped rows.
@@ -391,10 +386,7 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_before_their_parents_converge_without_dead_letters() {
-    let org = Org::new(120_000).await;
-    seed(&org.lms);
-    let mut sluice = org.start();
-    org.converge("snapshot", &[]).await;
+    let (org, mut sluice) = Org::converged(120_000).await;
 
     // Memberships of users that do not exist yet: the target's foreign key refuses them.
     org.lms.execute(
@@ -423,10 +415,7 @@ async fn children_before_their_parents_converge_without_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_whose_parent_never_comes_is_dead_lettered_after_the_wait() {
-    let org = Org::new(3_000).await;
-    seed(&org.lms);
-    let mut sluice = org.start();
-    org.converge("snapshot", &[]).await;
+    let (org, mut sluice) = Org::converged(3_000).await;
     org.lms.execute(
         Some("lms"),
         "insert into institute_user values (1, 999999, 'STAFF', 'ACTIVE'); update institutes set name = 'After' where id = 4;",

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sluice_test_support::MariaDb;
 
 use crate::common::LONG;
-use crate::mysql_capture::{expected, type_rows, without_id, MyFixture, TYPES};
+use crate::mysql_capture::{event, expected, stream_type_changes, without_id, MyFixture, TYPES};
 
 /// Streams only: these tests are about the binlog.
 const STREAM_ONLY: &str = "snapshot = \"never\"\n";
@@ -26,25 +26,11 @@ fn is_mysql_gtid(g: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mysql_type_streams_from_mysql8() {
     let f = MyFixture::on(MariaDb::start_mysql8(), TYPES, &["types"], STREAM_ONLY);
-    let mut sluice = f.start(&[]);
-    sluice.wait_log("binlog stream started", 1, LONG);
+    let sluice = f.start();
     let mut reader = f.reader("types");
-    f.db.execute(Some("shop"), &type_rows(100));
-    f.db.execute(
-        Some("shop"),
-        "set time_zone = '+00:00'; update types set mi = -5, ts = '2001-02-03 04:05:06.7' where id = 102; delete from types where id = 103;",
-    );
-    reader.read_until(LONG, "4 streamed rows, an update, a delete", |r| {
-        r.len() >= 6
-    });
-    assert!(sluice.stop(LONG).success());
-
+    stream_type_changes(&f, &mut reader, sluice, 6);
     let envs = reader.envelopes();
-    let find = |op: &str, id: i64| {
-        envs.iter()
-            .find(|e| e["op"] == op && (e["after"]["id"] == id || e["before"]["id"] == id))
-            .unwrap_or_else(|| panic!("no {op} event for id {id} in {envs:#?}"))
-    };
+    let find = |op: &str, id: i64| event(&envs, op, id);
     for n in 1..=4 {
         let streamed = find("c", 100 + n as i64);
         assert_eq!(
@@ -82,7 +68,7 @@ async fn mysql8_capture_resumes_by_gtid_set_after_kill9_without_loss_or_repeats(
         &["t"],
         STREAM_ONLY,
     );
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_log("binlog stream started", 1, LONG);
     let mut reader = f.reader("t");
     let mut next = 1;
@@ -115,7 +101,7 @@ async fn mysql8_capture_resumes_by_gtid_set_after_kill9_without_loss_or_repeats(
                 "update t set note = 'after flush' where id = 1",
             );
         }
-        sluice = f.start(&[]);
+        sluice = f.start();
         sluice.wait_log("binlog stream started", round + 2, LONG);
         // Resumed by the checkpoint's GTID set (COM_BINLOG_DUMP_GTID), not its file:pos.
         sluice.wait_log("binlog stream started (from the GTID set)", round + 1, LONG);
@@ -174,7 +160,7 @@ async fn mysql8_partial_json_updates_are_refused_with_the_setting_to_change() {
         &["t"],
         STREAM_ONLY,
     );
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_log("binlog stream started", 1, LONG);
     let mut reader = f.reader("t");
     f.db.execute(

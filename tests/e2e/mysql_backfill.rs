@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sluice_test_support::sluice::run_to_end;
-use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{MariaDb, PgCluster};
 
 use crate::common::{
-    column, kafka_section, logged_number, mariadb_and_mysql8, mysql, postgres, sink_section,
-    source_section, start_in, table_maps, wait_rows, wait_same_rows, LONG, SLUICE,
+    column, deref_workdir, logged_number, mariadb_and_mysql8, mysql, postgres, sink_section,
+    source_section, table_maps, wait_rows, wait_same_rows, Workdir, LONG, SLUICE,
 };
 
 const SOURCE: &str = "create table a (id int primary key, v varchar(50));
@@ -31,11 +31,12 @@ const BIG: &str = "select concat_ws('|', id, v, n) from big";
 struct Setup {
     source: MariaDb,
     target: PgCluster,
-    broker: Broker,
-    dir: TempDir,
+    work: Workdir,
     /// Extra source settings.
     extra: String,
 }
+
+deref_workdir!(Setup);
 
 impl Setup {
     /// A MariaDB `shop` with `a` (one row) and `big` (`rows` rows), and an empty target.
@@ -62,29 +63,24 @@ impl Setup {
         Setup {
             source,
             target,
-            broker: Broker::start(),
-            dir: TempDir::new("mysql-backfill"),
+            work: Workdir::new("mysql-backfill"),
             extra: extra.to_owned(),
         }
     }
 
-    fn config(&self, tables: &[&str]) -> std::path::PathBuf {
+    /// Writes the config capturing `tables` of `shop` and applying each to `public`; returns
+    /// its path.
+    fn write_config(&self, tables: &[&str]) -> std::path::PathBuf {
         let maps: Vec<_> = tables
             .iter()
             .map(|t| (format!("shop.{t}"), format!("public.{t}")))
             .collect();
         let source_extra = format!("backfill_chunk_rows = 500\n{}", self.extra);
-        let text = kafka_section(&self.broker.brokers(), 3, "")
-            + &source_section("shop", &mysql(&self.source, "shop"), tables, &source_extra)
+        let sections = source_section("shop", &mysql(&self.source, "shop"), tables, &source_extra)
             + &sink_section("warehouse", &postgres(&self.target, "warehouse"), "")
             + &table_maps("warehouse", &maps);
-        let path = self.dir.path().join("sluice.toml");
-        std::fs::write(&path, text).expect("config");
-        path
-    }
-
-    fn start(&self) -> SluiceProcess {
-        start_in(self.dir.path(), &[])
+        self.configure(3, "", &sections);
+        self.config.clone()
     }
 
     /// Waits until `sql` (a query of rows as text) returns the same rows in the source and
@@ -149,7 +145,7 @@ async fn table_added_under_writes_is_backfilled_and_resynced(db: MariaDb) {
     let server = format!("{:?}", db.flavor());
     let s = Setup::on(db, 20_000, "").await;
     let dst = s.target.connect("warehouse").await;
-    let config = s.config(&["a"]);
+    let config = s.write_config(&["a"]);
     let config = config.to_str().expect("utf-8 path");
     let mut run = s.start();
     wait_rows(&dst, "select count(*) from a", 1).await;
@@ -157,7 +153,7 @@ async fn table_added_under_writes_is_backfilled_and_resynced(db: MariaDb) {
     // Writes all over `big` while it is added and backfilled.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = write_all_over_big(&s.source, stop.clone());
-    s.config(&["a", "big"]);
+    s.write_config(&["a", "big"]);
     let (status, out, err) = sluice(&["reload", "--config", config, "--wait"]);
     assert!(status.success(), "sluice reload --wait: {out}{err}");
     assert!(out.contains("every table backfilled"), "{out}{err}");
@@ -245,10 +241,10 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
         ["69742773", "6AFF30353030", "6B5C7A"],
         "the chunks of bins end on the keys this test is about"
     );
-    s.config(&["a"]);
+    s.write_config(&["a"]);
     let mut run = s.start();
     run.wait_log("binlog stream started", 1, LONG);
-    let config = s.config(&["a", "big", "pairs", "bins"]);
+    let config = s.write_config(&["a", "big", "pairs", "bins"]);
     let (status, out, err) = sluice(&["reload", "--config", config.to_str().expect("utf-8")]);
     assert!(status.success(), "sluice reload: {out}{err}");
     let brokers = s.broker.brokers();
@@ -272,7 +268,7 @@ async fn mariadb_backfill_resumes_after_a_crash_from_its_last_chunk() {
         !before.contains("backfill finished"),
         "the backfill finished before the crash: nothing to resume"
     );
-    let mut run = start_in(s.dir.path(), &[]);
+    let mut run = s.start();
     run.wait_log("backfill finished", 1, LONG);
     // The reader logs its total on its own thread, not always before the stream's "finished".
     run.wait_log("backfill read complete source=shop table=shop.big", 1, LONG);
@@ -316,7 +312,7 @@ async fn mysql8_initial_snapshot_under_writes_reads_each_row_once_and_restarts_w
         "backfill_max_rows_per_second = 4000",
     )
     .await;
-    s.config(&["a", "big"]);
+    s.write_config(&["a", "big"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = write_all_over_big(&s.source, stop.clone());
     let mut run = s.start();
@@ -430,7 +426,7 @@ async fn mysql8_initial_snapshot_cut_by_a_source_crash_starts_over_and_deletes_w
         "backfill_max_rows_per_second = 2500",
     )
     .await;
-    s.config(&["a", "big"]);
+    s.write_config(&["a", "big"]);
     let run = s.start();
     let brokers = s.broker.brokers();
     tokio::task::spawn_blocking(move || {

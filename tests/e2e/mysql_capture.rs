@@ -2,22 +2,22 @@
 //! the stream (the two must agree), DDL mid-stream, and a purged checkpoint position refused
 //! with the way out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
-use sluice_test_support::{Broker, Flavor, MariaDb, SluiceProcess, TempDir, TopicReader};
+use sluice_test_support::{Flavor, MariaDb, SluiceProcess, TopicReader};
 
 use crate::common::{
-    kafka_section, mariadb_and_mysql8, mysql, source_section, start_in, LONG, SLUICE,
+    deref_workdir, mariadb_and_mysql8, mysql, source_section, Workdir, LONG, SLUICE,
 };
 
 /// A MariaDB (database `shop`), a broker, and a config capturing `tables` of `shop`.
 pub struct MyFixture {
     pub db: MariaDb,
-    pub broker: Broker,
-    pub dir: TempDir,
-    pub config: PathBuf,
+    pub work: Workdir,
 }
+
+deref_workdir!(MyFixture);
 
 impl MyFixture {
     pub fn new(setup_sql: &str, tables: &[&str], extra_config: &str) -> MyFixture {
@@ -28,23 +28,14 @@ impl MyFixture {
     pub fn on(db: MariaDb, setup_sql: &str, tables: &[&str], extra_config: &str) -> MyFixture {
         db.execute(None, "create database shop");
         db.execute(Some("shop"), setup_sql);
-        let broker = Broker::start();
-        let dir = TempDir::new("mysql-capture");
-        let config = dir.path().join("sluice.toml");
+        let work = Workdir::new("mysql-capture");
         let tables: Vec<String> = tables.iter().map(|t| format!("shop.{t}")).collect();
-        let text = kafka_section(&broker.brokers(), 1, "")
-            + &source_section("shop", &mysql(&db, "shop"), &tables, extra_config);
-        std::fs::write(&config, text).expect("config");
-        MyFixture {
-            db,
-            broker,
-            dir,
-            config,
-        }
-    }
-
-    pub fn start(&self, args: &[&str]) -> SluiceProcess {
-        start_in(self.dir.path(), args)
+        work.configure(
+            1,
+            "",
+            &source_section("shop", &mysql(&db, "shop"), &tables, extra_config),
+        );
+        MyFixture { db, work }
     }
 
     pub fn reader(&self, table: &str) -> TopicReader {
@@ -138,6 +129,33 @@ pub fn expected(n: i32) -> Value {
     }
 }
 
+/// Once the binlog streams: writes 4 `types` rows (ids 101 to 104), updates 102, deletes 103;
+/// reads until `reader` holds `records` records, then stops `sluice`.
+pub fn stream_type_changes(
+    f: &MyFixture,
+    reader: &mut TopicReader,
+    mut sluice: SluiceProcess,
+    records: usize,
+) {
+    sluice.wait_log("binlog stream started", 1, LONG);
+    f.db.execute(Some("shop"), &type_rows(100));
+    f.db.execute(
+        Some("shop"),
+        "set time_zone = '+00:00'; update types set mi = -5, ts = '2001-02-03 04:05:06.7' where id = 102; delete from types where id = 103;",
+    );
+    reader.read_until(LONG, "4 streamed rows, an update, a delete", |r| {
+        r.len() >= records
+    });
+    assert!(sluice.stop(LONG).success());
+}
+
+/// The envelope of `envs` with operation `op` on row `id`.
+pub fn event<'a>(envs: &[&'a Value], op: &str, id: i64) -> &'a Value {
+    envs.iter()
+        .find(|e| e["op"] == op && (e["after"]["id"] == id || e["before"]["id"] == id))
+        .unwrap_or_else(|| panic!("no {op} event for id {id} in {envs:#?}"))
+}
+
 pub fn without_id(row: &Value) -> Value {
     let mut row = row.clone();
     if let Some(o) = row.as_object_mut() {
@@ -150,26 +168,12 @@ pub fn without_id(row: &Value) -> Value {
 async fn every_mysql_type_round_trips_through_snapshot_and_binlog() {
     let f = MyFixture::new(TYPES, &["types"], "");
     f.db.execute(Some("shop"), &type_rows(0));
-    let mut sluice = f.start(&[]);
+    let sluice = f.start();
     let mut reader = f.reader("types");
     reader.read_until(LONG, "4 snapshot rows", |r| r.len() >= 4);
-    sluice.wait_log("binlog stream started", 1, LONG);
-    f.db.execute(Some("shop"), &type_rows(100));
-    f.db.execute(
-        Some("shop"),
-        "set time_zone = '+00:00'; update types set mi = -5, ts = '2001-02-03 04:05:06.7' where id = 102; delete from types where id = 103;",
-    );
-    reader.read_until(LONG, "4 streamed rows, an update, a delete", |r| {
-        r.len() >= 10
-    });
-    assert!(sluice.stop(LONG).success());
-
+    stream_type_changes(&f, &mut reader, sluice, 10);
     let envs = reader.envelopes();
-    let find = |op: &str, id: i64| {
-        envs.iter()
-            .find(|e| e["op"] == op && (e["after"]["id"] == id || e["before"]["id"] == id))
-            .unwrap_or_else(|| panic!("no {op} event for id {id} in {envs:#?}"))
-    };
+    let find = |op: &str, id: i64| event(&envs, op, id);
     for n in 1..=4 {
         let snap = find("r", n as i64);
         assert_eq!(without_id(&snap["after"]), expected(n), "snapshot row {n}");
@@ -237,7 +241,7 @@ async fn ddl_mid_stream(db: MariaDb) {
         &["t"],
         "",
     );
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_log("binlog stream started", 1, LONG);
     let mut reader = f.reader("t");
     f.db.execute(
@@ -279,7 +283,7 @@ mariadb_and_mysql8!(
 async fn purged_checkpoint_position(db: MariaDb) {
     let f = MyFixture::on(db, "create table t (id int primary key)", &["t"], "");
     f.db.execute(Some("shop"), "insert into t values (1)");
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_snapshot_checkpointed(LONG);
     let mut reader = f.reader("t");
     f.db.execute(Some("shop"), "insert into t values (2)");
@@ -323,7 +327,7 @@ async fn purged_checkpoint_position(db: MariaDb) {
     assert!(!err.contains("panicked"), "{err}");
 
     // The way out works: a new snapshot brings every row.
-    let mut sluice = f.start(&["--resnapshot", "shop"]);
+    let mut sluice = f.start_with(&["--resnapshot", "shop"]);
     reader.read_until(LONG, "4 rows of the new snapshot", |r| {
         r.iter()
             .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
@@ -346,7 +350,7 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
         Some("shop"),
         "insert into t values (1); insert into u values (1)",
     );
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_snapshot_checkpointed(LONG);
     let mut reader = f.reader("t");
     f.db.execute(Some("shop"), "insert into t values (2)");
@@ -359,7 +363,7 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
         text.replace("tables = [\"shop.t\"]", "tables = [\"shop.t\", \"shop.u\"]"),
     )
     .expect("config with u");
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_log("backfill finished", 1, LONG);
     f.db.execute(Some("shop"), "insert into u values (2)");
     let mut u = f.reader("u");
@@ -406,7 +410,7 @@ async fn table_id_reused_after_restart(db: MariaDb, extra_config: &str) {
         &["wide", "narrow"],
         extra_config,
     );
-    let mut sluice = f.start(&[]);
+    let mut sluice = f.start();
     sluice.wait_log("binlog stream started", 1, LONG);
     let mut wide = f.reader("wide");
     let mut narrow = f.reader("narrow");
@@ -455,7 +459,7 @@ async fn table_id_reused_after_restart(db: MariaDb, extra_config: &str) {
         "precondition: after the restart narrow has an id wide had before it (wide {wide_ids:?} in {before:?}, narrow {narrow_ids:?} in {last})"
     );
 
-    let _sluice = f.start(&[]);
+    let _sluice = f.start();
     wide.read_until(LONG, "row 2 of wide", |r| r.len() >= 2);
     narrow.read_until(LONG, "both rows of narrow", |r| r.len() >= 2);
     let rows: Vec<Value> = narrow
@@ -493,7 +497,7 @@ async fn rows_deleted_between_an_abandoned_snapshot_and_the_next_are_deleted() {
         ),
     )
     .expect("config");
-    let mut sluice = f.start(&["--only", "capture"]);
+    let mut sluice = f.start_with(&["--only", "capture"]);
     sluice.wait_log("initial snapshot read", 1, LONG);
     let mut reader = f.reader("t");
     reader.read_until(LONG, "the first snapshot", |r| r.len() >= 10);
@@ -502,7 +506,7 @@ async fn rows_deleted_between_an_abandoned_snapshot_and_the_next_are_deleted() {
 
     f.db.execute(Some("shop"), "delete from t where id <= 3");
     std::fs::write(&f.config, &text).expect("config");
-    let _sluice = f.start(&["--only", "capture"]);
+    let _sluice = f.start_with(&["--only", "capture"]);
     _sluice.wait_log("initial snapshot read", 2, LONG);
     _sluice.wait_log("checkpoint written", 1, LONG);
     // The second snapshot (7 rows), and a delete and a tombstone for each of rows 1-3.

@@ -3,11 +3,11 @@
 //! `kill -9` of Sluice several times without a change lost or applied twice. Compared by
 //! per-row checksums computed by each database. Each test runs on both servers.
 
-use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{MariaDb, PgCluster};
 
 use crate::common::{
-    audit, column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section,
-    source_section, start_in, table_maps, wait_same_rows, AUDIT, LONG,
+    audit, column, deref_workdir, mariadb_and_mysql8, mysql, postgres, sink_section,
+    source_section, table_maps, wait_same_rows, Workdir, AUDIT, LONG,
 };
 
 const SOURCE: &str = r#"
@@ -50,9 +50,10 @@ const PG_VISITS: &str = "select md5(concat_ws('|', account_id, n,
 struct Pipeline {
     source: MariaDb,
     target: PgCluster,
-    _broker: Broker,
-    dir: TempDir,
+    work: Workdir,
 }
+
+deref_workdir!(Pipeline);
 
 impl Pipeline {
     async fn new(source: MariaDb) -> Pipeline {
@@ -76,27 +77,20 @@ impl Pipeline {
         target
             .database_with("warehouse", &format!("{TARGET}{AUDIT}"))
             .await;
-        let broker = Broker::start();
-        let dir = TempDir::new("mysql-pipeline");
+        let work = Workdir::new("mysql-pipeline");
         let maps = [
             ("shop.accounts", "public.accounts"),
             ("shop.visits", "public.visits"),
         ];
-        let text = kafka_section(&broker.brokers(), 3, "")
-            + &source_section("shop", &mysql(&source, "shop"), &["accounts", "visits"], "")
+        let sections = source_section("shop", &mysql(&source, "shop"), &["accounts", "visits"], "")
             + &sink_section("warehouse", &postgres(&target, "warehouse"), "")
             + &table_maps("warehouse", &maps);
-        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
+        work.configure(3, "", &sections);
         Pipeline {
             source,
             target,
-            _broker: broker,
-            dir,
+            work,
         }
-    }
-
-    fn start(&self) -> SluiceProcess {
-        start_in(self.dir.path(), &[])
     }
 
     fn seed(&self, n: i64) {

@@ -2,11 +2,11 @@
 //! and 50k mixed changes (checksums computed on both sides; on both servers), `kill -9`
 //! without loss or double application, refused rows in `sluice_dead_letters` (MariaDB).
 
-use sluice_test_support::{Broker, MariaDb, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{MariaDb, PgCluster};
 
 use crate::common::{
-    column, kafka_section, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
-    start_in, table_maps, wait_same_rows, LONG,
+    column, deref_workdir, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
+    table_maps, wait_same_rows, Workdir, LONG,
 };
 
 const SOURCE: &str = r#"
@@ -60,9 +60,10 @@ const MY_VISITS: &str = "select md5(concat_ws('|', person_id, n,
 struct MySqlPipeline {
     source: PgCluster,
     target: MariaDb,
-    _broker: Broker,
-    dir: TempDir,
+    work: Workdir,
 }
+
+deref_workdir!(MySqlPipeline);
 
 impl MySqlPipeline {
     /// A Postgres source applied into `target` (MySQL 8 or MariaDB).
@@ -71,24 +72,17 @@ impl MySqlPipeline {
         source.database_with("app", SOURCE).await;
         target.execute(None, "create database warehouse");
         target.execute(Some("warehouse"), TARGET);
-        let broker = Broker::start();
-        let dir = TempDir::new("mysql-target");
+        let work = Workdir::new("mysql-target");
         let tables = ["public.people", "public.visits"];
-        let text = kafka_section(&broker.brokers(), 3, "")
-            + &source_section("app", &postgres(&source, "app"), &tables, "")
+        let sections = source_section("app", &postgres(&source, "app"), &tables, "")
             + &sink_section("warehouse", &mysql(&target, "warehouse"), "")
             + &table_maps("warehouse", &tables.map(|t| (t, "")));
-        std::fs::write(dir.path().join("sluice.toml"), text).expect("config");
+        work.configure(3, "", &sections);
         MySqlPipeline {
             source,
             target,
-            _broker: broker,
-            dir,
+            work,
         }
-    }
-
-    fn start(&self) -> SluiceProcess {
-        start_in(self.dir.path(), &[])
     }
 
     /// Waits until both tables hold the same rows on both sides; returns the row counts.
