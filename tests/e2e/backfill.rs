@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::TopicReader;
 
-use crate::common::{column, logged_number, LONG, SLUICE};
+use crate::common::{column, count, logged_number, LONG, SLUICE};
 use crate::pipeline::Pipeline;
 
 const LOAD_TABLES: [&str; 3] = ["a", "b", "c"];
@@ -90,17 +90,8 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
         })
     };
     let dst = p.target_db().await;
-    let count = |t: &'static str| {
-        let dst = &dst;
-        async move {
-            dst.query_one(&format!("select count(*) from {t}"), &[])
-                .await
-                .expect("count")
-                .get::<_, i64>(0)
-        }
-    };
     sluice_test_support::wait_for("the load flowing", LONG, || async {
-        (count("c").await > 50).then_some(())
+        (count(&dst, "c").await > 50).then_some(())
     })
     .await;
 
@@ -132,7 +123,7 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
     sluice.kill9();
     let before_crash = sluice.log_text();
     let lag_before_crash = *max_lag.lock().expect("lock");
-    let applied_at_crash = count("big").await;
+    let applied_at_crash = count(&dst, "big").await;
     assert!(
         !before_crash.contains("backfill finished"),
         "the backfill finished before the crash; nothing to resume"
@@ -192,8 +183,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     p.wait_equal(LONG).await;
 
     // `sluice reload` refuses an invalid config and signals nothing.
-    let good = std::fs::read_to_string(&p.config).expect("config");
-    std::fs::write(&p.config, good.replace("tables = [", "tables = 7 # [")).expect("bad");
+    p.edit_config(|t| t.replace("tables = [", "tables = 7 # ["));
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
         &["reload", "--config", p.config.to_str().expect("utf-8 path")],

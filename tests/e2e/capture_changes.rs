@@ -226,27 +226,12 @@ async fn rows_deleted_between_an_abandoned_postgres_snapshot_and_the_next_are_de
          insert into plain select g, 'n' || g from generate_series(1, 10) g;",
     )
     .await;
-    let text = std::fs::read_to_string(&f.config).expect("config");
-    std::fs::write(
-        &f.config,
-        text.replace(
-            "checkpoint_interval_ms = 200",
-            "checkpoint_interval_ms = 600000",
-        ),
-    )
-    .expect("config");
-    let mut sluice = f.start();
-    sluice.wait_log("initial snapshot read", 1, LONG);
-    let mut reader = f.reader("plain");
-    reader.read_until(LONG, "the first snapshot", |r| r.len() >= 10);
-    sluice.kill9();
-    assert!(!sluice.log_text().contains("checkpoint written"));
+    let mut reader = f.abandon_first_snapshot(&[], || f.reader("plain"), 10);
 
     let db = f.client().await;
     db.batch_execute("delete from plain where id <= 3")
         .await
         .expect("delete");
-    std::fs::write(&f.config, &text).expect("config");
     let sluice = f.start();
     sluice.wait_log("initial snapshot read", 2, LONG);
     sluice.wait_log("checkpoint written", 1, LONG);

@@ -47,6 +47,14 @@ pub fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The number of rows in `table`.
+pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
 /// The first column of every row `sql` returns from Postgres.
 pub async fn column<T>(db: &tokio_postgres::Client, sql: &str) -> Vec<T>
 where
@@ -207,6 +215,38 @@ impl Workdir {
     pub fn configure(&self, partitions: u32, kafka: &str, sections: &str) {
         let text = kafka_section(&self.broker.brokers(), partitions, kafka) + sections;
         std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Rewrites the config as `edit` makes its text; returns the text it had.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) -> String {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, edit(&text)).expect("write config");
+        text
+    }
+
+    /// Runs sluice with `args` and no checkpoint for ten minutes, waits until its initial
+    /// snapshot (`rows` records) is in the topic `reader` opens, and kills it (-9) before any
+    /// checkpoint; puts the config back and returns the reader.
+    pub fn abandon_first_snapshot(
+        &self,
+        args: &[&str],
+        reader: impl FnOnce() -> TopicReader,
+        rows: usize,
+    ) -> TopicReader {
+        let text = self.edit_config(|t| {
+            t.replace(
+                "checkpoint_interval_ms = 200",
+                "checkpoint_interval_ms = 600000",
+            )
+        });
+        let mut sluice = self.start_with(args);
+        sluice.wait_log("initial snapshot read", 1, LONG);
+        let mut reader = reader();
+        reader.read_until(LONG, "the first snapshot", |r| r.len() >= rows);
+        sluice.kill9();
+        assert!(!sluice.log_text().contains("checkpoint written"));
+        std::fs::write(&self.config, text).expect("write config");
+        reader
     }
 
     /// The log of the run called `name`.

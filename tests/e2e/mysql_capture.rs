@@ -357,12 +357,7 @@ async fn a_table_added_to_a_mysql_source_is_backfilled_then_streamed() {
     reader.read_until(LONG, "t streamed", |r| r.len() >= 2);
     assert!(sluice.stop(LONG).success());
 
-    let text = std::fs::read_to_string(&f.config).expect("config");
-    std::fs::write(
-        &f.config,
-        text.replace("tables = [\"shop.t\"]", "tables = [\"shop.t\", \"shop.u\"]"),
-    )
-    .expect("config with u");
+    f.edit_config(|t| t.replace("tables = [\"shop.t\"]", "tables = [\"shop.t\", \"shop.u\"]"));
     let mut sluice = f.start();
     sluice.wait_log("backfill finished", 1, LONG);
     f.db.execute(Some("shop"), "insert into u values (2)");
@@ -488,24 +483,9 @@ async fn rows_deleted_between_an_abandoned_snapshot_and_the_next_are_deleted() {
         "",
     );
     // No checkpoint for ten minutes: the snapshot reaches Kafka, its checkpoint does not.
-    let text = std::fs::read_to_string(&f.config).expect("config");
-    std::fs::write(
-        &f.config,
-        text.replace(
-            "checkpoint_interval_ms = 200",
-            "checkpoint_interval_ms = 600000",
-        ),
-    )
-    .expect("config");
-    let mut sluice = f.start_with(&["--only", "capture"]);
-    sluice.wait_log("initial snapshot read", 1, LONG);
-    let mut reader = f.reader("t");
-    reader.read_until(LONG, "the first snapshot", |r| r.len() >= 10);
-    sluice.kill9();
-    assert!(!sluice.log_text().contains("checkpoint written"));
+    let mut reader = f.abandon_first_snapshot(&["--only", "capture"], || f.reader("t"), 10);
 
     f.db.execute(Some("shop"), "delete from t where id <= 3");
-    std::fs::write(&f.config, &text).expect("config");
     let _sluice = f.start_with(&["--only", "capture"]);
     _sluice.wait_log("initial snapshot read", 2, LONG);
     _sluice.wait_log("checkpoint written", 1, LONG);

@@ -1,7 +1,7 @@
 //! SIGHUP reloads the config: an invalid one is refused and the pipeline keeps running; a
 //! valid one that adds a mapping starts it, without restarting what did not change.
 
-use crate::common::LONG;
+use crate::common::{count, LONG};
 use crate::pipeline::Pipeline;
 
 const TABLES: &str = "create table a (id int primary key, v text);
@@ -29,31 +29,19 @@ async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
     .expect("rows");
     let mut sluice = p.run("sluice", &[]);
     let dst = p.target_db().await;
-    let count = |table: &'static str| {
-        let dst = &dst;
-        async move {
-            dst.query_one(&format!("select count(*) from {table}"), &[])
-                .await
-                .expect("count")
-                .get::<_, i64>(0)
-        }
-    };
     sluice_test_support::wait_for("a applied", LONG, || async {
-        (count("a").await == 200).then_some(())
+        (count(&dst, "a").await == 200).then_some(())
     })
     .await;
-    assert_eq!(count("b").await, 0, "b is not mapped yet");
+    assert_eq!(count(&dst, "b").await, 0, "b is not mapped yet");
 
     // An invalid config is refused; the pipeline goes on as it was.
-    let good = std::fs::read_to_string(&p.config).expect("config");
-    std::fs::write(
-        &p.config,
-        good.replace(
+    let good = p.edit_config(|t| {
+        t.replace(
             "from = \"public.a\"",
             "from = \"public.a\"\nfilter = \"after.v +\"",
-        ),
-    )
-    .expect("bad config");
+        )
+    });
     hangup(sluice.pid());
     sluice.wait_log("reload refused", 1, LONG);
     assert!(
@@ -65,7 +53,7 @@ async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
         .await
         .expect("insert");
     sluice_test_support::wait_for("a still applied", LONG, || async {
-        (count("a").await == 201).then_some(())
+        (count(&dst, "a").await == 201).then_some(())
     })
     .await;
 
