@@ -257,13 +257,9 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_where_heals_exactly_its_key_range() {
-    let p = Pipeline::new(&["big"], SQL, SQL, "").await;
+    let rows = "insert into big select g, 'v' || g, g from generate_series(1, 1000) g";
+    let (p, mut sluice, _) = Pipeline::equal_after(&["big"], SQL, rows).await;
     let src = p.source_db().await;
-    src.batch_execute("insert into big select g, 'v' || g, g from generate_series(1, 1000) g")
-        .await
-        .expect("rows");
-    let mut sluice = p.run("sluice", &[]);
-    p.wait_equal(LONG).await;
 
     // Damage the target inside and outside the range 100–199.
     let dst = p.target_db().await;

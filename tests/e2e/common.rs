@@ -55,6 +55,24 @@ pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
         .get(0)
 }
 
+/// Runs `statements` in one transaction (and `last` at its end); returns the rows they changed.
+pub async fn transaction(
+    db: &mut tokio_postgres::Client,
+    statements: &[String],
+    last: Option<&str>,
+) -> u64 {
+    let tx = db.transaction().await.expect("begin");
+    let mut changes = 0;
+    for s in statements {
+        changes += tx.execute(s.as_str(), &[]).await.expect("statement");
+    }
+    if let Some(last) = last {
+        tx.batch_execute(last).await.expect(last);
+    }
+    tx.commit().await.expect("commit");
+    changes
+}
+
 /// The first column of every row `sql` returns from Postgres.
 pub async fn column<T>(db: &tokio_postgres::Client, sql: &str) -> Vec<T>
 where
@@ -247,6 +265,27 @@ impl Workdir {
         assert!(!sluice.log_text().contains("checkpoint written"));
         std::fs::write(&self.config, text).expect("write config");
         reader
+    }
+
+    /// After [`Workdir::abandon_first_snapshot`] of rows 1-10 and the delete of rows 1-3 in
+    /// the source: runs sluice with `args` again, and waits until its new snapshot (7 rows) and
+    /// a delete and a tombstone for each of rows 1-3 are in `reader`'s topic, checkpointed.
+    pub fn snapshot_again_without_rows_1_to_3(
+        &self,
+        args: &[&str],
+        reader: &mut TopicReader,
+    ) -> SluiceProcess {
+        let sluice = self.start_with(args);
+        sluice.wait_log("initial snapshot read", 2, LONG);
+        sluice.wait_log("checkpoint written", 1, LONG);
+        reader.read_until(LONG, "the second snapshot", |r| r.len() >= 23);
+        // The topic's last word on each key is what a sink ends with.
+        assert_eq!(
+            reader.alive_ids("id"),
+            (4..=10).collect::<Vec<_>>(),
+            "rows 1-3 were deleted in the source"
+        );
+        sluice
     }
 
     /// The log of the run called `name`.

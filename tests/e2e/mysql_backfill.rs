@@ -83,6 +83,25 @@ impl Setup {
         self.config.clone()
     }
 
+    /// Waits (on a blocking thread) until `big`'s topic holds `n` snapshot records; returns
+    /// how many records it read.
+    async fn wait_snapshot_records(&self, n: usize) -> usize {
+        let brokers = self.broker.brokers();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = sluice_test_support::TopicReader::new(&brokers, "sluice.shop.big");
+            reader.read_until(LONG, &format!("{n} snapshot rows"), |records| {
+                records
+                    .iter()
+                    .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+                    .count()
+                    >= n
+            });
+            reader.envelopes().len()
+        })
+        .await
+        .expect("topic reader")
+    }
+
     /// Waits until `sql` (a query of rows as text) returns the same rows in the source and
     /// the target; returns their number.
     async fn wait_equal(&self, sql: &str) -> usize {
@@ -316,20 +335,7 @@ async fn mysql8_initial_snapshot_under_writes_reads_each_row_once_and_restarts_w
     let stop = Arc::new(AtomicBool::new(false));
     let writer = write_all_over_big(&s.source, stop.clone());
     let mut run = s.start();
-    let brokers = s.broker.brokers();
-    let read_before = tokio::task::spawn_blocking(move || {
-        let mut reader = sluice_test_support::TopicReader::new(&brokers, "sluice.shop.big");
-        reader.read_until(LONG, "4,000 snapshot rows", |records| {
-            records
-                .iter()
-                .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
-                .count()
-                >= 4000
-        });
-        reader.envelopes().len()
-    })
-    .await
-    .expect("topic reader");
+    let read_before = s.wait_snapshot_records(4000).await;
     run.kill9();
     // Every record of the second run is handled after this.
     let killed_at_ms = std::time::SystemTime::now()
@@ -428,19 +434,7 @@ async fn mysql8_initial_snapshot_cut_by_a_source_crash_starts_over_and_deletes_w
     .await;
     s.write_config(&["a", "big"]);
     let run = s.start();
-    let brokers = s.broker.brokers();
-    tokio::task::spawn_blocking(move || {
-        let mut reader = sluice_test_support::TopicReader::new(&brokers, "sluice.shop.big");
-        reader.read_until(LONG, "3,000 snapshot rows", |records| {
-            records
-                .iter()
-                .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
-                .count()
-                >= 3000
-        });
-    })
-    .await
-    .expect("topic reader");
+    s.wait_snapshot_records(3000).await;
     run.freeze(true);
     assert!(
         !run.log_text().contains("initial snapshot published"),

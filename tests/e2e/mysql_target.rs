@@ -6,7 +6,7 @@ use sluice_test_support::{MariaDb, PgCluster};
 
 use crate::common::{
     column, deref_workdir, mariadb_and_mysql8, mysql, postgres, sink_section, source_section,
-    table_maps, wait_same_rows, Workdir, LONG,
+    table_maps, transaction, wait_same_rows, Workdir, LONG,
 };
 
 const SOURCE: &str = r#"
@@ -126,7 +126,6 @@ async fn seed(db: &tokio_postgres::Client, n: i64) {
 /// One transaction of mixed changes; a truncate of `visits` in round 20.
 async fn round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
     let base = 1_000_000 + r * 1000;
-    let tx = db.transaction().await.expect("begin");
     let statements = [
         format!("insert into people select g, 'new ' || g, null, g, null, now(), true, null, null, 0, repeat('n', 3000) from generate_series({base}, {base} + 199) g"),
         format!("update people set balance = balance + 1, version = version + 1, prefs = jsonb_build_object('tag', 'r', 'v', version + 1) where id % 47 = {}", r % 47),
@@ -135,15 +134,8 @@ async fn round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
         format!("update visits set n = n + 10 where person_id % 83 = {} and n < 10", r % 83),
         format!("delete from visits where person_id % 97 = {}", r % 97),
     ];
-    let mut changes = 0;
-    for s in &statements {
-        changes += tx.execute(s.as_str(), &[]).await.expect("statement");
-    }
-    if r == 20 {
-        tx.batch_execute("truncate visits").await.expect("truncate");
-    }
-    tx.commit().await.expect("commit");
-    changes
+    let last = (r == 20).then_some("truncate visits");
+    transaction(db, &statements, last).await
 }
 
 mariadb_and_mysql8!(

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use sluice_test_support::PgCluster;
+use sluice_test_support::{PgCluster, SluiceProcess};
 
-use crate::common::{postgres, sink_section, table_maps, Fixture, LONG};
+use crate::common::{postgres, sink_section, table_maps, transaction, Fixture, LONG};
 
 /// A [`Fixture`] whose source is also applied into a target Postgres (database `warehouse`).
 pub struct Pipeline {
@@ -43,6 +43,24 @@ impl Pipeline {
         let maps: Vec<_> = tables.iter().map(|t| (format!("public.{t}"), "")).collect();
         p.write_sink(sink_extra, &table_maps("target", &maps));
         p
+    }
+
+    /// A pipeline of `tables` (`schema` on both sides) whose source ran `sql` before sluice
+    /// started; returns it with sluice once the target equals the source, and the row counts.
+    pub async fn equal_after(
+        tables: &[&str],
+        schema: &str,
+        sql: &str,
+    ) -> (Pipeline, SluiceProcess, Vec<i64>) {
+        let p = Pipeline::new(tables, schema, schema, "").await;
+        p.source_db()
+            .await
+            .batch_execute(sql)
+            .await
+            .expect("source rows");
+        let sluice = p.run("sluice", &[]);
+        let counts = p.wait_equal(LONG).await;
+        (p, sluice, counts)
     }
 
     /// Rewrites the config with `[sinks.target]` (the lines `sink_extra`) and these
@@ -178,7 +196,6 @@ pub async fn seed(db: &tokio_postgres::Client, per_table: i64) {
 /// changes, deletes; a truncate in round 30). Returns how many row changes it made.
 pub async fn workload_round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
     let base = 1_000_000 + r * 1000;
-    let tx = db.transaction().await.expect("begin");
     let statements = [
         format!("insert into accounts select g, 'owner ' || g, g, 0, repeat(md5(g::text), 100) from generate_series({base}, {base} + 149) g"),
         format!("update accounts set balance = balance + 1, version = version + 1 where id % 53 = {}", r % 53),
@@ -192,16 +209,6 @@ pub async fn workload_round(db: &mut tokio_postgres::Client, r: i64) -> u64 {
         format!("update lines set line = line + 1000 where order_id % 101 = {} and line < 1000", r % 101),
         format!("delete from lines where order_id % 173 = {}", r % 173),
     ];
-    let mut changes = 0;
-    for s in &statements {
-        changes += tx
-            .execute(s.as_str(), &[])
-            .await
-            .expect("workload statement");
-    }
-    if r == 30 {
-        tx.batch_execute("truncate lines").await.expect("truncate");
-    }
-    tx.commit().await.expect("commit");
-    changes
+    let last = (r == 30).then_some("truncate lines");
+    transaction(db, &statements, last).await
 }

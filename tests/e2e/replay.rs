@@ -31,17 +31,12 @@ fn replay(p: &Pipeline, from: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_the_beginning_rebuilds_an_emptied_target() {
-    let p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
-    let src = p.source_db().await;
-    src.batch_execute(
+    let changes =
         "insert into items select g, 'item ' || g, g % 17 from generate_series(1, 3000) g;
          update items set qty = qty + 100 where id % 5 = 0;
-         delete from items where id % 11 = 0;",
-    )
-    .await
-    .expect("changes");
-    let mut sluice = p.run("sluice", &[]);
-    let counts = p.wait_equal(LONG).await;
+         delete from items where id % 11 = 0;";
+    let (p, mut sluice, counts) = Pipeline::equal_after(&["items"], ITEMS, changes).await;
+    let src = p.source_db().await;
     assert_eq!(counts, vec![3000 - 3000 / 11]);
 
     // The target loses everything (its stored offsets stay): a replay from the beginning
@@ -72,15 +67,9 @@ async fn replay_from_the_beginning_rebuilds_an_emptied_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_a_time_heals_rows_damaged_after_it() {
-    let p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
+    let first = "insert into items select g, 'item ' || g, 0 from generate_series(1, 1000) g";
+    let (p, mut sluice, _) = Pipeline::equal_after(&["items"], ITEMS, first).await;
     let src = p.source_db().await;
-    src.batch_execute(
-        "insert into items select g, 'item ' || g, 0 from generate_series(1, 1000) g",
-    )
-    .await
-    .expect("first changes");
-    let mut sluice = p.run("sluice", &[]);
-    p.wait_equal(LONG).await;
     // Every change after this moment is in Kafka with a later timestamp.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
