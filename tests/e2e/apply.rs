@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{audit, AUDIT, LONG};
+use crate::common::{audit, count, wait_count, AUDIT, LONG};
 use crate::pipeline::{seed, workload_round, Pipeline, SCHEMA, WAIT};
 
 const TABLES: [&str; 3] = ["types", "accounts", "lines"];
@@ -37,18 +37,10 @@ async fn snapshot_and_mixed_changes_arrive_equal() {
     let status = sluice.stop(LONG);
     assert!(status.success(), "clean stop: {status:?}");
     let dst = p.target_db().await;
-    let dead: i64 = dst
-        .query_one("select count(*) from sluice.dead_letters", &[])
-        .await
-        .expect("dead letters")
-        .get(0);
+    let dead = count(&dst, "select count(*) from sluice.dead_letters").await;
     assert_eq!(dead, 0, "no dead letters in a clean run");
     // The truncate of round 30 reached the target once.
-    let truncates: i64 = dst
-        .query_one("select count(*) from sluice.truncates_done", &[])
-        .await
-        .expect("truncates")
-        .get(0);
+    let truncates = count(&dst, "select count(*) from sluice.truncates_done").await;
     assert_eq!(truncates, 1);
 }
 
@@ -61,15 +53,7 @@ async fn kill_9_five_times_loses_nothing_and_applies_nothing_twice() {
     let mut sluice = p.run("sluice", &[]);
     // Crash only once the snapshot is checkpointed: a crash during the snapshot takes it
     // again (documented), which re-applies identical rows.
-    sluice_test_support::wait_for("snapshot applied", LONG, || async {
-        let n: i64 = dst
-            .query_one("select count(*) from accounts", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n >= 3334).then_some(())
-    })
-    .await;
+    wait_count(&dst, "select count(*) from accounts", |n| n >= 3334).await;
     sluice.wait_snapshot_checkpointed(LONG);
 
     let writer = tokio::spawn(async move {
@@ -159,15 +143,7 @@ async fn poison_events_go_to_dead_letters_and_the_rest_applies() {
 
     let dst = p.target_db().await;
     // Everything else arrives: 500 + 495 good rows + the marker.
-    sluice_test_support::wait_for("every good row applied", LONG, || async {
-        let n: i64 = dst
-            .query_one("select count(*) from lines", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n == 500 + 495 + 1).then_some(())
-    })
-    .await;
+    wait_count(&dst, "select count(*) from lines", |n| n == 500 + 495 + 1).await;
     let dead = sluice_test_support::wait_for("7 dead letters", LONG, || async {
         let rows = dst
             .query(
@@ -281,20 +257,14 @@ async fn truncate_ignore_leaves_the_target_as_it_is() {
     .await
     .expect("truncate and insert");
     let dst = p.target_db().await;
-    sluice_test_support::wait_for("the rows after the truncate", LONG, || async {
-        let n: i64 = dst
-            .query_one("select count(*) from lines where note = 'after'", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n == 10).then_some(())
-    })
+    // The rows written after the truncate arrive.
+    wait_count(
+        &dst,
+        "select count(*) from lines where note = 'after'",
+        |n| n == 10,
+    )
     .await;
-    let before: i64 = dst
-        .query_one("select count(*) from lines where note = 'before'", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let before = count(&dst, "select count(*) from lines where note = 'before'").await;
     assert_eq!(before, 100, "truncate = ignore keeps the target's rows");
     assert!(!sluice.log_text().contains("truncate reached"));
 }

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sluice_test_support::garage::Garage;
 use sluice_test_support::{wait_for, MariaDb, PgCluster};
 
-use crate::common::{column, start_in, Fixture, LONG, SLUICE};
+use crate::common::{column, count, start_in, Fixture, LONG, SLUICE};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -85,11 +85,7 @@ async fn rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>
 /// Waits until the target's blob ledger has no row left.
 async fn wait_ledger_empty(db: &tokio_postgres::Client, what: &str) {
     wait_for(what, LONG, || async {
-        let left: i64 = db
-            .query_one("select count(*) from sluice.blobs", &[])
-            .await
-            .expect("ledger")
-            .get(0);
+        let left = count(&db, "select count(*) from sluice.blobs").await;
         (left == 0).then_some(())
     })
     .await;
@@ -610,11 +606,7 @@ async fn kills_during_uploads_leave_no_orphan_after_repair() {
         // Let some uploads happen, then kill in the middle of the next batches.
         let target = 60 * (round + 1);
         wait_for("some docs applied", LONG, || async {
-            let n: i64 = cloud
-                .query_one("select count(*) from docs", &[])
-                .await
-                .expect("count")
-                .get(0);
+            let n = count(&cloud, "select count(*) from docs").await;
             (n >= target).then_some(())
         })
         .await;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sluice_test_support::{Broker, Flavor, MariaDb, PgCluster, SluiceProcess, TempDir};
 
-use crate::common::{audit, AUDIT, SLUICE};
+use crate::common::{audit, count, AUDIT, SLUICE};
 
 const PG_SOURCE: &str = r#"
 create table accounts (id bigint primary key, owner text not null, version int not null,
@@ -552,11 +552,7 @@ async fn chaos(server: Option<Flavor>, split: bool) {
             );
         }
     }
-    let dead: i64 = dst
-        .query_one("select count(*) from sluice.dead_letters", &[])
-        .await
-        .expect("dead letters")
-        .get(0);
+    let dead = count(&dst, "select count(*) from sluice.dead_letters").await;
     eprintln!(
         "chaos: seed {seed}: {}; account versions applied {versions}, applied twice {twice}, regressions {regressions}, dead letters {dead}",
         report.join("; ")

@@ -47,11 +47,11 @@ pub fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// The number of rows in `table`.
-pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
-    db.query_one(&format!("select count(*) from {table}"), &[])
+/// The number `count_sql` (a `select count(*)`) returns.
+pub async fn count(db: &tokio_postgres::Client, count_sql: &str) -> i64 {
+    db.query_one(count_sql, &[])
         .await
-        .expect("count")
+        .unwrap_or_else(|e| panic!("{count_sql}: {e}"))
         .get(0)
 }
 
@@ -415,9 +415,14 @@ pub fn id_of(env: &serde_json::Value) -> i64 {
 
 /// Waits until `count_sql` (a `select count(*)`) returns at least `n`.
 pub async fn wait_rows(db: &tokio_postgres::Client, count_sql: &str, n: i64) {
+    wait_count(db, count_sql, |c| c >= n).await
+}
+
+/// Waits until the number `count_sql` (a `select count(*)`) returns is `done`.
+pub async fn wait_count(db: &tokio_postgres::Client, count_sql: &str, done: impl Fn(i64) -> bool) {
     sluice_test_support::wait_for(count_sql, LONG, || async {
         let c: i64 = db.query_one(count_sql, &[]).await.ok()?.get(0);
-        (c >= n).then_some(())
+        done(c).then_some(())
     })
     .await
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sluice_test_support::kafka::Record;
 use sluice_test_support::{wait_for, TopicReader};
 
+use crate::common::{count, wait_rows};
 use crate::pipeline::{Pipeline, WAIT};
 
 /// Table topics that Kafka compacts within a second of a segment rolling.
@@ -104,11 +105,7 @@ async fn deletes_survive_topic_compaction() {
     let _apply = p.run("apply2", &["--only", "apply"]);
     p.wait_equal(WAIT).await;
     let dst = p.target_db().await;
-    let left: i64 = dst
-        .query_one("select count(*) from items where id <= 3", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let left = count(&dst, "select count(*) from items where id <= 3").await;
     assert_eq!(
         left, 0,
         "rows deleted in the source are still in the target"
@@ -234,11 +231,7 @@ async fn key_change_keeps_an_unchanged_toasted_value() {
     .expect("key changes");
     p.wait_equal(WAIT).await;
     let dst = p.target_db().await;
-    let blank: i64 = dst
-        .query_one("select count(*) from docs where body is null", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let blank = count(&dst, "select count(*) from docs where body is null").await;
     assert_eq!(blank, 0, "a key change blanked unchanged large values");
 }
 
@@ -275,17 +268,8 @@ async fn a_running_pipeline_outlives_a_broker_kill() {
     let writer = crate::common::PacedWriter::start(src, |n| {
         format!("insert into items values ({n}, 'v{n}') on conflict (id) do update set v = 'again'")
     });
-    wait_for("rows in the target", WAIT, || async {
-        let n: i64 = p
-            .target_db()
-            .await
-            .query_one("select count(*) from items", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n >= 200).then_some(())
-    })
-    .await;
+    // Rows in the target.
+    wait_rows(&p.target_db().await, "select count(*) from items", 200).await;
     p.broker.kill();
     let before = writer.count();
     wait_for("writes while the broker is down", WAIT, || async {

@@ -30,10 +30,14 @@ async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
     let mut sluice = p.run("sluice", &[]);
     let dst = p.target_db().await;
     sluice_test_support::wait_for("a applied", LONG, || async {
-        (count(&dst, "a").await == 200).then_some(())
+        (count(&dst, "select count(*) from a").await == 200).then_some(())
     })
     .await;
-    assert_eq!(count(&dst, "b").await, 0, "b is not mapped yet");
+    assert_eq!(
+        count(&dst, "select count(*) from b").await,
+        0,
+        "b is not mapped yet"
+    );
 
     // An invalid config is refused; the pipeline goes on as it was.
     let good = p.edit_config(|t| {
@@ -53,7 +57,7 @@ async fn reload_refuses_a_bad_config_and_starts_an_added_mapping() {
         .await
         .expect("insert");
     sluice_test_support::wait_for("a still applied", LONG, || async {
-        (count(&dst, "a").await == 201).then_some(())
+        (count(&dst, "select count(*) from a").await == 201).then_some(())
     })
     .await;
 
