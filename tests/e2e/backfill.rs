@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::TopicReader;
 
-use crate::common::{column, count, logged_number, LONG, SLUICE};
+use crate::common::{column, count, logged_number, wait_count, LONG, SLUICE};
 use crate::pipeline::Pipeline;
 
 const LOAD_TABLES: [&str; 3] = ["a", "b", "c"];
@@ -255,6 +255,13 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     assert!(sluice.stop(LONG).success());
 }
 
+/// `sluice snapshot --wait` of the rows of `big` that `predicate` selects.
+fn snapshot_big_where<'a>(config: &'a str, predicate: &'a str) -> [&'a str; 8] {
+    [
+        "snapshot", "--config", config, "--table", "big", "--where", predicate, "--wait",
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_where_heals_exactly_its_key_range() {
     let rows = "insert into big select g, 'v' || g, g from generate_series(1, 1000) g";
@@ -283,45 +290,20 @@ async fn snapshot_where_heals_exactly_its_key_range() {
 
     let (status, out, err) = run_to_end(
         std::path::Path::new(SLUICE),
-        &[
-            "snapshot",
-            "--config",
-            config,
-            "--table",
-            "big",
-            "--where",
-            "id between 100 and 199",
-            "--wait",
-        ],
+        &snapshot_big_where(config, "id between 100 and 199"),
         LONG,
     );
     assert!(status.success(), "sluice snapshot: {out}{err}");
     assert!(out.contains("100 row(s) match"), "{out}");
     assert!(out.contains("finished"), "{out}");
     // The re-read rows are in Kafka; wait until the sink applied them.
-    sluice_test_support::wait_for("range healed", LONG, || async {
-        let healed: i64 = dst
-            .query_one(
-                "select count(*) from big where id between 100 and 199 and v = 'v' || id",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        (healed == 100).then_some(())
-    })
-    .await;
+    let healed = "select count(*) from big where id between 100 and 199 and v = 'v' || id";
+    wait_count(&dst, healed, |n| n == 100).await;
     let damaged: Vec<i32> =
         column(&dst, "select id from big where v = 'damaged' order by id").await;
     let expected: Vec<i32> = (200..=210).chain(500..=505).collect();
     assert_eq!(damaged, expected, "only the requested range is re-read");
-    assert_eq!(
-        dst.query_one("select count(*) from big", &[])
-            .await
-            .expect("count")
-            .get::<_, i64>(0),
-        1000
-    );
+    assert_eq!(count(&dst, "select count(*) from big").await, 1000);
 
     // A predicate that stops working between the request and the read (it names a table
     // dropped meanwhile) abandons the re-sync, and `--wait` says so with the reason instead
@@ -331,16 +313,7 @@ async fn snapshot_where_heals_exactly_its_key_range() {
         .await
         .expect("helper");
     let mut waiter = std::process::Command::new(SLUICE)
-        .args([
-            "snapshot",
-            "--config",
-            config,
-            "--table",
-            "big",
-            "--where",
-            "exists (select 1 from helper)",
-            "--wait",
-        ])
+        .args(snapshot_big_where(config, "exists (select 1 from helper)"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -172,6 +172,11 @@ impl Org {
         (org, sluice)
     }
 
+    /// Runs `sql` in the source database `lms`.
+    fn execute(&self, sql: &str) {
+        self.lms.execute(Some("lms"), sql);
+    }
+
     /// An `lms` on a server of the caller's choice (MySQL 8 or MariaDB), mapped into `orgs`.
     async fn on(lms: MariaDb, fk_wait_ms: u64) -> Org {
         lms.execute(None, "create database lms");
@@ -330,10 +335,7 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
 
     // A user is deactivated: it leaves the filter and is soft-deleted (isActive = false,
     // deletedAt set), its auth row kept.
-    org.lms.execute(
-        Some("lms"),
-        "update users set status = 'INACTIVE' where id = 3",
-    );
+    org.execute("update users set status = 'INACTIVE' where id = 3");
     org.converge("deactivation", &[3]).await;
     let pg = org.orgs.connect("orgs").await;
     let deleted_at: Option<String> = pg
@@ -347,15 +349,11 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
     assert!(deleted_at.is_some(), "a soft delete sets deletedAt");
 
     // A role changes.
-    org.lms.execute(
-        Some("lms"),
-        "update institute_user set user_type = 'TEACHER' where user_id = 4",
-    );
+    org.execute("update institute_user set user_type = 'TEACHER' where user_id = 4");
     org.converge("role change", &[3]).await;
 
     // An institute is deleted, its memberships first (target foreign keys restrict).
-    org.lms.execute(
-        Some("lms"),
+    org.execute(
         "start transaction; delete from institute_user where institute_id = 2;
          delete from institutes where id = 2; commit;",
     );
@@ -363,8 +361,7 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
 
     // Filter transitions: a user without an email gets one (enters, written in full); the
     // deactivated user comes back (isActive again, deletedAt cleared by the mapping).
-    org.lms.execute(
-        Some("lms"),
+    org.execute(
         "update users set email = 'late@example.com' where id = 10;
          update users set status = 'ACTIVE' where id = 3;
          update user_profiles set bio = 'new bio' where user_id = 3;",
@@ -389,21 +386,16 @@ async fn children_before_their_parents_converge_without_dead_letters() {
     let (org, mut sluice) = Org::converged(120_000).await;
 
     // Memberships of users that do not exist yet: the target's foreign key refuses them.
-    org.lms.execute(
-        Some("lms"),
+    org.execute(
         "insert into institute_user select 1, seq, 'STUDENT', 'ACTIVE' from seq_1001_to_1300;",
     );
     sluice.wait_log("a target foreign key refused", 1, LONG);
     // Meanwhile other tables keep flowing.
-    org.lms.execute(
-        Some("lms"),
-        "update institutes set name = 'Renamed' where id = 5",
-    );
+    org.execute("update institutes set name = 'Renamed' where id = 5");
     let pg = org.orgs.connect("orgs").await;
     wait_institute_name(&pg, 5, "Renamed").await;
     // The parents arrive.
-    org.lms.execute(
-        Some("lms"),
+    org.execute(
         "insert into users (id, first_name, last_name, email, password)
            select seq, 'New', concat('User', seq), concat('n', seq, '@example.com'), 'h'
              from seq_1001_to_1300;",
@@ -416,9 +408,7 @@ async fn children_before_their_parents_converge_without_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_whose_parent_never_comes_is_dead_lettered_after_the_wait() {
     let (org, mut sluice) = Org::converged(3_000).await;
-    org.lms.execute(
-        Some("lms"),
-        "insert into institute_user values (1, 999999, 'STAFF', 'ACTIVE'); update institutes set name = 'After' where id = 4;",
+    org.execute("insert into institute_user values (1, 999999, 'STAFF', 'ACTIVE'); update institutes set name = 'After' where id = 4;",
     );
     let pg = org.orgs.connect("orgs").await;
     let dead = sluice_test_support::wait_for("the orphan's dead letter", LONG, || {
