@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, require_binary, signal_child, TempDir};
+use crate::{end_child, free_port, require_binary, TempDir};
 
 const GARAGE_INSTALL: &str =
     "cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite";
@@ -109,10 +109,7 @@ impl Garage {
 
     /// Stops the node (its data stays), e.g. to make the store unavailable for a while.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, false);
-            let _ = c.wait();
-        }
+        end_child(&mut self.child, false);
     }
 
     /// Starts the stopped node again, on the same ports and data.

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{free_port, signal_child, TempDir};
+use crate::{end_child, free_port, run_checked, TempDir};
 
 /// The Kafka version scripts/kafka/pom.xml names.
 pub const KAFKA_VERSION: &str = "4.1.1";
@@ -134,26 +134,21 @@ impl Broker {
 
     fn format(&self, libs: &Path) {
         let d = self.dir.path();
-        let out = Self::java(libs)
-            .current_dir(d)
-            .args(["-Xmx256m", "-Dlog4j2.configurationFile=log4j2.properties"])
-            .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()))
-            .args([
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                "c2x1aWNlLXRlc3Qta2Fma2",
-                "-c",
-                "server.properties",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run java (install Java 17: apt-get install openjdk-17-jre-headless)");
-        assert!(
-            out.status.success(),
-            "kafka storage format failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Self::java(libs)
+                .current_dir(d)
+                .args(["-Xmx256m", "-Dlog4j2.configurationFile=log4j2.properties"])
+                .arg(format!("-Dkafka.logs.dir={}", d.join("logs").display()))
+                .args([
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    "c2x1aWNlLXRlc3Qta2Fma2",
+                    "-c",
+                    "server.properties",
+                ])
+                .stdin(Stdio::null()),
+            "kafka storage format (java: install Java 17: apt-get install openjdk-17-jre-headless)",
         );
     }
 
@@ -224,10 +219,7 @@ impl Broker {
 
     /// `kill -9` of the broker; its data stays for [`Broker::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, false);
-            let _ = c.wait();
-        }
+        end_child(&mut self.child, false);
     }
 
     /// Starts a killed (or running: it is killed first) broker again on the same ports and
@@ -251,27 +243,22 @@ impl Broker {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        let out = Self::java(&libs)
-            .args(["-Xmx128m", "-Dlog4j2.configurationFile=none"])
-            .args(["kafka.admin.ConfigCommand", "--bootstrap-server"])
-            .arg(self.brokers())
-            .args([
-                "--entity-type",
-                "topics",
-                "--entity-name",
-                topic,
-                "--alter",
-                "--add-config",
-            ])
-            .arg(&pairs)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kafka-configs");
-        assert!(
-            out.status.success(),
-            "kafka-configs {topic} {pairs}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Self::java(&libs)
+                .args(["-Xmx128m", "-Dlog4j2.configurationFile=none"])
+                .args(["kafka.admin.ConfigCommand", "--bootstrap-server"])
+                .arg(self.brokers())
+                .args([
+                    "--entity-type",
+                    "topics",
+                    "--entity-name",
+                    topic,
+                    "--alter",
+                    "--add-config",
+                ])
+                .arg(&pairs)
+                .stdin(Stdio::null()),
+            &format!("kafka-configs {topic} {pairs}"),
         );
     }
 }

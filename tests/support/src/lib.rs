@@ -328,6 +328,26 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// Signals the process in `child`, if there is one, like [`signal_child`], and reaps it.
+pub fn end_child(child: &mut Option<Child>, graceful: bool) {
+    if let Some(mut c) = child.take() {
+        signal_child(&mut c, graceful);
+        let _ = c.wait();
+    }
+}
+
+/// Runs `cmd` to its end; panics naming `what`, with the output, when it fails.
+pub fn run_checked(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Sends SIGKILL (or SIGTERM with `graceful`) to a child and reaps it.
 pub fn signal_child(child: &mut Child, graceful: bool) {
     let sig = if graceful { "-TERM" } else { "-KILL" };

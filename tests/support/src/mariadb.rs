@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, require_binary, signal_child, TempDir};
+use crate::{end_child, free_port, require_binary, run_checked, TempDir};
 
 const INSTALL: &str = "apt-get install -y mariadb-server";
 
@@ -150,19 +150,14 @@ impl MariaDb {
         let data = dir.path().join("data");
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("mysql tmpdir");
-        let out = Command::new(&mysqld)
-            .arg("--no-defaults")
-            .arg("--initialize-insecure")
-            .arg(format!("--basedir={}", home.display()))
-            .arg(format!("--user={}", whoami()))
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .expect("run mysqld --initialize-insecure");
-        assert!(
-            out.status.success(),
-            "mysqld --initialize-insecure failed in {}: {}",
-            data.display(),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Command::new(&mysqld)
+                .arg("--no-defaults")
+                .arg("--initialize-insecure")
+                .arg(format!("--basedir={}", home.display()))
+                .arg(format!("--user={}", whoami()))
+                .arg(format!("--datadir={}", data.display())),
+            &format!("mysqld --initialize-insecure in {}", data.display()),
         );
         let server = Self::launch(Flavor::MySql8, mysqld, dir, extra);
         server.execute(
@@ -235,19 +230,13 @@ impl MariaDb {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, false);
-            let _ = c.wait();
-        }
+        end_child(&mut self.child, false);
     }
 
     /// Stops the server (SIGTERM, waiting for it to exit) and starts it again on the same port
     /// and data directory.
     pub fn restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, true);
-            let _ = c.wait();
-        }
+        end_child(&mut self.child, true);
         self.start_again();
     }
 
@@ -324,16 +313,7 @@ impl MariaDb {
 
     /// The `mariadb` client as root over the socket, in batch mode; its output.
     fn client(&self, database: Option<&str>, sql: &str) -> String {
-        let mut cmd = self.command(database);
-        let out = cmd
-            .args(["-e", sql])
-            .output()
-            .expect("run the mariadb client");
-        assert!(
-            out.status.success(),
-            "mariadb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_checked(self.command(database).args(["-e", sql]), "mariadb");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::signal_child;
+use crate::{end_child, signal_child};
 
 /// A running `sluice` process; killed on drop.
 pub struct SluiceProcess {
@@ -61,10 +61,7 @@ impl SluiceProcess {
 
     /// SIGKILL: a crash.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal_child(&mut c, false);
-            let _ = c.wait();
-        }
+        end_child(&mut self.child, false);
     }
 
     /// SIGTERM, then waits for a clean exit.
