@@ -121,11 +121,9 @@ async fn poison_events_go_to_dead_letters_and_the_rest_applies() {
     // The target refuses negative quantities; the source does not.
     let target_schema = SCHEMA.replace("qty int not null,", "qty int not null check (qty >= 0),");
     let p = Pipeline::new(&["lines"], &SCHEMA, &target_schema, "").await;
-    let src = p.source_db().await;
-    src.batch_execute("insert into lines select g, 1, g % 5, 'ok' from generate_series(1, 500) g")
-        .await
-        .expect("rows");
-    let sluice = p.run("sluice", &[]);
+    let (src, sluice) = p
+        .start_after("insert into lines select g, 1, g % 5, 'ok' from generate_series(1, 500) g")
+        .await;
     sluice.wait_log("replication stream started", 1, LONG);
     // Bad rows among good ones, in the same transactions.
     src.batch_execute(
@@ -245,11 +243,9 @@ async fn two_apply_processes_share_the_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_ignore_leaves_the_target_as_it_is() {
     let p = Pipeline::new(&["lines"], &SCHEMA, &SCHEMA, "truncate = \"ignore\"").await;
-    let src = p.source_db().await;
-    src.batch_execute("insert into lines select g, 1, 1, 'before' from generate_series(1, 100) g")
-        .await
-        .expect("rows");
-    let sluice = p.run("sluice", &[]);
+    let (src, sluice) = p
+        .start_after("insert into lines select g, 1, 1, 'before' from generate_series(1, 100) g")
+        .await;
     p.wait_equal(WAIT).await;
     src.batch_execute(
         "truncate lines; insert into lines select g, 2, 2, 'after' from generate_series(1, 10) g",

@@ -82,6 +82,14 @@ async fn rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>
         .collect()
 }
 
+/// Waits until `garage`'s bucket holds no object.
+async fn wait_bucket_empty(garage: &Garage, what: &str) {
+    wait_for(what, LONG, || async {
+        garage.keys().await.is_empty().then_some(())
+    })
+    .await;
+}
+
 /// Waits until the target's blob ledger has no row left.
 async fn wait_ledger_empty(db: &tokio_postgres::Client, what: &str) {
     wait_for(what, LONG, || async {
@@ -430,10 +438,7 @@ async fn patient_files_share_content_addressed_objects_until_the_last_row_goes()
         vec![vec![Some("f3".to_owned())]]
     );
     vsrx.execute(Some("vsrx"), "delete from Files where id = 'f3'");
-    wait_for("the bucket empty", LONG, || async {
-        garage.keys().await.is_empty().then_some(())
-    })
-    .await;
+    wait_bucket_empty(&garage, "the bucket empty").await;
     // The object is deleted first, then its released ledger row is forgotten.
     wait_ledger_empty(&pg, "deleted objects leave no ledger rows").await;
     assert!(sluice.stop(LONG).success());
@@ -562,10 +567,7 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     src.batch_execute("truncate photos")
         .await
         .expect("truncate");
-    wait_for("the bucket emptied by the truncate", LONG, || async {
-        garage.keys().await.is_empty().then_some(())
-    })
-    .await;
+    wait_bucket_empty(&garage, "the bucket emptied by the truncate").await;
     assert!(rows(&dash, "select id::text from photos").await.is_empty());
     wait_ledger_empty(&dash, "the truncated rows' ledger rows forgotten").await;
     assert!(sluice.stop(LONG).success());

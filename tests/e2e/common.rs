@@ -73,6 +73,15 @@ pub async fn transaction(
     changes
 }
 
+/// Asserts that a command exited with status 1 (`code`) and that its output `text` says each
+/// of `needles`.
+pub fn assert_refused(code: i32, text: &str, needles: &[&str]) {
+    assert_eq!(code, 1, "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+}
+
 /// The first column of every row `sql` returns from Postgres.
 pub async fn column<T>(db: &tokio_postgres::Client, sql: &str) -> Vec<T>
 where

@@ -338,14 +338,7 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
     org.execute("update users set status = 'INACTIVE' where id = 3");
     org.converge("deactivation", &[3]).await;
     let pg = org.orgs.connect("orgs").await;
-    let deleted_at: Option<String> = pg
-        .query_one(
-            "select \"deletedAt\"::text from organizations.\"user\" where \"userId\" = 3",
-            &[],
-        )
-        .await
-        .expect("user 3")
-        .get(0);
+    let deleted_at = deleted_at_of(&pg, 3).await;
     assert!(deleted_at.is_some(), "a soft delete sets deletedAt");
 
     // A role changes.
@@ -367,18 +360,20 @@ async fn org_directory_mapped_into_postgres(lms: MariaDb) {
          update user_profiles set bio = 'new bio' where user_id = 3;",
     );
     org.converge("filter transitions", &[]).await;
-    let deleted_at: Option<String> = pg
-        .query_one(
-            "select \"deletedAt\"::text from organizations.\"user\" where \"userId\" = 3",
-            &[],
-        )
-        .await
-        .expect("user 3")
-        .get(0);
+    let deleted_at = deleted_at_of(&pg, 3).await;
     assert_eq!(deleted_at, None);
 
     assert!(sluice.stop(LONG).success());
     assert_eq!(org.dead_letters().await, Vec::<String>::new());
+}
+
+/// The `deletedAt` of user `id` in the target, as text.
+async fn deleted_at_of(pg: &tokio_postgres::Client, id: i64) -> Option<String> {
+    let sql = "select \"deletedAt\"::text from organizations.\"user\" where \"userId\" = $1";
+    pg.query_one(sql, &[&id])
+        .await
+        .unwrap_or_else(|e| panic!("user {id}: {e}"))
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

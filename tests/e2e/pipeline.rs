@@ -53,14 +53,16 @@ impl Pipeline {
         sql: &str,
     ) -> (Pipeline, SluiceProcess, Vec<i64>) {
         let p = Pipeline::new(tables, schema, schema, "").await;
-        p.source_db()
-            .await
-            .batch_execute(sql)
-            .await
-            .expect("source rows");
-        let sluice = p.run("sluice", &[]);
+        let (_, sluice) = p.start_after(sql).await;
         let counts = p.wait_equal(LONG).await;
         (p, sluice, counts)
+    }
+
+    /// Runs `sql` in the source, then starts `sluice run`; returns a source client and sluice.
+    pub async fn start_after(&self, sql: &str) -> (tokio_postgres::Client, SluiceProcess) {
+        let src = self.source_db().await;
+        src.batch_execute(sql).await.expect("source rows");
+        (src, self.run("sluice", &[]))
     }
 
     /// Rewrites the config with `[sinks.target]` (the lines `sink_extra`) and these

@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use sluice_test_support::kafka::Record;
-use sluice_test_support::{wait_for, TopicReader};
+use sluice_test_support::{wait_for, SluiceProcess, TopicReader};
 
 use crate::common::{count, wait_rows};
 use crate::pipeline::{Pipeline, WAIT};
+
+/// The table the tests here replicate, the same on both sides.
+const ITEMS: &str = "create table items (id int primary key, v text not null)";
 
 /// Table topics that Kafka compacts within a second of a segment rolling.
 const FAST_COMPACTION: &str = r#"topic_configs = { "cleanup.policy" = "compact", "segment.ms" = "100", "min.cleanable.dirty.ratio" = "0.0001", "delete.retention.ms" = "86400000" }"#;
@@ -52,23 +55,11 @@ fn key_id(r: &Record) -> Option<i64> {
 /// started again. The target must lose rows 1–3 and carry row 4's update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_survive_topic_compaction() {
-    let mut p = Pipeline::new(
-        &["items"],
-        "create table items (id int primary key, v text not null)",
-        "create table items (id int primary key, v text not null)",
-        "",
-    )
-    .await;
+    let mut p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
     p.kafka_extra = FAST_COMPACTION.into();
     p.write_sink("", "[[sinks.target.tables]]\nfrom = \"public.items\"\n");
     let src = p.source_db().await;
-    let _capture = p.run("capture", &["--only", "capture"]);
-    let mut apply = p.run("apply", &["--only", "apply"]);
-    src.batch_execute("insert into items select g, 'v' || g from generate_series(1, 5) g")
-        .await
-        .expect("insert");
-    p.wait_equal(WAIT).await;
-    apply.stop(Duration::from_secs(30));
+    let _capture = applied_then_apply_stopped(&p, &src, 5).await;
 
     src.batch_execute(
         "delete from items where id <= 3; update items set v = 'changed' where id = 4",
@@ -112,27 +103,34 @@ async fn deletes_survive_topic_compaction() {
     );
 }
 
+/// Runs capture and apply as two processes until rows 1..=`n` of `items` are in the target,
+/// then stops apply; returns capture, still running.
+async fn applied_then_apply_stopped(
+    p: &Pipeline,
+    src: &tokio_postgres::Client,
+    n: u32,
+) -> SluiceProcess {
+    let capture = p.run("capture", &["--only", "capture"]);
+    let mut apply = p.run("apply", &["--only", "apply"]);
+    src.batch_execute(&format!(
+        "insert into items select g, 'v' || g from generate_series(1, {n}) g"
+    ))
+    .await
+    .expect("insert");
+    p.wait_equal(WAIT).await;
+    apply.stop(Duration::from_secs(30));
+    capture
+}
+
 /// A sink stopped for longer than a topic's retention: the records after its stored offsets
 /// are deleted. It must not jump to what is left (those changes would be lost in silence):
 /// each such partition stops, and the log says what was lost and how to recover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_behind_retention_stops_and_says_so() {
-    let p = Pipeline::new(
-        &["items"],
-        "create table items (id int primary key, v text not null)",
-        "create table items (id int primary key, v text not null)",
-        "",
-    )
-    .await;
+    let p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
     let src = p.source_db().await;
-    let _capture = p.run("capture", &["--only", "capture"]);
-    let mut apply = p.run("apply", &["--only", "apply"]);
     // Thirty keys: every one of the three partitions gets a stored offset.
-    src.batch_execute("insert into items select g, 'v' || g from generate_series(1, 30) g")
-        .await
-        .expect("insert");
-    p.wait_equal(WAIT).await;
-    apply.stop(Duration::from_secs(30));
+    let _capture = applied_then_apply_stopped(&p, &src, 30).await;
 
     // While apply is stopped, the topic keeps a second's worth of records: rows 31-60 and then
     // everything written before the filler's last segments are deleted.
@@ -239,8 +237,7 @@ async fn key_change_keeps_an_unchanged_toasted_value() {
 /// exiting, and replicates once the broker is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_waits_for_a_broker_that_is_not_up_yet() {
-    let schema = "create table items (id int primary key, v text not null)";
-    let mut p = Pipeline::new(&["items"], schema, schema, "").await;
+    let mut p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
     p.broker.kill();
     let mut sluice = p.run("sluice", &[]);
     sluice.wait_log("cannot reach the brokers", 1, WAIT);
@@ -261,8 +258,7 @@ async fn run_waits_for_a_broker_that_is_not_up_yet() {
 /// the running process reconnects by itself, and the target ends equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_pipeline_outlives_a_broker_kill() {
-    let schema = "create table items (id int primary key, v text not null)";
-    let mut p = Pipeline::new(&["items"], schema, schema, "").await;
+    let mut p = Pipeline::new(&["items"], ITEMS, ITEMS, "").await;
     let _sluice = p.run("sluice", &[]);
     let src = p.source_db().await;
     let writer = crate::common::PacedWriter::start(src, |n| {
