@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{env_number, run_only, source_target_broker};
+use sluice_test_support::bench::{env_number, print_table_head, run_only, source_target_broker};
 use sluice_test_support::{process, PgCluster, TempDir};
 
 #[path = "shared/users.rs"]
@@ -148,8 +148,11 @@ async fn main() {
     }
     println!();
     println!("apply mapping benchmark ({rows} rows from one topic of 4 partitions into a target Postgres; Apache Kafka; this machine, all co-located)");
-    println!("| mapping | rows/s (round a / b) | apply CPU µs/row (a / b) |");
-    println!("|---|---|---|");
+    print_table_head(&[
+        "mapping",
+        "rows/s (round a / b)",
+        "apply CPU µs/row (a / b)",
+    ]);
     for (name, runs) in [
         ("1:1 (8 columns as they are)", &plain),
         ("5 expressions + a value map + a filter", &mapped),

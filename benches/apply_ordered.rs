@@ -16,7 +16,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{config_head, env_number, run_only, source_target_broker};
+use sluice_test_support::bench::{
+    config_head, env_number, print_table_head, run_only, source_target_broker,
+};
 use sluice_test_support::{process, PgCluster, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -227,8 +229,12 @@ async fn main() {
     }
     println!();
     println!("ordered apply benchmark ({changes} row changes in {t} source transactions, two tables, topics of 4 partitions, into a target Postgres; Apache Kafka; this machine, all co-located)");
-    println!("| target tables | changes/s (round a / b) | apply CPU µs/change (a / b) | peak RSS MB (a / b) |");
-    println!("|---|---|---|---|");
+    print_table_head(&[
+        "target tables",
+        "changes/s (round a / b)",
+        "apply CPU µs/change (a / b)",
+        "peak RSS MB (a / b)",
+    ]);
     for (name, runs) in [
         ("no foreign key: per-partition workers", &free),
         (

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use sluice_test_support::bench::{capture_config, env_number};
+use sluice_test_support::bench::{capture_config, env_number, print_table_head};
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -301,8 +301,16 @@ async fn main() {
     println!();
     println!("backfill benchmark ({rows} rows, {} MB as COPY text; stream load 2,000 rows/s, {streamed} rows streamed meanwhile; broker: Apache Kafka)", bytes / 1_000_000);
     println!("round 1 is the backfill of the table added by a reload, later rounds `sluice snapshot` re-syncs of all of it; each is set against the mean of the plain COPYs just before and after it");
-    println!("| round | COPY before / after (s) | backfill read (s) | backfill confirmed by Kafka (s) | rows/s | vs COPY | CPU µs/row: Sluice / Postgres / broker / machine | cores busy |");
-    println!("|---|---|---|---|---|---|---|---|");
+    print_table_head(&[
+        "round",
+        "COPY before / after (s)",
+        "backfill read (s)",
+        "backfill confirmed by Kafka (s)",
+        "rows/s",
+        "vs COPY",
+        "CPU µs/row: Sluice / Postgres / broker / machine",
+        "cores busy",
+    ]);
     let mut ratios = Vec::new();
     for (i, r) in rounds.iter().enumerate() {
         let copy_s = (copies[i] + copies[i + 1]) / 2.0;

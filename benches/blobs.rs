@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use sluice_test_support::bench::env_number;
+use sluice_test_support::bench::{env_number, print_table_head};
 use sluice_test_support::garage::Garage;
 use sluice_test_support::process::cpu_seconds;
 use sluice_test_support::{Broker, PgCluster, SluiceProcess, TempDir};
@@ -271,8 +271,13 @@ async fn main() {
         |p: &[Phase], f: &dyn Fn(&Phase) -> String| p.iter().map(f).collect::<Vec<_>>().join(" / ");
     println!();
     println!("blob benchmark: {n} files of {kb} KB ({mb:.1} MB) per round, {rounds} rounds, into one local garage node; this machine, all co-located");
-    println!("| path | objects/s (per round) | MB/s (per round) | garage CPU ms per object | uploader CPU ms per object (the loop's process, or Sluice) |");
-    println!("|---|---|---|---|---|");
+    print_table_head(&[
+        "path",
+        "objects/s (per round)",
+        "MB/s (per round)",
+        "garage CPU ms per object",
+        "uploader CPU ms per object (the loop's process, or Sluice)",
+    ]);
     for (name, phases) in [
         (
             "plain aws-sdk-s3 put_object loop, 16 at a time (default CRC32 checksum)",

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{capture_config, env_number, first_checkpoint};
+use sluice_test_support::bench::{capture_config, env_number, first_checkpoint, print_table_head};
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
 
 #[path = "debezium/drain.rs"]
@@ -310,8 +310,15 @@ async fn main() {
     .await;
     println!();
     println!("capture benchmark (broker: Apache Kafka; this machine, all services co-located)");
-    println!("| workload | rows | pg_recvlogical rows/s | sluice rows/s | ratio | sluice CPU µs/row | sluice peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|");
+    print_table_head(&[
+        "workload",
+        "rows",
+        "pg_recvlogical rows/s",
+        "sluice rows/s",
+        "ratio",
+        "sluice CPU µs/row",
+        "sluice peak RSS MB",
+    ]);
     let names = [
         format!("{} rows, 10k-row txns", a.rows),
         format!("{} single-row txns", b.rows),
@@ -339,8 +346,21 @@ async fn main() {
             debezium::VERSION
         );
         println!("rows/s and CPU: Sluice from its stream start to the checkpoint covering every row (confirmed by Kafka); Debezium from its first change record to the last. \"from start\" adds the JVM's and connector's start-up.");
-        println!("| workload | rows | sluice rows/s | debezium rows/s | sluice/debezium | debezium rows/s from start | debezium JVM start-up s | sluice CPU µs/row | debezium CPU µs/row | debezium/sluice CPU | debezium CPU µs/row whole process | sluice peak RSS MB | debezium peak RSS MB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        print_table_head(&[
+            "workload",
+            "rows",
+            "sluice rows/s",
+            "debezium rows/s",
+            "sluice/debezium",
+            "debezium rows/s from start",
+            "debezium JVM start-up s",
+            "sluice CPU µs/row",
+            "debezium CPU µs/row",
+            "debezium/sluice CPU",
+            "debezium CPU µs/row whole process",
+            "sluice peak RSS MB",
+            "debezium peak RSS MB",
+        ]);
         for (name, f) in names.iter().zip([&a, &b, &c]) {
             let ours = f.rows as f64 / f.sluice_s;
             match &f.debezium {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{capture_config, env_number, first_checkpoint};
+use sluice_test_support::bench::{capture_config, env_number, first_checkpoint, print_table_head};
 use sluice_test_support::{
     mariadb::mysql8_home, process, Broker, Flavor, MariaDb, SluiceProcess, TempDir,
 };
@@ -280,8 +280,15 @@ fn run_server(flavor: Flavor, rows: u64, dbz: Option<&Debezium>) {
     println!(
         "{label} capture benchmark (broker: Apache Kafka; this machine, all services co-located)"
     );
-    println!("| reader | row changes | seconds | rows/s | CPU s | CPU µs/row | peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|");
+    print_table_head(&[
+        "reader",
+        "row changes",
+        "seconds",
+        "rows/s",
+        "CPU s",
+        "CPU µs/row",
+        "peak RSS MB",
+    ]);
     match &raw_read {
         Some((reader, reader_s, reader_cpu)) => println!(
             "| {} --raw (copy, no decoding) | {rows} | {reader_s:.2} | {:.0} | {reader_cpu:.2} | {:.2} | |",

@@ -82,6 +82,36 @@ pub fn assert_refused(code: i32, text: &str, needles: &[&str]) {
     }
 }
 
+/// Runs `insert`, which writes the row with id -1, waits until its event is in `reader`, stops
+/// `sluice`, and reads the rest of the topic.
+pub async fn read_through_marker(
+    db: &tokio_postgres::Client,
+    insert: &str,
+    reader: &mut TopicReader,
+    sluice: &mut SluiceProcess,
+) {
+    db.batch_execute(insert).await.expect("marker");
+    reader.read_until(LONG, "the marker row", |r| {
+        r.iter()
+            .any(|x| x.value.as_ref().is_some_and(|v| v["after"]["id"] == -1))
+    });
+    sluice.stop(LONG);
+    reader.read_to_end(LONG);
+}
+
+/// The (first, second) columns, both int8, of every row `sql` returns, by the first.
+pub async fn int_pairs(
+    db: &tokio_postgres::Client,
+    sql: &str,
+) -> std::collections::BTreeMap<i64, i64> {
+    db.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// The first column of every row `sql` returns from Postgres.
 pub async fn column<T>(db: &tokio_postgres::Client, sql: &str) -> Vec<T>
 where

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::common::{id_of, Fixture, PacedWriter, LONG};
+use crate::common::{id_of, int_pairs, read_through_marker, Fixture, PacedWriter, LONG};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_restarts_lose_nothing() {
@@ -47,15 +47,8 @@ async fn crashes_and_restarts_lose_nothing() {
     let updates = writer.stop().await;
     let db = f.client().await;
     sluice.wait_log(started, 7, LONG);
-    db.batch_execute("insert into counters values (-1, 0)")
-        .await
-        .expect("marker");
-    reader.read_until(LONG, "marker", |r| {
-        r.iter()
-            .any(|x| x.value.as_ref().is_some_and(|v| v["after"]["id"] == -1))
-    });
-    sluice.stop(LONG);
-    reader.read_to_end(LONG);
+    let marker = "insert into counters values (-1, 0)";
+    read_through_marker(&db, marker, &mut reader, &mut sluice).await;
 
     // First occurrence of each position, in per-partition (per-key) order.
     let mut positions = HashSet::new();
@@ -78,13 +71,7 @@ async fn crashes_and_restarts_lose_nothing() {
             .or_default()
             .push(env["after"]["version"].as_i64().expect("version"));
     }
-    let finals: BTreeMap<i64, i64> = db
-        .query("select id::int8, version::int8 from counters", &[])
-        .await
-        .expect("finals")
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let finals = int_pairs(&db, "select id::int8, version::int8 from counters").await;
     for (id, final_version) in &finals {
         let h = history
             .get(id)

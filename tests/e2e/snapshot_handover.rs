@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sluice_test_support::wait_for;
 
-use crate::common::{id_of, Fixture, PacedWriter, LONG};
+use crate::common::{id_of, int_pairs, read_through_marker, Fixture, PacedWriter, LONG};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
@@ -43,15 +43,13 @@ async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
     .await;
     let writes = writer.stop().await;
     let mut reader = f.reader("items");
-    db.batch_execute("insert into items values (-1, -1)")
-        .await
-        .expect("marker");
-    reader.read_until(LONG, "the marker row", |r| {
-        r.iter()
-            .any(|x| x.value.as_ref().is_some_and(|v| v["after"]["id"] == -1))
-    });
-    sluice.stop(LONG);
-    reader.read_to_end(LONG);
+    read_through_marker(
+        &db,
+        "insert into items values (-1, -1)",
+        &mut reader,
+        &mut sluice,
+    )
+    .await;
 
     let envs = reader.envelopes();
     let snapshot_rows = envs.iter().filter(|e| e["op"] == "r").count();
@@ -89,13 +87,7 @@ async fn snapshot_then_stream_has_no_gap_and_no_overlap() {
             other => panic!("unexpected op {other:?}"),
         }
     }
-    let source: BTreeMap<i64, i64> = db
-        .query("select id::int8, v::int8 from items", &[])
-        .await
-        .expect("source rows")
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let source = int_pairs(&db, "select id::int8, v::int8 from items").await;
     assert_eq!(state.len(), source.len(), "row counts differ");
     assert!(
         state == source,

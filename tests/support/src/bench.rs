@@ -77,3 +77,9 @@ pub fn run_only(
     let log = dir.join(format!("{name}.log"));
     crate::SluiceProcess::run(sluice, &path, &["--only", only], &log)
 }
+
+/// Prints the header row of a Markdown table of `columns`, and its separator row.
+pub fn print_table_head(columns: &[&str]) {
+    println!("| {} |", columns.join(" | "));
+    println!("|{}", "---|".repeat(columns.len()));
+}
