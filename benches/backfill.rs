@@ -108,12 +108,9 @@ fn config_text(broker: &Broker, pg: &PgCluster, tables: &str, chunk: &str) -> St
     let compression = std::env::var("BENCH_COMPRESSION")
         .map(|c| format!("\"compression.type\" = \"{c}\""))
         .unwrap_or_default();
-    let source = format!(
-        "postgres = {}\ntables = [{tables}]\n{chunk}",
-        pg.sluice_connection("bench")
-    );
-    let head = capture_config(&broker.brokers(), &source);
-    format!("{head}\n[kafka.properties]\n{compression}\n")
+    let connection = pg.sluice_connection("bench");
+    let head = capture_config(&broker.brokers(), "postgres", &connection, tables);
+    format!("{head}{chunk}\n\n[kafka.properties]\n{compression}\n")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_test_support::bench::{capture_config, env_number, first_checkpoint, print_table_head};
-use sluice_test_support::{process, Broker, PgCluster, SluiceProcess, TempDir};
+use sluice_test_support::{process, Broker, PgCluster, SluiceProcess};
 
 #[path = "debezium/drain.rs"]
 mod debezium;
@@ -110,15 +110,16 @@ async fn run_workload(
     )
     .await
     .expect("schema");
-    let dir = TempDir::new("bench");
-    let source = format!(
-        "postgres = {}\ntables = [\"public.bench\"]",
-        pg.sluice_connection("bench")
+    let connection = pg.sluice_connection("bench");
+    let head = capture_config(
+        &broker.brokers(),
+        "postgres",
+        &connection,
+        "\"public.bench\"",
     );
-    let head = capture_config(&broker.brokers(), &source);
 
     // 1. Sluice's slot (empty snapshot), then pg_recvlogical's slot.
-    let (config, log) = first_checkpoint(Path::new(SLUICE), dir.path(), &head);
+    let (dir, config, log) = first_checkpoint(Path::new(SLUICE), "bench", &head);
     // Two pg_recvlogical slots: one drained before Sluice runs (cold) and one after (warm), so
     // the order of the runs does not favour either side.
     db.batch_execute(

@@ -26,9 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_test_support::bench::{capture_config, env_number, first_checkpoint, print_table_head};
-use sluice_test_support::{
-    mariadb::mysql8_home, process, Broker, Flavor, MariaDb, SluiceProcess, TempDir,
-};
+use sluice_test_support::{mariadb::mysql8_home, process, Broker, Flavor, MariaDb, SluiceProcess};
 
 #[path = "debezium/drain.rs"]
 mod debezium;
@@ -147,15 +145,11 @@ fn run_server(flavor: Flavor, rows: u64, dbz: Option<&Debezium>) {
         );
     }
     let broker = Broker::start();
-    let dir = TempDir::new("bench-mysql");
-    let source = format!(
-        "mysql = {}\ntables = [\"bench\"]",
-        db.sluice_connection("bench")
-    );
-    let head = capture_config(&broker.brokers(), &source);
+    let connection = db.sluice_connection("bench");
+    let head = capture_config(&broker.brokers(), "mysql", &connection, "\"bench\"");
 
     // 1. Sluice's snapshot of the empty table and its first checkpoint.
-    let (config, log) = first_checkpoint(Path::new(SLUICE), dir.path(), &head);
+    let (dir, config, log) = first_checkpoint(Path::new(SLUICE), "bench-mysql", &head);
     let first_file = db
         .query("bench", "show binary logs")
         .first()

@@ -33,28 +33,34 @@ pub fn config_head(brokers: &str, kafka: &str, name: &str, source: &str) -> Stri
     format!("[kafka]\nbrokers = \"{brokers}\"\n{kafka}\n\n[sources.{name}]\n{source}\n")
 }
 
-/// Writes `config` to `dir/sluice.toml` and runs Sluice with it until its stream (Postgres or
-/// binlog) has started and written a checkpoint, then stops it; returns the config's and the
-/// log's paths.
+/// Writes `config` to `sluice.toml` in a new directory (`label` in its name) and runs Sluice
+/// with it until its stream (Postgres or binlog) has started and written a checkpoint, then
+/// stops it; returns the directory, the config's path and the log's.
 pub fn first_checkpoint(
     sluice: &std::path::Path,
-    dir: &std::path::Path,
+    label: &str,
     config: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (path, log) = (dir.join("sluice.toml"), dir.join("sluice.log"));
+) -> (crate::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = crate::TempDir::new(label);
+    let (path, log) = (
+        dir.path().join("sluice.toml"),
+        dir.path().join("sluice.log"),
+    );
     std::fs::write(&path, config).expect("config");
     let minute = std::time::Duration::from_secs(60);
     let mut run = crate::SluiceProcess::run(sluice, &path, &[], &log);
     run.wait_log("stream started", 1, minute);
     run.wait_log("checkpoint written", 1, minute);
     assert!(run.stop(minute).success());
-    (path, log)
+    (dir, path, log)
 }
 
-/// The capture benchmarks' config: source `bench` (the lines `source`) checkpointed every
-/// 100 ms, into 3 partitions without tombstones.
-pub fn capture_config(brokers: &str, source: &str) -> String {
-    let source = format!("{source}\ncheckpoint_interval_ms = 100");
+/// The capture benchmarks' config: source `bench` (`kind` = `connection`, e.g. `postgres =
+/// {…}`, capturing `tables`, a TOML array's items) checkpointed every 100 ms, into 3
+/// partitions without tombstones.
+pub fn capture_config(brokers: &str, kind: &str, connection: &str, tables: &str) -> String {
+    let source =
+        format!("{kind} = {connection}\ntables = [{tables}]\ncheckpoint_interval_ms = 100");
     config_head(
         brokers,
         "partitions = 3\ntombstones = false",
