@@ -93,7 +93,7 @@ async fn wait_bucket_empty(garage: &Garage, what: &str) {
 /// Waits until the target's blob ledger has no row left.
 async fn wait_ledger_empty(db: &tokio_postgres::Client, what: &str) {
     wait_for(what, LONG, || async {
-        let left = count(&db, "select count(*) from sluice.blobs").await;
+        let left = count(db, "select count(*) from sluice.blobs").await;
         (left == 0).then_some(())
     })
     .await;
