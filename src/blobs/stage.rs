@@ -91,6 +91,25 @@ pub enum BlobWork {
     },
 }
 
+impl BlobWork {
+    /// The target table, the row's key and the blob column this work is about.
+    fn row(&self) -> (usize, &[J], &Arc<BlobSpec>) {
+        match self {
+            BlobWork::Put {
+                table,
+                target_key,
+                spec,
+                ..
+            }
+            | BlobWork::Release {
+                table,
+                target_key,
+                spec,
+            } => (*table, target_key, spec),
+        }
+    }
+}
+
 /// The outcome of preparing a batch.
 #[derive(Debug)]
 pub enum Prepared {
@@ -352,18 +371,8 @@ impl Stage {
                 continue;
             }
             for item in works {
-                let (BlobWork::Put {
-                    table,
-                    target_key,
-                    spec,
-                    ..
-                }
-                | BlobWork::Release {
-                    table,
-                    target_key,
-                    spec,
-                }) = item;
-                slots.push(self.slot(*table, target_key, spec));
+                let (table, target_key, spec) = item.row();
+                slots.push(self.slot(table, target_key, spec));
             }
         }
         let sink = self.sink.clone();
@@ -473,20 +482,8 @@ impl Stage {
                 continue;
             }
             for (w, item) in works.iter().enumerate() {
-                let (table, target_key, spec) = match item {
-                    BlobWork::Put {
-                        table,
-                        target_key,
-                        spec,
-                        ..
-                    }
-                    | BlobWork::Release {
-                        table,
-                        target_key,
-                        spec,
-                    } => (table, target_key, spec),
-                };
-                let slot = self.slot(*table, target_key, spec);
+                let (table, target_key, spec) = item.row();
+                let slot = self.slot(table, target_key, spec);
                 let previous = match item {
                     BlobWork::Release { .. } => live.remove(&slot),
                     BlobWork::Put {

@@ -266,22 +266,18 @@ fn value<'a>(node: &'a Node, row: &Row<'a>) -> Option<V<'a>> {
         },
         // CEL's `&&` and `||` absorb an error on either side when the other decides; only the
         // cases where the left side is a boolean are answered here.
-        Node::And(a, b) => match value(a, row)? {
-            V::Bool(false) => V::Bool(false),
-            V::Bool(true) => match value(b, row)? {
-                V::Bool(b) => V::Bool(b),
+        Node::And(a, b) | Node::Or(a, b) => {
+            // The left value that decides alone: false for `&&`, true for `||`.
+            let decides = matches!(node, Node::Or(..));
+            match value(a, row)? {
+                V::Bool(l) if l == decides => V::Bool(l),
+                V::Bool(_) => match value(b, row)? {
+                    V::Bool(r) => V::Bool(r),
+                    _ => return None,
+                },
                 _ => return None,
-            },
-            _ => return None,
-        },
-        Node::Or(a, b) => match value(a, row)? {
-            V::Bool(true) => V::Bool(true),
-            V::Bool(false) => match value(b, row)? {
-                V::Bool(b) => V::Bool(b),
-                _ => return None,
-            },
-            _ => return None,
-        },
+            }
+        }
         Node::Cond(c, a, b) => match value(c, row)? {
             V::Bool(true) => value(a, row)?,
             V::Bool(false) => value(b, row)?,

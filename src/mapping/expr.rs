@@ -204,12 +204,10 @@ impl Expr {
 
     /// Evaluates to a JSON value (the form target values take).
     pub fn eval(&self, event: &Event) -> Result<J, String> {
-        if let Some(v) = self
-            .direct
-            .as_ref()
-            .and_then(|n| direct::eval(n, &event.row))
-        {
-            return Ok(v);
+        if let Some(v) = self.direct.as_ref() {
+            if let Some(v) = direct::eval(v, &event.row) {
+                return Ok(v);
+            }
         }
         self.eval_interpreted(event.bindings())
     }
@@ -224,12 +222,9 @@ impl Expr {
 
     /// Evaluates a condition: it must yield a boolean.
     pub fn eval_bool(&self, event: &Event) -> Result<bool, String> {
-        if let Some(v) = self
-            .direct
-            .as_ref()
-            .and_then(|n| direct::eval_bool(n, &event.row))
-        {
-            return Ok(v);
+        let direct = self.direct.as_ref();
+        if let Some(b) = direct.and_then(|n| direct::eval_bool(n, &event.row)) {
+            return Ok(b);
         }
         match self.eval_cel(event.bindings())? {
             cel::Value::Bool(b) => Ok(b),

@@ -106,7 +106,7 @@ impl TlsSettings {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS protocol versions: {e}"))?;
-        let builder = if self.mode.verifies() {
+        let chain = if self.mode.verifies() {
             let mut roots = RootCertStore::empty();
             match &self.root_cert {
                 Some(path) => {
@@ -132,19 +132,18 @@ impl TlsSettings {
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| format!("sslrootcert: {e}"))?;
-            let verifier: Arc<dyn ServerCertVerifier> = if self.mode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(AnyName(webpki))
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
+            Some(webpki)
         } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider())))
+            None
         };
+        let policy = Policy {
+            provider: provider(),
+            chain,
+            names: self.mode == SslMode::VerifyFull,
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(policy));
         match (&self.client_cert, &self.client_key) {
             (None, None) => Ok(Some(builder.with_no_client_auth())),
             (Some(cert), Some(key)) => {
@@ -161,11 +160,17 @@ impl TlsSettings {
     }
 }
 
-/// `verify-ca`: the chain is checked, the host name is not.
+/// How a server's certificate is judged: `chain` checks it against the roots (none:
+/// `prefer` and `require` accept any certificate, as libpq does), `names` also checks that it
+/// names the host (`verify-full`). The handshake's signatures are checked in every mode.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Policy {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    names: bool,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Policy {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -174,13 +179,15 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let verified =
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        match verified {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.names => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -191,7 +198,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -200,61 +208,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require`: encrypted, but any certificate is accepted (as libpq does). The
-/// handshake's signatures are still checked against the certificate presented.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

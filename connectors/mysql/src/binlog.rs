@@ -262,25 +262,14 @@ impl TableMap {
                 OptionalMetadataField::EnumStrValue(v) => {
                     for values in v.iter_values() {
                         let values = values.map_err(bad)?;
-                        enums.push(
-                            values
-                                .values()
-                                .iter()
-                                .map(|s| s.value().into_owned())
-                                .collect(),
-                        );
+                        enums.push(values.values().iter().map(|s| s.value().into()).collect());
                     }
                 }
                 OptionalMetadataField::SetStrValue(v) => {
-                    for values in v.iter_values() {
-                        let values = values.map_err(bad)?;
-                        sets.push(
-                            values
-                                .values()
-                                .iter()
-                                .map(|s| s.value().into_owned())
-                                .collect(),
-                        );
+                    for members in v.iter_values() {
+                        let members = members.map_err(bad)?;
+                        let names = members.values().iter().map(|s| s.value().into());
+                        sets.push(names.collect());
                     }
                 }
                 OptionalMetadataField::SimplePrimaryKey(k) => {

@@ -746,47 +746,32 @@ async fn write_folded(
     statements: &HashMap<StatementKey, Statement>,
     folded: &[FoldedTable],
 ) -> Result<(), PostgresError> {
-    let missing = || PostgresError::Setup("statement not prepared".into());
     for f in folded {
         let table = &tables[f.table];
+        // Each statement takes its rows as one JSON array.
+        let mut work = Vec::new();
         if !f.deletes.is_empty() {
-            let stmt = statements
-                .get(&StatementKey::Delete(f.table))
-                .ok_or_else(missing)?;
             let json = rows_json(table, &table.key, &f.deletes);
-            tx.execute(stmt, &[&json])
-                .await
-                .map_err(PostgresError::query(format!(
-                    "deleting rows from {}",
-                    table.id
-                )))?;
+            work.push((StatementKey::Delete(f.table), json, "deleting rows from"));
         }
         for (shape, rows) in &f.upserts {
-            let stmt = statements
-                .get(&StatementKey::Upsert(f.table, shape.clone()))
-                .ok_or_else(missing)?;
-            let json = rows_json(table, shape, rows);
-            tx.execute(stmt, &[&json])
-                .await
-                .map_err(PostgresError::query(format!(
-                    "upserting rows into {}",
-                    table.id
-                )))?;
+            let key = StatementKey::Upsert(f.table, shape.clone());
+            work.push((key, rows_json(table, shape, rows), "upserting rows into"));
         }
         for (shape, rows) in &f.updates {
             if shape.iter().all(|c| table.key.contains(c)) {
                 continue; // nothing to set
             }
+            let key = StatementKey::Update(f.table, shape.clone());
+            work.push((key, rows_json(table, shape, rows), "updating rows of"));
+        }
+        for (key, json, what) in work {
             let stmt = statements
-                .get(&StatementKey::Update(f.table, shape.clone()))
-                .ok_or_else(missing)?;
-            let json = rows_json(table, shape, rows);
+                .get(&key)
+                .ok_or_else(|| PostgresError::Setup("statement not prepared".into()))?;
             tx.execute(stmt, &[&json])
                 .await
-                .map_err(PostgresError::query(format!(
-                    "updating rows of {}",
-                    table.id
-                )))?;
+                .map_err(PostgresError::query(format!("{what} {}", table.id)))?;
         }
     }
     Ok(())

@@ -102,54 +102,37 @@ async fn ensure_publication(
     client: &tokio_postgres::Client,
     s: &SourceSettings,
 ) -> Result<(), PostgresError> {
-    let list = |tables: &[&TableId]| {
-        tables
-            .iter()
-            .map(|t| quote_table(t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match catalog::publication_tables(client, &s.publication).await? {
-        None => {
-            let all: Vec<&TableId> = s.tables.iter().collect();
-            let sql = format!(
-                "create publication {} for table {}",
-                quote_ident(&s.publication),
-                list(&all)
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(PostgresError::query(format!(
-                    "creating publication {}",
-                    s.publication
-                )))?;
-            tracing::info!(publication = %s.publication, "publication created");
-        }
-        Some(existing) => {
-            let missing: Vec<&TableId> =
-                s.tables.iter().filter(|t| !existing.contains(t)).collect();
-            if !missing.is_empty() {
-                let sql = format!(
-                    "alter publication {} add table {}",
-                    quote_ident(&s.publication),
-                    list(&missing)
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(PostgresError::query(format!(
-                        "adding tables to publication {}",
-                        s.publication
-                    )))?;
-                tracing::info!(publication = %s.publication, added = missing.len(), "tables added to publication");
-            }
-            let extra = existing.iter().filter(|t| !s.tables.contains(t)).count();
+    let existing = catalog::publication_tables(client, &s.publication).await?;
+    let wanted: Vec<String> = match &existing {
+        None => s.tables.iter().map(quote_table).collect(),
+        Some(held) => {
+            let extra = held.iter().filter(|t| !s.tables.contains(t)).count();
             if extra > 0 {
                 tracing::warn!(publication = %s.publication, extra, "publication holds tables Sluice does not capture; their changes are skipped");
             }
+            let missing = s.tables.iter().filter(|t| !held.contains(t));
+            missing.map(quote_table).collect()
         }
-    }
+    };
+    let (publication, list) = (quote_ident(&s.publication), wanted.join(", "));
+    let (sql, doing, done) = match existing {
+        None => (
+            format!("create publication {publication} for table {list}"),
+            "creating publication",
+            "publication created",
+        ),
+        Some(_) if wanted.is_empty() => return Ok(()),
+        Some(_) => (
+            format!("alter publication {publication} add table {list}"),
+            "adding tables to publication",
+            "tables added to publication",
+        ),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(PostgresError::query(format!("{doing} {}", s.publication)))?;
+    tracing::info!(publication = %s.publication, tables = wanted.len(), "{done}");
     Ok(())
 }
 

@@ -337,34 +337,34 @@ mod tests {
 
     #[test]
     fn timestamps_are_iso_with_microseconds() {
-        assert_eq!(
-            d(TypeKind::TimestampTz, "2024-05-01 12:00:00.5+00"),
-            Value::Text("2024-05-01T12:00:00.500000Z".into())
-        );
-        assert_eq!(
-            d(TypeKind::Timestamp, "2024-05-01 12:00:00"),
-            Value::Text("2024-05-01T12:00:00.000000".into())
-        );
-        assert_eq!(
-            d(TypeKind::Timestamp, "0044-03-15 12:00:00 BC"),
-            Value::Text("-0043-03-15T12:00:00.000000".into())
-        );
-        assert_eq!(
-            d(TypeKind::TimestampTz, "infinity"),
-            Value::Text("infinity".into())
-        );
-        assert_eq!(
-            d(TypeKind::TimeTz, "10:11:12.123456+05:30"),
-            Value::Text("10:11:12.123456+05:30".into())
-        );
-        assert_eq!(
-            d(TypeKind::TimeTz, "10:11:12-02"),
-            Value::Text("10:11:12.000000-02:00".into())
-        );
-        assert_eq!(
-            d(TypeKind::Time, "23:59:59.999999"),
-            Value::Text("23:59:59.999999".into())
-        );
+        let cases = [
+            (
+                TypeKind::TimestampTz,
+                "2024-05-01 12:00:00.5+00",
+                "2024-05-01T12:00:00.500000Z",
+            ),
+            (
+                TypeKind::Timestamp,
+                "2024-05-01 12:00:00",
+                "2024-05-01T12:00:00.000000",
+            ),
+            (
+                TypeKind::Timestamp,
+                "0044-03-15 12:00:00 BC",
+                "-0043-03-15T12:00:00.000000",
+            ),
+            (TypeKind::TimestampTz, "infinity", "infinity"),
+            (
+                TypeKind::TimeTz,
+                "10:11:12.123456+05:30",
+                "10:11:12.123456+05:30",
+            ),
+            (TypeKind::TimeTz, "10:11:12-02", "10:11:12.000000-02:00"),
+            (TypeKind::Time, "23:59:59.999999", "23:59:59.999999"),
+        ];
+        for (kind, text, iso) in cases {
+            assert_eq!(d(kind, text), Value::Text(iso.into()), "{text}");
+        }
     }
 
     #[test]
