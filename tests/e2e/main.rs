@@ -15,6 +15,7 @@ mod capture_changes;
 mod capture_types;
 mod chaos;
 mod idle_source;
+mod kafka_security;
 mod mappings;
 mod mysql8;
 mod mysql_backfill;

@@ -1,16 +1,19 @@
-//! TLS to the databases: a source and a target Postgres that accept Sluice's user only over
-//! TLS, with a CA and server certificates the test makes; capture (snapshot and stream) and
-//! apply run with `sslmode = "verify-full"`, and a wrong CA, a wrong host name and a server
-//! without TLS are refused by `sluice check` with the setting to change.
+//! TLS to the databases: Postgres, MariaDB and MySQL 8 servers that accept Sluice's user only
+//! over TLS, with a CA and server certificates the test makes; capture (snapshot and stream)
+//! and apply run with `sslmode = "verify-full"`, and a wrong CA, a wrong host name and a
+//! server without TLS are refused by `sluice check` with the setting to change.
 
 use std::path::Path;
 use std::time::Duration;
 
 use sluice_test_support::sluice::run_to_end;
 use sluice_test_support::tls::TestCa;
-use sluice_test_support::{Broker, PgCluster, TempDir};
+use sluice_test_support::{Broker, MariaDb, PgCluster, TempDir};
 
-use crate::common::{start_in, wait_same_rows, SLUICE};
+use crate::common::{
+    assert_refused, kafka_section, sink_section, source_section, start_in, table_maps,
+    wait_same_rows, Workdir, SLUICE,
+};
 
 /// Clients may use plaintext as `postgres` (the test's own connections) but only TLS as
 /// `sluice`: a Sluice that did not encrypt could not log in.
@@ -195,4 +198,93 @@ async fn postgres_capture_and_apply_over_verify_full_tls() {
         )
         .await;
     refused(&plain, "sslmode = \"require\"", &["does not accept TLS"]);
+}
+
+/// A MySQL-family server that serves a certificate of `ca` for 127.0.0.1, with a `sluice`
+/// user that may log in only over TLS, a `shop.items` source and a `copy.items` target.
+fn mysql_with_tls(start: fn(&[&str]) -> MariaDb, ca: &TestCa) -> MariaDb {
+    let (cert, key) = ca.issue("mysql", &["127.0.0.1", "localhost"]);
+    let server = start(&[
+        &format!("--ssl-ca={}", ca.ca_file().display()),
+        &format!("--ssl-cert={}", cert.display()),
+        &format!("--ssl-key={}", key.display()),
+    ]);
+    server.execute(
+        None,
+        "create user 'sluice'@'%' require ssl; grant all on *.* to 'sluice'@'%';
+         create database shop; create database copy;
+         create table shop.items (id int primary key, name varchar(100), amount decimal(12,2));
+         create table copy.items (id int primary key, name varchar(100), amount decimal(12,2));
+         insert into shop.items values (1, 'one', 1.5), (2, 'two', 3.0), (3, 'three', 4.5);",
+    );
+    server
+}
+
+/// `mysql = { … }` for the `sluice` user with these TLS settings.
+fn mysql_connection(server: &MariaDb, db: &str, tls: &str) -> String {
+    format!(
+        "mysql = {{ host = \"127.0.0.1\", port = {}, user = \"sluice\", database = \"{db}\", {tls} }}",
+        server.port()
+    )
+}
+
+async fn mysql_capture_and_apply_over_tls(start: fn(&[&str]) -> MariaDb) {
+    let w = Workdir::new("tls-mysql");
+    let ca = TestCa::new(&w.dir.path().join("certs"), "Sluice test CA");
+    let server = mysql_with_tls(start, &ca);
+    let full = verify("verify-full", &ca.ca_file());
+    let sections = source_section(
+        "shop",
+        &mysql_connection(&server, "shop", &full),
+        &["shop.items"],
+        "",
+    ) + &sink_section("copy", &mysql_connection(&server, "copy", &full), "")
+        + &table_maps("copy", &[("shop.items", "copy.items")]);
+    w.configure(2, "", &sections);
+    let mut sluice = w.start();
+    server.execute(
+        Some("shop"),
+        "insert into items values (4, 'four', 6.0), (5, 'five', 7.5);
+         update items set name = 'ONE' where id = 1; delete from items where id = 2;",
+    );
+    let rows = "select concat_ws('|', id, name, amount) from items order by id";
+    let counts = wait_same_rows("items over TLS", || async {
+        vec![(server.query("shop", rows), server.query("copy", rows))]
+    })
+    .await;
+    assert_eq!(counts, vec![4]);
+    sluice.stop(Duration::from_secs(30));
+
+    // A CA that did not sign the server's certificate: named, with the setting.
+    let other = TestCa::new(&w.dir.path().join("other"), "Another CA");
+    let wrong = verify("verify-full", &other.ca_file());
+    std::fs::write(
+        &w.config,
+        kafka_section(&w.broker.brokers(), 2, "")
+            + &source_section(
+                "shop",
+                &mysql_connection(&server, "shop", &wrong),
+                &["shop.items"],
+                "",
+            ),
+    )
+    .expect("write config");
+    let args = ["check", "--config", w.config.to_str().expect("utf-8 path")];
+    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
+    let text = format!("{out}{err}");
+    assert_refused(
+        status.code().unwrap_or(-1),
+        &text,
+        &["not signed by a CA", "set sslrootcert"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_capture_and_apply_over_verify_full_tls() {
+    mysql_capture_and_apply_over_tls(MariaDb::start_with).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_capture_and_apply_over_verify_full_tls() {
+    mysql_capture_and_apply_over_tls(MariaDb::start_mysql8_with).await;
 }

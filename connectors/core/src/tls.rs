@@ -8,8 +8,9 @@
 //! | `verify-ca` | yes | against `sslrootcert` | no | no |
 //! | `verify-full` | yes | against `sslrootcert` | yes | no |
 //!
-//! Without `sslrootcert`, the verifying modes trust the system's CA store. The rustls
-//! configuration built here uses ring, the one crypto provider of the workspace.
+//! Without `sslrootcert`, the verifying modes trust Mozilla's root CAs (as every client
+//! library Sluice uses does): a private or cloud CA (RDS, Cloud SQL) needs `sslrootcert`. The
+//! rustls configuration built here uses ring.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,18 +117,8 @@ impl TlsSettings {
                             .map_err(|e| format!("sslrootcert = {}: {e}", path.display()))?;
                     }
                 }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    for cert in found.certs {
-                        let _ = roots.add(cert);
-                    }
-                    if roots.is_empty() {
-                        return Err(format!(
-                            "sslmode = \"{}\" needs CA certificates: set sslrootcert to the CA file that signed the server's certificate (the system has none)",
-                            self.mode.as_str()
-                        ));
-                    }
-                }
+                // The same roots the replication stream and the MySQL client trust.
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
@@ -242,6 +233,7 @@ pub fn tls_hint(chain: &str, settings: &TlsSettings) -> Option<String> {
         || chain.contains("SSLRequest rejected")
         || chain.contains("doesn't support TLS")
         || chain.contains("Server does not support SSL")
+        || chain.contains("server does not have this capability")
     {
         return Some(format!(
             "the server does not accept TLS, and sslmode = \"{mode}\" requires it: turn TLS on in the server, or set sslmode = \"prefer\""

@@ -25,7 +25,7 @@ use sluice_core::Backoff;
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
-use crate::publisher::reader_config;
+use crate::publisher::{reader_config, reader_config_over};
 
 /// A topic and partition.
 pub type TopicPartition = (Arc<str>, i32);
@@ -260,9 +260,7 @@ impl SinkConsumer {
         // `reader_config` shortens librdkafka's pause after a full queue: with its default
         // (1 s), apply read in one-second bursts and the pipeline ran at 42k rows/s with its
         // workers idle 78% of the time.
-        for (k, v) in reader_config(cfg).config_map().iter() {
-            c.set(*k, *v);
-        }
+        let mut c = reader_config_over(cfg, c);
         c.set("client.id", format!("sluice-{}", settings.group));
         let context = GroupContext {
             offsets,

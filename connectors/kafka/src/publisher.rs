@@ -32,51 +32,122 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     with_properties(cfg, ClientConfig::new())
 }
 
+/// [`client_config`] over Sluice's own defaults for one client (`base`), which the config's
+/// settings win over. (Copying a finished config through `config_map` would not do: it hides
+/// the passwords.)
+pub fn client_config_over(cfg: &KafkaConfig, base: ClientConfig) -> ClientConfig {
+    with_properties(cfg, base)
+}
+
 /// [`client_config`] for a consumer. When its local queue is full, librdkafka waits
 /// `fetch.queue.backoff.ms` (default 1 s) before fetching again: a reader that drains a
 /// backlog then reads in one-second bursts (the apply pipeline ran at a third of its speed).
 pub fn reader_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("fetch.queue.backoff.ms", "10");
-    with_properties(cfg, c)
+    reader_config_over(cfg, ClientConfig::new())
 }
 
-/// The brokers and the user's `[kafka.properties]`, which win over what `c` sets.
+/// [`reader_config`] over a consumer's own defaults (`base`).
+pub fn reader_config_over(cfg: &KafkaConfig, mut base: ClientConfig) -> ClientConfig {
+    base.set("fetch.queue.backoff.ms", "10");
+    with_properties(cfg, base)
+}
+
+/// The brokers, `[kafka.tls]` and `[kafka.sasl]`, and the user's `[kafka.properties]`, which
+/// win over what `c` sets. A secret that cannot be read is left out (the config check names
+/// it; the brokers then refuse the connection).
 fn with_properties(cfg: &KafkaConfig, mut c: ClientConfig) -> ClientConfig {
     c.set("bootstrap.servers", &cfg.brokers);
     c.set("client.id", "sluice");
+    for (k, v) in cfg.security_properties().unwrap_or_default() {
+        c.set(k, v);
+    }
     for (k, v) in &cfg.properties {
-        let value = match v.strip_prefix("env:") {
-            Some(var) => std::env::var(var).unwrap_or_default(),
-            None => v.clone(),
+        let value = if v.starts_with("env:") || v.starts_with("file:") {
+            match sluice_core::secret::resolve(v, k) {
+                Ok(secret) => secrecy::ExposeSecret::expose_secret(&secret).to_owned(),
+                Err(_) => continue,
+            }
+        } else {
+            v.clone()
         };
         c.set(k, value);
     }
     c
 }
 
-/// Checks that the brokers answer: the preflight for Kafka.
+/// Records the errors librdkafka reports while the preflight waits for metadata: a refused
+/// login or a failed TLS handshake is told apart from brokers that do not answer.
+#[derive(Default)]
+struct Probe(Mutex<Vec<(RDKafkaErrorCode, String)>>);
+
+impl ClientContext for Probe {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let (Some(code), Ok(mut seen)) = (error.rdkafka_error_code(), self.0.lock()) {
+            seen.push((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ProducerContext for Probe {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// Checks that the brokers answer, and accept Sluice's TLS and SASL settings: the preflight
+/// for Kafka.
 pub fn preflight(cfg: &KafkaConfig) -> Vec<Problem> {
-    let producer: Result<rdkafka::producer::BaseProducer, _> = client_config(cfg).create();
+    let producer: Result<rdkafka::producer::BaseProducer<Probe>, _> =
+        client_config(cfg).create_with_context(Probe::default());
     let producer = match producer {
         Ok(p) => p,
         Err(e) => {
             return vec![Problem::new(
                 "kafka",
-                format!("invalid client settings: {e}: fix kafka.properties"),
+                format!(
+                    "invalid client settings: {e}: fix kafka.tls, kafka.sasl or kafka.properties"
+                ),
             )]
         }
     };
-    match producer.client().fetch_metadata(None, METADATA_TIMEOUT) {
-        Ok(_) => Vec::new(),
-        Err(e) => vec![Problem::unreachable(
-            "kafka",
-            format!(
-                "cannot reach the brokers at {} ({e}): check kafka.brokers and that the brokers are running",
-                cfg.brokers
-            ),
-        )],
+    let Err(e) = producer.client().fetch_metadata(None, METADATA_TIMEOUT) else {
+        return Vec::new();
+    };
+    // Hands the errors librdkafka queued to the probe (one event per poll).
+    for _ in 0..64 {
+        producer.poll(Duration::ZERO);
     }
+    let seen = producer
+        .context()
+        .0
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let reason = |code| {
+        seen.iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, r)| r.clone())
+    };
+    if let Some(why) = reason(RDKafkaErrorCode::Authentication) {
+        let user = cfg.sasl.as_ref().map(|s| s.username.as_str()).unwrap_or("");
+        return vec![Problem::new(
+            "kafka",
+            format!("the brokers refused the SASL login of kafka.sasl.username = {user:?} ({why}): check the user, kafka.sasl.mechanism and the password kafka.sasl.password points to"),
+        )];
+    }
+    if let Some(why) = reason(RDKafkaErrorCode::SSL) {
+        return vec![Problem::new(
+            "kafka",
+            format!("TLS with the brokers failed ({why}): check kafka.tls.ca_file (the CA that signed the brokers' certificates), the host names in kafka.brokers, and for mutual TLS kafka.tls.cert_file and key_file"),
+        )];
+    }
+    vec![Problem::unreachable(
+        "kafka",
+        format!(
+            "cannot reach the brokers at {} ({e}): check kafka.brokers and that the brokers are running",
+            cfg.brokers
+        ),
+    )]
 }
 
 /// A topic Sluice creates when it is missing.
@@ -303,9 +374,7 @@ impl KafkaPublisher {
             .set("queue.buffering.max.messages", "100000")
             .set("queue.buffering.max.kbytes", "32768");
         // User properties come last and win.
-        for (k, v) in client_config(cfg).config_map().iter() {
-            c.set(*k, *v);
-        }
+        let c = client_config_over(cfg, c);
         let producer: ThreadedProducer<AckContext> =
             c.create_with_context(AckContext)
                 .map_err(KafkaError::client(

@@ -1,6 +1,8 @@
 //! Connections to a MySQL/MariaDB server, with the session settings Sluice relies on.
 
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::{ClientIdentity, Conn, OptsBuilder, SslOpts};
+use sluice_core::error_chain;
+use sluice_core::tls::{tls_hint, SslMode, TlsSettings};
 
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
@@ -13,8 +15,12 @@ const INIT: &[&str] = &[
     "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'",
 ];
 
+/// Connects over TLS as `sslmode` says (`prefer`: TLS when the server offers it).
 pub async fn connect(conn: &MySqlConnection) -> Result<Conn, MySqlError> {
     let password = conn.expose_password().map_err(MySqlError::Setup)?;
+    let tls = conn.tls();
+    // The files are read here so that a bad one is named, not reported as a failed handshake.
+    tls.check().map_err(MySqlError::Setup)?;
     let opts = OptsBuilder::default()
         .ip_or_hostname(conn.host.clone())
         .tcp_port(conn.port)
@@ -23,10 +29,46 @@ pub async fn connect(conn: &MySqlConnection) -> Result<Conn, MySqlError> {
         .db_name(Some(conn.database.clone()))
         .prefer_socket(false)
         .init(INIT.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    Conn::new(opts).await.map_err(|source| MySqlError::Connect {
-        target: conn.describe(),
-        source,
+    let connected = match ssl_opts(&tls) {
+        None => Conn::new(opts).await,
+        Some(ssl) => match Conn::new(opts.clone().ssl_opts(ssl)).await {
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) if tls.mode == SslMode::Prefer => Conn::new(opts).await,
+            other => other,
+        },
+    };
+    connected.map_err(|source| {
+        let target = conn.describe();
+        match tls_hint(&error_chain(&source), &tls) {
+            Some(hint) => MySqlError::Tls {
+                target,
+                hint,
+                source,
+            },
+            None => MySqlError::Connect { target, source },
+        }
     })
+}
+
+/// mysql_async's TLS options for `tls`, with sslmode's meanings (`None`: no TLS).
+fn ssl_opts(tls: &TlsSettings) -> Option<SslOpts> {
+    let mut ssl = SslOpts::default()
+        .with_danger_accept_invalid_certs(!tls.mode.verifies())
+        .with_danger_skip_domain_validation(tls.mode != SslMode::VerifyFull);
+    if tls.mode == SslMode::Disable {
+        return None;
+    }
+    if let Some(root) = &tls.root_cert {
+        ssl = ssl
+            .with_root_certs(vec![root.clone().into()])
+            .with_disable_built_in_roots(true);
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        let identity = ClientIdentity::new(cert.clone().into(), key.clone().into());
+        ssl = ssl.with_client_identity(Some(identity));
+    }
+    Some(ssl)
 }
 
 /// A table as SQL text, `` `db`.`name` ``.

@@ -11,6 +11,14 @@ pub enum MySqlError {
         #[source]
         source: mysql_async::Error,
     },
+    /// TLS with the server failed; `hint` says which setting to change.
+    #[error("cannot connect to mysql {target} over TLS: {hint}")]
+    Tls {
+        target: String,
+        hint: String,
+        #[source]
+        source: mysql_async::Error,
+    },
     #[error("{context}")]
     Query {
         context: String,
@@ -81,7 +89,9 @@ impl MySqlError {
 impl Classified for MySqlError {
     fn class(&self) -> ErrorClass {
         match self {
-            MySqlError::Setup(_) | MySqlError::Decode(_) => ErrorClass::Definite,
+            MySqlError::Setup(_) | MySqlError::Decode(_) | MySqlError::Tls { .. } => {
+                ErrorClass::Definite
+            }
             MySqlError::Ended | MySqlError::Silent(_) | MySqlError::Closed => ErrorClass::Transient,
             _ => match self.server() {
                 Some(e) if DEFINITE.contains(&e.code) => ErrorClass::Definite,

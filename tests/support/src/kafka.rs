@@ -53,11 +53,51 @@ pub struct Broker {
     port: u16,
     controller_port: u16,
     child: Option<Child>,
+    secure: Option<SecureListeners>,
+}
+
+/// Two more listeners beside PLAINTEXT: `SSL` (mutual TLS: clients show a certificate the CA
+/// signed) and `SASL_SSL` with SCRAM-SHA-512 for one user, created when the storage is
+/// formatted.
+#[derive(Debug, Clone)]
+pub struct SecureListeners {
+    /// PEM files: the broker's certificate, its PKCS#8 key, and the CA clients' certificates
+    /// must chain to.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub scram_user: String,
+    pub scram_password: String,
+    ssl_port: u16,
+    sasl_port: u16,
+}
+
+impl SecureListeners {
+    pub fn new(cert: &Path, key: &Path, ca: &Path, user: &str, password: &str) -> Self {
+        SecureListeners {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+            scram_user: user.to_owned(),
+            scram_password: password.to_owned(),
+            ssl_port: 0,
+            sasl_port: 0,
+        }
+    }
 }
 
 impl Broker {
     /// Starts a broker on free ports and waits until it answers metadata requests.
     pub fn start() -> Broker {
+        Self::start_inner(None)
+    }
+
+    /// [`Broker::start`] with an `SSL` and a `SASL_SSL` listener too (see [`SecureListeners`]).
+    pub fn start_secure(secure: SecureListeners) -> Broker {
+        Self::start_inner(Some(secure))
+    }
+
+    fn start_inner(secure: Option<SecureListeners>) -> Broker {
         let libs = kafka_libs();
         let mut dir = TempDir::new("kafka");
         for attempt in 0..5 {
@@ -66,6 +106,11 @@ impl Broker {
                 port: free_port(),
                 controller_port: free_port(),
                 child: None,
+                secure: secure.clone().map(|s| SecureListeners {
+                    ssl_port: free_port(),
+                    sasl_port: free_port(),
+                    ..s
+                }),
             };
             broker.write_config();
             broker.format(&libs);
@@ -87,7 +132,7 @@ impl Broker {
 
     fn write_config(&self) {
         let d = self.dir.path();
-        let props = format!(
+        let mut props = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{c}\n\
@@ -114,6 +159,36 @@ impl Broker {
             c = self.controller_port,
             data = d.join("data").display(),
         );
+        if let Some(s) = &self.secure {
+            // One PEM keystore file: the key, then the certificate.
+            let keystore = d.join("keystore.pem");
+            let pem = std::fs::read_to_string(&s.key).expect("broker key")
+                + &std::fs::read_to_string(&s.cert).expect("broker certificate");
+            std::fs::write(&keystore, pem).expect("write keystore.pem");
+            let (p, c, ssl, sasl) = (self.port, self.controller_port, s.ssl_port, s.sasl_port);
+            props = props
+                .replace(
+                    &format!("listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n"),
+                    &format!("listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl}\n"),
+                )
+                .replace(
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n"),
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl}\n"),
+                )
+                .replace(
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\n",
+                );
+            props.push_str(&format!(
+                "ssl.keystore.type=PEM\nssl.keystore.location={keystore}\n\
+                 ssl.truststore.type=PEM\nssl.truststore.location={ca}\n\
+                 listener.name.ssl.ssl.client.auth=required\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n",
+                keystore = keystore.display(),
+                ca = s.ca.display(),
+            ));
+        }
         std::fs::write(d.join("server.properties"), props).expect("write server.properties");
         let log4j = "status = warn\n\
             appender.file.type = File\n\
@@ -147,6 +222,14 @@ impl Broker {
                     "-c",
                     "server.properties",
                 ])
+                // The SCRAM user, in the metadata from the first start.
+                .args(self.secure.iter().flat_map(|s| {
+                    let user = format!(
+                        "SCRAM-SHA-512=[name={},password=\"{}\"]",
+                        s.scram_user, s.scram_password
+                    );
+                    ["--add-scram".to_owned(), user]
+                }))
                 .stdin(Stdio::null()),
             "kafka storage format (java: install Java 17: apt-get install openjdk-17-jre-headless)",
         );
@@ -210,6 +293,24 @@ impl Broker {
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The `SSL` listener's address (a broker started with [`Broker::start_secure`]).
+    pub fn ssl_brokers(&self) -> String {
+        let s = self
+            .secure
+            .as_ref()
+            .expect("a broker with secure listeners");
+        format!("127.0.0.1:{}", s.ssl_port)
+    }
+
+    /// The `SASL_SSL` listener's address (a broker started with [`Broker::start_secure`]).
+    pub fn sasl_ssl_brokers(&self) -> String {
+        let s = self
+            .secure
+            .as_ref()
+            .expect("a broker with secure listeners");
+        format!("127.0.0.1:{}", s.sasl_port)
     }
 
     /// The broker's log file (for a post-mortem).
