@@ -778,6 +778,23 @@ postgres = { host = "127.0.0.1", user = "sluice", database = "app", password_env
 tables = ["public.users", "orders"]
 "#;
 
+    /// The README's configuration example is a config Sluice reads as the README says.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let from = readme
+            .find("## Configuration")
+            .expect("configuration section");
+        let block = &readme[from..];
+        let start = block.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let text = &block[start..start + block[start..].find("```").expect("block end")];
+        let cfg = Config::parse(text).unwrap_or_else(|e| panic!("README example: {e}"));
+        let pg = cfg.postgres_source("app").expect("source app");
+        assert_eq!(pg.connection.sslmode, sluice_core::tls::SslMode::VerifyFull);
+        let sasl = cfg.kafka.sasl.as_ref().expect("[kafka.sasl]");
+        assert_eq!(sasl.password, "env:KAFKA_PASSWORD");
+    }
+
     #[test]
     fn parses_and_fills_defaults() {
         let cfg = Config::parse(GOOD).expect("parses");

@@ -6,14 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice_test_support::kafka::SecureListeners;
-use sluice_test_support::sluice::run_to_end;
+use sluice_test_support::sluice::{
+    run_to_end, KAFKA_PASSWORD as PASSWORD, KAFKA_WRONG_PASSWORD as WRONG_PASSWORD,
+};
 use sluice_test_support::tls::TestCa;
 use sluice_test_support::{Broker, PgCluster, TempDir};
 
 use crate::common::{assert_refused, column, start_in, wait_same_rows, SLUICE};
-
-const PASSWORD: &str = "kafka-Scram-pw-7c41";
-const WRONG_PASSWORD: &str = "not-the-Scram-pw-99";
 
 /// The config: `kafka` is the `[kafka]` section's body after `brokers`.
 fn config(brokers: &str, kafka: &str, source: &PgCluster, target: &PgCluster) -> String {

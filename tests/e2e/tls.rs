@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_test_support::sluice::run_to_end;
+use sluice_test_support::sluice::{run_to_end, DB_PASSWORD};
 use sluice_test_support::tls::TestCa;
 use sluice_test_support::{Broker, MariaDb, PgCluster, TempDir};
 
@@ -15,14 +15,17 @@ use crate::common::{
     wait_same_rows, Workdir, SLUICE,
 };
 
-/// Clients may use plaintext as `postgres` (the test's own connections) but only TLS as
-/// `sluice`: a Sluice that did not encrypt could not log in.
+/// Clients may use plaintext as `postgres` (the test's own connections) but only TLS, and
+/// a password, as `sluice`: a Sluice that did not encrypt could not log in.
 const HBA: &str = "local all all trust
 hostnossl all postgres 127.0.0.1/32 trust
 hostnossl replication postgres 127.0.0.1/32 trust
-hostssl all all 127.0.0.1/32 trust
-hostssl replication all 127.0.0.1/32 trust
+hostssl all sluice 127.0.0.1/32 scram-sha-256
+hostssl replication sluice 127.0.0.1/32 scram-sha-256
 ";
+
+/// The variable the MySQL tests name in `password_env`.
+const PASSWORD_ENV: &str = "SLUICE_TEST_DB_PASSWORD";
 
 /// A cluster that serves `cert`/`key` and the [`HBA`] rules, with a `sluice` superuser.
 async fn tls_cluster(cert: &Path, key: &Path, hba: &Path) -> PgCluster {
@@ -35,18 +38,31 @@ async fn tls_cluster(cert: &Path, key: &Path, hba: &Path) -> PgCluster {
     ]);
     pg.connect("postgres")
         .await
-        .batch_execute("create role sluice login superuser replication")
+        .batch_execute(&format!(
+            "create role sluice login superuser replication password '{DB_PASSWORD}'"
+        ))
         .await
         .expect("create role sluice");
     pg
 }
 
-/// A `postgres = { … }` value for Sluice's user with these TLS settings.
+/// A `postgres = { … }` value for Sluice's user with these TLS settings; the password is in
+/// `password` next to the certificates.
 fn connection(pg: &PgCluster, host: &str, db: &str, tls: &str) -> String {
     format!(
-        "{{ host = \"{host}\", port = {}, user = \"sluice\", database = \"{db}\", {tls} }}",
-        pg.port()
+        "{{ host = \"{host}\", port = {}, user = \"sluice\", database = \"{db}\", password_file = \"{}\", {tls} }}",
+        pg.port(),
+        password_file().display()
     )
+}
+
+/// A file holding [`DB_PASSWORD`] (written once per test process).
+fn password_file() -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("sluice-test-pw-{}", std::process::id()));
+    if !file.is_file() {
+        std::fs::write(&file, format!("{DB_PASSWORD}\n")).expect("write password file");
+    }
+    file
 }
 
 fn verify(mode: &str, ca: &Path) -> String {
@@ -194,7 +210,7 @@ async fn postgres_capture_and_apply_over_verify_full_tls() {
     plain
         .database_with(
             "app",
-            "create role sluice login superuser replication; create table items (id int primary key)",
+            &format!("create role sluice login superuser replication password '{DB_PASSWORD}'; create table items (id int primary key)"),
         )
         .await;
     refused(&plain, "sslmode = \"require\"", &["does not accept TLS"]);
@@ -211,11 +227,11 @@ fn mysql_with_tls(start: fn(&[&str]) -> MariaDb, ca: &TestCa) -> MariaDb {
     ]);
     server.execute(
         None,
-        "create user 'sluice'@'%' require ssl; grant all on *.* to 'sluice'@'%';
+        &format!("create user 'sluice'@'%' identified by '{DB_PASSWORD}' require ssl; grant all on *.* to 'sluice'@'%';
          create database shop; create database copy;
          create table shop.items (id int primary key, name varchar(100), amount decimal(12,2));
          create table copy.items (id int primary key, name varchar(100), amount decimal(12,2));
-         insert into shop.items values (1, 'one', 1.5), (2, 'two', 3.0), (3, 'three', 4.5);",
+         insert into shop.items values (1, 'one', 1.5), (2, 'two', 3.0), (3, 'three', 4.5);"),
     );
     server
 }
@@ -223,12 +239,13 @@ fn mysql_with_tls(start: fn(&[&str]) -> MariaDb, ca: &TestCa) -> MariaDb {
 /// `mysql = { … }` for the `sluice` user with these TLS settings.
 fn mysql_connection(server: &MariaDb, db: &str, tls: &str) -> String {
     format!(
-        "mysql = {{ host = \"127.0.0.1\", port = {}, user = \"sluice\", database = \"{db}\", {tls} }}",
+        "mysql = {{ host = \"127.0.0.1\", port = {}, user = \"sluice\", database = \"{db}\", password_env = \"{PASSWORD_ENV}\", {tls} }}",
         server.port()
     )
 }
 
 async fn mysql_capture_and_apply_over_tls(start: fn(&[&str]) -> MariaDb) {
+    std::env::set_var(PASSWORD_ENV, DB_PASSWORD);
     let w = Workdir::new("tls-mysql");
     let ca = TestCa::new(&w.dir.path().join("certs"), "Sluice test CA");
     let server = mysql_with_tls(start, &ca);

@@ -6,6 +6,32 @@ use std::time::{Duration, Instant};
 
 use crate::{end_child, signal_child};
 
+/// The database password the tests give Sluice (through `password_env` or `password_file`).
+pub const DB_PASSWORD: &str = "db-Secret-pw-4d2e91";
+/// The Kafka SASL password of the tests' secure broker, and a wrong one.
+pub const KAFKA_PASSWORD: &str = "kafka-Scram-pw-7c41";
+pub const KAFKA_WRONG_PASSWORD: &str = "not-the-Scram-pw-99";
+
+/// Every secret the tests give Sluice. No line Sluice writes may hold one: the log of every
+/// [`SluiceProcess`] is checked when it is dropped, and the output of every [`run_to_end`]
+/// when it returns, across the whole suite.
+pub const SECRETS: &[&str] = &[
+    DB_PASSWORD,
+    KAFKA_PASSWORD,
+    KAFKA_WRONG_PASSWORD,
+    crate::garage::SECRET_KEY,
+];
+
+/// Panics if `text` (what Sluice wrote to `what`) holds one of [`SECRETS`].
+pub fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        if let Some(at) = text.find(secret) {
+            let line = text[..at].lines().count();
+            panic!("a secret the test gave Sluice is in {what}, line {line}");
+        }
+    }
+}
+
 /// A running `sluice` process; killed on drop.
 pub struct SluiceProcess {
     child: Option<Child>,
@@ -144,6 +170,11 @@ impl SluiceProcess {
 impl Drop for SluiceProcess {
     fn drop(&mut self) {
         self.kill9();
+        // Several processes may share a log: each check reads it whole.
+        if !std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert_no_secret(&self.log.display().to_string(), &log);
+        }
     }
 }
 
@@ -167,9 +198,27 @@ pub fn run_to_end(bin: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, 
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("collect output");
-    (
-        out.status,
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    );
+    assert_no_secret(&format!("the output of sluice {args:?}"), &stdout);
+    assert_no_secret(&format!("the output of sluice {args:?}"), &stderr);
+    (out.status, stdout, stderr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "a secret the test gave Sluice is in sluice.log, line 2")]
+    fn a_secret_in_the_output_fails_the_test() {
+        assert_no_secret("sluice.log", &format!("starting\nconnect with {DB_PASSWORD}\n"));
+    }
+
+    #[test]
+    fn output_without_secrets_passes() {
+        assert_no_secret("sluice.log", "password_env = SLUICE_TEST_DB_PASSWORD\n");
+    }
 }
