@@ -66,13 +66,22 @@ async fn check_stores(config: &Config) -> Vec<Problem> {
             Err(e) => problems.push(Problem::new(subject, e)),
             Ok(store) => {
                 if let Err(e) = store.check().await {
-                    problems.push(Problem::unreachable(
-                        subject,
-                        format!(
-                            "{e}: check stores.{name}.endpoint, region, bucket and path_style, and the credentials in ${} / ${}",
-                            cfg.access_key_id_env, cfg.secret_access_key_env
-                        ),
-                    ));
+                    let text = e.to_string();
+                    let problem = if text.contains("UnknownIssuer") {
+                        Problem::new(
+                            subject,
+                            format!("{e}: the endpoint's TLS certificate is not signed by a CA Sluice trusts: set stores.{name}.ca_file to the PEM file of the CA that signed it"),
+                        )
+                    } else {
+                        Problem::unreachable(
+                            subject,
+                            format!(
+                                "{e}: check stores.{name}.endpoint, region, bucket and path_style, and the credentials in ${} / ${}",
+                                cfg.access_key_id_env, cfg.secret_access_key_env
+                            ),
+                        )
+                    };
+                    problems.push(problem);
                 }
             }
         }

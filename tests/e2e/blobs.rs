@@ -8,6 +8,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use sluice_test_support::garage::Garage;
+use sluice_test_support::tls::{TestCa, TlsProxy};
 use sluice_test_support::{wait_for, MariaDb, PgCluster};
 
 use crate::common::{column, count, start_in, Fixture, LONG, SLUICE};
@@ -691,4 +692,68 @@ async fn kills_during_uploads_leave_no_orphan_after_repair() {
     let mut referenced_sorted = referenced.clone();
     referenced_sorted.sort();
     assert_eq!(keys, referenced_sorted);
+}
+
+/// A private endpoint behind TLS with its own CA: Sluice uploads through it once the store's
+/// `ca_file` names that CA, and `sluice check` refuses the store without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_tls_with_a_private_ca() {
+    let (garage, f, dash) = blob_fixture(
+        "private",
+        "scans",
+        "create table scans (id int primary key, image bytea)",
+        "dash",
+        "create table scans (id int primary key, image bytea, image_url text)",
+    )
+    .await;
+    let ca = TestCa::new(&f.dir.path().join("certs"), "Private storage CA");
+    let (cert, key) = ca.issue("storage", &["127.0.0.1", "localhost"]);
+    let upstream = garage.endpoint().replace("http://", "");
+    let proxy = TlsProxy::start(&upstream, &cert, &key).await;
+    let store = |extra: &str| {
+        garage
+            .store_section("private", extra)
+            .replace(&garage.endpoint(), &proxy.url())
+    };
+    let sections = |store: String| {
+        format!(
+            "\n[sinks.dash]\npostgres = {}\n\n{store}\n\
+             [[sinks.dash.tables]]\nfrom = \"public.scans\"\n\
+             blobs.image_url = {{ store = \"private\", bytes = \"image\", key = \"scans/{{id}}\" }}\n",
+            f.source.sluice_connection("dash"),
+        )
+    };
+    // Without the CA, the endpoint's certificate is refused.
+    f.write_config(&sections(store("")));
+    let (status, out, err) = run_sluice(&["check", "--config", f.config.to_str().expect("path")]);
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("store private"), "{out}");
+    assert!(out.contains("set stores.private.ca_file"), "{out}");
+
+    f.write_config(&sections(store(&format!(
+        "ca_file = \"{}\"",
+        ca.ca_file().display()
+    ))));
+    f.client()
+        .await
+        .batch_execute("insert into scans values (1, decode('cafe01', 'hex'))")
+        .await
+        .expect("scan");
+    let _sluice = f.start();
+    let url = wait_for("the scan's URL", LONG, || async {
+        let r = rows(&dash, "select image_url from scans where id = 1").await;
+        r.first().and_then(|row| row[0].clone())
+    })
+    .await;
+    assert!(url.starts_with(&proxy.url()), "{url}");
+    let object = garage
+        .client()
+        .get_object()
+        .bucket("private")
+        .key("scans/1")
+        .send()
+        .await
+        .expect("the object is in the bucket");
+    let body = object.body.collect().await.expect("body").into_bytes();
+    assert_eq!(body.as_ref(), [0xca, 0xfe, 0x01]);
 }

@@ -98,10 +98,26 @@ impl Store {
             None,
             "sluice-environment",
         );
+        use aws_smithy_http_client::tls;
+        let mut trust = tls::TrustStore::default();
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                format!(
+                    "stores.{name}.ca_file = {}: {e}: point it at the CA's PEM file",
+                    ca.display()
+                )
+            })?;
+            trust = trust.with_pem_certificate(pem);
+        }
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| format!("stores.{name}.ca_file: {e}"))?;
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(context)
             .build_https();
         let retry = aws_sdk_s3::config::retry::RetryConfig::standard()
             .with_max_attempts(4)
@@ -563,6 +579,10 @@ pub struct StoreConfig {
     /// as orphans. Empty: the whole bucket.
     #[serde(default)]
     pub prefix: String,
+    /// PEM file of a CA that signed a private endpoint's certificate, trusted besides the
+    /// system's CA store.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -575,6 +595,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("path_style", &self.path_style)
             .field("access_key_id_env", &self.access_key_id_env)
             .field("public_url", &self.public_url)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }

@@ -214,7 +214,10 @@ mod tests {
     #[test]
     #[should_panic(expected = "a secret the test gave Sluice is in sluice.log, line 2")]
     fn a_secret_in_the_output_fails_the_test() {
-        assert_no_secret("sluice.log", &format!("starting\nconnect with {DB_PASSWORD}\n"));
+        assert_no_secret(
+            "sluice.log",
+            &format!("starting\nconnect with {DB_PASSWORD}\n"),
+        );
     }
 
     #[test]
