@@ -8,13 +8,19 @@
 //! 2. **Latency** at a steady 5k rows/s for 60 s (a 100-row transaction every 20 ms):
 //!    p50/p95/p99 of `applied_at - src_ts` over every row.
 //! 3. Sluice's peak RSS over each run.
+//! 4. **Throughput over TLS**, beside the plaintext run: both databases with `sslmode =
+//!    "verify-full"` and Kafka over mutual TLS, certificates made by the run (`BENCH_TLS=0`
+//!    leaves it out).
 //!
 //! `BENCH_ROWS` (default 1000000) and `BENCH_LATENCY_SECS` (default 60) scale the runs.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{env_number, source_target_broker};
+use sluice_test_support::bench::{env_flag, env_number, source_target_broker};
+use sluice_test_support::kafka::SecureListeners;
+use sluice_test_support::sluice::KAFKA_PASSWORD;
+use sluice_test_support::tls::TestCa;
 use sluice_test_support::{process, wait_for, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -34,21 +40,63 @@ struct Setup {
     sluice: SluiceProcess,
 }
 
-async fn setup() -> Setup {
-    let (source, target, broker) = source_target_broker(&[("wal_writer_delay", "10ms")]);
+/// The servers, plain or (`tls`) serving certificates of a CA made for the run: both
+/// databases with TLS on, the broker with a mutual-TLS listener. Returns them and the config's
+/// `[kafka]` lines and database connection suffix for Sluice.
+fn servers(dir: &Path, tls: bool) -> (PgCluster, PgCluster, Broker, String, String) {
+    let delay = ("wal_writer_delay", "10ms");
+    if !tls {
+        let (source, target, broker) = source_target_broker(&[delay]);
+        let kafka = format!("brokers = \"{}\"", broker.brokers());
+        return (source, target, broker, kafka, String::new());
+    }
+    let ca = TestCa::new(&dir.join("certs"), "bench CA");
+    let (cert, key) = ca.issue("server", &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = ca.issue("sluice", &["sluice"]);
+    ca.give_to("postgres");
+    let quoted = |p: &Path| format!("'{}'", p.display());
+    let (cert_q, key_q) = (quoted(&cert), quoted(&key));
+    let ssl = [
+        ("ssl", "on"),
+        ("ssl_cert_file", cert_q.as_str()),
+        ("ssl_key_file", key_q.as_str()),
+        delay,
+    ];
+    let (source, target, _) = source_target_broker(&ssl);
+    let listeners = SecureListeners::new(&cert, &key, &ca.ca_file(), "sluice", KAFKA_PASSWORD);
+    let broker = Broker::start_secure(listeners);
+    let kafka = format!(
+        "brokers = \"{}\"\n[kafka.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        broker.ssl_brokers(),
+        ca.ca_file().display(),
+        client_cert.display(),
+        client_key.display()
+    );
+    let db = format!(
+        ", sslmode = \"verify-full\", sslrootcert = \"{}\"",
+        ca.ca_file().display()
+    );
+    (source, target, broker, kafka, db)
+}
+
+async fn setup(tls: bool) -> Setup {
+    let dir = TempDir::new("bench-pipeline");
+    let (source, target, broker, kafka, db) = servers(dir.path(), tls);
     source.database_with("bench", SOURCE).await;
     target.database_with("bench", TARGET).await;
-    let dir = TempDir::new("bench-pipeline");
+    let connection = |pg: &PgCluster| {
+        let c = pg.sluice_connection("bench");
+        format!("{}{db} }}", c.trim_end_matches(" }"))
+    };
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\npartitions = 3\ntombstones = false\n\n\
+            "[kafka]\npartitions = 3\ntombstones = false\n{kafka}\n\n\
              [sources.bench]\npostgres = {}\ntables = [\"public.events\"]\n\n\
              [sinks.bench]\npostgres = {}\n\n[[sinks.bench.tables]]\nfrom = \"public.events\"\n",
-            broker.brokers(),
-            source.sluice_connection("bench"),
-            target.sluice_connection("bench"),
+            connection(&source),
+            connection(&target),
         ),
     )
     .expect("config");
@@ -81,8 +129,8 @@ async fn wait_count(db: &tokio_postgres::Client, n: i64) {
     .await;
 }
 
-async fn throughput(engine: &str, rows: i64) {
-    let mut s = setup().await;
+async fn throughput(engine: &str, rows: i64, tls: bool) {
+    let mut s = setup(tls).await;
     let src = s.source.connect("bench").await;
     let dst = s.target.connect("bench").await;
     let per_txn = 10_000;
@@ -144,7 +192,7 @@ async fn throughput(engine: &str, rows: i64) {
 }
 
 async fn latency(engine: &str, secs: u64) {
-    let mut s = setup().await;
+    let mut s = setup(false).await;
     let src = s.source.connect("bench").await;
     let dst = s.target.connect("bench").await;
     // 5k rows/s: 100 rows every 20 ms, each batch its own transaction.
@@ -192,10 +240,15 @@ async fn latency(engine: &str, secs: u64) {
 async fn main() {
     let rows: i64 = env_number("BENCH_ROWS", 1_000_000);
     let secs: u64 = env_number("BENCH_LATENCY_SECS", 60);
-    let engines = ["kafka".to_string()];
     println!("pipeline benchmark: source Postgres → sluice capture → Kafka → sluice apply → target Postgres, all on this machine");
-    for engine in &engines {
-        throughput(engine, rows).await;
-        latency(engine, secs).await;
+    throughput("kafka", rows, false).await;
+    if env_flag("BENCH_TLS", true) {
+        throughput(
+            "kafka, TLS everywhere (verify-full, mutual TLS to Kafka)",
+            rows,
+            true,
+        )
+        .await;
     }
+    latency("kafka", secs).await;
 }
