@@ -38,16 +38,10 @@ pub async fn connect(conn: &MySqlConnection) -> Result<Conn, MySqlError> {
             other => other,
         },
     };
-    connected.map_err(|source| {
-        let target = conn.describe();
-        match tls_hint(&error_chain(&source), &tls) {
-            Some(hint) => MySqlError::Tls {
-                target,
-                hint,
-                source,
-            },
-            None => MySqlError::Connect { target, source },
-        }
+    connected.map_err(|source| MySqlError::Connect {
+        target: conn.describe(),
+        tls_hint: tls_hint(&error_chain(&source), &tls),
+        source,
     })
 }
 

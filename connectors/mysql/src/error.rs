@@ -5,17 +5,12 @@ use sluice_core::{Classified, ErrorClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MySqlError {
-    #[error("cannot connect to mysql {target}")]
+    /// `tls_hint`: TLS with the server failed, and the setting to change (see
+    /// [`sluice_core::tls::tls_hint`]).
+    #[error("cannot connect to mysql {target}{}", over_tls(tls_hint))]
     Connect {
         target: String,
-        #[source]
-        source: mysql_async::Error,
-    },
-    /// TLS with the server failed; `hint` says which setting to change.
-    #[error("cannot connect to mysql {target} over TLS: {hint}")]
-    Tls {
-        target: String,
-        hint: String,
+        tls_hint: Option<String>,
         #[source]
         source: mysql_async::Error,
     },
@@ -89,9 +84,11 @@ impl MySqlError {
 impl Classified for MySqlError {
     fn class(&self) -> ErrorClass {
         match self {
-            MySqlError::Setup(_) | MySqlError::Decode(_) | MySqlError::Tls { .. } => {
-                ErrorClass::Definite
-            }
+            MySqlError::Setup(_)
+            | MySqlError::Decode(_)
+            | MySqlError::Connect {
+                tls_hint: Some(_), ..
+            } => ErrorClass::Definite,
             MySqlError::Ended | MySqlError::Silent(_) | MySqlError::Closed => ErrorClass::Transient,
             _ => match self.server() {
                 Some(e) if DEFINITE.contains(&e.code) => ErrorClass::Definite,
@@ -124,4 +121,10 @@ impl SqlError for MySqlError {
     fn apply_class(&self) -> ErrorClass {
         self.class()
     }
+}
+
+fn over_tls(hint: &Option<String>) -> String {
+    hint.as_ref()
+        .map(|h| format!(" over TLS: {h}"))
+        .unwrap_or_default()
 }

@@ -52,16 +52,10 @@ pub async fn connect(conn: &PostgresConnection, purpose: &str) -> Result<Client,
             start(&cfg, MakeRustlsConnect::new(config)).await
         }
     };
-    connected.map_err(|source| {
-        let target = conn.describe();
-        match tls_hint(&error_chain(&source), &tls) {
-            Some(hint) => PostgresError::Tls {
-                target,
-                hint,
-                source,
-            },
-            None => PostgresError::Connect { target, source },
-        }
+    connected.map_err(|source| PostgresError::Connect {
+        target: conn.describe(),
+        tls_hint: tls_hint(&error_chain(&source), &tls),
+        source,
     })
 }
 

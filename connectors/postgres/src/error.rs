@@ -4,17 +4,12 @@ use sluice_core::{Classified, ErrorClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
-    #[error("cannot connect to postgres {target}")]
+    /// `tls_hint`: TLS with the server failed, and the setting to change (see
+    /// [`sluice_core::tls::tls_hint`]).
+    #[error("cannot connect to postgres {target}{}", over_tls(tls_hint))]
     Connect {
         target: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// TLS with the server failed; `hint` says which setting to change.
-    #[error("cannot connect to postgres {target} over TLS: {hint}")]
-    Tls {
-        target: String,
-        hint: String,
+        tls_hint: Option<String>,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -43,13 +38,15 @@ pub enum PostgresError {
 impl Classified for PostgresError {
     fn class(&self) -> ErrorClass {
         match self {
+            PostgresError::Decode(_)
+            | PostgresError::Setup(_)
+            | PostgresError::Connect {
+                tls_hint: Some(_), ..
+            } => ErrorClass::Definite,
             PostgresError::Connect { source, .. } | PostgresError::Query { source, .. } => {
                 sqlstate_class(source.code().map(|c| c.code()))
             }
             PostgresError::Replication { source, .. } => replication_class(source),
-            PostgresError::Decode(_) | PostgresError::Setup(_) | PostgresError::Tls { .. } => {
-                ErrorClass::Definite
-            }
             PostgresError::Closed => ErrorClass::Transient,
         }
     }
@@ -103,4 +100,10 @@ fn replication_class(e: &pgwire_replication::PgWireError) -> ErrorClass {
         E::Auth(_) | E::Tls(_) => ErrorClass::Definite,
         _ => ErrorClass::Transient,
     }
+}
+
+fn over_tls(hint: &Option<String>) -> String {
+    hint.as_ref()
+        .map(|h| format!(" over TLS: {h}"))
+        .unwrap_or_default()
 }
