@@ -31,7 +31,7 @@ insert into types values
  ({b}, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null,
   null, null, null, null, null, null, null, null, null, null),
  ({c}, false, 0, 0, 9223372036854775807, 'NaN', -0.001, 1.5, '-Infinity', '', '',
-  '-infinity', 'infinity', '2024-05-01', '23:59:59.999999', '00:00:00-02', '-1 days',
+  '-infinity', 'infinity', '0044-03-15 BC', '23:59:59.999999', '00:00:00-02', '-1 days',
   '00000000-0000-0000-0000-000000000000', 'null', '[]', '\x', '{{-1}}', '{{""}}', '{{}}', '{{}}', 'sad');
 "#,
         a = 1 + offset,
@@ -109,6 +109,10 @@ async fn every_type_round_trips_through_snapshot_and_stream() {
     assert_eq!(third["t"], "");
     assert_eq!(third["ts"], "-infinity");
     assert_eq!(third["tstz"], "infinity");
+    assert_eq!(
+        third["d"], "-0043-03-15",
+        "a BC date as an astronomical year"
+    );
     assert_eq!(third["tmtz"], "00:00:00.000000-02:00");
     assert_eq!(third["iv"], "P-1D");
     assert_eq!(third["j"], json!(null));

@@ -631,14 +631,20 @@ fn push_value(kind: &TypeKind, v: &serde_json::Value, out: &mut String) {
                 Err(_) => push_json(v, out),
             }
         }
-        (TypeKind::Timestamp | TypeKind::TimestampTz, J::String(s)) => match bc_timestamp(s) {
-            Some(fixed) => push_json(&J::String(fixed), out),
-            None => push_json(v, out),
-        },
+        (TypeKind::Timestamp | TypeKind::TimestampTz | TypeKind::Date, J::String(s)) => {
+            match bc_timestamp(s) {
+                Some(fixed) => push_json(&J::String(fixed), out),
+                None => push_json(v, out),
+            }
+        }
         (TypeKind::Array(inner), J::Array(items))
             if matches!(
                 **inner,
-                TypeKind::Bytea | TypeKind::Timestamp | TypeKind::TimestampTz | TypeKind::Array(_)
+                TypeKind::Bytea
+                    | TypeKind::Timestamp
+                    | TypeKind::TimestampTz
+                    | TypeKind::Date
+                    | TypeKind::Array(_)
             ) =>
         {
             out.push('[');
@@ -872,6 +878,11 @@ mod tests {
             Some("0044-03-15T12:00:00.000000 BC")
         );
         assert_eq!(bc_timestamp("2024-01-01T00:00:00.000000"), None);
+        assert_eq!(
+            bc_timestamp("-0043-03-15").as_deref(),
+            Some("0044-03-15 BC")
+        );
+        assert_eq!(bc_timestamp("0000-01-01").as_deref(), Some("0001-01-01 BC"));
     }
 
     #[test]

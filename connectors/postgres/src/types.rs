@@ -23,7 +23,9 @@ pub enum TypeKind {
     TimestampTz,
     Time,
     TimeTz,
-    /// Everything whose text form is already the value: text, varchar, uuid, enums, date,
+    /// `date`: ISO-8601 as it is, but BC years as astronomical years (`-0043-03-15`).
+    Date,
+    /// Everything whose text form is already the value: text, varchar, uuid, enums,
     /// interval (ISO-8601), inet, money, bit strings, geometric types, ranges, …
     Text,
     Array(Box<TypeKind>),
@@ -86,7 +88,8 @@ fn builtin_kind(oid: u32) -> Option<TypeKind> {
         1184 => TimestampTz,
         1083 => Time,
         1266 => TimeTz,
-        25 | 1043 | 1042 | 19 | 18 | 2950 | 1082 | 1186 => Text,
+        1082 => Date,
+        25 | 1043 | 1042 | 19 | 18 | 2950 | 1186 => Text,
         1000 => Array(Box::new(Bool)),
         1005 | 1007 | 1016 | 1028 => Array(Box::new(Int)),
         1021 | 1022 => Array(Box::new(Float)),
@@ -97,7 +100,8 @@ fn builtin_kind(oid: u32) -> Option<TypeKind> {
         1185 => Array(Box::new(TimestampTz)),
         1183 => Array(Box::new(Time)),
         1270 => Array(Box::new(TimeTz)),
-        1009 | 1015 | 1014 | 2951 | 1182 | 1187 => Array(Box::new(Text)),
+        1182 => Array(Box::new(Date)),
+        1009 | 1015 | 1014 | 2951 | 1187 => Array(Box::new(Text)),
         _ => return None,
     })
 }
@@ -136,6 +140,14 @@ pub fn decode_text(kind: &TypeKind, text: &str) -> Result<Value, BadValue> {
             Value::Bytes(decode_bytea_hex(text).ok_or_else(|| bad("bytea not hex"))?)
         }
         TypeKind::Json => Value::Json(text.to_owned()),
+        TypeKind::Date => match text.strip_suffix(" BC") {
+            Some(date) => {
+                let mut out = String::with_capacity(12);
+                push_date(date, true, &mut out);
+                Value::Text(out)
+            }
+            None => Value::Text(text.to_owned()),
+        },
         TypeKind::Timestamp => Value::Text(normalize_timestamp(text, false)),
         TypeKind::TimestampTz => Value::Text(normalize_timestamp(text, true)),
         TypeKind::Time | TypeKind::TimeTz => {
@@ -361,6 +373,10 @@ mod tests {
             ),
             (TypeKind::TimeTz, "10:11:12-02", "10:11:12.000000-02:00"),
             (TypeKind::Time, "23:59:59.999999", "23:59:59.999999"),
+            (TypeKind::Date, "0044-03-15 BC", "-0043-03-15"),
+            (TypeKind::Date, "0001-01-01 BC", "0000-01-01"),
+            (TypeKind::Date, "2024-02-29", "2024-02-29"),
+            (TypeKind::Date, "infinity", "infinity"),
         ];
         for (kind, text, iso) in cases {
             assert_eq!(d(kind, text), Value::Text(iso.into()), "{text}");
