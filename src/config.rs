@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Unknown keys are errors that name the key's full path (`sources.app.postgres.hots`).
-//! Secrets never appear in the file: `password_env` names the environment variable to read.
+//! Secrets never appear in the file: `password_env` names the environment variable to read,
+//! `password_file` a file that holds the secret.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -464,7 +465,9 @@ impl Config {
                 problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
             }
         }
-        problems.extend(self.topic_collisions());
+        let mut collisions = self.topic_collisions();
+        collisions.dedup();
+        problems.extend(collisions);
         for (name, sink) in &self.sinks {
             problems.extend(self.validate_sink(name, sink));
         }
@@ -482,6 +485,9 @@ impl Config {
                 match seen.get(&topic) {
                     Some((other_source, other)) if other != &table => problems.push(format!(
                         "sources.{name}.tables: table {table} and table {other} (source {other_source}) would both publish to topic {topic} (characters Kafka does not allow in topic names become '_'), mixing their changes: rename one of the two tables, or leave one out of tables"
+                    )),
+                    Some((other_source, _)) if other_source != name => problems.push(format!(
+                        "sources.{name}.tables: table {table} is captured by source {other_source} too; both would publish to topic {topic}, mixing two databases' rows: capture it in one source, or run the other with a config of its own and another kafka.topic_prefix"
                     )),
                     Some(_) => {}
                     None => {
@@ -777,6 +783,30 @@ brokers = "127.0.0.1:9092"
 postgres = { host = "127.0.0.1", user = "sluice", database = "app", password_env = "APP_PW" }
 tables = ["public.users", "orders"]
 "#;
+
+    #[test]
+    fn two_sources_capturing_the_same_table_name_are_refused() {
+        let cfg = Config::parse(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[sources.east]
+postgres = { user = "sluice", database = "east" }
+tables = ["public.users"]
+[sources.west]
+postgres = { user = "sluice", database = "west" }
+tables = ["users", "public.users"]
+"#,
+        )
+        .expect("parses");
+        let problems = cfg.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("table public.users is captured by source east too")
+                && problems[0].contains("topic sluice.public.users"),
+            "{problems:?}"
+        );
+    }
 
     /// The README's configuration example is a config Sluice reads as the README says.
     #[test]
