@@ -73,6 +73,14 @@ pub async fn transaction(
     changes
 }
 
+/// `sluice check --config config`: its exit code and its whole output (stdout, then stderr).
+pub fn sluice_check(config: &Path) -> (i32, String) {
+    let args = ["check", "--config", config.to_str().expect("utf-8 path")];
+    let (status, out, err) =
+        sluice_test_support::sluice::run_to_end(Path::new(SLUICE), &args, LONG);
+    (status.code().unwrap_or(-1), format!("{out}{err}"))
+}
+
 /// Asserts that a command exited with status 1 (`code`) and that its output `text` says each
 /// of `needles`.
 pub fn assert_refused(code: i32, text: &str, needles: &[&str]) {

@@ -2,17 +2,16 @@
 //! then through its SASL_SSL (SCRAM-SHA-512) listener; a wrong SASL password is refused by
 //! `sluice check` with a message that names the settings and prints no password.
 
-use std::path::Path;
 use std::time::Duration;
 
 use sluice_test_support::kafka::SecureListeners;
 use sluice_test_support::sluice::{
-    run_to_end, KAFKA_PASSWORD as PASSWORD, KAFKA_WRONG_PASSWORD as WRONG_PASSWORD,
+    KAFKA_PASSWORD as PASSWORD, KAFKA_WRONG_PASSWORD as WRONG_PASSWORD,
 };
 use sluice_test_support::tls::TestCa;
 use sluice_test_support::{Broker, PgCluster, TempDir};
 
-use crate::common::{assert_refused, column, start_in, wait_same_rows, SLUICE};
+use crate::common::{assert_refused, column, sluice_check, start_in, wait_same_rows};
 
 /// The config: `kafka` is the `[kafka]` section's body after `brokers`.
 fn config(brokers: &str, kafka: &str, source: &PgCluster, target: &PgCluster) -> String {
@@ -100,13 +99,8 @@ async fn the_pipeline_runs_over_mutual_tls_and_over_sasl_scram() {
         config(&broker.sasl_ssl_brokers(), &sasl, &source, &target),
     )
     .expect("write config");
-    let args = [
-        "check",
-        "--config",
-        config_path.to_str().expect("utf-8 path"),
-    ];
-    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
-    assert!(status.success(), "check over SASL_SSL: {out}{err}");
+    let (code, text) = sluice_check(&config_path);
+    assert_eq!(code, 0, "check over SASL_SSL: {text}");
     let mut sluice = start_in(dir.path(), &[]);
     src.batch_execute(
         "insert into items select g, 'sasl ' || g from generate_series(301, 400) g;
@@ -119,15 +113,9 @@ async fn the_pipeline_runs_over_mutual_tls_and_over_sasl_scram() {
 
     // A wrong password: refused, the settings named, no password printed.
     std::fs::write(&password_file, WRONG_PASSWORD).expect("write password file");
-    let args = [
-        "check",
-        "--config",
-        config_path.to_str().expect("utf-8 path"),
-    ];
-    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
-    let text = format!("{out}{err}");
+    let (code, text) = sluice_check(&config_path);
     assert_refused(
-        status.code().unwrap_or(-1),
+        code,
         &text,
         &["refused the SASL login", "kafka.sasl.password"],
     );

@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_test_support::sluice::{run_to_end, DB_PASSWORD};
+use sluice_test_support::sluice::DB_PASSWORD;
 use sluice_test_support::tls::TestCa;
 use sluice_test_support::{Broker, MariaDb, PgCluster, TempDir};
 
 use crate::common::{
-    assert_refused, kafka_section, sink_section, source_section, start_in, table_maps,
-    wait_same_rows, Workdir, SLUICE,
+    assert_refused, kafka_section, sink_section, sluice_check, source_section, start_in,
+    table_maps, wait_same_rows, Workdir,
 };
 
 /// Clients may use plaintext as `postgres` (the test's own connections) but only TLS, and
@@ -80,11 +80,9 @@ fn check(dir: &Path, broker: &Broker, source: &str) -> (i32, String) {
         ),
     )
     .expect("write config");
-    let args = ["check", "--config", config.to_str().expect("utf-8 path")];
-    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
-    let text = format!("{out}{err}");
+    let (code, text) = sluice_check(&config);
     assert!(!text.contains("panicked"), "sluice panicked: {text}");
-    (status.code().unwrap_or(-1), text)
+    (code, text)
 }
 
 /// Whether every session of `sluice` on the server is encrypted (and there is one).
@@ -286,14 +284,8 @@ async fn mysql_capture_and_apply_over_tls(start: fn(&[&str]) -> MariaDb) {
             ),
     )
     .expect("write config");
-    let args = ["check", "--config", w.config.to_str().expect("utf-8 path")];
-    let (status, out, err) = run_to_end(Path::new(SLUICE), &args, Duration::from_secs(90));
-    let text = format!("{out}{err}");
-    assert_refused(
-        status.code().unwrap_or(-1),
-        &text,
-        &["not signed by a CA", "set sslrootcert"],
-    );
+    let (code, text) = sluice_check(&w.config);
+    assert_refused(code, &text, &["not signed by a CA", "set sslrootcert"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
