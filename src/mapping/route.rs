@@ -1022,6 +1022,27 @@ mod tests {
     }
 
     #[test]
+    fn numbers_inside_json_values_keep_every_digit() {
+        let big = format!("1{}", "0".repeat(399));
+        let text = format!(
+            r#"{{"op": "c", "before": null, "after": {{"id": 1, "name": {{"n": {big}, "m": 123456789012345678901234567890.5}}}}}}"#
+        );
+        let m = map_record(
+            &vec![route()].into(),
+            Some(b"{\"id\":1}"),
+            Some(text.as_bytes()),
+        )
+        .expect("maps");
+        let (changes, ..) = parts(m);
+        let TargetChange::Upsert { columns, .. } = &changes[0] else {
+            panic!("an upsert expected")
+        };
+        let doc = columns[1].1.to_string();
+        assert!(doc.contains(&big), "{doc}");
+        assert!(doc.contains("123456789012345678901234567890.5"), "{doc}");
+    }
+
+    #[test]
     fn key_change_in_one_update_deletes_the_old_row() {
         let m = map(
             json!({"op": "u", "before": {"id": 1, "name": "a", "note": null},

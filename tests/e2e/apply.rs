@@ -337,3 +337,32 @@ async fn misconfigured_sinks_are_explained() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("nothing was started"), "{err}");
 }
+
+/// Numbers inside json and jsonb values keep every digit: a 30-digit integer, a 400-digit one
+/// and a long decimal arrive in the target as the source has them (no float rounding, no
+/// "number out of range" dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_inside_json_documents_keep_every_digit() {
+    let big = format!("1{}", "7".repeat(399));
+    let rows = format!(
+        r#"insert into docs values
+             (1, '{{"n": 123456789012345678901234567890, "d": 0.1000000000000000055511151231257827}}', '[1e400]'),
+             (2, '{{"n": {big}}}', '{{"m": -{big}}}');"#
+    );
+    let (p, _sluice, counts) = Pipeline::equal_after(
+        &["docs"],
+        "create table docs (id int primary key, jb jsonb, j json)",
+        &rows,
+    )
+    .await;
+    assert_eq!(counts, vec![2]);
+    let dst = p.target_db().await;
+    let dead: i64 = count(&dst, "select count(*) from sluice.dead_letters").await;
+    assert_eq!(dead, 0);
+    let n: String = dst
+        .query_one("select jb->>'n' from docs where id = 2", &[])
+        .await
+        .expect("doc")
+        .get(0);
+    assert_eq!(n, big);
+}
