@@ -183,6 +183,21 @@ pub async fn run(
     }
 }
 
+/// The configs of a table topic Sluice creates: `kafka.topic_configs`, and the largest
+/// message `kafka.max_message_bytes` allows unless those set it.
+fn table_topic_configs(kafka: &KafkaConfig) -> Vec<(String, String)> {
+    let mut configs: Vec<(String, String)> = kafka
+        .topic_configs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !kafka.topic_configs.contains_key("max.message.bytes") {
+        let bytes = kafka.max_message_bytes.to_string();
+        configs.push(("max.message.bytes".into(), bytes));
+    }
+    configs
+}
+
 /// One capture pipeline: the source's sessions (retried while the snapshot is done), the
 /// publisher and the checkpoint writer.
 async fn run_pipeline<S: ChangeSource>(
@@ -203,11 +218,7 @@ async fn run_pipeline<S: ChangeSource>(
         .map(|t| TopicSpec {
             name: t.topic.to_string(),
             partitions: kafka.partitions,
-            configs: kafka
-                .topic_configs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            configs: table_topic_configs(kafka),
         })
         .collect();
     ensure_topics(kafka, &topics).await?;

@@ -366,3 +366,27 @@ async fn numbers_inside_json_documents_keep_every_digit() {
         .get(0);
     assert_eq!(n, big);
 }
+
+/// Values over 1 MB (a 3 MB text and a 1.5 MB bytea) go through capture, Kafka and apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_one_megabyte_arrive_whole() {
+    let rows = "insert into blobs values
+                  (1, repeat('0123456789abcdef', 196608), decode(repeat('00ff', 786432), 'hex')),
+                  (2, 'small', '\\x01');";
+    let (p, _sluice, counts) = Pipeline::equal_after(
+        &["blobs"],
+        "create table blobs (id int primary key, t text, b bytea)",
+        rows,
+    )
+    .await;
+    assert_eq!(counts, vec![2]);
+    let dst = p.target_db().await;
+    let sizes: (i32, i32) = {
+        let r = dst
+            .query_one("select length(t), length(b) from blobs where id = 1", &[])
+            .await
+            .expect("sizes");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(sizes, (3_145_728, 1_572_864));
+}

@@ -22,6 +22,12 @@ pub struct KafkaConfig {
     /// Replication factor of the topics Sluice creates.
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// The largest change event Sluice publishes (a row's envelope, before compression),
+    /// in bytes: the producer's `message.max.bytes` and the `max.message.bytes` of the table
+    /// topics Sluice creates (unless `topic_configs` sets it). Kafka's own default is 1 MB;
+    /// one row over it would stop capture.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
     /// Publish a tombstone (same key, null value) after each delete, so compaction can drop
     /// the row.
     #[serde(default = "default_true")]
@@ -148,6 +154,10 @@ impl KafkaConfig {
     }
 }
 
+fn default_max_message_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
 fn default_topic_configs() -> BTreeMap<String, String> {
     BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())])
 }
@@ -180,6 +190,12 @@ impl KafkaConfig {
             problems.push(format!(
                 "kafka.partitions is {}: it must be at least 1",
                 self.partitions
+            ));
+        }
+        if !(1_000..=1_000_000_000).contains(&self.max_message_bytes) {
+            problems.push(format!(
+                "kafka.max_message_bytes is {}: it must be between 1000 and 1000000000",
+                self.max_message_bytes
             ));
         }
         if self.replication_factor < 1 {

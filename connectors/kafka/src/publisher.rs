@@ -372,7 +372,13 @@ impl KafkaPublisher {
             .set("partitioner", "murmur2_random")
             // Bound what waits in librdkafka's queue (memory): 100k messages or 32 MB.
             .set("queue.buffering.max.messages", "100000")
-            .set("queue.buffering.max.kbytes", "32768");
+            // One row's envelope may be large (kafka.max_message_bytes; Kafka's default 1 MB),
+            // and the queue must hold one.
+            .set(
+                "queue.buffering.max.kbytes",
+                (cfg.max_message_bytes / 1024 + 1024).max(32768).to_string(),
+            )
+            .set("message.max.bytes", cfg.max_message_bytes.to_string());
         // User properties come last and win.
         let c = client_config_over(cfg, c);
         let producer: ThreadedProducer<AckContext> =
@@ -704,10 +710,17 @@ impl KafkaPublisher {
                 Err((e, _)) => {
                     // The record (and its reference to `acks`) is dropped unsent.
                     acks.remaining.fetch_sub(1, Ordering::AcqRel);
-                    return Err(KafkaError::Client {
-                        context: format!("publishing to topic {topic}"),
-                        source: e,
-                    });
+                    let too_large =
+                        e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge);
+                    let context = if too_large {
+                        format!(
+                            "publishing to topic {topic}: a change event is larger than kafka.max_message_bytes = {} allows: raise it (and max.message.bytes of a topic created before)",
+                            self.cfg.max_message_bytes
+                        )
+                    } else {
+                        format!("publishing to topic {topic}")
+                    };
+                    return Err(KafkaError::Client { context, source: e });
                 }
             }
         }
