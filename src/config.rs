@@ -465,6 +465,7 @@ impl Config {
                 problems.push(format!("{at}.checkpoint_interval_ms must be at least 1"));
             }
         }
+        problems.extend(self.tls_problems());
         let mut collisions = self.topic_collisions();
         collisions.dedup();
         problems.extend(collisions);
@@ -472,6 +473,37 @@ impl Config {
             problems.extend(self.validate_sink(name, sink));
         }
         problems
+    }
+
+    /// TLS settings of every database connection that do not hang together or name a file
+    /// that cannot be read, found once here rather than at each connection.
+    fn tls_problems(&self) -> Vec<String> {
+        let sources = self.sources.iter().flat_map(|(name, s)| {
+            let pg = s
+                .postgres
+                .as_ref()
+                .map(|c| (format!("sources.{name}.postgres"), c.tls()));
+            let my = s
+                .mysql
+                .as_ref()
+                .map(|c| (format!("sources.{name}.mysql"), c.tls()));
+            pg.into_iter().chain(my)
+        });
+        let sinks = self.sinks.iter().flat_map(|(name, s)| {
+            let pg = s
+                .postgres
+                .as_ref()
+                .map(|c| (format!("sinks.{name}.postgres"), c.tls()));
+            let my = s
+                .mysql
+                .as_ref()
+                .map(|c| (format!("sinks.{name}.mysql"), c.tls()));
+            pg.into_iter().chain(my)
+        });
+        sources
+            .chain(sinks)
+            .filter_map(|(at, tls)| tls.check().err().map(|e| format!("{at}.{e}")))
+            .collect()
     }
 
     /// Captured tables whose names map to one topic (characters Kafka refuses become `_`, so
@@ -804,6 +836,27 @@ tables = ["users", "public.users"]
         assert!(
             problems[0].contains("table public.users is captured by source east too")
                 && problems[0].contains("topic sluice.public.users"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_named_with_their_connection() {
+        let cfg = Config::parse(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[sources.app]
+postgres = { user = "sluice", database = "app", sslmode = "verify-full", sslrootcert = "/nonexistent/ca.pem" }
+tables = ["users"]
+"#,
+        )
+        .expect("parses");
+        let problems = cfg.validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("sources.app.postgres.sslrootcert = /nonexistent/ca.pem")),
             "{problems:?}"
         );
     }

@@ -18,9 +18,8 @@ const INIT: &[&str] = &[
 /// Connects over TLS as `sslmode` says (`prefer`: TLS when the server offers it).
 pub async fn connect(conn: &MySqlConnection) -> Result<Conn, MySqlError> {
     let password = conn.expose_password().map_err(MySqlError::Setup)?;
+    // The config's validation has checked the TLS files (`Config::validate`).
     let tls = conn.tls();
-    // The files are read here so that a bad one is named, not reported as a failed handshake.
-    tls.check().map_err(MySqlError::Setup)?;
     let opts = OptsBuilder::default()
         .ip_or_hostname(conn.host.clone())
         .tcp_port(conn.port)
