@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{audit, count, wait_count, AUDIT, LONG};
+use crate::common::{audit, count, table_maps, wait_count, AUDIT, LONG};
 use crate::pipeline::{seed, workload_round, Pipeline, SCHEMA, WAIT};
 
 const TABLES: [&str; 3] = ["types", "accounts", "lines"];
@@ -389,4 +389,65 @@ async fn values_over_one_megabyte_arrive_whole() {
         (r.get(0), r.get(1))
     };
     assert_eq!(sizes, (3_145_728, 1_572_864));
+}
+
+/// A row whose change event is over `kafka.max_message_bytes` does not stop capture: it
+/// becomes a dead letter naming the limit and the fix, in its place in the key's order, and
+/// every other change flows; a delete of such a row (its old row over the limit under
+/// REPLICA IDENTITY FULL) still deletes, by its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_max_message_bytes_is_a_dead_letter_and_the_rest_flows() {
+    let schema = "create table docs (id int primary key, t text);
+                  alter table docs replica identity full;";
+    let mut p = Pipeline::new(&["docs"], schema, schema, "").await;
+    p.kafka_extra = "max_message_bytes = 100000".into();
+    p.write_sink("", &table_maps("target", &[("public.docs", "")]));
+    let big = "repeat('0123456789', 20000)";
+    let (src, sluice) = p
+        .start_after(&format!(
+            "insert into docs values (1, 'small'), (2, {big}), (3, 'small');"
+        ))
+        .await;
+    sluice.wait_log("replication stream started", 1, LONG);
+    src.batch_execute(&format!(
+        "insert into docs values (4, {big});
+         update docs set t = {big} where id = 3;
+         update docs set t = 'still small' where id = 1;
+         delete from docs where id = 3;
+         insert into docs values (5, 'after');"
+    ))
+    .await
+    .expect("streamed changes");
+    let dst = p.target_db().await;
+    wait_count(&dst, "select count(*) from docs where id = 5", |n| n == 1).await;
+    let dead = sluice_test_support::wait_for("3 dead letters", LONG, || async {
+        let rows = dst
+            .query("select error from sluice.dead_letters order by id", &[])
+            .await
+            .ok()?;
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    // Rows 2 and 4 (inserts) and the update of row 3; its delete went by key.
+    assert_eq!(dead.len(), 3);
+    for d in &dead {
+        let error: String = d.get(0);
+        assert!(
+            error.contains("over kafka.max_message_bytes = 100000")
+                && error.contains("sluice snapshot --table public.docs"),
+            "{error}"
+        );
+    }
+    let rows: Vec<(i32, String)> = dst
+        .query("select id, t from docs order by id", &[])
+        .await
+        .expect("target rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, "still small".to_string()), (5, "after".to_string())]
+    );
+    assert!(sluice.log_text().contains("larger than kafka.max_message_bytes"));
 }

@@ -71,6 +71,30 @@ pub fn write_key_delete(
     write_source_and_time(table, source, now_ms, out);
 }
 
+/// Appends the envelope that stands in for an event too large to publish: `before` holds the
+/// key (`key_json`), `after` is null, and `too_large` says how large the event was and the
+/// limit it broke. A sink makes it a dead letter naming both; the row is re-read with
+/// `sluice snapshot --where` once the limit is raised.
+pub fn write_too_large(
+    event: &ChangeEvent,
+    key_json: &[u8],
+    bytes: usize,
+    limit: u64,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"before\":");
+    out.extend_from_slice(key_json);
+    out.extend_from_slice(b",\"after\":null,\"op\":\"");
+    out.extend_from_slice(event.op.code().as_bytes());
+    out.extend_from_slice(b"\",\"too_large\":{\"bytes\":");
+    write_u64(bytes as u64, out);
+    out.extend_from_slice(b",\"max_message_bytes\":");
+    write_u64(limit, out);
+    out.extend_from_slice(b"},");
+    write_source_and_time(&event.table, &event.source, now_ms, out);
+}
+
 /// `"source":{…},"ts_ms":…}`: the end of every envelope.
 fn write_source_and_time(
     table: &crate::event::TableSchema,

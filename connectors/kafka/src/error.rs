@@ -22,6 +22,12 @@ impl KafkaError {
         move |source| KafkaError::Client { context, source }
     }
 
+    /// A record librdkafka refused for its size (over `message.max.bytes`).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, KafkaError::Client { source, .. }
+            if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge))
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             KafkaError::Setup(_) => ErrorClass::Definite,

@@ -621,8 +621,46 @@ impl KafkaPublisher {
                 return Ok(());
             }
             write_envelope(event, now_ms, value);
-            self.send(topic, key, Some(value), Some(partition), acks)
-                .await?;
+            match self
+                .send(topic, key, Some(value), Some(partition), acks)
+                .await
+            {
+                Err(e) if e.is_too_large() => {
+                    // One row over kafka.max_message_bytes must not stop every table: a delete
+                    // needs only its key; any other change travels as a stand-in that the
+                    // sinks make a dead letter, in its place in the key's order.
+                    let bytes = key.len() + value.len();
+                    value.clear();
+                    if event.op == Op::Delete {
+                        sluice_core::envelope::write_key_delete(
+                            &event.table,
+                            key,
+                            &event.source,
+                            now_ms,
+                            value,
+                        );
+                    } else {
+                        sluice_core::envelope::write_too_large(
+                            event,
+                            key,
+                            bytes,
+                            self.cfg.max_message_bytes,
+                            now_ms,
+                            value,
+                        );
+                    }
+                    tracing::warn!(
+                        topic,
+                        op = event.op.code(),
+                        bytes,
+                        max_message_bytes = self.cfg.max_message_bytes,
+                        "a change event is larger than kafka.max_message_bytes allows: published without its row values (a delete keeps its key); sinks record it as a dead letter"
+                    );
+                    self.send(topic, key, Some(value), Some(partition), acks)
+                        .await?;
+                }
+                r => r?,
+            }
             if event.op == Op::Delete && self.tombstones {
                 // Compaction keeps only a key's last record, the tombstone: it carries the
                 // delete's envelope in a header so that a sink reading a compacted topic
