@@ -212,8 +212,13 @@ impl Expr {
         self.eval_interpreted(event.bindings())
     }
 
+    /// Evaluates with the direct evaluator only: `None` where it gives no answer.
+    pub fn eval_direct(&self, event: &Event) -> Option<J> {
+        direct::eval(self.direct.as_ref()?, &event.row)
+    }
+
     /// Evaluates with the cel interpreter only.
-    pub(crate) fn eval_interpreted(&self, bindings: &Bindings) -> Result<J, String> {
+    pub fn eval_interpreted(&self, bindings: &Bindings) -> Result<J, String> {
         let value = self.eval_cel(bindings)?;
         value
             .json()

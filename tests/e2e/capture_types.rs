@@ -18,7 +18,7 @@ create table types (
 );
 "#;
 
-fn rows(offset: i32) -> String {
+pub fn rows(offset: i32) -> String {
     format!(
         r#"
 insert into types values

@@ -14,6 +14,7 @@ mod blobs;
 mod capture_changes;
 mod capture_types;
 mod chaos;
+mod fuzz_seeds;
 mod identifiers;
 mod idle_source;
 mod kafka_security;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
+use mysql_common::binlog::events::{OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
@@ -406,6 +406,89 @@ impl TableMap {
             values.push(Some(if null { Value::Null } else { col.decode(buf)? }));
         }
         Ok(Row { values })
+    }
+}
+
+/// Which row images each row of a rows event holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    /// An insert: the new row.
+    After,
+    /// A delete: the old row.
+    Before,
+    /// An update: the old row, then the new.
+    Both,
+}
+
+impl Images {
+    pub fn of(rows: &RowsEventData<'_>) -> Images {
+        match rows {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Images::After,
+            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => {
+                Images::Both
+            }
+            _ => Images::Before,
+        }
+    }
+}
+
+/// The rows of one rows event, decoded one at a time as `(before, after)`. After an error it
+/// ends: the rest of the event cannot be located.
+pub struct RowImages<'a> {
+    map: &'a TableMap,
+    buf: ParseBuf<'a>,
+    images: Images,
+    before: Vec<bool>,
+    after: Vec<bool>,
+}
+
+impl<'a> RowImages<'a> {
+    pub fn new(map: &'a TableMap, rows: &'a RowsEventData<'a>) -> RowImages<'a> {
+        RowImages {
+            map,
+            buf: ParseBuf(rows.rows_data()),
+            images: Images::of(rows),
+            before: rows
+                .columns_before_image()
+                .map(|b| b.iter().map(|x| *x).collect())
+                .unwrap_or_default(),
+            after: rows
+                .columns_after_image()
+                .map(|b| b.iter().map(|x| *x).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn images(&self) -> Images {
+        self.images
+    }
+
+    fn next_row(&mut self) -> io::Result<(Option<Row>, Option<Row>)> {
+        let map = self.map;
+        Ok(match self.images {
+            Images::After => (None, Some(map.read_image(&mut self.buf, &self.after)?)),
+            Images::Before => (Some(map.read_image(&mut self.buf, &self.before)?), None),
+            Images::Both => {
+                let before = map.read_image(&mut self.buf, &self.before)?;
+                let after = map.read_image(&mut self.buf, &self.after)?;
+                (Some(before), Some(after))
+            }
+        })
+    }
+}
+
+impl Iterator for RowImages<'_> {
+    type Item = io::Result<(Option<Row>, Option<Row>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let row = self.next_row();
+        if row.is_err() {
+            self.buf = ParseBuf(&[]);
+        }
+        Some(row)
     }
 }
 

@@ -14,6 +14,8 @@ pub mod binlog;
 pub mod client;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod preflight;
 pub mod sink;
 pub mod source;

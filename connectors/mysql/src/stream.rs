@@ -24,11 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt as _, StreamExt as _};
-use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
 use mysql_async::binlog::EventType;
 use mysql_async::prelude::*;
 use mysql_async::BinlogStreamRequest;
-use mysql_common::io::ParseBuf;
 use sluice_core::event::binlog_file_seq;
 use sluice_core::{
     Batch, BinlogTxn, ChangeEvent, Op, Position, SourceCheckpoint, SourceInfo, TableId,
@@ -36,7 +35,7 @@ use sluice_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::binlog::{
+use crate::binlog::{Images, RowImages, 
     GtidSet, TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID,
 };
 use crate::client::connect;
@@ -631,54 +630,16 @@ impl Session {
             self.begin(end, None, false, None, ts);
         }
         let signal = mapped.schema.id == self.ctx.signal;
-        let op = match rows {
-            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Insert,
-            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
-            _ => Op::Delete,
-        };
-        let before: Vec<bool> = rows
-            .columns_before_image()
-            .map(|b| b.iter().map(|x| *x).collect())
-            .unwrap_or_default();
-        let after: Vec<bool> = rows
-            .columns_after_image()
-            .map(|b| b.iter().map(|x| *x).collect())
-            .unwrap_or_default();
-        let mut buf = ParseBuf(rows.rows_data());
         let decode_err =
             |e: std::io::Error| MySqlError::Decode(format!("a row of {}: {e}", mapped.schema.id));
-        while !buf.is_empty() {
-            let (b, a) = match op {
-                Op::Insert => (
-                    None,
-                    Some(
-                        mapped
-                            .map
-                            .read_image(&mut buf, &after)
-                            .map_err(decode_err)?,
-                    ),
-                ),
-                Op::Delete => (
-                    Some(
-                        mapped
-                            .map
-                            .read_image(&mut buf, &before)
-                            .map_err(decode_err)?,
-                    ),
-                    None,
-                ),
-                _ => {
-                    let b = mapped
-                        .map
-                        .read_image(&mut buf, &before)
-                        .map_err(decode_err)?;
-                    let a = mapped
-                        .map
-                        .read_image(&mut buf, &after)
-                        .map_err(decode_err)?;
-                    (Some(b), Some(a))
-                }
-            };
+        let images = RowImages::new(&mapped.map, &rows);
+        let op = match images.images() {
+            Images::After => Op::Insert,
+            Images::Before => Op::Delete,
+            Images::Both => Op::Update,
+        };
+        for row in images {
+            let (b, a) = row.map_err(decode_err)?;
             if signal {
                 if let Some(a) = &a {
                     self.signal(&mapped, a)?;
@@ -791,8 +752,9 @@ impl Session {
     }
 }
 
-/// `TRUNCATE [TABLE] [db.]name` → (db, name), with `default_db` for an unqualified name.
-fn truncated_table(query: &str, default_db: &str) -> Option<(String, String)> {
+/// `TRUNCATE [TABLE] [db.]name` → (db, name), with `default_db` for an unqualified name;
+/// `None` for any other statement.
+pub fn truncated_table(query: &str, default_db: &str) -> Option<(String, String)> {
     let mut rest = query.trim_start();
     rest = strip_word(rest, "truncate")?;
     if let Some(r) = strip_word(rest, "table") {

@@ -262,6 +262,23 @@ impl MariaDb {
         }
     }
 
+    /// The server's binlog files, oldest first.
+    pub fn binlog_files(&self) -> Vec<std::path::PathBuf> {
+        let data = self.dir.path().join("data");
+        let mut files: Vec<_> = std::fs::read_dir(&data)
+            .expect("the data directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("binlog."))
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
