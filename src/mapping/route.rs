@@ -756,8 +756,17 @@ pub fn map_record(
         .ok_or("the envelope has no \"op\"")?;
     let source = envelope.get("source");
     if let Some(t) = envelope.get("too_large") {
-        let field = |f: &str| t.get(f).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-        let table = |f: &str| source.and_then(|s| s.get(f)).and_then(J::as_str).unwrap_or("?");
+        let field = |f: &str| {
+            t.get(f)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let table = |f: &str| {
+            source
+                .and_then(|s| s.get(f))
+                .and_then(J::as_str)
+                .unwrap_or("?")
+        };
         return Err(format!(
             "the row was not published: its change event was {} bytes, over kafka.max_message_bytes = {} at capture. Raise kafka.max_message_bytes (and the max.message.bytes of the topic, if it was created before), then re-read the row: sluice snapshot --table {}.{} --where '<this record's key>'",
             field("bytes"),

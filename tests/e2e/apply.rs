@@ -449,5 +449,7 @@ async fn a_row_over_max_message_bytes_is_a_dead_letter_and_the_rest_flows() {
         rows,
         vec![(1, "still small".to_string()), (5, "after".to_string())]
     );
-    assert!(sluice.log_text().contains("larger than kafka.max_message_bytes"));
+    assert!(sluice
+        .log_text()
+        .contains("larger than kafka.max_message_bytes"));
 }

@@ -84,12 +84,20 @@ fn binlog_events(server: &MariaDb) -> Vec<(u8, Vec<u8>)> {
     let mut events = Vec::new();
     for file in server.binlog_files() {
         let bytes = std::fs::read(&file).expect("a binlog file");
-        assert_eq!(&bytes[..4], b"\xfebin", "{} is a binlog file", file.display());
+        assert_eq!(
+            &bytes[..4],
+            b"\xfebin",
+            "{} is a binlog file",
+            file.display()
+        );
         let mut at = 4;
         while at + 19 <= bytes.len() {
             let size = u32::from_le_bytes(bytes[at + 9..at + 13].try_into().expect("4 bytes"));
             let end = at + size as usize;
-            assert!(size >= 19 && end <= bytes.len(), "an event at {at} of {size} bytes");
+            assert!(
+                size >= 19 && end <= bytes.len(),
+                "an event at {at} of {size} bytes"
+            );
             events.push((bytes[at + 4], bytes[at..end].to_vec()));
             at = end;
         }
@@ -141,7 +149,11 @@ async fn every_binlog_event_of_the_type_matrix_is_read(server: MariaDb) {
     // And the whole log as one stream, as far as the entry point reads (64 events).
     let whole: Vec<u8> = events.iter().flat_map(|(_, b)| b.clone()).collect();
     assert!(sluice::fuzz::binlog(&whole) >= 64.min(events.len()));
-    write_seed(&seeds, &format!("{flavor}-all"), &whole[..whole.len().min(64 * 1024)]);
+    write_seed(
+        &seeds,
+        &format!("{flavor}-all"),
+        &whole[..whole.len().min(64 * 1024)],
+    );
     assert!(rows_events >= 5, "{flavor}: {rows_events} rows events");
     assert!(rows >= 7, "{flavor}: {rows} rows");
 }

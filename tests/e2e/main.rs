@@ -28,5 +28,6 @@ mod mysql_target;
 mod promise;
 mod resnapshot;
 mod restart;
+mod round_trip;
 mod snapshot_handover;
 mod tls;

@@ -424,9 +424,7 @@ impl Images {
     pub fn of(rows: &RowsEventData<'_>) -> Images {
         match rows {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Images::After,
-            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => {
-                Images::Both
-            }
+            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Images::Both,
             _ => Images::Before,
         }
     }

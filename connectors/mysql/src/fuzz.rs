@@ -13,10 +13,10 @@ use serde_json::Value as J;
 /// than its checksum. Neither reaches Sluice (the server frames each event as one packet), so
 /// the fuzzer is kept on the readers after it.
 pub fn binlog(data: &[u8]) -> usize {
+    use crate::binlog::{MariaGtid, RowImages, TableMap, MARIADB_GTID};
     use mysql_common::binlog::consts::{BinlogVersion, EventType};
     use mysql_common::binlog::events::{EventData, TableMapEvent};
     use mysql_common::binlog::EventStreamReader;
-    use crate::binlog::{MariaGtid, RowImages, TableMap, MARIADB_GTID};
     use std::collections::HashMap;
 
     let mut reader = EventStreamReader::new(BinlogVersion::Version4);
@@ -89,10 +89,7 @@ pub fn binlog(data: &[u8]) -> usize {
                     }
                 }
                 EventData::QueryEvent(q) => {
-                    let _ = crate::stream::truncated_table(
-                        q.query().trim(),
-                        &q.schema(),
-                    );
+                    let _ = crate::stream::truncated_table(q.query().trim(), &q.schema());
                 }
                 _ => {}
             }

@@ -88,6 +88,8 @@ pub async fn migrate(conn: &mut Conn) -> Result<Vec<String>, MySqlError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
     Integer,
+    /// BIT(n): values arrive as bit strings (`"0101"`, as both sources publish them).
+    Bit,
     Float,
     Bytes,
     DateTime,
@@ -97,9 +99,8 @@ pub enum ColumnKind {
 
 fn kind_of(data_type: &str) -> ColumnKind {
     match data_type {
-        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" | "bit" => {
-            ColumnKind::Integer
-        }
+        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => ColumnKind::Integer,
+        "bit" => ColumnKind::Bit,
         "float" | "double" => ColumnKind::Float,
         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
             ColumnKind::Bytes
@@ -455,9 +456,18 @@ fn to_mysql(kind: ColumnKind, v: &serde_json::Value) -> Value {
                 Value::Int(i)
             } else if let Some(u) = n.as_u64() {
                 Value::UInt(u)
-            } else {
+            } else if kind == ColumnKind::Float {
                 Value::Double(n.as_f64().unwrap_or(f64::NAN))
+            } else {
+                // Every digit, as text: the server converts it exactly for a DECIMAL column
+                // (a double would round it).
+                Value::Bytes(n.to_string().into_bytes())
             }
+        }
+        (ColumnKind::Bit, J::String(s))
+            if (1..=64).contains(&s.len()) && s.bytes().all(|b| b == b'0' || b == b'1') =>
+        {
+            Value::UInt(u64::from_str_radix(s, 2).unwrap_or_default())
         }
         (ColumnKind::Bytes, J::String(s)) => {
             match base64::engine::general_purpose::STANDARD.decode(s) {
@@ -711,6 +721,17 @@ mod tests {
         assert_eq!(
             to_mysql(ColumnKind::Integer, &json!(u64::MAX)),
             Value::UInt(u64::MAX)
+        );
+        assert_eq!(to_mysql(ColumnKind::Bit, &json!("0101")), Value::UInt(5));
+        assert_eq!(
+            to_mysql(ColumnKind::Bit, &json!("1".repeat(64))),
+            Value::UInt(u64::MAX)
+        );
+        let big: serde_json::Value =
+            serde_json::from_str("123456789012345678901234567890.5").expect("a number");
+        assert_eq!(
+            to_mysql(ColumnKind::Text, &big),
+            Value::Bytes(b"123456789012345678901234567890.5".to_vec())
         );
     }
 }

@@ -35,8 +35,9 @@ use sluice_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::binlog::{Images, RowImages, 
-    GtidSet, TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST, MARIADB_GTID,
+use crate::binlog::{
+    GtidSet, Images, RowImages, TableMap, MARIADB_COMPRESSED_FIRST, MARIADB_COMPRESSED_LAST,
+    MARIADB_GTID,
 };
 use crate::client::connect;
 use crate::config::MySqlConnection;
