@@ -429,7 +429,7 @@ impl Config {
                 if let Some(t) = &source.signal_table {
                     if TableId::parse(t, &my.database).is_none() {
                         problems.push(format!(
-                            "{at}.signal_table: {t:?} is not a table name: write \"database.table\" or \"table\""
+                            "{at}.signal_table: {t:?} is not a table name: write \"database.table\" or \"table\" (a part holding a '.' goes in double quotes: \"\\\"eu.sales\\\".orders\")"
                         ));
                     }
                 }
@@ -442,7 +442,7 @@ impl Config {
             for t in &source.tables {
                 if TableId::parse(t, "public").is_none() {
                     problems.push(format!(
-                        "{at}.tables: {t:?} is not a table name: write \"schema.table\" or \"table\""
+                        "{at}.tables: {t:?} is not a table name: write \"schema.table\" or \"table\" (a part holding a '.' goes in double quotes: \"\\\"eu.sales\\\".orders\")"
                     ));
                 }
             }
@@ -579,7 +579,7 @@ impl Config {
             let at = format!("{at}.tables[{i}]");
             match TableId::parse(&m.from, "public") {
                 None => problems.push(format!(
-                    "{at}.from: {:?} is not a table name: write \"schema.table\"",
+                    "{at}.from: {:?} is not a table name: write \"schema.table\" (a part holding a '.' goes in double quotes: \"\\\"eu.sales\\\".orders\")",
                     m.from
                 )),
                 // With sources in the same file, a mapping must name a captured table.
@@ -593,7 +593,7 @@ impl Config {
             if let Some(to) = &m.to {
                 if TableId::parse(to, "public").is_none() {
                     problems.push(format!(
-                        "{at}.to: {to:?} is not a table name: write \"schema.table\""
+                        "{at}.to: {to:?} is not a table name: write \"schema.table\" (a part holding a '.' goes in double quotes: \"\\\"eu.sales\\\".orders\")"
                     ));
                 }
             }

@@ -1,3 +1,5 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice::fuzz::binlog(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    sluice::fuzz::binlog(data);
+});

@@ -55,24 +55,65 @@ impl TableId {
         }
     }
 
-    /// Parses `schema.table`, or `table` in `default_schema`.
+    /// Parses `schema.table`, or `table` in `default_schema`. A part that holds a `.` (or
+    /// starts with `"`) is written in double quotes, with `""` for a quote inside it:
+    /// `"eu.sales"."orders.2024"`. `None` when the text is not such a name.
     pub fn parse(text: &str, default_schema: &str) -> Option<TableId> {
-        let mut parts = text.split('.');
-        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(t), None, None) => (default_schema, t),
-            (Some(s), Some(t), None) => (s, t),
-            _ => return None,
+        let (first, rest) = Self::part(text)?;
+        let (schema, name) = match rest {
+            None => (default_schema.to_owned(), first),
+            Some(rest) => match Self::part(rest)? {
+                (name, None) => (first, name),
+                (_, Some(_)) => return None,
+            },
         };
         if schema.is_empty() || name.is_empty() {
             return None;
         }
-        Some(TableId::new(schema, name))
+        Some(TableId { schema, name })
+    }
+
+    /// One part of a name and what follows its `.`, if one does.
+    fn part(text: &str) -> Option<(String, Option<&str>)> {
+        let Some(mut rest) = text.strip_prefix('"') else {
+            return Some(match text.split_once('.') {
+                Some((part, rest)) => (part.to_owned(), Some(rest)),
+                None => (text.to_owned(), None),
+            });
+        };
+        let mut part = String::new();
+        loop {
+            let end = rest.find('"')?; // no closing quote
+            part.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            if let Some(r) = rest.strip_prefix('"') {
+                part.push('"');
+                rest = r;
+                continue;
+            }
+            return match rest {
+                "" => Some((part, None)),
+                _ => rest.strip_prefix('.').map(|r| (part, Some(r))),
+            };
+        }
+    }
+}
+
+/// A part of a table name as [`TableId::parse`] reads it back: quoted when it holds a `.` or
+/// starts with `"`.
+fn write_part(part: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if part.contains('.') || part.starts_with('"') {
+        write!(f, "\"{}\"", part.replace('"', "\"\""))
+    } else {
+        f.write_str(part)
     }
 }
 
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        write_part(&self.schema, f)?;
+        f.write_str(".")?;
+        write_part(&self.name, f)
     }
 }
 
@@ -396,5 +437,26 @@ mod tests {
         );
         assert_eq!(TableId::parse("a.b.c", "public"), None);
         assert_eq!(TableId::parse(".t", "public"), None);
+        // Quoted parts hold dots and quotes; an unquoted part may hold a quote inside.
+        let dotted = TableId::new("eu.sales", "orders \"2024\".v2");
+        assert_eq!(
+            TableId::parse(r#""eu.sales"."orders ""2024"".v2""#, "public"),
+            Some(dotted.clone())
+        );
+        assert_eq!(
+            TableId::parse(r#""a.b""#, "public"),
+            Some(TableId::new("public", "a.b"))
+        );
+        assert_eq!(
+            TableId::parse(r#"s.Order "Lines""#, "public"),
+            Some(TableId::new("s", "Order \"Lines\""))
+        );
+        for bad in [r#""a.b"#, r#""a"b.c"#, r#""a".b.c"#, r#""".t"#] {
+            assert_eq!(TableId::parse(bad, "public"), None, "{bad}");
+        }
+        // Display writes what parse reads back.
+        for id in [dotted, TableId::new("\"q", "t"), TableId::new("s", "t")] {
+            assert_eq!(TableId::parse(&id.to_string(), "x"), Some(id));
+        }
     }
 }
