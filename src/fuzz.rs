@@ -192,3 +192,36 @@ pub fn cel(data: &[u8]) -> usize {
     );
     1
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every input the fuzzers found a panic with (`fuzz/regressions/<target>/`) now returns.
+    #[test]
+    fn fuzz_findings_stay_fixed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let targets: [(&str, fn(&[u8]) -> usize); 5] = [
+            ("pgoutput", super::pgoutput),
+            ("binlog", super::binlog),
+            ("envelope", super::envelope),
+            ("config", super::config),
+            ("cel", super::cel),
+        ];
+        let mut ran = 0;
+        for (target, entry) in targets {
+            let Ok(files) = std::fs::read_dir(dir.join(target)) else {
+                continue;
+            };
+            for file in files {
+                let path = file.expect("a regression file").path();
+                let bytes = std::fs::read(&path).expect("a regression input");
+                entry(&bytes);
+                ran += 1;
+            }
+        }
+        assert!(
+            ran >= 2,
+            "only {ran} regression inputs found in {}",
+            dir.display()
+        );
+    }
+}

@@ -500,6 +500,14 @@ impl BinColumn {
                 1900 + raw[0] as i64
             }));
         }
+        if self.ty == ColumnType::MYSQL_TYPE_NEWDECIMAL {
+            check_decimal(&self.meta, buf.0).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("column {}: {e}", self.name),
+                )
+            })?;
+        }
         let parsed: BinlogValue<'_> = buf.parse((self.ty, &self.meta[..], self.unsigned, false))?;
         Ok(match parsed {
             BinlogValue::Value(v) => match (&self.kind, v) {
@@ -540,6 +548,54 @@ impl BinColumn {
             }
         })
     }
+}
+
+/// Checks that `bytes` start with a DECIMAL(precision, scale) in the binlog's binary form
+/// (`meta` = [precision, scale]): groups of nine digits in four bytes, shorter groups at both
+/// ends, the sign in the top bit, negative numbers with every bit inverted. mysql_common's
+/// reader trusts them: bytes that are no decimal overflow its arithmetic into a wrong number.
+fn check_decimal(meta: &[u8], bytes: &[u8]) -> Result<(), String> {
+    const BYTES_FOR_DIGITS: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    let (&precision, &scale) = match meta {
+        [p, s, ..] => (p, s),
+        _ => return Err("DECIMAL without its precision and scale".into()),
+    };
+    if precision == 0 || precision > 65 || scale > 30 || scale > precision {
+        return Err(format!(
+            "DECIMAL({precision},{scale}) is not a decimal MySQL has"
+        ));
+    }
+    let (intg, frac) = (usize::from(precision - scale), usize::from(scale));
+    // The digits of each group, in order (at most 1 + 3 + 3 + 1 for 65 digits).
+    let groups = std::iter::once(intg % 9)
+        .chain(std::iter::repeat_n(9, intg / 9 + frac / 9))
+        .chain(std::iter::once(frac % 9))
+        .filter(|d| *d > 0);
+    let size: usize = groups.clone().map(|d| BYTES_FOR_DIGITS[d]).sum();
+    let Some(raw) = bytes.get(..size) else {
+        return Err("a DECIMAL value cut short".into());
+    };
+    let mask = if raw.first().is_some_and(|b| b & 0x80 != 0) {
+        0
+    } else {
+        0xff
+    };
+    let mut at = 0;
+    for digits in groups {
+        let n = BYTES_FOR_DIGITS[digits];
+        let mut value: u64 = 0;
+        for (i, b) in raw[at..at + n].iter().enumerate() {
+            let b = if at + i == 0 { b ^ 0x80 } else { *b };
+            value = value << 8 | u64::from(b ^ mask);
+        }
+        if value >= 10u64.pow(digits as u32) {
+            return Err(format!(
+                "DECIMAL({precision},{scale}) bytes that are no decimal"
+            ));
+        }
+        at += n;
+    }
+    Ok(())
 }
 
 /// mysql_common renders TIMESTAMP2 as `seconds[.micros]` since the epoch.
@@ -621,5 +677,26 @@ mod tests {
         assert_eq!(string_length(&[0xfe, 16]), 16);
         // CHAR(255) in utf8mb4 is 1020 bytes: the high bits of the length live in byte 0.
         assert_eq!(string_length(&[0xce, 0xfc]), 1020);
+    }
+
+    #[test]
+    fn decimal_bytes_are_checked_before_they_are_read() {
+        use super::check_decimal;
+        // DECIMAL(5,2): three integer digits in two bytes, two fraction digits in one.
+        assert_eq!(check_decimal(&[5, 2], &[0x80, 0x7b, 0x2d]), Ok(())); // 123.45
+        assert_eq!(check_decimal(&[5, 2], &[0x7f, 0x84, 0xd2]), Ok(())); // -123.45
+        assert_eq!(check_decimal(&[5, 2], &[0x80, 0x7b, 0x2d, 0xff]), Ok(())); // more follows
+        assert!(check_decimal(&[5, 2], &[0x80, 0x7b, 0x64]).is_err()); // .100
+        assert!(check_decimal(&[5, 2], &[0x83, 0xe8, 0x00]).is_err()); // 1000.
+        assert!(check_decimal(&[5, 2], &[0x80, 0x7b]).is_err()); // cut short
+        assert!(check_decimal(&[66, 2], &[0x80; 40]).is_err());
+        assert!(check_decimal(&[5, 6], &[0x80; 8]).is_err());
+        // DECIMAL(65,30), the largest: 8 + 3×9 integer digits, 3×9 + 3 fraction digits.
+        let mut max = vec![0x85, 0xf5, 0xe0, 0xff]; // 99999999, the sign bit set
+        for _ in 0..6 {
+            max.extend_from_slice(&999_999_999u32.to_be_bytes());
+        }
+        max.extend_from_slice(&[0x03, 0xe7]); // 999
+        assert_eq!(check_decimal(&[65, 30], &max), Ok(()));
     }
 }

@@ -237,8 +237,13 @@ fn normalize_time(text: &str, utc: bool, out: &mut String) {
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
     out.push_str(hms);
     out.push('.');
-    out.push_str(&frac[..frac.len().min(6)]);
-    for _ in frac.len()..6 {
+    // Up to six digits, by character: the text is the server's, but never sliced mid-character.
+    let mut digits = 0;
+    for c in frac.chars().take(6) {
+        out.push(c);
+        digits += 1;
+    }
+    for _ in digits..6 {
         out.push('0');
     }
     if !offset.is_empty() {
