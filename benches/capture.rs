@@ -15,13 +15,18 @@
 //! Workloads: 1M rows in 10k-row transactions; 100k single-row transactions; 50k rows with a
 //! 3.2 KB out-of-line (TOASTed) text, each then updated once without touching it (Postgres
 //! leaves the value out and capture reads it back from the table: the cost of that read).
-//! `BENCH_ROWS` scales them (default 1000000; the others are 1/10 and 1/20 of it).
+//! `BENCH_ROWS` scales them (default 1000000; the others are 1/10 and 1/20 of it). Then the first
+//! workload again, plaintext and over TLS (Postgres `verify-full`, Kafka mutual TLS), back to
+//! back: TLS's cost (`BENCH_TLS=0` skips it).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{capture_config, env_number, first_checkpoint, print_table_head};
+use sluice_test_support::bench::{
+    capture_config, capture_config_with, env_flag, env_number, first_checkpoint, print_table_head,
+    BenchTls,
+};
 use sluice_test_support::{process, Broker, PgCluster, SluiceProcess};
 
 #[path = "debezium/drain.rs"]
@@ -81,19 +86,27 @@ fn recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// `tls`: Postgres with `sslmode = "verify-full"` and Kafka over mutual TLS.
 async fn run_workload(
     name: &str,
     engine: &str,
     workload_sql: &str,
     rows: u64,
     dbz: Option<&Debezium>,
+    tls: Option<&BenchTls>,
 ) -> Figures {
-    let pg = PgCluster::start_with(&[
-        ("shared_buffers", "512MB"),
-        ("max_wal_size", "4GB"),
-        ("wal_writer_delay", "10ms"),
-    ]);
-    let broker = Broker::start();
+    let mut settings: Vec<(&str, String)> = vec![
+        ("shared_buffers", "512MB".into()),
+        ("max_wal_size", "4GB".into()),
+        ("wal_writer_delay", "10ms".into()),
+    ];
+    settings.extend(tls.map(BenchTls::pg_settings).unwrap_or_default());
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let pg = PgCluster::start_with(&settings);
+    let broker = match tls {
+        Some(tls) => tls.broker(),
+        None => Broker::start(),
+    };
     pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     db.batch_execute(
@@ -111,12 +124,21 @@ async fn run_workload(
     .await
     .expect("schema");
     let connection = pg.sluice_connection("bench");
-    let head = capture_config(
-        &broker.brokers(),
-        "postgres",
-        &connection,
-        "\"public.bench\"",
-    );
+    let head = match tls {
+        Some(tls) => capture_config_with(
+            &broker.ssl_brokers(),
+            &tls.kafka_section(),
+            "postgres",
+            &tls.verify_full(&connection),
+            "\"public.bench\"",
+        ),
+        None => capture_config(
+            &broker.brokers(),
+            "postgres",
+            &connection,
+            "\"public.bench\"",
+        ),
+    };
 
     // 1. Sluice's slot (empty snapshot), then pg_recvlogical's slot.
     let (dir, config, log) = first_checkpoint(Path::new(SLUICE), "bench", &head);
@@ -291,6 +313,7 @@ async fn main() {
         &big_txns,
         rows,
         dbz.as_ref(),
+        None,
     )
     .await;
     let b = run_workload(
@@ -299,6 +322,7 @@ async fn main() {
         &small_txns,
         single,
         dbz.as_ref(),
+        None,
     )
     .await;
     let c = run_workload(
@@ -307,6 +331,7 @@ async fn main() {
         &toast_txns,
         toasted * 2,
         dbz.as_ref(),
+        None,
     )
     .await;
     println!();
@@ -385,5 +410,35 @@ async fn main() {
                 ),
             }
         }
+    }
+    if env_flag("BENCH_TLS", true) {
+        // The 10k-row workload again, plaintext then TLS, back to back and without Debezium.
+        let dir = sluice_test_support::TempDir::new("bench-capture-tls");
+        let tls = BenchTls::new(dir.path());
+        let plain = run_workload("plaintext", &engine, &big_txns, rows, None, None).await;
+        let secure = run_workload(
+            "TLS (verify-full, mutual TLS to Kafka)",
+            &engine,
+            &big_txns,
+            rows,
+            None,
+            Some(&tls),
+        )
+        .await;
+        println!();
+        println!("capture over TLS (Postgres sslmode = verify-full, Kafka over mutual TLS), beside plaintext, same run");
+        print_table_head(&["connections", "rows", "sluice rows/s", "sluice CPU µs/row"]);
+        for (label, f) in [("plaintext", &plain), ("TLS", &secure)] {
+            println!(
+                "| {label} | {} | {:.0} | {:.2} |",
+                f.rows,
+                f.rows as f64 / f.sluice_s,
+                f.cpu_us_per_row
+            );
+        }
+        println!(
+            "TLS cost: {:.1} % of capture throughput",
+            (1.0 - plain.sluice_s / secure.sluice_s) * 100.0
+        );
     }
 }

@@ -17,10 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::bench::{env_flag, env_number, source_target_broker};
-use sluice_test_support::kafka::SecureListeners;
-use sluice_test_support::sluice::KAFKA_PASSWORD;
-use sluice_test_support::tls::TestCa;
+use sluice_test_support::bench::{env_flag, env_number, source_target_broker, BenchTls};
 use sluice_test_support::{process, wait_for, Broker, PgCluster, SluiceProcess, TempDir};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -42,51 +39,39 @@ struct Setup {
 
 /// The servers, plain or (`tls`) serving certificates of a CA made for the run: both
 /// databases with TLS on, the broker with a mutual-TLS listener. Returns them and the config's
-/// `[kafka]` lines and database connection suffix for Sluice.
-fn servers(dir: &Path, tls: bool) -> (PgCluster, PgCluster, Broker, String, String) {
+/// `[kafka]` lines, and what makes a connection of Sluice's use TLS.
+fn servers(dir: &Path, tls: bool) -> (PgCluster, PgCluster, Broker, String, Option<BenchTls>) {
     let delay = ("wal_writer_delay", "10ms");
     if !tls {
         let (source, target, broker) = source_target_broker(&[delay]);
         let kafka = format!("brokers = \"{}\"", broker.brokers());
-        return (source, target, broker, kafka, String::new());
+        return (source, target, broker, kafka, None);
     }
-    let ca = TestCa::new(&dir.join("certs"), "bench CA");
-    let (cert, key) = ca.issue("server", &["127.0.0.1", "localhost"]);
-    let (client_cert, client_key) = ca.issue("sluice", &["sluice"]);
-    ca.give_to("postgres");
-    let quoted = |p: &Path| format!("'{}'", p.display());
-    let (cert_q, key_q) = (quoted(&cert), quoted(&key));
-    let ssl = [
-        ("ssl", "on"),
-        ("ssl_cert_file", cert_q.as_str()),
-        ("ssl_key_file", key_q.as_str()),
-        delay,
-    ];
+    let tls = BenchTls::new(dir);
+    let settings = tls.pg_settings();
+    let mut ssl: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ssl.push(delay);
     let (source, target, _) = source_target_broker(&ssl);
-    let listeners = SecureListeners::new(&cert, &key, &ca.ca_file(), "sluice", KAFKA_PASSWORD);
-    let broker = Broker::start_secure(listeners);
+    let broker = tls.broker();
     let kafka = format!(
-        "brokers = \"{}\"\n[kafka.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        "brokers = \"{}\"\n{}",
         broker.ssl_brokers(),
-        ca.ca_file().display(),
-        client_cert.display(),
-        client_key.display()
+        tls.kafka_section()
     );
-    let db = format!(
-        ", sslmode = \"verify-full\", sslrootcert = \"{}\"",
-        ca.ca_file().display()
-    );
-    (source, target, broker, kafka, db)
+    (source, target, broker, kafka, Some(tls))
 }
 
 async fn setup(tls: bool) -> Setup {
     let dir = TempDir::new("bench-pipeline");
-    let (source, target, broker, kafka, db) = servers(dir.path(), tls);
+    let (source, target, broker, kafka, tls) = servers(dir.path(), tls);
     source.database_with("bench", SOURCE).await;
     target.database_with("bench", TARGET).await;
     let connection = |pg: &PgCluster| {
         let c = pg.sluice_connection("bench");
-        format!("{}{db} }}", c.trim_end_matches(" }"))
+        match &tls {
+            Some(tls) => tls.verify_full(&c),
+            None => c,
+        }
     };
     let config = dir.path().join("sluice.toml");
     std::fs::write(

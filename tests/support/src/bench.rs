@@ -59,11 +59,22 @@ pub fn first_checkpoint(
 /// {…}`, capturing `tables`, a TOML array's items) checkpointed every 100 ms, into 3
 /// partitions without tombstones.
 pub fn capture_config(brokers: &str, kind: &str, connection: &str, tables: &str) -> String {
+    capture_config_with(brokers, "", kind, connection, tables)
+}
+
+/// [`capture_config`] with more `[kafka]` lines (or sections under it, `[kafka.tls]`).
+pub fn capture_config_with(
+    brokers: &str,
+    kafka: &str,
+    kind: &str,
+    connection: &str,
+    tables: &str,
+) -> String {
     let source =
         format!("{kind} = {connection}\ntables = [{tables}]\ncheckpoint_interval_ms = 100");
     config_head(
         brokers,
-        "partitions = 3\ntombstones = false",
+        &format!("partitions = 3\ntombstones = false\n{kafka}"),
         "bench",
         &source,
     )
@@ -88,4 +99,72 @@ pub fn run_only(
 pub fn print_table_head(columns: &[&str]) {
     println!("| {} |", columns.join(" | "));
     println!("|{}", "---|".repeat(columns.len()));
+}
+
+/// TLS for a benchmark run: a CA made for it, a server certificate for 127.0.0.1, and a
+/// client certificate for Sluice; what Postgres, the broker and Sluice's config need to use
+/// them (databases with `sslmode = "verify-full"`, Kafka over mutual TLS).
+pub struct BenchTls {
+    ca: crate::tls::TestCa,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+impl BenchTls {
+    pub fn new(dir: &std::path::Path) -> BenchTls {
+        let ca = crate::tls::TestCa::new(&dir.join("certs"), "bench CA");
+        let (cert, key) = ca.issue("server", &["127.0.0.1", "localhost"]);
+        let (client_cert, client_key) = ca.issue("sluice", &["sluice"]);
+        ca.give_to("postgres");
+        BenchTls {
+            ca,
+            cert,
+            key,
+            client_cert,
+            client_key,
+        }
+    }
+
+    /// `postgresql.conf` settings that serve the certificate.
+    pub fn pg_settings(&self) -> Vec<(&'static str, String)> {
+        let quoted = |p: &std::path::Path| format!("'{}'", p.display());
+        vec![
+            ("ssl", "on".into()),
+            ("ssl_cert_file", quoted(&self.cert)),
+            ("ssl_key_file", quoted(&self.key)),
+        ]
+    }
+
+    /// A broker with a mutual-TLS listener (and a SASL one).
+    pub fn broker(&self) -> Broker {
+        Broker::start_secure(crate::kafka::SecureListeners::new(
+            &self.cert,
+            &self.key,
+            &self.ca.ca_file(),
+            "sluice",
+            crate::sluice::KAFKA_PASSWORD,
+        ))
+    }
+
+    /// The `[kafka.tls]` section of Sluice's config.
+    pub fn kafka_section(&self) -> String {
+        format!(
+            "[kafka.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            self.ca.ca_file().display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
+    }
+
+    /// `connection` (an inline table, `{ host = …, … }`) with `sslmode = "verify-full"` and
+    /// this CA.
+    pub fn verify_full(&self, connection: &str) -> String {
+        format!(
+            "{}, sslmode = \"verify-full\", sslrootcert = \"{}\" }}",
+            connection.trim_end().trim_end_matches('}').trim_end(),
+            self.ca.ca_file().display()
+        )
+    }
 }
