@@ -42,6 +42,8 @@ pub struct Config {
     /// S3-compatible object stores that blob columns upload to, by name.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
+    /// The HTTP API of `sluice run`: health, status and metrics (off without it).
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 pub use sluice_s3::StoreConfig;
@@ -345,6 +347,9 @@ impl Config {
     /// Checks values that parse but make no sense, naming each field.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = self.kafka.validate();
+        if let Some(http) = &self.http {
+            problems.extend(http.problems());
+        }
         if self.sources.is_empty() && self.sinks.is_empty() {
             problems.push(
                 "no [sources.<name>] or [sinks.<name>] section: configure a source to capture from, a sink to apply to, or both".into(),

@@ -199,7 +199,8 @@ mod tests {
     #[test]
     fn fuzz_findings_stay_fixed() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-        let targets: [(&str, fn(&[u8]) -> usize); 5] = [
+        type Entry = fn(&[u8]) -> usize;
+        let targets: [(&str, Entry); 5] = [
             ("pgoutput", super::pgoutput),
             ("binlog", super::binlog),
             ("envelope", super::envelope),

@@ -8,12 +8,14 @@ mod capture;
 mod cli;
 mod config;
 mod control;
+mod http;
 mod mapping;
 mod preflight;
 mod progress;
 mod replay;
 mod resync;
 mod run;
+mod status;
 mod telemetry;
 
 use std::process::ExitCode;

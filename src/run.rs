@@ -50,6 +50,13 @@ pub async fn run(path: &std::path::Path, only: Option<Side>, resnapshot: Vec<Str
         tracing::info!("stopping: finishing in-flight work and writing checkpoints");
         let _ = stop_tx.send(true);
     });
+    // The API first: it answers (not ready) while the systems are waited for.
+    if let Some(http) = &config.http {
+        if let Err(e) = crate::http::start(http, stop_rx.clone()).await {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     // A system that does not answer yet (a broker or database still starting) is waited for;
     // anything else stops here, named with its fix.
     let mut backoff = sluice_core::Backoff::new(

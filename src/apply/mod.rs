@@ -32,7 +32,7 @@ use sluice_kafka::{
 use tokio::sync::{mpsc, watch};
 
 use self::target::{on_target, prepare, TargetConnection};
-use self::worker::{Stats, Worker, WorkerMsg, WorkerSettings};
+use self::worker::{Worker, WorkerMsg, WorkerSettings};
 use crate::config::{SinkConfig, StoreConfig, TruncateSetting};
 use crate::mapping::{Router, TableRoute};
 use crate::telemetry::error_chain;
@@ -252,7 +252,15 @@ pub async fn run(
         TargetConnection::Postgres(pg) => Some(pg.clone()),
         TargetConnection::MySql(_) => None,
     };
-    on_target!(&connection, t => run_on(t, blob_ledger, kafka, name, sink, stores, stop).await)
+    let status = crate::status::sink(name);
+    status.set_state(crate::status::State::Starting, None);
+    let result =
+        on_target!(&connection, t => run_on(t, blob_ledger, kafka, name, sink, stores, stop).await);
+    match &result {
+        Ok(()) => status.set_state(crate::status::State::Stopped, None),
+        Err(e) => status.set_state(crate::status::State::Failed, Some(format!("{e:#}"))),
+    }
+    result
 }
 
 /// [`run`] on the sink's target.
@@ -330,7 +338,7 @@ async fn run_on<T: Target>(
     }
     let router = Arc::new(router);
 
-    let stats = Arc::new(Stats::default());
+    let stats = crate::status::sink(name);
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..sink.workers {
@@ -398,6 +406,7 @@ async fn run_on<T: Target>(
         workers.spawn(worker.run());
     }
     tracing::info!(sink = %name, group = %sink.group(name), topics = %topics.join(", "), workers = sink.workers, "apply started");
+    stats.set_state(crate::status::State::Running, None);
 
     let mut result = Ok(());
     let mut report = tokio::time::interval(Duration::from_secs(10));
@@ -421,13 +430,13 @@ async fn run_on<T: Target>(
                     result = Err(anyhow::anyhow!("the kafka consumer of sink {name} stopped"));
                     break;
                 }
-                let applied = stats.events_applied.load(std::sync::atomic::Ordering::Relaxed);
+                let applied = stats.applied();
                 if applied != last_reported {
                     last_reported = applied;
                     tracing::info!(
                         sink = %name,
                         events_applied = applied,
-                        dead_letters = stats.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
+                        dead_letters = stats.dead_letters(),
                         "apply progress"
                     );
                 }
@@ -443,12 +452,10 @@ async fn run_on<T: Target>(
     tokio::task::spawn_blocking(move || consumer.stop())
         .await
         .context("stopping the consumer")??;
-    let dead = stats
-        .dead_letters
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let dead = stats.dead_letters();
     tracing::info!(
         sink = %name,
-        events_applied = stats.events_applied.load(std::sync::atomic::Ordering::Relaxed),
+        events_applied = stats.applied(),
         dead_letters = dead,
         "apply stopped"
     );

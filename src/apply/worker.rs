@@ -31,7 +31,6 @@
 //! (up to a checkpoint interval), and needs every partition of those topics in one process.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,14 +54,6 @@ pub enum WorkerMsg {
     Assigned(TopicPartition, Option<StoredOffset>, u64),
     Revoked(TopicPartition),
     Record(Record),
-}
-
-/// Counters shared with the apply supervisor.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub events_applied: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub batches: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -184,7 +175,7 @@ pub struct Worker<W> {
     pub settings: WorkerSettings,
     pub rx: mpsc::Receiver<WorkerMsg>,
     pub control: std::sync::mpsc::Sender<Control>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<crate::status::SinkStatus>,
     pub stop: watch::Receiver<bool>,
     /// The blob step, for sinks with blob columns.
     pub blobs: Option<Stage>,
@@ -687,11 +678,11 @@ impl<W: TargetWriter> Worker<W> {
                             .send(Control::Pause(tp.clone(), state.generation));
                     }
                     let dead = plan.batch.dead_letters.len() as u64 + dead_lettered as u64;
-                    self.stats
-                        .events_applied
-                        .fetch_add(plan.events as u64 - dead_lettered as u64, Ordering::Relaxed);
-                    self.stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.batch_applied(
+                        plan.events as u64 - dead_lettered as u64,
+                        dead,
+                        writing.elapsed().as_secs_f64(),
+                    );
                     tracing::debug!(
                         worker = self.id,
                         events = plan.events,

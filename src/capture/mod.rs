@@ -165,10 +165,25 @@ pub async fn run(
     settings: CaptureSettings,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let status = crate::status::source(&settings.name);
+    status.set_state(crate::status::State::Starting, None);
+    let result = run_until_done(kafka, &settings, &mut stop).await;
+    match &result {
+        Ok(()) => status.set_state(crate::status::State::Stopped, None),
+        Err(e) => status.set_state(crate::status::State::Failed, Some(format!("{e:#}"))),
+    }
+    result
+}
+
+async fn run_until_done(
+    kafka: &KafkaConfig,
+    settings: &CaptureSettings,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let ended = on_source!(&settings.source, S, source => {
-            Box::pin(run_pipeline::<S>(kafka, source.clone(), &settings, stop.clone(), &mut backoff)).await?
+            Box::pin(run_pipeline::<S>(kafka, source.clone(), settings, stop.clone(), &mut backoff)).await?
         });
         match ended {
             Ended::Done => return Ok(()),
@@ -176,7 +191,7 @@ pub async fn run(
                 let delay = backoff.next_delay();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(&mut stop) => return Ok(()),
+                    _ = stopped(stop) => return Ok(()),
                 }
             }
         }
@@ -231,6 +246,7 @@ async fn run_pipeline<S: ChangeSource>(
         None => tracing::info!(source = %name, "no checkpoint yet: starting fresh"),
     }
     let publisher = KafkaPublisher::new(kafka)?;
+    crate::status::source(&name).set_state(crate::status::State::Running, None);
     let mut reconcile: Option<Reconcile> = None;
     {
         let publisher = publisher.clone();
@@ -420,6 +436,7 @@ async fn ack_loop(
     durable: watch::Sender<Option<SourceCheckpoint>>,
     interval: Duration,
 ) -> Result<(), sluice_kafka::KafkaError> {
+    let status = crate::status::source(&source);
     let mut pending: Option<SourceCheckpoint> = None;
     let mut last_write = Instant::now();
     let mut events_total: u64 = 0;
@@ -431,6 +448,7 @@ async fn ack_loop(
                 let Some(item) = item else { break };
                 item.acks.wait().await?;
                 events_total += item.events as u64;
+                status.published(item.events as u64);
                 if let Some(cp) = item.checkpoint {
                     pending = Some(cp);
                 }
@@ -440,6 +458,7 @@ async fn ack_loop(
         if pending.is_some() && last_write.elapsed() >= interval {
             if let Some(cp) = pending.take() {
                 store.store(&publisher, &cp).await?;
+                status.checkpointed(&cp.position.to_string());
                 tracing::debug!(source = %source, position = %cp.position, events_published = events_total, "checkpoint written");
                 durable.send_replace(Some(cp));
                 last_write = Instant::now();
@@ -452,6 +471,7 @@ async fn ack_loop(
     }
     if let Some(cp) = pending.take() {
         store.store(&publisher, &cp).await?;
+        status.checkpointed(&cp.position.to_string());
         tracing::info!(source = %source, position = %cp.position, "final checkpoint written");
         durable.send_replace(Some(cp));
     }

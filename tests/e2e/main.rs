@@ -25,6 +25,7 @@ mod mysql_capture;
 mod mysql_pipeline;
 mod mysql_preflight;
 mod mysql_target;
+mod operate;
 mod promise;
 mod resnapshot;
 mod restart;

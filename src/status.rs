@@ -1,0 +1,295 @@
+//! What Sluice is doing, in one place. Each capture and each apply reports its events to its
+//! entry here ([`source`], [`sink`]); each report moves the entry's counters, its Prometheus
+//! metrics (`/metrics`) and its state in the `/status` document together, so the three never
+//! disagree. Readiness (`/health/ready`) is read from the same entries.
+//!
+//! Metrics (labels `source` or `sink`):
+//! - `sluice_source_up`, `sluice_sink_up`: 1 while running;
+//! - `sluice_events_published_total`: change events Kafka confirmed;
+//! - `sluice_checkpoints_total`, `sluice_checkpoint_age_seconds` (since the last checkpoint);
+//! - `sluice_events_applied_total`, `sluice_dead_letters_total`, `sluice_apply_batches_total`;
+//! - `sluice_apply_batch_events`, `sluice_apply_batch_seconds`: histograms per batch.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use serde_json::{json, Value as J};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Running,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// One source's capture.
+pub struct SourceStatus {
+    state: Mutex<(State, Option<String>)>,
+    position: Mutex<Option<String>>,
+    checkpoint_ms: AtomicI64,
+    published: AtomicU64,
+    published_total: Counter,
+    checkpoints_total: Counter,
+    checkpoint_age: Gauge,
+    up: Gauge,
+}
+
+impl SourceStatus {
+    fn new(name: &str) -> SourceStatus {
+        let label = [("source", name.to_owned())];
+        SourceStatus {
+            state: Mutex::new((State::Starting, None)),
+            position: Mutex::new(None),
+            checkpoint_ms: AtomicI64::new(0),
+            published: AtomicU64::new(0),
+            published_total: counter!("sluice_events_published_total", &label),
+            checkpoints_total: counter!("sluice_checkpoints_total", &label),
+            checkpoint_age: gauge!("sluice_checkpoint_age_seconds", &label),
+            up: gauge!("sluice_source_up", &label),
+        }
+    }
+
+    /// `error`: why it failed.
+    pub fn set_state(&self, state: State, error: Option<String>) {
+        self.up.set(if state == State::Running { 1.0 } else { 0.0 });
+        if let Ok(mut s) = self.state.lock() {
+            *s = (state, error);
+        }
+    }
+
+    /// Kafka confirmed `n` more change events.
+    pub fn published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+        self.published_total.increment(n);
+    }
+
+    /// A checkpoint at `position` was written.
+    pub fn checkpointed(&self, position: &str) {
+        self.checkpoints_total.increment(1);
+        self.checkpoint_ms.store(now_ms(), Ordering::Relaxed);
+        if let Ok(mut p) = self.position.lock() {
+            *p = Some(position.to_owned());
+        }
+    }
+
+    fn state(&self) -> (State, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((State::Failed, None))
+    }
+
+    fn document(&self) -> J {
+        let (state, error) = self.state();
+        let at = self.checkpoint_ms.load(Ordering::Relaxed);
+        json!({
+            "state": state.name(),
+            "error": error,
+            "events_published": self.published.load(Ordering::Relaxed),
+            "checkpoint": {
+                "position": self.position.lock().ok().and_then(|p| p.clone()),
+                "age_s": (at > 0).then(|| (now_ms() - at) as f64 / 1000.0),
+            },
+        })
+    }
+
+    fn refresh(&self) {
+        let at = self.checkpoint_ms.load(Ordering::Relaxed);
+        if at > 0 {
+            self.checkpoint_age.set((now_ms() - at) as f64 / 1000.0);
+        }
+    }
+}
+
+/// One sink's apply.
+pub struct SinkStatus {
+    state: Mutex<(State, Option<String>)>,
+    applied: AtomicU64,
+    dead_letters: AtomicU64,
+    batches: AtomicU64,
+    last_batch_ms: AtomicI64,
+    applied_total: Counter,
+    dead_letters_total: Counter,
+    batches_total: Counter,
+    batch_events: Histogram,
+    batch_seconds: Histogram,
+    up: Gauge,
+}
+
+impl SinkStatus {
+    fn new(name: &str) -> SinkStatus {
+        let label = [("sink", name.to_owned())];
+        SinkStatus {
+            state: Mutex::new((State::Starting, None)),
+            applied: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            last_batch_ms: AtomicI64::new(0),
+            applied_total: counter!("sluice_events_applied_total", &label),
+            dead_letters_total: counter!("sluice_dead_letters_total", &label),
+            batches_total: counter!("sluice_apply_batches_total", &label),
+            batch_events: histogram!("sluice_apply_batch_events", &label),
+            batch_seconds: histogram!("sluice_apply_batch_seconds", &label),
+            up: gauge!("sluice_sink_up", &label),
+        }
+    }
+
+    pub fn set_state(&self, state: State, error: Option<String>) {
+        self.up.set(if state == State::Running { 1.0 } else { 0.0 });
+        if let Ok(mut s) = self.state.lock() {
+            *s = (state, error);
+        }
+    }
+
+    /// A batch committed in the target: `applied` events written, `dead_letters` refused and
+    /// recorded, in `seconds`.
+    pub fn batch_applied(&self, applied: u64, dead_letters: u64, seconds: f64) {
+        self.applied.fetch_add(applied, Ordering::Relaxed);
+        self.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.last_batch_ms.store(now_ms(), Ordering::Relaxed);
+        self.applied_total.increment(applied);
+        self.dead_letters_total.increment(dead_letters);
+        self.batches_total.increment(1);
+        self.batch_events.record((applied + dead_letters) as f64);
+        self.batch_seconds.record(seconds);
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    fn state(&self) -> (State, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((State::Failed, None))
+    }
+
+    fn document(&self) -> J {
+        let (state, error) = self.state();
+        let at = self.last_batch_ms.load(Ordering::Relaxed);
+        json!({
+            "state": state.name(),
+            "error": error,
+            "events_applied": self.applied(),
+            "dead_letters": self.dead_letters(),
+            "batches": self.batches.load(Ordering::Relaxed),
+            "last_batch_age_s": (at > 0).then(|| (now_ms() - at) as f64 / 1000.0),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    sources: Mutex<BTreeMap<String, Arc<SourceStatus>>>,
+    sinks: Mutex<BTreeMap<String, Arc<SinkStatus>>>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+
+/// The entry of source `name` (made on first use; a restarted capture keeps its counts).
+pub fn source(name: &str) -> Arc<SourceStatus> {
+    let mut sources = REGISTRY.sources.lock().unwrap_or_else(|e| e.into_inner());
+    sources
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(SourceStatus::new(name)))
+        .clone()
+}
+
+/// The entry of sink `name`.
+pub fn sink(name: &str) -> Arc<SinkStatus> {
+    let mut sinks = REGISTRY.sinks.lock().unwrap_or_else(|e| e.into_inner());
+    sinks
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(SinkStatus::new(name)))
+        .clone()
+}
+
+fn sources() -> Vec<(String, Arc<SourceStatus>)> {
+    let sources = REGISTRY.sources.lock().unwrap_or_else(|e| e.into_inner());
+    sources
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn sinks() -> Vec<(String, Arc<SinkStatus>)> {
+    let sinks = REGISTRY.sinks.lock().unwrap_or_else(|e| e.into_inner());
+    sinks.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The `/status` document.
+pub fn document() -> J {
+    let sources: serde_json::Map<String, J> = sources()
+        .into_iter()
+        .map(|(name, s)| (name, s.document()))
+        .collect();
+    let sinks: serde_json::Map<String, J> = sinks()
+        .into_iter()
+        .map(|(name, s)| (name, s.document()))
+        .collect();
+    json!({ "sources": sources, "sinks": sinks })
+}
+
+/// Why this process is not ready (empty: ready): a source or sink not running, or none yet.
+pub fn not_ready() -> Vec<String> {
+    let mut reasons = Vec::new();
+    let (sources, sinks) = (sources(), sinks());
+    if sources.is_empty() && sinks.is_empty() {
+        reasons.push("nothing started yet".to_owned());
+    }
+    for (name, s) in sources {
+        let (state, error) = s.state();
+        if state != State::Running {
+            reasons.push(format!(
+                "source {name} is {}{}",
+                state.name(),
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+    }
+    for (name, s) in sinks {
+        let (state, error) = s.state();
+        if state != State::Running {
+            reasons.push(format!(
+                "sink {name} is {}{}",
+                state.name(),
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+    }
+    reasons
+}
+
+/// Brings the gauges that are a function of time up to now (before a scrape).
+pub fn refresh() {
+    for (_, s) in sources() {
+        s.refresh();
+    }
+}

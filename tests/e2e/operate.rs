@@ -1,0 +1,109 @@
+//! Operating Sluice: the HTTP API of `sluice run` (`[http]`). After a known workload the
+//! counters in `/metrics` and `/status` equal the rows written; `/health/ready` answers 200
+//! once capture and apply run; the token guards `/status` and `/metrics`, not `/health/*`.
+
+use serde_json::Value as J;
+use sluice_test_support::{free_port, http_get, wait_for};
+
+use crate::common::{table_maps, LONG};
+use crate::pipeline::Pipeline;
+
+const TOKEN_ENV: &str = "SLUICE_TEST_HTTP_TOKEN";
+const TOKEN: &str = "operate-Token-5e81";
+
+/// The value of the sample `name{labels}` in Prometheus text.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_count_what_was_written() {
+    let schema = "create table items (id int primary key, n int, note text)";
+    let p = Pipeline::new(&["items"], schema, schema, "").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let http = format!("\n[http]\nlisten = \"{addr}\"\ntoken = \"env:{TOKEN_ENV}\"\n");
+    p.write_sink("", &(table_maps("target", &[("public.items", "")]) + &http));
+    let (src, sluice) = p
+        .start_after("insert into items select g, g, 'snapshot' from generate_series(1, 500) g")
+        .await;
+    let ready = wait_for("/health/ready to answer 200", LONG, || async {
+        let (code, body) = http_get(&addr, "/health/ready", None)?;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        serde_json::from_str::<J>(&ready).expect("json")["ready"],
+        true
+    );
+    src.batch_execute(
+        "insert into items select g, g, 'streamed' from generate_series(501, 800) g;
+         update items set n = n + 1 where id % 5 = 0 and id <= 500;
+         delete from items where id % 10 = 1 and id > 500;",
+    )
+    .await
+    .expect("workload");
+    // 500 snapshot reads, 300 inserts, 100 updates, 30 deletes.
+    let written = 930.0;
+    assert_eq!(p.wait_equal(LONG).await, vec![770]);
+    let metrics = wait_for("the counters to reach the rows written", LONG, || async {
+        let (code, body) = http_get(&addr, "/metrics", Some(TOKEN))?;
+        assert_eq!(code, 200, "{body}");
+        let applied = sample(&body, "sluice_events_applied_total", "sink=\"target\"")?;
+        (applied >= written).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        sample(&metrics, "sluice_events_published_total", "source=\"app\""),
+        Some(written)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_events_applied_total", "sink=\"target\""),
+        Some(written)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_dead_letters_total", "sink=\"target\""),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_source_up", "source=\"app\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_sink_up", "sink=\"target\""),
+        Some(1.0)
+    );
+
+    let (code, status) = http_get(&addr, "/status", Some(TOKEN)).expect("status");
+    assert_eq!(code, 200);
+    let status: J = serde_json::from_str(&status).expect("status json");
+    assert_eq!(status["sources"]["app"]["state"], "running");
+    assert_eq!(status["sources"]["app"]["events_published"], 930);
+    assert!(status["sources"]["app"]["checkpoint"]["position"].is_string());
+    assert_eq!(status["sinks"]["target"]["state"], "running");
+    assert_eq!(status["sinks"]["target"]["events_applied"], 930);
+    assert_eq!(status["sinks"]["target"]["dead_letters"], 0);
+
+    // The token guards what shows data; health stays open.
+    for path in ["/status", "/metrics"] {
+        assert_eq!(
+            http_get(&addr, path, None).map(|r| r.0),
+            Some(401),
+            "{path}"
+        );
+        assert_eq!(
+            http_get(&addr, path, Some("wrong")).map(|r| r.0),
+            Some(401),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        http_get(&addr, "/health/live", None).map(|r| r.0),
+        Some(200)
+    );
+    assert!(!sluice.log_text().contains(TOKEN));
+}
