@@ -82,6 +82,7 @@ pub async fn start(cfg: &HttpConfig, mut stop: watch::Receiver<bool>) -> anyhow:
         .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    crate::status::watch();
     let api = Api { metrics, token };
     let guarded = Router::new()
         .route("/status", get(status))

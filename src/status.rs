@@ -8,7 +8,9 @@
 //! - `sluice_events_published_total`: change events Kafka confirmed;
 //! - `sluice_checkpoints_total`, `sluice_checkpoint_age_seconds` (since the last checkpoint);
 //! - `sluice_events_applied_total`, `sluice_dead_letters_total`, `sluice_apply_batches_total`;
-//! - `sluice_apply_batch_events`, `sluice_apply_batch_seconds`: histograms per batch.
+//! - `sluice_apply_batch_events`, `sluice_apply_batch_seconds`: histograms per batch;
+//! - `sluice_consumer_lag_records` (labels `sink`, `topic`, `partition`): records in Kafka the
+//!   sink has not applied yet, per partition it holds.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -122,9 +124,16 @@ impl SourceStatus {
     }
 }
 
+/// A partition: topic and number.
+type Partition = (Arc<str>, i32);
+
 /// One sink's apply.
 pub struct SinkStatus {
+    name: String,
     state: Mutex<(State, Option<String>)>,
+    /// Per partition this process holds: the next offset to apply (`None`: from the
+    /// beginning), and the lag last measured.
+    partitions: Mutex<BTreeMap<Partition, (Option<i64>, Option<i64>)>>,
     applied: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
@@ -141,7 +150,9 @@ impl SinkStatus {
     fn new(name: &str) -> SinkStatus {
         let label = [("sink", name.to_owned())];
         SinkStatus {
+            name: name.to_owned(),
             state: Mutex::new((State::Starting, None)),
+            partitions: Mutex::new(BTreeMap::new()),
             applied: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -180,6 +191,80 @@ impl SinkStatus {
         self.applied.load(Ordering::Relaxed)
     }
 
+    /// This process now applies `partition`, from offset `next` (`None`: the beginning).
+    pub fn assigned(&self, partition: &Partition, next: Option<i64>) {
+        if let Ok(mut p) = self.partitions.lock() {
+            p.insert(partition.clone(), (next, None));
+        }
+    }
+
+    /// It no longer does.
+    pub fn revoked(&self, partition: &Partition) {
+        if let Ok(mut p) = self.partitions.lock() {
+            p.remove(partition);
+        }
+        self.lag_gauge(partition).set(0.0);
+    }
+
+    /// Everything before offset `next` of `partition` is in the target.
+    pub fn applied_through(&self, partition: &Partition, next: i64) {
+        if let Ok(mut p) = self.partitions.lock() {
+            if let Some(entry) = p.get_mut(partition) {
+                entry.0 = Some(next);
+            }
+        }
+    }
+
+    /// The partitions held and the next offset of each.
+    pub fn positions(&self) -> Vec<(Partition, Option<i64>)> {
+        self.partitions
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.0)).collect())
+            .unwrap_or_default()
+    }
+
+    /// `partition` ends at `high` (the offset its next record will get): its lag is what lies
+    /// between the next offset to apply and there.
+    pub fn measured(&self, partition: &Partition, high: i64) {
+        let Ok(mut p) = self.partitions.lock() else {
+            return;
+        };
+        let Some(entry) = p.get_mut(partition) else {
+            return;
+        };
+        // Before anything is applied, a partition read from its beginning lags by all it
+        // holds (retention may have removed some: an upper bound).
+        let lag = (high - entry.0.unwrap_or(0)).max(0);
+        entry.1 = Some(lag);
+        drop(p);
+        self.lag_gauge(partition).set(lag as f64);
+    }
+
+    fn lag_gauge(&self, (topic, partition): &Partition) -> Gauge {
+        gauge!(
+            "sluice_consumer_lag_records",
+            "sink" => self.name.clone(),
+            "topic" => topic.to_string(),
+            "partition" => partition.to_string()
+        )
+    }
+
+    fn lag_document(&self) -> (J, Option<i64>) {
+        let p = self.partitions.lock();
+        let Ok(p) = p else {
+            return (J::Null, None);
+        };
+        let mut total = Some(0);
+        let per: Vec<J> = p
+            .iter()
+            .map(|((topic, partition), (next, lag))| {
+                total = total.zip(*lag).map(|(a, b)| a + b);
+                json!({"topic": topic.as_ref(), "partition": partition, "next_offset": next, "lag_records": lag})
+            })
+            .collect();
+        (J::Array(per), total)
+    }
+
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
     }
@@ -194,9 +279,12 @@ impl SinkStatus {
     fn document(&self) -> J {
         let (state, error) = self.state();
         let at = self.last_batch_ms.load(Ordering::Relaxed);
+        let (partitions, lag) = self.lag_document();
         json!({
             "state": state.name(),
             "error": error,
+            "lag_records": lag,
+            "partitions": partitions,
             "events_applied": self.applied(),
             "dead_letters": self.dead_letters(),
             "batches": self.batches.load(Ordering::Relaxed),
@@ -212,6 +300,18 @@ struct Registry {
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+
+/// Whether anything reads the status (the HTTP API runs): what costs broker requests to
+/// measure, consumer lag, is measured only then.
+static WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn watch() {
+    WATCHED.store(true, Ordering::Relaxed);
+}
+
+pub fn watched() -> bool {
+    WATCHED.load(Ordering::Relaxed)
+}
 
 /// The entry of source `name` (made on first use; a restarted capture keeps its counts).
 pub fn source(name: &str) -> Arc<SourceStatus> {

@@ -263,6 +263,9 @@ pub async fn run(
     result
 }
 
+/// How often consumer lag is measured (while the HTTP API runs).
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
 /// [`run`] on the sink's target.
 async fn run_on<T: Target>(
     target: T,
@@ -410,6 +413,14 @@ async fn run_on<T: Target>(
 
     let mut result = Ok(());
     let mut report = tokio::time::interval(Duration::from_secs(10));
+    // Consumer lag, measured while something reads it: the end of each partition held.
+    let watermarks = if crate::status::watched() {
+        Some(Arc::new(sluice_kafka::consumer::Watermarks::new(kafka)?))
+    } else {
+        None
+    };
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
     let mut last_reported = 0u64;
     loop {
         tokio::select! {
@@ -423,6 +434,22 @@ async fn run_on<T: Target>(
                     }
                     Some(Ok(Err(e))) => { result = Err(e); break; }
                     Some(Err(e)) => { result = Err(anyhow::anyhow!("an apply worker of sink {name} was lost: {e}")); break; }
+                }
+            }
+            _ = lag_tick.tick(), if watermarks.is_some() => {
+                // In the background, one measurement at a time: the broker may be slow.
+                if let Some(w) = watermarks.clone() {
+                    if !measuring.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let (stats, measuring) = (stats.clone(), measuring.clone());
+                        tokio::task::spawn_blocking(move || {
+                            for (partition, _) in stats.positions() {
+                                if let Ok(high) = w.high(&partition.0, partition.1) {
+                                    stats.measured(&partition, high);
+                                }
+                            }
+                            measuring.store(false, std::sync::atomic::Ordering::Release);
+                        });
+                    }
                 }
             }
             _ = report.tick() => {

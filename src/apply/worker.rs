@@ -346,6 +346,8 @@ impl<W: TargetWriter> Worker<W> {
             WorkerMsg::Assigned(tp, stored, generation) => {
                 // Records of an earlier assignment are read again from the stored offset.
                 ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
+                self.stats
+                    .assigned(&tp, stored.as_ref().map(|s| s.next_offset));
                 let state = PartitionState {
                     expected: stored.as_ref().map(|s| s.next_offset),
                     position: stored
@@ -359,6 +361,7 @@ impl<W: TargetWriter> Worker<W> {
             }
             WorkerMsg::Revoked(tp) => {
                 ready.retain(|r| !(r.topic == tp.0 && r.partition == tp.1));
+                self.stats.revoked(&tp);
                 states.remove(&tp);
             }
             WorkerMsg::Record(record) => {
@@ -622,6 +625,7 @@ impl<W: TargetWriter> Worker<W> {
                     }
                     for p in &plan.batch.progress {
                         let tp = (p.topic.clone(), p.partition);
+                        self.stats.applied_through(&tp, p.next_offset);
                         if let Some(state) = states.get_mut(&tp) {
                             state.expected = Some(p.next_offset);
                             if let Some(pos) = plan.positions.get(&tp).copied().flatten() {
@@ -1043,6 +1047,9 @@ impl<W: TargetWriter> Worker<W> {
                             self.restart(tp, state.generation);
                         }
                         state.expected = next;
+                        if let Some(next) = next {
+                            self.stats.applied_through(tp, next);
+                        }
                         state.position = pos;
                     }
                     return true;
@@ -1209,6 +1216,7 @@ impl<W: TargetWriter> Worker<W> {
                             }
                         }
                     }
+                    self.stats.applied_through(&tp, progress.next_offset);
                     if let Some(state) = states.get_mut(&tp) {
                         state.expected = Some(progress.next_offset);
                         state.position = Some(position);

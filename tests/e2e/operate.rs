@@ -107,3 +107,60 @@ async fn metrics_and_status_count_what_was_written() {
     );
     assert!(!sluice.log_text().contains(TOKEN));
 }
+
+/// The sink's consumer lag in `/status` (records in Kafka not yet applied, summed over its
+/// partitions), once measured.
+fn lag(addr: &str) -> Option<i64> {
+    let (code, body) = http_get(addr, "/status", None)?;
+    assert_eq!(code, 200, "{body}");
+    let status: J = serde_json::from_str(&body).ok()?;
+    status["sinks"]["target"]["lag_records"].as_i64()
+}
+
+/// Consumer lag rises while the target is down and apply cannot write, and falls to zero
+/// once it is back and has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_rises_while_the_target_is_down_and_returns_to_zero() {
+    let schema = "create table items (id int primary key, n int, note text)";
+    let mut p = Pipeline::new(&["items"], schema, schema, "").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("\n[http]\nlisten = \"{addr}\"\n");
+    p.write_sink("", &(table_maps("target", &[("public.items", "")]) + &http));
+    let (src, _sluice) = p
+        .start_after("insert into items select g, g, 'before' from generate_series(1, 100) g")
+        .await;
+    p.wait_equal(LONG).await;
+    wait_for("lag 0 after the snapshot", LONG, || async {
+        (lag(&addr)? == 0).then_some(())
+    })
+    .await;
+    p.target.stop();
+    src.batch_execute(
+        "insert into items select g, g, 'while down' from generate_series(101, 400) g",
+    )
+    .await
+    .expect("rows while the target is down");
+    let behind = wait_for("lag to reach the 300 rows written", LONG, || async {
+        let l = lag(&addr)?;
+        (l >= 300).then_some(l)
+    })
+    .await;
+    assert_eq!(behind, 300, "one record per inserted row");
+    p.target.start_again();
+    assert_eq!(p.wait_equal(LONG).await, vec![400]);
+    wait_for("lag back to 0", LONG, || async {
+        (lag(&addr)? == 0).then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(&addr, "/metrics", None).expect("metrics");
+    let per_partition: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_consumer_lag_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(per_partition, 0.0, "{metrics}");
+    assert!(
+        metrics.contains("sluice_consumer_lag_records{"),
+        "{metrics}"
+    );
+}

@@ -591,6 +591,30 @@ pub fn replay_offsets(
 
 /// The partition count of each topic (blocking). A topic that does not exist is an error that
 /// says which capture creates it.
+/// Reads partitions' high watermarks (the offset the next record will get), for lag.
+pub struct Watermarks(BaseConsumer);
+
+impl Watermarks {
+    pub fn new(cfg: &KafkaConfig) -> Result<Watermarks, KafkaError> {
+        reader_config(cfg)
+            .create()
+            .map(Watermarks)
+            .map_err(KafkaError::client(
+                "creating a kafka metadata client: check kafka.properties",
+            ))
+    }
+
+    /// The high watermark of `partition` of `topic` (blocking, up to 5 s).
+    pub fn high(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        self.0
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .map(|(_, high)| high)
+            .map_err(KafkaError::client(format!(
+                "reading the end of {topic} partition {partition}"
+            )))
+    }
+}
+
 pub fn partition_counts(
     cfg: &KafkaConfig,
     topics: &[String],
