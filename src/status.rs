@@ -127,13 +127,16 @@ impl SourceStatus {
 /// A partition: topic and number.
 type Partition = (Arc<str>, i32);
 
+/// A partition held: the next offset to apply (`None`: from the beginning), and the lag last
+/// measured.
+type Held = (Option<i64>, Option<i64>);
+
 /// One sink's apply.
 pub struct SinkStatus {
     name: String,
     state: Mutex<(State, Option<String>)>,
-    /// Per partition this process holds: the next offset to apply (`None`: from the
-    /// beginning), and the lag last measured.
-    partitions: Mutex<BTreeMap<Partition, (Option<i64>, Option<i64>)>>,
+    /// The partitions this process holds.
+    partitions: Mutex<BTreeMap<Partition, Held>>,
     applied: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
