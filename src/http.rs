@@ -1,8 +1,8 @@
 //! The HTTP API of `sluice run` (`[http] listen = "…"`; off unless configured):
 //!
 //! - `GET /health/live`: 200 while the process serves requests;
-//! - `GET /health/ready`: 200 when every source and sink of this process is running, else 503
-//!   with the reasons;
+//! - `GET /health/ready`: 200 when every source and sink of this process is running and no
+//!   partition has been held longer than `stuck_after_s`, else 503 with the reasons;
 //! - `GET /status`: the [`crate::status`] document, as JSON;
 //! - `GET /metrics`: Prometheus' text format.
 //!
@@ -30,6 +30,14 @@ pub struct HttpConfig {
     /// A bearer token that every endpoint but `/health/*` requires: `env:VAR`, `file:PATH`
     /// or the token itself. Without it those endpoints are open to whoever reaches `listen`.
     pub token: Option<String>,
+    /// How long a partition may wait on a row the target refuses for now (a foreign key, a
+    /// file not there yet) before `/health/ready` says the process is stuck. Default 300.
+    #[serde(default = "default_stuck_after_s")]
+    pub stuck_after_s: u64,
+}
+
+fn default_stuck_after_s() -> u64 {
+    300
 }
 
 impl HttpConfig {
@@ -83,6 +91,7 @@ pub async fn start(cfg: &HttpConfig, mut stop: watch::Receiver<bool>) -> anyhow:
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     crate::status::watch();
+    crate::status::set_stuck_after(std::time::Duration::from_secs(cfg.stuck_after_s));
     let api = Api { metrics, token };
     let guarded = Router::new()
         .route("/status", get(status))

@@ -137,6 +137,10 @@ pub struct SinkStatus {
     state: Mutex<(State, Option<String>)>,
     /// The partitions this process holds.
     partitions: Mutex<BTreeMap<Partition, Held>>,
+    /// Partitions waiting on a row the target refuses for now (a foreign key, a file not
+    /// there yet), and since when (ms since the epoch).
+    holds: Mutex<BTreeMap<Partition, i64>>,
+    held_partitions: Gauge,
     applied: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
@@ -156,6 +160,8 @@ impl SinkStatus {
             name: name.to_owned(),
             state: Mutex::new((State::Starting, None)),
             partitions: Mutex::new(BTreeMap::new()),
+            holds: Mutex::new(BTreeMap::new()),
+            held_partitions: gauge!("sluice_held_partitions", &label),
             applied: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -206,6 +212,7 @@ impl SinkStatus {
         if let Ok(mut p) = self.partitions.lock() {
             p.remove(partition);
         }
+        self.released(partition);
         self.lag_gauge(partition).set(0.0);
     }
 
@@ -216,6 +223,37 @@ impl SinkStatus {
                 entry.0 = Some(next);
             }
         }
+    }
+
+    /// `partition` waits on a row the target refuses for now, since `since`.
+    pub fn held(&self, partition: &Partition, since: std::time::Instant) {
+        let at = now_ms() - since.elapsed().as_millis() as i64;
+        if let Ok(mut h) = self.holds.lock() {
+            h.insert(partition.clone(), at);
+            self.held_partitions.set(h.len() as f64);
+        }
+    }
+
+    /// It goes on.
+    pub fn released(&self, partition: &Partition) {
+        if let Ok(mut h) = self.holds.lock() {
+            if h.remove(partition).is_some() {
+                self.held_partitions.set(h.len() as f64);
+            }
+        }
+    }
+
+    /// The held partitions and for how long, in seconds.
+    fn holds(&self) -> Vec<(Partition, f64)> {
+        let now = now_ms();
+        self.holds
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .map(|(p, at)| (p.clone(), (now - at) as f64 / 1000.0))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The partitions held and the next offset of each.
@@ -288,6 +326,9 @@ impl SinkStatus {
             "error": error,
             "lag_records": lag,
             "partitions": partitions,
+            "held": self.holds().into_iter().map(|((topic, partition), s)| {
+                json!({"topic": topic.as_ref(), "partition": partition, "held_s": s})
+            }).collect::<Vec<_>>(),
             "events_applied": self.applied(),
             "dead_letters": self.dead_letters(),
             "batches": self.batches.load(Ordering::Relaxed),
@@ -360,7 +401,15 @@ pub fn document() -> J {
     json!({ "sources": sources, "sinks": sinks })
 }
 
-/// Why this process is not ready (empty: ready): a source or sink not running, or none yet.
+/// How long a partition may be held before the process is not ready (`[http] stuck_after_s`).
+static STUCK_AFTER_MS: AtomicI64 = AtomicI64::new(300_000);
+
+pub fn set_stuck_after(after: std::time::Duration) {
+    STUCK_AFTER_MS.store(after.as_millis() as i64, Ordering::Relaxed);
+}
+
+/// Why this process is not ready (empty: ready): a source or sink not running, none yet, or a
+/// partition held longer than `[http] stuck_after_s`.
 pub fn not_ready() -> Vec<String> {
     let mut reasons = Vec::new();
     let (sources, sinks) = (sources(), sinks());
@@ -385,6 +434,14 @@ pub fn not_ready() -> Vec<String> {
                 state.name(),
                 error.map(|e| format!(": {e}")).unwrap_or_default()
             ));
+        }
+        let stuck_after = STUCK_AFTER_MS.load(Ordering::Relaxed) as f64 / 1000.0;
+        for ((topic, partition), held_s) in s.holds() {
+            if held_s >= stuck_after {
+                reasons.push(format!(
+                    "sink {name}: partition {partition} of {topic} has been held for {held_s:.0} s (a row the target refuses for now: see the log), longer than http.stuck_after_s = {stuck_after:.0}"
+                ));
+            }
         }
     }
     reasons

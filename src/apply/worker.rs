@@ -646,6 +646,7 @@ impl<W: TargetWriter> Worker<W> {
                         if !stop_at.contains_key(&tp) {
                             if let Some(state) = states.get_mut(&tp) {
                                 // Past the held record: the next refusal starts a new wait.
+                                self.stats.released(&tp);
                                 if let Some((since, _)) = state.held_since.take() {
                                     tracing::info!(
                                         worker = self.id,
@@ -673,6 +674,7 @@ impl<W: TargetWriter> Worker<W> {
                             None => (now, HOLD_FIRST_RETRY),
                         };
                         state.held_since = Some((since, delay));
+                        self.stats.held(tp, since);
                         state.hold = Some(Hold {
                             records: held,
                             next_try: now + delay,

@@ -164,3 +164,63 @@ async fn lag_rises_while_the_target_is_down_and_returns_to_zero() {
         "{metrics}"
     );
 }
+
+/// A row the target refuses for now (its parent is not there) holds its partition: `/status`
+/// shows the hold, `/health/ready` fails once it is older than `stuck_after_s`, and both clear
+/// when the parent arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_row_shows_in_status_and_fails_readiness_after_stuck_after() {
+    let source = "create table parents (id int primary key);
+                  create table children (id int primary key, parent_id int not null);";
+    let target = "create table parents (id int primary key);
+                  create table children (id int primary key,
+                                         parent_id int not null references parents (id));";
+    let p = Pipeline::new(&["parents", "children"], source, target, "").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("\n[http]\nlisten = \"{addr}\"\nstuck_after_s = 1\n");
+    let maps = table_maps("target", &[("public.parents", ""), ("public.children", "")]);
+    p.write_sink("foreign_key_wait_ms = 600000", &(maps + &http));
+    let (src, _sluice) = p.start_after("insert into parents values (1)").await;
+    p.wait_equal(LONG).await;
+    src.batch_execute("insert into children values (10, 7)")
+        .await
+        .expect("an orphan");
+    let status = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (code, body) = http_get(&addr, path, None)?;
+            Some((code, serde_json::from_str::<J>(&body).ok()?))
+        }
+    };
+    let (_, held) = wait_for("the hold in /status", LONG, || async {
+        let (_, s) = status("/status").await?;
+        let held = s["sinks"]["target"]["held"].as_array()?.clone();
+        (!held.is_empty()).then_some(((), held))
+    })
+    .await;
+    assert_eq!(held.len(), 1);
+    assert!(held[0]["topic"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("public.children")));
+    let reasons = wait_for("/health/ready to fail", LONG, || async {
+        let (code, r) = status("/health/ready").await?;
+        (code == 503).then_some(r["reasons"].to_string())
+    })
+    .await;
+    assert!(
+        reasons.contains("held") && reasons.contains("stuck_after_s"),
+        "{reasons}"
+    );
+    src.batch_execute("insert into parents values (7)")
+        .await
+        .expect("the parent");
+    p.wait_equal(LONG).await;
+    wait_for("/health/ready to pass again", LONG, || async {
+        let (code, r) = status("/health/ready").await?;
+        (code == 200 && r["ready"] == true).then_some(())
+    })
+    .await;
+    let (_, s) = status("/status").await.expect("status");
+    assert_eq!(s["sinks"]["target"]["held"], serde_json::json!([]));
+    assert_eq!(s["sinks"]["target"]["dead_letters"], 0);
+}
