@@ -7,10 +7,16 @@
 //! - `sluice_source_up`, `sluice_sink_up`: 1 while running;
 //! - `sluice_events_published_total`: change events Kafka confirmed;
 //! - `sluice_checkpoints_total`, `sluice_checkpoint_age_seconds` (since the last checkpoint);
+//! - `sluice_source_lag_bytes`: the server's log (WAL, binlog) past the checkpoint;
+//! - `sluice_source_behind_seconds`: at Kafka's confirmation of the latest streamed change,
+//!   the time since its source commit; `sluice_source_last_commit_age_seconds`: since that
+//!   commit, now (it grows while the source is idle);
 //! - `sluice_events_applied_total`, `sluice_dead_letters_total`, `sluice_apply_batches_total`;
 //! - `sluice_apply_batch_events`, `sluice_apply_batch_seconds`: histograms per batch;
 //! - `sluice_consumer_lag_records` (labels `sink`, `topic`, `partition`): records in Kafka the
-//!   sink has not applied yet, per partition it holds.
+//!   sink has not applied yet, per partition it holds;
+//! - `sluice_apply_lag_seconds` (labels `sink`, `topic`): from the source commit of the latest
+//!   event applied to the target commit that applied it, end to end.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -55,6 +61,15 @@ pub struct SourceStatus {
     checkpoints_total: Counter,
     checkpoint_age: Gauge,
     up: Gauge,
+    /// Bytes of the server's log past the checkpoint, when measured (-1: not yet).
+    log_behind: AtomicI64,
+    /// Source commit time (ms) of the latest streamed change Kafka confirmed, and how far
+    /// behind it was then (ms); 0: none yet.
+    last_commit_ms: AtomicI64,
+    behind_ms: AtomicI64,
+    lag_bytes: Gauge,
+    behind_seconds: Gauge,
+    last_commit_age: Gauge,
 }
 
 impl SourceStatus {
@@ -69,7 +84,28 @@ impl SourceStatus {
             checkpoints_total: counter!("sluice_checkpoints_total", &label),
             checkpoint_age: gauge!("sluice_checkpoint_age_seconds", &label),
             up: gauge!("sluice_source_up", &label),
+            log_behind: AtomicI64::new(-1),
+            last_commit_ms: AtomicI64::new(0),
+            behind_ms: AtomicI64::new(0),
+            lag_bytes: gauge!("sluice_source_lag_bytes", &label),
+            behind_seconds: gauge!("sluice_source_behind_seconds", &label),
+            last_commit_age: gauge!("sluice_source_last_commit_age_seconds", &label),
         }
+    }
+
+    /// The server's log holds `bytes` past the checkpoint.
+    pub fn log_behind(&self, bytes: u64) {
+        self.log_behind.store(bytes as i64, Ordering::Relaxed);
+        self.lag_bytes.set(bytes as f64);
+    }
+
+    /// Kafka confirmed a streamed change committed at `commit_us` in the source.
+    pub fn confirmed_commit(&self, commit_us: i64) {
+        let commit_ms = commit_us.div_euclid(1000);
+        let behind = (now_ms() - commit_ms).max(0);
+        self.last_commit_ms.store(commit_ms, Ordering::Relaxed);
+        self.behind_ms.store(behind, Ordering::Relaxed);
+        self.behind_seconds.set(behind as f64 / 1000.0);
     }
 
     /// `error`: why it failed.
@@ -105,9 +141,14 @@ impl SourceStatus {
     fn document(&self) -> J {
         let (state, error) = self.state();
         let at = self.checkpoint_ms.load(Ordering::Relaxed);
+        let bytes = self.log_behind.load(Ordering::Relaxed);
+        let commit = self.last_commit_ms.load(Ordering::Relaxed);
         json!({
             "state": state.name(),
             "error": error,
+            "lag_bytes": (bytes >= 0).then_some(bytes),
+            "behind_s": (commit > 0).then(|| self.behind_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+            "last_commit_age_s": (commit > 0).then(|| (now_ms() - commit) as f64 / 1000.0),
             "events_published": self.published.load(Ordering::Relaxed),
             "checkpoint": {
                 "position": self.position.lock().ok().and_then(|p| p.clone()),
@@ -120,6 +161,11 @@ impl SourceStatus {
         let at = self.checkpoint_ms.load(Ordering::Relaxed);
         if at > 0 {
             self.checkpoint_age.set((now_ms() - at) as f64 / 1000.0);
+        }
+        let commit = self.last_commit_ms.load(Ordering::Relaxed);
+        if commit > 0 {
+            self.last_commit_age
+                .set((now_ms() - commit) as f64 / 1000.0);
         }
     }
 }
@@ -141,6 +187,9 @@ pub struct SinkStatus {
     /// there yet), and since when (ms since the epoch).
     holds: Mutex<BTreeMap<Partition, i64>>,
     held_partitions: Gauge,
+    /// Per topic: the source commit time of the latest event applied, the end-to-end lag
+    /// then (ms), and when it was applied (ms since the epoch).
+    topics: Mutex<BTreeMap<Arc<str>, (i64, i64, i64)>>,
     applied: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
@@ -161,6 +210,7 @@ impl SinkStatus {
             state: Mutex::new((State::Starting, None)),
             partitions: Mutex::new(BTreeMap::new()),
             holds: Mutex::new(BTreeMap::new()),
+            topics: Mutex::new(BTreeMap::new()),
             held_partitions: gauge!("sluice_held_partitions", &label),
             applied: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
@@ -223,6 +273,17 @@ impl SinkStatus {
                 entry.0 = Some(next);
             }
         }
+    }
+
+    /// Events of `topic` up to a source commit at `commit_ms` are in the target now.
+    pub fn caught_up(&self, topic: &Arc<str>, commit_ms: i64) {
+        let now = now_ms();
+        let lag = (now - commit_ms).max(0);
+        if let Ok(mut t) = self.topics.lock() {
+            t.insert(topic.clone(), (commit_ms, lag, now));
+        }
+        gauge!("sluice_apply_lag_seconds", "sink" => self.name.clone(), "topic" => topic.to_string())
+            .set(lag as f64 / 1000.0);
     }
 
     /// `partition` waits on a row the target refuses for now, since `since`.
@@ -326,6 +387,13 @@ impl SinkStatus {
             "error": error,
             "lag_records": lag,
             "partitions": partitions,
+            "topics": self.topics.lock().map(|t| t.iter().map(|(topic, (commit, lag, at))| {
+                (topic.to_string(), json!({
+                    "last_source_commit": sluice_core::value::utc_timestamp(commit.div_euclid(1000), (commit.rem_euclid(1000) * 1000) as u32),
+                    "lag_s": *lag as f64 / 1000.0,
+                    "applied_age_s": (now_ms() - at) as f64 / 1000.0,
+                }))
+            }).collect::<serde_json::Map<_, _>>()).unwrap_or_default(),
             "held": self.holds().into_iter().map(|((topic, partition), s)| {
                 json!({"topic": topic.as_ref(), "partition": partition, "held_s": s})
             }).collect::<Vec<_>>(),

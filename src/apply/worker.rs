@@ -195,6 +195,8 @@ struct Plan {
     events: usize,
     /// Blob work, by index of the event in `batch.events`.
     blobs: Vec<(usize, Vec<BlobWork>)>,
+    /// Per topic, the latest source commit time (ms) of its events, for lag.
+    commits: HashMap<Arc<str>, i64>,
 }
 
 const BARRIER_POLL: Duration = Duration::from_millis(200);
@@ -425,6 +427,7 @@ impl<W: TargetWriter> Worker<W> {
             },
             positions: HashMap::new(),
             parks: HashMap::new(),
+            commits: HashMap::new(),
             events: 0,
             blobs: Vec::new(),
         };
@@ -495,6 +498,7 @@ impl<W: TargetWriter> Worker<W> {
                     changes,
                     position,
                     blobs,
+                    commit_ms,
                 }) => {
                     if let (Some(p), Some(l)) = (position, *last) {
                         if p <= l {
@@ -506,6 +510,10 @@ impl<W: TargetWriter> Worker<W> {
                         *last = position;
                     }
                     plan.events += 1;
+                    if let Some(ms) = commit_ms {
+                        let latest = plan.commits.entry(r.topic.clone()).or_insert(ms);
+                        *latest = (*latest).max(ms);
+                    }
                     if !blobs.is_empty() {
                         plan.blobs.push((plan.batch.events.len(), blobs));
                     }
@@ -689,6 +697,9 @@ impl<W: TargetWriter> Worker<W> {
                         dead,
                         writing.elapsed().as_secs_f64(),
                     );
+                    for (topic, ms) in &plan.commits {
+                        self.stats.caught_up(topic, *ms);
+                    }
                     tracing::debug!(
                         worker = self.id,
                         events = plan.events,

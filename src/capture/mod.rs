@@ -147,6 +147,8 @@ struct InFlight {
     acks: Arc<Acks>,
     events: usize,
     checkpoint: Option<SourceCheckpoint>,
+    /// The source commit time (µs) of the batch's last streamed change, for lag.
+    commit_us: Option<i64>,
 }
 
 /// How a capture pipeline ended.
@@ -320,8 +322,11 @@ async fn run_pipeline<S: ChangeSource>(
             })
         };
         tokio::pin!(run);
+        let lag = measure_log_lag(&source, &name, durable_rx.clone());
+        tokio::pin!(lag);
         let result = tokio::select! {
             r = &mut run => r,
+            () = &mut lag => unreachable!("measuring lag never ends"),
             _ = stopped(&mut stop) => {
                 // The stream flushes and ends by itself; a snapshot in progress is abandoned
                 // (it starts over on the next run, as its checkpoint was never written).
@@ -386,6 +391,35 @@ fn snapshot_unfinished(
     }
 }
 
+/// How often a source's log end is compared with its checkpoint (while the HTTP API runs).
+const LOG_LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Measures, while the HTTP API runs, how far the source's log is ahead of the durable
+/// checkpoint. Never returns.
+async fn measure_log_lag<S: ChangeSource>(
+    source: &S,
+    name: &str,
+    durable: watch::Receiver<Option<SourceCheckpoint>>,
+) {
+    if !crate::status::watched() {
+        return std::future::pending().await;
+    }
+    let status = crate::status::source(name);
+    let mut tick = tokio::time::interval(LOG_LAG_INTERVAL);
+    loop {
+        tick.tick().await;
+        let position = durable.borrow().as_ref().map(|c| c.position.clone());
+        let Some(position) = position else { continue };
+        match source.log_behind(&position).await {
+            Ok(Some(bytes)) => status.log_behind(bytes),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(source = %name, error = %error_chain(&e), "cannot measure how far the source's log is ahead")
+            }
+        }
+    }
+}
+
 async fn publish_loop(
     publisher: KafkaPublisher,
     mut batches: mpsc::Receiver<Batch>,
@@ -416,10 +450,17 @@ async fn publish_loop(
                     .await?;
             }
         }
+        let commit_us = batch
+            .events
+            .iter()
+            .rev()
+            .find(|e| !e.source.snapshot)
+            .map(|e| e.source.commit_time_us);
         let item = InFlight {
             acks,
             events,
             checkpoint: batch.checkpoint,
+            commit_us,
         };
         if inflight.send(item).await.is_err() {
             break;
@@ -449,6 +490,9 @@ async fn ack_loop(
                 item.acks.wait().await?;
                 events_total += item.events as u64;
                 status.published(item.events as u64);
+                if let Some(us) = item.commit_us {
+                    status.confirmed_commit(us);
+                }
                 if let Some(cp) = item.checkpoint {
                     pending = Some(cp);
                 }

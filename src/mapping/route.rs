@@ -718,6 +718,8 @@ pub enum Mapped {
         position: Option<Position>,
         /// Objects to upload or release for these changes.
         blobs: Vec<BlobWork>,
+        /// The source commit's time (the envelope's `source.ts_ms`), for lag.
+        commit_ms: Option<i64>,
     },
     /// A source truncate: the topic's target tables are emptied once every partition got here.
     Truncate { position: Position },
@@ -879,10 +881,12 @@ pub fn map_record(
         }
         other => return Err(format!("unknown op {other:?}")),
     }
+    let commit_ms = source.and_then(|s| s.get("ts_ms")).and_then(J::as_i64);
     Ok(Mapped::Changes {
         changes,
         position,
         blobs,
+        commit_ms,
     })
 }
 
@@ -1007,6 +1011,7 @@ mod tests {
                 changes,
                 position,
                 blobs,
+                ..
             } => (changes, position, blobs),
             other => panic!("changes expected, got {other:?}"),
         }

@@ -78,15 +78,36 @@ async fn metrics_and_status_count_what_was_written() {
         Some(1.0)
     );
 
-    let (code, status) = http_get(&addr, "/status", Some(TOKEN)).expect("status");
-    assert_eq!(code, 200);
-    let status: J = serde_json::from_str(&status).expect("status json");
+    // The source's lag: WAL past the checkpoint (measured every 5 s), and how far behind its
+    // commits the streamed changes were confirmed.
+    let status = wait_for("the source's WAL lag in /status", LONG, || async {
+        let (code, body) = http_get(&addr, "/status", Some(TOKEN))?;
+        assert_eq!(code, 200, "{body}");
+        let status: J = serde_json::from_str(&body).ok()?;
+        status["sources"]["app"]["lag_bytes"].as_i64()?;
+        Some(status)
+    })
+    .await;
+    assert!(status["sources"]["app"]["behind_s"]
+        .as_f64()
+        .is_some_and(|s| s >= 0.0));
     assert_eq!(status["sources"]["app"]["state"], "running");
     assert_eq!(status["sources"]["app"]["events_published"], 930);
     assert!(status["sources"]["app"]["checkpoint"]["position"].is_string());
     assert_eq!(status["sinks"]["target"]["state"], "running");
     assert_eq!(status["sinks"]["target"]["events_applied"], 930);
     assert_eq!(status["sinks"]["target"]["dead_letters"], 0);
+    // End-to-end lag of the table's topic: from a source commit to the target commit.
+    let topic = &status["sinks"]["target"]["topics"]["sluice.public.items"];
+    let lag_s = topic["lag_s"].as_f64().expect("lag_s");
+    assert!(lag_s >= 0.0, "{topic}");
+    assert!(topic["last_source_commit"].is_string(), "{topic}");
+    let lag = sample(
+        &metrics,
+        "sluice_apply_lag_seconds",
+        "sink=\"target\",topic=\"sluice.public.items\"",
+    );
+    assert!(lag.is_some_and(|l| l >= 0.0), "{metrics}");
 
     // The token guards what shows data; health stays open.
     for path in ["/status", "/metrics"] {
@@ -224,3 +245,48 @@ async fn a_held_row_shows_in_status_and_fails_readiness_after_stuck_after() {
     assert_eq!(s["sinks"]["target"]["held"], serde_json::json!([]));
     assert_eq!(s["sinks"]["target"]["dead_letters"], 0);
 }
+
+/// A MySQL-family source reports its binlog lag and counts; a database of the same server is
+/// the target.
+async fn mysql_source_reports_its_lag(server: sluice_test_support::MariaDb) {
+    use crate::common::{mysql, sink_section, source_section, Workdir};
+    server.execute(None, "create database shop; create database warehouse");
+    let table = "create table items (id int primary key, note text)";
+    server.execute(Some("shop"), table);
+    server.execute(Some("warehouse"), table);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let work = Workdir::new("operate-mysql");
+    let sections = source_section("shop", &mysql(&server, "shop"), &["items"], "")
+        + &sink_section("warehouse", &mysql(&server, "warehouse"), "")
+        + &table_maps("warehouse", &[("shop.items", "warehouse.items")])
+        + &format!("\n[http]\nlisten = \"{addr}\"\n");
+    work.configure(3, "", &sections);
+    let _sluice = work.start();
+    let values: Vec<String> = (1..=200).map(|i| format!("({i}, 'n{i}')")).collect();
+    server.execute(
+        Some("shop"),
+        &format!("insert into items values {};", values.join(",")),
+    );
+    let status = wait_for(
+        "the source's binlog lag and 200 rows applied",
+        LONG,
+        || async {
+            let (_, body) = http_get(&addr, "/status", None)?;
+            let s: J = serde_json::from_str(&body).ok()?;
+            s["sources"]["shop"]["lag_bytes"].as_i64()?;
+            (s["sinks"]["warehouse"]["events_applied"] == 200).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(status["sources"]["shop"]["events_published"], 200);
+    assert_eq!(status["sources"]["shop"]["state"], "running");
+    assert!(status["sources"]["shop"]["checkpoint"]["position"]
+        .as_str()
+        .is_some_and(|p| p.contains(':')));
+}
+
+crate::common::mariadb_and_mysql8!(
+    mysql_source_reports_its_lag,
+    mariadb_source_reports_its_binlog_lag_and_counts,
+    mysql8_source_reports_its_binlog_lag_and_counts
+);

@@ -70,4 +70,12 @@ pub trait ChangeSource: Send + Sync + Sized + 'static {
         resnapshot: bool,
         handles: RunHandles,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// How many bytes of the server's log lie past `position` (a checkpoint's), for lag:
+    /// `None` where the source cannot tell.
+    fn log_behind(
+        &self,
+        _position: &str,
+    ) -> impl Future<Output = Result<Option<u64>, Self::Error>> + Send {
+        async { Ok(None) }
+    }
 }

@@ -63,6 +63,8 @@ pub struct MySqlSourceSettings {
 pub struct MySqlSource {
     settings: MySqlSourceSettings,
     tables: Vec<Arc<CapturedTable>>,
+    /// A connection kept for measuring lag (made on first use).
+    lag_conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 /// Where a stream session starts.
@@ -466,7 +468,48 @@ impl sluice_core::source::ChangeSource for MySqlSource {
             tables.push(Arc::new(describe(&mut conn, &settings, id).await?));
         }
         let _ = conn.disconnect().await;
-        Ok(MySqlSource { settings, tables })
+        Ok(MySqlSource {
+            settings,
+            tables,
+            lag_conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Binlog bytes past `position` (a checkpoint's `file:pos`): the rest of its file and
+    /// every later file, as `SHOW BINARY LOGS` sizes them.
+    async fn log_behind(&self, position: &str) -> Result<Option<u64>, MySqlError> {
+        let Some(pos) = BinlogPos::parse(position) else {
+            return Ok(None);
+        };
+        let mut guard = self.lag_conn.lock().await;
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(connect(&self.settings.connection).await?),
+        };
+        let files: Vec<(String, u64)> = match conn
+            .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+            .await
+        {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|row| Some((row.get::<String, usize>(0)?, row.get::<u64, usize>(1)?)))
+                .collect(),
+            Err(e) => {
+                *guard = None; // a new connection next time
+                return Err(MySqlError::query("listing the server's binlog files")(e));
+            }
+        };
+        let mut behind = 0u64;
+        let mut past = false;
+        for (file, size) in files {
+            if file == pos.file {
+                past = true;
+                behind += size.saturating_sub(pos.pos);
+            } else if past {
+                behind += size;
+            }
+        }
+        Ok(past.then_some(behind))
     }
 
     fn tables(&self) -> Vec<&TableSchema> {

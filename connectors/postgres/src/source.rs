@@ -59,6 +59,8 @@ pub struct PostgresSource {
     settings: SourceSettings,
     tables: Vec<Arc<CapturedTable>>,
     types: Arc<TypeMap>,
+    /// A connection kept for measuring lag (made on first use).
+    lag_client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl PostgresSource {
@@ -211,7 +213,32 @@ impl sluice_core::source::ChangeSource for PostgresSource {
             settings,
             tables,
             types,
+            lag_client: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// WAL bytes between `position` (a checkpoint's LSN) and the server's WAL end (on a
+    /// standby, the WAL it received).
+    async fn log_behind(&self, position: &str) -> Result<Option<u64>, PostgresError> {
+        let Some(lsn) = parse_lsn(position) else {
+            return Ok(None);
+        };
+        let mut client = self.lag_client.lock().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = Some(connect(&self.settings.connection, "lag").await?);
+        }
+        let Some(c) = client.as_ref() else {
+            return Ok(None);
+        };
+        let row = c
+            .query_one(
+                "select pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn()
+                                             else pg_current_wal_lsn() end, $1::text::pg_lsn)::bigint",
+                &[&format_lsn(lsn)],
+            )
+            .await
+            .map_err(PostgresError::query("measuring the WAL past the checkpoint"))?;
+        Ok(row.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64))
     }
 
     fn tables(&self) -> Vec<&TableSchema> {
