@@ -32,7 +32,7 @@ need_tools() {
 
 build() {
     need_tools
-    (cd fuzz && cargo +nightly fuzz build --sanitizer none)
+    (cd fuzz && cargo +nightly fuzz build -O --sanitizer none)
 }
 
 run() {
@@ -46,7 +46,7 @@ run() {
     for t in "${targets[@]}"; do
         mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
         local log="fuzz/artifacts/$t/last-run.log" status=0
-        (cd fuzz && cargo +nightly fuzz run "$t" --sanitizer none \
+        (cd fuzz && cargo +nightly fuzz run "$t" -O --sanitizer none \
             "corpus/$t" "seeds/$t" -- \
             -runs="$runs" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
             -print_final_stats=1) >"$log" 2>&1 || status=$?

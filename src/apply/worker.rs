@@ -518,6 +518,7 @@ impl<W: TargetWriter> Worker<W> {
                         plan.blobs.push((plan.batch.events.len(), blobs));
                     }
                     plan.batch.events.push(MappedEvent {
+                        commit_ms,
                         record: record_ref,
                         changes,
                         key: r.key.clone(),

@@ -283,6 +283,14 @@ async fn mysql_source_reports_its_lag(server: sluice_test_support::MariaDb) {
     assert!(status["sources"]["shop"]["checkpoint"]["position"]
         .as_str()
         .is_some_and(|p| p.contains(':')));
+    // The status tables in the target database, written with the rows.
+    let totals = server.query(
+        "warehouse",
+        "select target_table, upserts, deletes, dead_letters from sluice_table_totals",
+    );
+    assert_eq!(totals, vec!["warehouse.items\t200\t0\t0".to_string()]);
+    let history = server.query("warehouse", "select sum(events) from sluice_history_totals");
+    assert_eq!(history, vec!["200".to_string()]);
 }
 
 crate::common::mariadb_and_mysql8!(

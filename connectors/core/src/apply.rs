@@ -48,6 +48,8 @@ pub struct MappedEvent {
     /// The record's key and value as received (shared, not copied), kept for a dead letter.
     pub key: Option<Arc<[u8]>>,
     pub value: Option<Arc<[u8]>>,
+    /// When the source committed it (ms since the epoch), for the status tables' lag.
+    pub commit_ms: Option<i64>,
 }
 
 /// An event that will not be applied, and why.
@@ -454,6 +456,7 @@ mod tests {
 
     fn event(changes: Vec<TargetChange>) -> MappedEvent {
         MappedEvent {
+            commit_ms: None,
             record: RecordRef {
                 topic: Arc::from("t"),
                 partition: 0,

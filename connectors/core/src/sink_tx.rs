@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::apply::{
     fold, foreign_key_ranks, order_for_foreign_keys, ApplyBatch, ApplyOutcome, BarrierOutcome,
-    DeadLetter, FoldedTable, PartitionProgress, TableShape,
+    DeadLetter, FoldedTable, PartitionProgress, TableShape, TargetChange,
 };
 use crate::target::{references_by_index, DescribedTable, StoredOffsets, TargetWriter, TruncateAt};
 use crate::ErrorClass;
@@ -30,6 +30,7 @@ pub enum Param<'a> {
     OptText(Option<&'a str>),
     Int(i32),
     BigInt(i64),
+    OptBigInt(Option<i64>),
 }
 
 /// A target's statements for the shared transaction body, in its SQL dialect. Each takes the
@@ -52,6 +53,13 @@ pub struct Statements {
     pub barrier_mark_done: &'static str,
     /// Forgets the arrivals (sink, topic, position).
     pub barrier_forget: &'static str,
+    /// Adds a batch's counts to a target table's status row (sink, worker, table, upserts,
+    /// updates, deletes, dead letters, state, last error or null, last position as JSON text
+    /// or null, last source commit in ms or null).
+    pub table_status: &'static str,
+    /// Adds a batch to the sink's history row of the current minute (sink, worker, events,
+    /// dead letters, the oldest source commit of its events in ms or null).
+    pub history: &'static str,
 }
 
 /// What the shared body needs to know about a SQL target's errors.
@@ -107,14 +115,20 @@ pub trait SinkTx: Send {
 #[derive(Debug, Clone)]
 pub struct FoldPlan {
     sink: Arc<str>,
+    /// The apply worker this writer belongs to (its rows in the status tables).
+    worker: i32,
+    /// The target tables' names, for the status tables.
+    names: Vec<String>,
     shapes: Vec<TableShape>,
     ranks: Option<Vec<usize>>,
 }
 
 impl FoldPlan {
-    pub fn new<T: DescribedTable>(sink: &str, tables: &[T]) -> FoldPlan {
+    pub fn new<T: DescribedTable>(sink: &str, worker: usize, tables: &[T]) -> FoldPlan {
         FoldPlan {
             sink: sink.into(),
+            worker: worker as i32,
+            names: tables.iter().map(|t| t.id().to_string()).collect(),
             shapes: tables.iter().map(DescribedTable::fold_shape).collect(),
             ranks: foreign_key_ranks(&references_by_index(tables)),
         }
@@ -185,11 +199,11 @@ async fn apply_once<W: SqlWriter>(
     batch: &ApplyBatch,
     one_by_one: bool,
 ) -> Result<ApplyOutcome, W::Error> {
-    let sink = w.plan().sink.clone();
-    let groups = w.plan().groups(batch, one_by_one);
+    let plan = w.plan().clone();
+    let groups = plan.groups(batch, one_by_one);
     w.prepare(&groups).await?;
     let mut tx = w.begin("beginning a target transaction", None).await?;
-    apply_batch(&mut tx, &sink, batch, &groups, one_by_one).await
+    apply_batch(&mut tx, &plan, batch, &groups, one_by_one).await
 }
 
 impl<W: SqlWriter> TargetWriter for W {
@@ -248,14 +262,17 @@ impl<W: SqlWriter> TargetWriter for W {
 /// commits nothing and returns [`ApplyOutcome::Held`].
 async fn apply_batch<T: SinkTx>(
     tx: &mut T,
-    sink: &str,
+    plan: &FoldPlan,
     batch: &ApplyBatch,
     groups: &[Vec<FoldedTable>],
     one_by_one: bool,
 ) -> Result<ApplyOutcome, T::Error> {
+    let sink = &*plan.sink;
     let mut dead: Vec<DeadLetter> = batch.dead_letters.clone();
+    // Events the target refused (indexes into batch.events), and why.
+    let mut refused: Vec<(usize, String)> = Vec::new();
     if one_by_one {
-        for (event, folded) in batch.events.iter().zip(groups) {
+        for (i, (event, folded)) in batch.events.iter().zip(groups).enumerate() {
             tx.run("savepoint sluice_event", &[], "creating a savepoint")
                 .await?;
             match tx.write(folded).await {
@@ -281,6 +298,7 @@ async fn apply_batch<T: SinkTx>(
                     )
                     .await?;
                     let (message, sqlstate) = e.refusal();
+                    refused.push((i, format!("target refused the row: {message}")));
                     dead.push(DeadLetter {
                         record: event.record.clone(),
                         key: event.key.clone(),
@@ -299,6 +317,7 @@ async fn apply_batch<T: SinkTx>(
     }
     let dead_lettered = dead.len() - batch.dead_letters.len();
     write_dead_letters(tx, sink, &dead).await?;
+    write_status(tx, plan, batch, &refused, dead.len()).await?;
     let fenced = tx.progress(&batch.progress).await?;
     if !fenced.is_empty() {
         tx.finish(false).await?;
@@ -306,6 +325,115 @@ async fn apply_batch<T: SinkTx>(
     }
     tx.finish(true).await?;
     Ok(ApplyOutcome::Committed { dead_lettered })
+}
+
+/// A target table's counts in one batch.
+#[derive(Default)]
+struct TableCounts<'b> {
+    upserts: i64,
+    updates: i64,
+    deletes: i64,
+    dead_letters: i64,
+    last_error: Option<&'b str>,
+    /// The last event applied to it (index into the batch's events).
+    last: Option<usize>,
+    commit_ms: Option<i64>,
+}
+
+/// Adds the batch to the status tables, in its transaction: per target table its counts, last
+/// position and source commit; per sink and minute its events, dead letters and largest lag.
+async fn write_status<T: SinkTx>(
+    tx: &mut T,
+    plan: &FoldPlan,
+    batch: &ApplyBatch,
+    refused: &[(usize, String)],
+    dead_letters: usize,
+) -> Result<(), T::Error> {
+    if batch.events.is_empty() && dead_letters == 0 {
+        return Ok(());
+    }
+    let st = T::STATEMENTS;
+    let mut tables: std::collections::BTreeMap<usize, TableCounts<'_>> = Default::default();
+    let (mut events, mut oldest) = (0i64, i64::MAX);
+    for (i, e) in batch.events.iter().enumerate() {
+        let refusal = refused
+            .iter()
+            .find(|(r, _)| *r == i)
+            .map(|(_, why)| why.as_str());
+        if refusal.is_none() {
+            events += 1;
+            if let Some(ms) = e.commit_ms {
+                oldest = oldest.min(ms);
+            }
+        }
+        for change in &e.changes {
+            let table = match change {
+                TargetChange::Upsert { table, .. }
+                | TargetChange::Update { table, .. }
+                | TargetChange::Delete { table, .. } => *table,
+            };
+            let c = tables.entry(table).or_default();
+            if let Some(why) = refusal {
+                c.dead_letters += 1;
+                c.last_error = Some(why);
+                continue;
+            }
+            match change {
+                TargetChange::Upsert { .. } => c.upserts += 1,
+                TargetChange::Update { .. } => c.updates += 1,
+                TargetChange::Delete { .. } => c.deletes += 1,
+            }
+            c.last = Some(i);
+            c.commit_ms = c.commit_ms.max(e.commit_ms);
+        }
+    }
+    for (table, c) in &tables {
+        let Some(name) = plan.names.get(*table) else {
+            continue;
+        };
+        let position = c.last.and_then(|i| {
+            let r = &batch.events[i].record;
+            batch
+                .progress
+                .iter()
+                .find(|p| p.topic == r.topic && p.partition == r.partition)
+                .and_then(|p| p.position.as_deref())
+        });
+        let state = if c.last_error.is_some() {
+            "refusing"
+        } else {
+            "ok"
+        };
+        let params = [
+            Param::Text(&plan.sink),
+            Param::Int(plan.worker),
+            Param::Text(name),
+            Param::BigInt(c.upserts),
+            Param::BigInt(c.updates),
+            Param::BigInt(c.deletes),
+            Param::BigInt(c.dead_letters),
+            Param::Text(state),
+            Param::OptText(c.last_error),
+            Param::OptText(position),
+            Param::OptBigInt(c.commit_ms),
+        ];
+        tx.run(
+            st.table_status,
+            &params,
+            "recording a target table's status",
+        )
+        .await?;
+    }
+    let params = [
+        Param::Text(&plan.sink),
+        Param::Int(plan.worker),
+        Param::BigInt(events),
+        Param::BigInt(dead_letters as i64),
+        Param::OptBigInt((oldest != i64::MAX).then_some(oldest)),
+    ];
+    tx.run(st.history, &params, "recording the sync history")
+        .await?;
+    Ok(())
 }
 
 /// Records dead letters in the target's table, and logs where and why in general terms: the

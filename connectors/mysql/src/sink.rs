@@ -23,11 +23,18 @@ use crate::client::{connect, quote_ident};
 use crate::config::MySqlConnection;
 use crate::error::MySqlError;
 
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "0001_apply_state.sql",
-    include_str!("../../../migrations/mysql/0001_apply_state.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "0001_apply_state.sql",
+        include_str!("../../../migrations/mysql/0001_apply_state.sql"),
+    ),
+    (
+        2,
+        "0002_status.sql",
+        include_str!("../../../migrations/mysql/0002_status.sql"),
+    ),
+];
 
 /// Most placeholders in one statement (the protocol allows 65535).
 const MAX_PLACEHOLDERS: usize = 60_000;
@@ -259,12 +266,17 @@ pub struct MySqlSink {
 }
 
 impl MySqlSink {
-    pub fn new(connection: MySqlConnection, sink: &str, tables: Vec<MySqlTable>) -> Self {
+    pub fn new(
+        connection: MySqlConnection,
+        sink: &str,
+        worker: usize,
+        tables: Vec<MySqlTable>,
+    ) -> Self {
         MySqlSink {
             connection,
             conn: None,
             sink: sink.to_owned(),
-            plan: FoldPlan::new(sink, &tables),
+            plan: FoldPlan::new(sink, worker, &tables),
             tables,
         }
     }
@@ -367,6 +379,24 @@ const STATEMENTS: Statements = Statements {
     barrier_arrived: "select count(*) from sluice_truncate_barriers where sink = ? and topic = ? and position = ? for update",
     barrier_mark_done: "insert into sluice_truncates_done (sink, topic, position) values (?, ?, ?)",
     barrier_forget: "delete from sluice_truncate_barriers where sink = ? and topic = ? and position = ?",
+    table_status: "insert into sluice_table_status (sink, worker, target_table, upserts, updates, deletes,
+                     dead_letters, state, last_error, last_position, last_source_commit, updated_at)
+                   values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, from_unixtime(? / 1000), current_timestamp(6))
+                   on duplicate key update upserts = upserts + values(upserts),
+                     updates = updates + values(updates), deletes = deletes + values(deletes),
+                     dead_letters = dead_letters + values(dead_letters), state = values(state),
+                     last_error = coalesce(values(last_error), last_error),
+                     last_position = coalesce(values(last_position), last_position),
+                     last_source_commit = greatest(coalesce(last_source_commit, values(last_source_commit)),
+                                                   coalesce(values(last_source_commit), last_source_commit)),
+                     updated_at = current_timestamp(6)",
+    history: "insert into sluice_sync_history (sink, worker, minute, events, dead_letters, batches, max_lag_ms)
+              values (?, ?, from_unixtime(floor(unix_timestamp() / 60) * 60), ?, ?, 1,
+                      greatest(0, round(unix_timestamp(current_timestamp(3)) * 1000) - ?))
+              on duplicate key update events = events + values(events),
+                dead_letters = dead_letters + values(dead_letters), batches = batches + 1,
+                max_lag_ms = greatest(coalesce(max_lag_ms, values(max_lag_ms)),
+                                      coalesce(values(max_lag_ms), max_lag_ms))",
 };
 
 fn my_params(params: &[Param<'_>]) -> Vec<Value> {
@@ -376,7 +406,8 @@ fn my_params(params: &[Param<'_>]) -> Vec<Value> {
             Param::Text(s) | Param::OptText(Some(s)) => Value::from(s),
             Param::OptText(None) => Value::NULL,
             Param::Int(i) => Value::from(i),
-            Param::BigInt(i) => Value::from(i),
+            Param::BigInt(i) | Param::OptBigInt(Some(i)) => Value::from(i),
+            Param::OptBigInt(None) => Value::NULL,
         })
         .collect()
 }

@@ -66,7 +66,7 @@ impl Target for MySqlTarget {
         out
     }
 
-    fn writer(&self, sink: &str, tables: Vec<MySqlTable>, _id: usize) -> MySqlSink {
-        MySqlSink::new(self.0.clone(), sink, tables)
+    fn writer(&self, sink: &str, tables: Vec<MySqlTable>, id: usize) -> MySqlSink {
+        MySqlSink::new(self.0.clone(), sink, id, tables)
     }
 }

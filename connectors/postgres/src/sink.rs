@@ -46,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         "0002_blobs.sql",
         include_str!("../../../migrations/postgres/0002_blobs.sql"),
     ),
+    (
+        3,
+        "0003_status.sql",
+        include_str!("../../../migrations/postgres/0003_status.sql"),
+    ),
 ];
 
 /// Creates or upgrades Sluice's schema in the target. Safe to run from several processes at
@@ -253,13 +258,14 @@ impl PostgresSink {
         connection: PostgresConnection,
         sink: &str,
         tables: Vec<TargetTable>,
+        worker: usize,
         purpose: String,
     ) -> Self {
         PostgresSink {
             connection,
             client: None,
             sink: sink.to_owned(),
-            plan: FoldPlan::new(sink, &tables),
+            plan: FoldPlan::new(sink, worker, &tables),
             tables,
             statements: HashMap::new(),
             purpose,
@@ -437,6 +443,24 @@ const STATEMENTS: Statements = Statements {
     barrier_arrived: "select count(*) from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
     barrier_mark_done: "insert into sluice.truncates_done (sink, topic, position) values ($1, $2, $3)",
     barrier_forget: "delete from sluice.truncate_barriers where sink = $1 and topic = $2 and position = $3",
+    table_status: "insert into sluice.table_status as s (sink, worker, target_table, upserts, updates,
+                     deletes, dead_letters, state, last_error, last_position, last_source_commit, updated_at)
+                   values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb,
+                           to_timestamp($11::bigint / 1000.0), now())
+                   on conflict (sink, worker, target_table) do update set
+                     upserts = s.upserts + excluded.upserts, updates = s.updates + excluded.updates,
+                     deletes = s.deletes + excluded.deletes,
+                     dead_letters = s.dead_letters + excluded.dead_letters, state = excluded.state,
+                     last_error = coalesce(excluded.last_error, s.last_error),
+                     last_position = coalesce(excluded.last_position, s.last_position),
+                     last_source_commit = greatest(s.last_source_commit, excluded.last_source_commit),
+                     updated_at = now()",
+    history: "insert into sluice.sync_history as h (sink, worker, minute, events, dead_letters, batches, max_lag_ms)
+              values ($1, $2, date_trunc('minute', now()), $3, $4, 1,
+                      greatest(0, (extract(epoch from clock_timestamp()) * 1000)::bigint - $5::bigint))
+              on conflict (sink, worker, minute) do update set
+                events = h.events + excluded.events, dead_letters = h.dead_letters + excluded.dead_letters,
+                batches = h.batches + 1, max_lag_ms = greatest(h.max_lag_ms, excluded.max_lag_ms)",
 };
 
 fn pg_params<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
@@ -448,6 +472,7 @@ fn pg_params<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
                 Param::OptText(s) => s,
                 Param::Int(i) => i,
                 Param::BigInt(i) => i,
+                Param::OptBigInt(i) => i,
             }
         })
         .collect()

@@ -61,6 +61,12 @@ impl Target for PostgresTarget {
     }
 
     fn writer(&self, sink: &str, tables: Vec<TargetTable>, id: usize) -> PostgresSink {
-        PostgresSink::new(self.0.clone(), sink, tables, format!("apply {sink} #{id}"))
+        PostgresSink::new(
+            self.0.clone(),
+            sink,
+            tables,
+            id,
+            format!("apply {sink} #{id}"),
+        )
     }
 }

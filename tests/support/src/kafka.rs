@@ -458,6 +458,29 @@ impl TopicReader {
         }
     }
 
+    /// Consumes every record the topic holds now (up to each partition's end); panics after
+    /// `timeout`.
+    pub fn read_all(&mut self, timeout: Duration) {
+        let ends: Vec<(i32, i64)> = (0..self.partitions)
+            .map(|p| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (p, high)
+            })
+            .collect();
+        let what = format!("every record of {}", self.topic);
+        self.read_until(timeout, &what, |records| {
+            ends.iter().all(|(p, high)| {
+                *high == 0
+                    || records
+                        .iter()
+                        .any(|r| r.partition == *p && r.offset == high - 1)
+            })
+        });
+    }
+
     /// Reads one message, if one comes within `wait`; returns whether it was new.
     fn poll_one(&mut self, wait: Duration) -> bool {
         let Some(Ok(m)) = self.consumer.poll(wait) else {
