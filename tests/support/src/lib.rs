@@ -398,3 +398,35 @@ pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, Str
     };
     Some((code, body))
 }
+
+/// Renders `url` in headless Chromium (Debian's `chromium`) until its scripts have had
+/// `budget_ms` of (virtual) time, and returns the DOM then; with `screenshot`, also saves a
+/// PNG of the page there.
+pub fn chromium(url: &str, budget_ms: u32, screenshot: Option<&Path>) -> String {
+    let chromium = require_binary("chromium", &["/usr/bin"], "apt-get install -y chromium");
+    let profile = TempDir::new("chromium");
+    let mut cmd = Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!("--virtual-time-budget={budget_ms}"));
+    if let Some(png) = screenshot {
+        let mut shot = Command::new(&chromium);
+        shot.args(cmd.get_args().map(|a| a.to_os_string()).collect::<Vec<_>>())
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(url);
+        run_checked(&mut shot, "chromium --screenshot");
+    }
+    cmd.arg("--dump-dom").arg(url);
+    let out = run_checked(&mut cmd, "chromium --dump-dom");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
