@@ -124,6 +124,16 @@ pub enum Command {
         #[command(subcommand)]
         action: BlobsAction,
     },
+    /// Show the pipeline's state: sources, sinks, lag, dead letters, held partitions.
+    ///
+    /// Asks the running `sluice run` through its HTTP API when the config has `[http]`;
+    /// otherwise (or when it does not answer) reads each source's checkpoint from Kafka and
+    /// each sink's applied offsets from its target beside the ends of its partitions.
+    Status {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate the config and run every preflight check against the configured systems.
     ///
     /// Prints each problem with its fix; exits 0 when all is well, 1 otherwise.

@@ -16,6 +16,7 @@ mod replay;
 mod resync;
 mod run;
 mod status;
+mod status_cmd;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -47,6 +48,7 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check { config } => preflight::check(&config).await,
+            Command::Status { config } => status_cmd::run(&config).await,
             Command::Reload { config, wait } => control::reload(&config, wait).await,
             Command::Snapshot {
                 config,

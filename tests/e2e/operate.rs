@@ -151,7 +151,7 @@ async fn lag_rises_while_the_target_is_down_and_returns_to_zero() {
     let addr = format!("127.0.0.1:{}", free_port());
     let http = format!("\n[http]\nlisten = \"{addr}\"\n");
     p.write_sink("", &(table_maps("target", &[("public.items", "")]) + &http));
-    let (src, _sluice) = p
+    let (src, mut sluice) = p
         .start_after("insert into items select g, g, 'before' from generate_series(1, 100) g")
         .await;
     p.wait_equal(LONG).await;
@@ -188,6 +188,36 @@ async fn lag_rises_while_the_target_is_down_and_returns_to_zero() {
         metrics.contains("sluice_consumer_lag_records{"),
         "{metrics}"
     );
+
+    // `sluice status` asks the running process…
+    let status = |what: &str| {
+        let args = ["status", "--config", p.config.to_str().expect("utf-8 path")];
+        let (code, out, err) = sluice_test_support::sluice::run_to_end(
+            std::path::Path::new(crate::common::SLUICE),
+            &args,
+            LONG,
+        );
+        assert!(code.success(), "sluice status ({what}): {out}{err}");
+        (out, err)
+    };
+    let (out, _) = status("through the API");
+    let sink_line = out
+        .lines()
+        .find(|l| l.starts_with("target "))
+        .unwrap_or_else(|| panic!("no sink line: {out}"));
+    let cells: Vec<&str> = sink_line.split_whitespace().collect();
+    assert_eq!(cells[..3], ["target", "running", "400"], "{out}");
+    // …and, with it stopped, reads Kafka and the target itself.
+    assert!(sluice.stop(LONG).success());
+    let (out, err) = status("directly");
+    assert!(err.contains("does not answer"), "{err}");
+    let topic_line = out
+        .lines()
+        .find(|l| l.starts_with("target ") && l.contains("sluice.public.items"))
+        .unwrap_or_else(|| panic!("no topic line: {out}"));
+    let cells: Vec<&str> = topic_line.split_whitespace().collect();
+    assert_eq!(cells[2..], ["3", "400", "0"], "{out}");
+    assert!(out.contains("app ") && out.contains("done"), "{out}");
 }
 
 /// A row the target refuses for now (its parent is not there) holds its partition: `/status`
