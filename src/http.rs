@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 /// `[http]`: the status, health and metrics API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
@@ -40,6 +40,24 @@ pub struct HttpConfig {
 
 fn default_stuck_after_s() -> u64 {
     300
+}
+
+/// Shows where the token comes from, never a token written in the config itself.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.token.as_deref().map(|t| {
+            if t.starts_with("env:") || t.starts_with("file:") {
+                t
+            } else {
+                "(set in the config)"
+            }
+        });
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &token)
+            .field("stuck_after_s", &self.stuck_after_s)
+            .finish()
+    }
 }
 
 impl HttpConfig {
@@ -175,6 +193,16 @@ async fn metrics_text(State(api): State<Api>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_token_in_the_config_is_not_printed() {
+        let cfg: super::HttpConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\ntoken = \"s3cret-Token\"").expect("parses");
+        assert!(!format!("{cfg:?}").contains("s3cret-Token"));
+        let cfg: super::HttpConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\ntoken = \"env:T\"").expect("parses");
+        assert!(format!("{cfg:?}").contains("env:T"));
+    }
+
     #[test]
     fn tokens_compare_whole() {
         assert!(super::same(b"abc", b"abc"));

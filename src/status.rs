@@ -16,7 +16,9 @@
 //! - `sluice_consumer_lag_records` (labels `sink`, `topic`, `partition`): records in Kafka the
 //!   sink has not applied yet, per partition it holds;
 //! - `sluice_apply_lag_seconds` (labels `sink`, `topic`): from the source commit of the latest
-//!   event applied to the target commit that applied it, end to end.
+//!   event applied to the target commit that applied it, end to end;
+//! - `sluice_blob_uploads_total`, `sluice_blob_upload_bytes_total` (label `sink`): objects
+//!   uploaded to the stores (an object already there is not counted).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -187,6 +189,10 @@ pub struct SinkStatus {
     /// there yet), and since when (ms since the epoch).
     holds: Mutex<BTreeMap<Partition, i64>>,
     held_partitions: Gauge,
+    blob_uploads: AtomicU64,
+    blob_bytes: AtomicU64,
+    blob_uploads_total: Counter,
+    blob_bytes_total: Counter,
     /// Per topic: the source commit time of the latest event applied, the end-to-end lag
     /// then (ms), and when it was applied (ms since the epoch).
     topics: Mutex<BTreeMap<Arc<str>, (i64, i64, i64)>>,
@@ -211,6 +217,10 @@ impl SinkStatus {
             partitions: Mutex::new(BTreeMap::new()),
             holds: Mutex::new(BTreeMap::new()),
             topics: Mutex::new(BTreeMap::new()),
+            blob_uploads: AtomicU64::new(0),
+            blob_bytes: AtomicU64::new(0),
+            blob_uploads_total: counter!("sluice_blob_uploads_total", &label),
+            blob_bytes_total: counter!("sluice_blob_upload_bytes_total", &label),
             held_partitions: gauge!("sluice_held_partitions", &label),
             applied: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
@@ -273,6 +283,14 @@ impl SinkStatus {
                 entry.0 = Some(next);
             }
         }
+    }
+
+    /// An object of `bytes` was uploaded to a store.
+    pub fn blob_uploaded(&self, bytes: u64) {
+        self.blob_uploads.fetch_add(1, Ordering::Relaxed);
+        self.blob_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.blob_uploads_total.increment(1);
+        self.blob_bytes_total.increment(bytes);
     }
 
     /// Events of `topic` up to a source commit at `commit_ms` are in the target now.
@@ -400,6 +418,8 @@ impl SinkStatus {
             "events_applied": self.applied(),
             "dead_letters": self.dead_letters(),
             "batches": self.batches.load(Ordering::Relaxed),
+            "blob_uploads": self.blob_uploads.load(Ordering::Relaxed),
+            "blob_upload_bytes": self.blob_bytes.load(Ordering::Relaxed),
             "last_batch_age_s": (at > 0).then(|| (now_ms() - at) as f64 / 1000.0),
         })
     }

@@ -442,6 +442,7 @@ impl Stage {
             match outcome {
                 Ok((i, l, up)) => {
                     if up {
+                        crate::status::sink(&self.sink).blob_uploaded(l.size);
                         loads
                             .uploaded
                             .push((jobs[i].spec.store.clone(), l.key.clone()));

@@ -171,7 +171,9 @@ async fn added_table_is_backfilled_under_load_and_resumes_after_a_crash() {
 async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     let mut p = Pipeline::new(&["a"], SQL, SQL, "").await;
     p.source_extra = "backfill_chunk_rows = 200".into();
-    p.write_sink("", &mappings(&["a"]));
+    let api = format!("127.0.0.1:{}", sluice_test_support::free_port());
+    let http = format!("\n[http]\nlisten = \"{api}\"\n");
+    p.write_sink("", &(mappings(&["a"]) + &http));
     let src = p.source_db().await;
     src.batch_execute(
         "insert into big select g, 'v' || g, 0 from generate_series(1, 20000) g;
@@ -194,7 +196,7 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
     assert!(err.contains("not asked to reload"), "{err}");
 
     p.tables.push("big".into());
-    p.write_sink("", &mappings(&["a", "big"]));
+    p.write_sink("", &(mappings(&["a", "big"]) + &http));
     // Updates, deletes and inserts spread over every chunk's key range, while it is read.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -252,6 +254,16 @@ async fn rows_written_while_backfilled_end_as_the_source_has_them() {
         superseded > 0,
         "no chunk row met a concurrent change: the test did not exercise the rule\n{log}"
     );
+    // The backfill's progress is in /metrics: every row its log says it read.
+    let read = logged_number(&log, "backfill read complete", "rows_read").expect("rows read");
+    let (_, metrics) = sluice_test_support::http_get(&api, "/metrics", None).expect("metrics");
+    let gauge = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sluice_backfill_rows_read{source=\"app\",table=\"public.big\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(gauge, Some(read as f64), "{metrics}");
     assert!(sluice.stop(LONG).success());
 }
 

@@ -459,10 +459,12 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
             check (caption is distinct from 'refused'))",
     )
     .await;
+    let api = format!("127.0.0.1:{}", sluice_test_support::free_port());
     f.write_config(&format!(
         "\n[sinks.dash]\npostgres = {}\n\n{}\n\
          [[sinks.dash.tables]]\nfrom = \"public.photos\"\n\
-         blobs.image_url = {{ store = \"photos\", bytes = \"image\", key = \"photos/{{id}}.png\", content_type = \"image/png\" }}\n",
+         blobs.image_url = {{ store = \"photos\", bytes = \"image\", key = \"photos/{{id}}.png\", content_type = \"image/png\" }}\n\
+         \n[http]\nlisten = \"{api}\"\n",
         f.source.sluice_connection("dash"),
         garage.store_section("photos", "presign_ttl_s = 16"),
     ));
@@ -489,6 +491,11 @@ async fn byte_columns_are_offloaded_and_presigned_urls_renewed() {
     );
     assert_eq!(first[1][3], None, "no bytes, no object");
     let url = first[0][3].clone().expect("url");
+    // One object of 10 bytes went up, and the API counts it.
+    let (_, status) = sluice_test_support::http_get(&api, "/status", None).expect("status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["sinks"]["dash"]["blob_uploads"], 1, "{status}");
+    assert_eq!(status["sinks"]["dash"]["blob_upload_bytes"], 10, "{status}");
 
     // `sluice check` names a store it cannot use: a bucket that does not exist, and
     // credentials whose variable is not set.

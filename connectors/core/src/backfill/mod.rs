@@ -103,6 +103,11 @@ impl<'a> ReadPace<'a> {
 
     /// Logs the end of the reading.
     pub fn complete(&self) {
+        let labels = [
+            ("source", self.source.to_string()),
+            ("table", self.table.to_string()),
+        ];
+        metrics::gauge!("sluice_backfill_rows_read", &labels).set(self.read as f64);
         tracing::info!(
             source = %self.source,
             table = %self.table,
@@ -120,6 +125,14 @@ impl<'a> ReadPace<'a> {
                 self.read as f64 / self.max_rows_per_second as f64,
             );
             tokio::time::sleep_until((self.started + due).into()).await;
+        }
+        let labels = [
+            ("source", self.source.to_string()),
+            ("table", self.table.to_string()),
+        ];
+        metrics::gauge!("sluice_backfill_rows_read", &labels).set(self.read as f64);
+        if let Some(estimate) = self.estimate {
+            metrics::gauge!("sluice_backfill_rows_estimate", &labels).set(estimate as f64);
         }
         if self.last_log.elapsed() >= std::time::Duration::from_secs(5) {
             let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
