@@ -482,7 +482,16 @@ impl Iterator for RowImages<'_> {
         if self.buf.is_empty() {
             return None;
         }
-        let row = self.next_row();
+        let before = self.buf.len();
+        let mut row = self.next_row();
+        if row.is_ok() && self.buf.len() == before {
+            // An image with no column in it takes no bytes: the same bytes would be read as
+            // rows forever.
+            row = Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a rows event whose images hold no column",
+            ));
+        }
         if row.is_err() {
             self.buf = ParseBuf(&[]);
         }
