@@ -208,10 +208,21 @@ pub struct TableMap {
 impl TableMap {
     /// Reads the table map. `json_columns` names the columns MariaDB declares JSON (they are
     /// LONGTEXT in the binlog).
+    ///
+    /// mysql_common's reader of the optional metadata panics on some malformed events (a
+    /// count of values it reserves room for before reading them): that is caught here and
+    /// becomes an error like any other unreadable table map.
     pub fn from_event(
         tme: &TableMapEvent<'_>,
         json_columns: &[String],
     ) -> Result<TableMap, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::read(tme, json_columns)
+        }))
+        .unwrap_or_else(|_| Err("unreadable table-map metadata: its reader failed".into()))
+    }
+
+    fn read(tme: &TableMapEvent<'_>, json_columns: &[String]) -> Result<TableMap, String> {
         let n = tme.columns_count() as usize;
         let mut names: Vec<String> = Vec::new();
         let mut signedness: Vec<bool> = Vec::new();
