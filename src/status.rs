@@ -46,6 +46,35 @@ impl State {
     }
 }
 
+/// A capture's or an apply's state, the error it failed with, and its `*_up` gauge.
+struct Lifecycle {
+    state: Mutex<(State, Option<String>)>,
+    up: Gauge,
+}
+
+impl Lifecycle {
+    fn new(up: Gauge) -> Lifecycle {
+        Lifecycle {
+            state: Mutex::new((State::Starting, None)),
+            up,
+        }
+    }
+
+    fn set(&self, state: State, error: Option<String>) {
+        self.up.set(if state == State::Running { 1.0 } else { 0.0 });
+        if let Ok(mut s) = self.state.lock() {
+            *s = (state, error);
+        }
+    }
+
+    fn get(&self) -> (State, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((State::Failed, None))
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,14 +84,13 @@ fn now_ms() -> i64 {
 
 /// One source's capture.
 pub struct SourceStatus {
-    state: Mutex<(State, Option<String>)>,
+    life: Lifecycle,
     position: Mutex<Option<String>>,
     checkpoint_ms: AtomicI64,
     published: AtomicU64,
     published_total: Counter,
     checkpoints_total: Counter,
     checkpoint_age: Gauge,
-    up: Gauge,
     /// Bytes of the server's log past the checkpoint, when measured (-1: not yet).
     log_behind: AtomicI64,
     /// Source commit time (ms) of the latest streamed change Kafka confirmed, and how far
@@ -78,14 +106,13 @@ impl SourceStatus {
     fn new(name: &str) -> SourceStatus {
         let label = [("source", name.to_owned())];
         SourceStatus {
-            state: Mutex::new((State::Starting, None)),
+            life: Lifecycle::new(gauge!("sluice_source_up", &label)),
             position: Mutex::new(None),
             checkpoint_ms: AtomicI64::new(0),
             published: AtomicU64::new(0),
             published_total: counter!("sluice_events_published_total", &label),
             checkpoints_total: counter!("sluice_checkpoints_total", &label),
             checkpoint_age: gauge!("sluice_checkpoint_age_seconds", &label),
-            up: gauge!("sluice_source_up", &label),
             log_behind: AtomicI64::new(-1),
             last_commit_ms: AtomicI64::new(0),
             behind_ms: AtomicI64::new(0),
@@ -112,10 +139,7 @@ impl SourceStatus {
 
     /// `error`: why it failed.
     pub fn set_state(&self, state: State, error: Option<String>) {
-        self.up.set(if state == State::Running { 1.0 } else { 0.0 });
-        if let Ok(mut s) = self.state.lock() {
-            *s = (state, error);
-        }
+        self.life.set(state, error);
     }
 
     /// Kafka confirmed `n` more change events.
@@ -134,10 +158,7 @@ impl SourceStatus {
     }
 
     fn state(&self) -> (State, Option<String>) {
-        self.state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or((State::Failed, None))
+        self.life.get()
     }
 
     fn document(&self) -> J {
@@ -182,7 +203,7 @@ type Held = (Option<i64>, Option<i64>);
 /// One sink's apply.
 pub struct SinkStatus {
     name: String,
-    state: Mutex<(State, Option<String>)>,
+    life: Lifecycle,
     /// The partitions this process holds.
     partitions: Mutex<BTreeMap<Partition, Held>>,
     /// Partitions waiting on a row the target refuses for now (a foreign key, a file not
@@ -205,7 +226,6 @@ pub struct SinkStatus {
     batches_total: Counter,
     batch_events: Histogram,
     batch_seconds: Histogram,
-    up: Gauge,
 }
 
 impl SinkStatus {
@@ -213,7 +233,7 @@ impl SinkStatus {
         let label = [("sink", name.to_owned())];
         SinkStatus {
             name: name.to_owned(),
-            state: Mutex::new((State::Starting, None)),
+            life: Lifecycle::new(gauge!("sluice_sink_up", &label)),
             partitions: Mutex::new(BTreeMap::new()),
             holds: Mutex::new(BTreeMap::new()),
             topics: Mutex::new(BTreeMap::new()),
@@ -231,15 +251,11 @@ impl SinkStatus {
             batches_total: counter!("sluice_apply_batches_total", &label),
             batch_events: histogram!("sluice_apply_batch_events", &label),
             batch_seconds: histogram!("sluice_apply_batch_seconds", &label),
-            up: gauge!("sluice_sink_up", &label),
         }
     }
 
     pub fn set_state(&self, state: State, error: Option<String>) {
-        self.up.set(if state == State::Running { 1.0 } else { 0.0 });
-        if let Ok(mut s) = self.state.lock() {
-            *s = (state, error);
-        }
+        self.life.set(state, error);
     }
 
     /// A batch committed in the target: `applied` events written, `dead_letters` refused and
@@ -390,10 +406,7 @@ impl SinkStatus {
     }
 
     fn state(&self) -> (State, Option<String>) {
-        self.state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or((State::Failed, None))
+        self.life.get()
     }
 
     fn document(&self) -> J {
