@@ -30,7 +30,11 @@ use serde_json::{json, Value as J};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Starting,
+    /// A source reading its initial snapshot (streaming comes after).
+    Snapshot,
     Running,
+    /// Retrying after a failure that retrying can fix (the error says which).
+    Retrying,
     Stopped,
     Failed,
 }
@@ -39,7 +43,9 @@ impl State {
     fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
+            State::Snapshot => "snapshot",
             State::Running => "running",
+            State::Retrying => "retrying",
             State::Stopped => "stopped",
             State::Failed => "failed",
         }
@@ -148,8 +154,11 @@ impl SourceStatus {
         self.published_total.increment(n);
     }
 
-    /// A checkpoint at `position` was written.
-    pub fn checkpointed(&self, position: &str) {
+    /// A checkpoint at `position` was written: with `snapshot_done`, the source streams.
+    pub fn checkpointed(&self, position: &str, snapshot_done: bool) {
+        if snapshot_done && matches!(self.life.get().0, State::Snapshot | State::Retrying) {
+            self.life.set(State::Running, None);
+        }
         self.checkpoints_total.increment(1);
         self.checkpoint_ms.store(now_ms(), Ordering::Relaxed);
         if let Ok(mut p) = self.position.lock() {

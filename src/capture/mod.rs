@@ -248,7 +248,6 @@ async fn run_pipeline<S: ChangeSource>(
         None => tracing::info!(source = %name, "no checkpoint yet: starting fresh"),
     }
     let publisher = KafkaPublisher::new(kafka)?;
-    crate::status::source(&name).set_state(crate::status::State::Running, None);
     let mut reconcile: Option<Reconcile> = None;
     {
         let publisher = publisher.clone();
@@ -288,6 +287,15 @@ async fn run_pipeline<S: ChangeSource>(
     let start_checkpoint = resume.clone();
     let must_snapshot =
         snapshots && (settings.resnapshot || !resume.as_ref().is_some_and(|c| c.snapshot_done));
+    // Streaming once the snapshot is durable (the checkpoint writer says so), or at once.
+    crate::status::source(&name).set_state(
+        if must_snapshot {
+            crate::status::State::Snapshot
+        } else {
+            crate::status::State::Running
+        },
+        None,
+    );
     let (durable_tx, durable_rx) = watch::channel(resume);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(4);
     let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8);
@@ -359,6 +367,10 @@ async fn run_pipeline<S: ChangeSource>(
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(source = %name, error = %format!("{:#}", e.error), retry_in_ms = delay.as_millis() as u64, "capture session failed; resuming from the last checkpoint");
+                crate::status::source(&name).set_state(
+                    crate::status::State::Retrying,
+                    Some(format!("{:#}", e.error)),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut stop) => break Ok(Ended::Done),
@@ -502,7 +514,7 @@ async fn ack_loop(
         if pending.is_some() && last_write.elapsed() >= interval {
             if let Some(cp) = pending.take() {
                 store.store(&publisher, &cp).await?;
-                status.checkpointed(&cp.position.to_string());
+                status.checkpointed(&cp.position.to_string(), cp.snapshot_done);
                 tracing::debug!(source = %source, position = %cp.position, events_published = events_total, "checkpoint written");
                 durable.send_replace(Some(cp));
                 last_write = Instant::now();
@@ -515,7 +527,7 @@ async fn ack_loop(
     }
     if let Some(cp) = pending.take() {
         store.store(&publisher, &cp).await?;
-        status.checkpointed(&cp.position.to_string());
+        status.checkpointed(&cp.position.to_string(), cp.snapshot_done);
         tracing::info!(source = %source, position = %cp.position, "final checkpoint written");
         durable.send_replace(Some(cp));
     }
