@@ -212,10 +212,16 @@ impl TableMap {
     /// mysql_common's reader of the optional metadata panics on some malformed events (a
     /// count of values it reserves room for before reading them): that is caught here and
     /// becomes an error like any other unreadable table map.
+    ///
+    /// `raw` is the event's body: the counts of its SET and ENUM value lists are checked
+    /// against it first, as mysql_common reserves room for a count before reading the values
+    /// (a corrupt count would make it allocate without bound, which no guard can catch).
     pub fn from_event(
         tme: &TableMapEvent<'_>,
+        raw: &[u8],
         json_columns: &[String],
     ) -> Result<TableMap, String> {
+        check_value_lists(raw)?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Self::read(tme, json_columns)
         }))
@@ -570,6 +576,93 @@ impl BinColumn {
     }
 }
 
+/// A length-encoded integer from the front of `b`.
+fn lenenc(b: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = b.split_first()?;
+    let width = match first {
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        0xfb | 0xff => return None,
+        n => {
+            *b = rest;
+            return Some(u64::from(n));
+        }
+    };
+    let bytes = rest.get(..width)?;
+    *b = &rest[width..];
+    Some(bytes.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)))
+}
+
+/// `n` bytes from the front of `b`.
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = (b.get(..n)?, b.get(n..)?);
+    *b = rest;
+    Some(head)
+}
+
+/// Walks a table map's body (`raw`) to its optional metadata and checks that each SET and
+/// ENUM value list claims no more values than its bytes can hold. Only that is refused: a
+/// body this walk cannot follow is left to mysql_common's reader (`Ok(None)`); otherwise
+/// `Ok(Some(lists checked))`.
+fn check_value_lists(raw: &[u8]) -> Result<Option<usize>, String> {
+    const SET_STR_VALUE: u8 = 5;
+    const ENUM_STR_VALUE: u8 = 6;
+    let optional = (|| {
+        let mut b = raw;
+        take(&mut b, 8)?; // table id, flags
+        let db = *take(&mut b, 1)?.first()? as usize;
+        take(&mut b, db + 1)?;
+        let table = *take(&mut b, 1)?.first()? as usize;
+        take(&mut b, table + 1)?;
+        let columns = usize::try_from(lenenc(&mut b)?).ok()?;
+        take(&mut b, columns)?;
+        let meta = usize::try_from(lenenc(&mut b)?).ok()?;
+        take(&mut b, meta)?;
+        take(&mut b, columns.div_ceil(8))?;
+        Some(b)
+    })();
+    let Some(mut b) = optional else {
+        return Ok(None);
+    };
+    let mut lists = 0;
+    while let Some(&ty) = b.first() {
+        b = &b[1..];
+        let Some(value) = lenenc(&mut b)
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| take(&mut b, n))
+        else {
+            return Ok(None);
+        };
+        if ty != SET_STR_VALUE && ty != ENUM_STR_VALUE {
+            continue;
+        }
+        let mut v = value;
+        while !v.is_empty() {
+            let Some(count) = lenenc(&mut v) else {
+                return Ok(None);
+            };
+            // Each value takes at least its length byte.
+            if count > v.len() as u64 {
+                return Err(format!(
+                    "unreadable table-map metadata: a list of {count} SET or ENUM values in {} bytes",
+                    v.len()
+                ));
+            }
+            lists += 1;
+            for _ in 0..count {
+                let Some(len) = lenenc(&mut v).and_then(|n| usize::try_from(n).ok()) else {
+                    return Ok(None);
+                };
+                if take(&mut v, len).is_none() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(Some(lists))
+}
+
 /// Checks that `bytes` start with a DECIMAL(precision, scale) in the binlog's binary form
 /// (`meta` = [precision, scale]): groups of nine digits in four bytes, shorter groups at both
 /// ends, the sign in the top bit, negative numbers with every bit inverted. mysql_common's
@@ -697,6 +790,44 @@ mod tests {
         assert_eq!(string_length(&[0xfe, 16]), 16);
         // CHAR(255) in utf8mb4 is 1020 bytes: the high bits of the length live in byte 0.
         assert_eq!(string_length(&[0xce, 0xfc]), 1020);
+    }
+
+    #[test]
+    fn set_and_enum_value_counts_are_checked_against_their_bytes() {
+        use super::check_value_lists;
+        // table id, flags, db "d", table "t", 1 column (ENUM), 2 metadata bytes, null bits.
+        let head = [
+            &[1, 0, 0, 0, 0, 0, 0, 0][..],
+            &[1, b'd', 0, 1, b't', 0],
+            &[1, 247, 2, 1, 0, 0],
+        ]
+        .concat();
+        // ENUM_STR_VALUE: one list of two values, "a" and "bc".
+        let good = [&head[..], &[6, 6, 2, 1, b'a', 2, b'b', b'c']].concat();
+        assert_eq!(check_value_lists(&good), Ok(Some(1)));
+        // A list claiming 2^32 values in two bytes.
+        let bad = [&head[..], &[6, 11, 0xfe, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'a']].concat();
+        assert!(check_value_lists(&bad).is_err());
+        // A body this walk cannot follow is left alone.
+        assert_eq!(check_value_lists(&[1, 2, 3]), Ok(None));
+        // Real table maps (MariaDB's and MySQL 8's, of the type matrix with its ENUM and SET
+        // columns) are walked to their value lists.
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/binlog");
+        for flavor in ["mariadb", "mysql8"] {
+            let all = std::fs::read(format!("{seeds}/{flavor}-all")).expect("a seed");
+            let (mut at, mut lists) = (0, 0);
+            while at + 19 <= all.len() {
+                let size = u32::from_le_bytes(all[at + 9..at + 13].try_into().expect("4"));
+                let end = at + size as usize;
+                if all[at + 4] == 19 {
+                    // The body, without its header and CRC32 checksum.
+                    let walked = check_value_lists(&all[at + 19..end - 4]);
+                    lists += walked.expect("not refused").expect("walked");
+                }
+                at = end;
+            }
+            assert!(lists >= 2, "{flavor}: {lists} value lists");
+        }
     }
 
     #[test]
