@@ -317,6 +317,13 @@ impl TableMap {
                 .map_err(|e| format!("column {name}: {e}"))?
                 .ok_or_else(|| format!("column {name}: no type in the table map"))?;
             let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
+            if meta.len() < metadata_bytes(ty) {
+                return Err(format!(
+                    "column {name}: its table-map metadata is too short for its type ({} of {} bytes)",
+                    meta.len(),
+                    metadata_bytes(ty)
+                ));
+            }
             let unsigned = if ty.is_numeric_type() {
                 numeric_i += 1;
                 signedness.get(numeric_i - 1).copied().unwrap_or(false)
@@ -573,6 +580,32 @@ impl BinColumn {
                 ))
             }
         })
+    }
+}
+
+/// How many metadata bytes a column of `ty` has in a table map: the row-value reader
+/// (mysql_common's) indexes them without checking.
+fn metadata_bytes(ty: ColumnType) -> usize {
+    use ColumnType::*;
+    match ty {
+        MYSQL_TYPE_TIMESTAMP2
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIME2
+        | MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB
+        | MYSQL_TYPE_BLOB
+        | MYSQL_TYPE_GEOMETRY
+        | MYSQL_TYPE_VECTOR => 1,
+        MYSQL_TYPE_STRING
+        | MYSQL_TYPE_BIT
+        | MYSQL_TYPE_NEWDECIMAL
+        | MYSQL_TYPE_ENUM
+        | MYSQL_TYPE_SET
+        | MYSQL_TYPE_VARCHAR
+        | MYSQL_TYPE_VAR_STRING
+        | MYSQL_TYPE_TYPED_ARRAY => 2,
+        _ => 0,
     }
 }
 
