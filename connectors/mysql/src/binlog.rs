@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::io;
 
-use mysql_common::binlog::events::{OptionalMetadataField, RowsEventData, TableMapEvent};
+use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::events::{Event, OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
@@ -213,15 +214,20 @@ impl TableMap {
     /// count of values it reserves room for before reading them): that is caught here and
     /// becomes an error like any other unreadable table map.
     ///
-    /// `raw` is the event's body: the counts of its SET and ENUM value lists are checked
-    /// against it first, as mysql_common reserves room for a count before reading the values
+    /// `ev` is the event itself: the counts of its SET and ENUM value lists are checked
+    /// against its bytes first, as mysql_common reserves room for a count before reading the values
     /// (a corrupt count would make it allocate without bound, which no guard can catch).
     pub fn from_event(
         tme: &TableMapEvent<'_>,
-        raw: &[u8],
+        ev: &Event,
         json_columns: &[String],
     ) -> Result<TableMap, String> {
-        check_value_lists(raw)?;
+        // A server of the old format (a table-map post-header of 6 bytes) writes 4-byte ids.
+        let old_ids = ev
+            .fde()
+            .get_event_type_header_length(EventType::TABLE_MAP_EVENT)
+            == 6;
+        check_value_lists(ev.data(), if old_ids { 4 } else { 6 })?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Self::read(tme, json_columns)
         }))
@@ -609,14 +615,18 @@ fn metadata_bytes(ty: ColumnType) -> usize {
     }
 }
 
-/// A length-encoded integer from the front of `b`.
+/// A length-encoded integer from the front of `b`, read as mysql_common reads it (`0xfb`
+/// and `0xff`, NULL and error in the protocol, are 0).
 fn lenenc(b: &mut &[u8]) -> Option<u64> {
     let (&first, rest) = b.split_first()?;
     let width = match first {
         0xfc => 2,
         0xfd => 3,
         0xfe => 8,
-        0xfb | 0xff => return None,
+        0xfb | 0xff => {
+            *b = rest;
+            return Some(0);
+        }
         n => {
             *b = rest;
             return Some(u64::from(n));
@@ -638,12 +648,12 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 /// ENUM value list claims no more values than its bytes can hold. Only that is refused: a
 /// body this walk cannot follow is left to mysql_common's reader (`Ok(None)`); otherwise
 /// `Ok(Some(lists checked))`.
-fn check_value_lists(raw: &[u8]) -> Result<Option<usize>, String> {
+fn check_value_lists(raw: &[u8], id_bytes: usize) -> Result<Option<usize>, String> {
     const SET_STR_VALUE: u8 = 5;
     const ENUM_STR_VALUE: u8 = 6;
     let optional = (|| {
         let mut b = raw;
-        take(&mut b, 8)?; // table id, flags
+        take(&mut b, id_bytes + 2)?; // table id, flags
         let db = *take(&mut b, 1)?.first()? as usize;
         take(&mut b, db + 1)?;
         let table = *take(&mut b, 1)?.first()? as usize;
@@ -837,12 +847,12 @@ mod tests {
         .concat();
         // ENUM_STR_VALUE: one list of two values, "a" and "bc".
         let good = [&head[..], &[6, 6, 2, 1, b'a', 2, b'b', b'c']].concat();
-        assert_eq!(check_value_lists(&good), Ok(Some(1)));
+        assert_eq!(check_value_lists(&good, 6), Ok(Some(1)));
         // A list claiming 2^32 values in two bytes.
         let bad = [&head[..], &[6, 11, 0xfe, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'a']].concat();
-        assert!(check_value_lists(&bad).is_err());
+        assert!(check_value_lists(&bad, 6).is_err());
         // A body this walk cannot follow is left alone.
-        assert_eq!(check_value_lists(&[1, 2, 3]), Ok(None));
+        assert_eq!(check_value_lists(&[1, 2, 3], 6), Ok(None));
         // Real table maps (MariaDB's and MySQL 8's, of the type matrix with its ENUM and SET
         // columns) are walked to their value lists.
         let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/binlog");
@@ -854,7 +864,7 @@ mod tests {
                 let end = at + size as usize;
                 if all[at + 4] == 19 {
                     // The body, without its header and CRC32 checksum.
-                    let walked = check_value_lists(&all[at + 19..end - 4]);
+                    let walked = check_value_lists(&all[at + 19..end - 4], 6);
                     lists += walked.expect("not refused").expect("walked");
                 }
                 at = end;

@@ -71,7 +71,7 @@ pub fn binlog(data: &[u8]) -> usize {
                     _ => None,
                 })
                 .unwrap_or_default();
-            if let Ok(map) = TableMap::from_event(&tme, ev.data(), &names) {
+            if let Ok(map) = TableMap::from_event(&tme, &ev, &names) {
                 maps.insert(tme.table_id(), map);
             }
         } else if t == MARIADB_GTID {

@@ -406,7 +406,7 @@ impl Session {
                 let tme: TableMapEvent<'_> = ev
                     .read_event()
                     .map_err(|e| MySqlError::Decode(format!("table map: {e}")))?;
-                self.table_map(&tme, ev.data())?;
+                self.table_map(&tme, &ev)?;
             }
             t if t == EventType::XID_EVENT as u8 => self.commit(end).await?,
             t if t == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 => {
@@ -529,14 +529,14 @@ impl Session {
         }
     }
 
-    fn table_map(&mut self, tme: &TableMapEvent<'_>, raw: &[u8]) -> Result<(), MySqlError> {
+    fn table_map(&mut self, tme: &TableMapEvent<'_>, ev: &Event) -> Result<(), MySqlError> {
         let id = tme.table_id();
         let key = (
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
         if key.0 == self.ctx.signal.schema && key.1 == self.ctx.signal.name {
-            let map = TableMap::from_event(tme, raw, &[]).map_err(MySqlError::Setup)?;
+            let map = TableMap::from_event(tme, ev, &[]).map_err(MySqlError::Setup)?;
             let names: Arc<[Arc<str>]> = map
                 .columns
                 .iter()
@@ -566,7 +566,7 @@ impl Session {
             return Ok(()); // the same table id for the same table: the same shape
         }
         let map =
-            TableMap::from_event(tme, raw, &captured.json_columns).map_err(MySqlError::Setup)?;
+            TableMap::from_event(tme, ev, &captured.json_columns).map_err(MySqlError::Setup)?;
         let current = self.shapes.get(&key).cloned();
         let same = current.as_ref().is_some_and(|s| {
             s.columns.len() == map.columns.len()
