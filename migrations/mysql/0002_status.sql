@@ -1,6 +1,7 @@
 -- What each sink did to each target table, and a minute-by-minute history of each sink
 -- (see postgres/0003_status.sql): written in the same transaction as the rows. One row per
--- apply worker; the *_totals views add them up.
+-- apply worker: sum them per sink and table (or minute). No views here: creating one needs
+-- a privilege (CREATE VIEW) the tables do not.
 
 create table if not exists sluice_table_status (
     sink               varchar(255) not null,
@@ -28,16 +29,3 @@ create table if not exists sluice_sync_history (
     max_lag_ms   bigint,
     primary key (sink, worker, minute)
 ) engine = InnoDB;
-
-create or replace view sluice_table_totals as
-select sink, target_table, sum(upserts) as upserts, sum(updates) as updates,
-       sum(deletes) as deletes, sum(dead_letters) as dead_letters,
-       max(last_source_commit) as last_source_commit, max(updated_at) as updated_at
-  from sluice_table_status
- group by sink, target_table;
-
-create or replace view sluice_history_totals as
-select sink, minute, sum(events) as events, sum(dead_letters) as dead_letters,
-       sum(batches) as batches, max(max_lag_ms) as max_lag_ms
-  from sluice_sync_history
- group by sink, minute;

@@ -320,10 +320,11 @@ async fn mysql_source_reports_its_lag(server: sluice_test_support::MariaDb) {
     // The status tables in the target database, written with the rows.
     let totals = server.query(
         "warehouse",
-        "select target_table, upserts, deletes, dead_letters from sluice_table_totals",
+        "select target_table, sum(upserts), sum(deletes), sum(dead_letters)
+           from sluice_table_status group by sink, target_table",
     );
     assert_eq!(totals, vec!["warehouse.items\t200\t0\t0".to_string()]);
-    let history = server.query("warehouse", "select sum(events) from sluice_history_totals");
+    let history = server.query("warehouse", "select sum(events) from sluice_sync_history");
     assert_eq!(history, vec!["200".to_string()]);
 }
 
