@@ -81,7 +81,8 @@ impl Lifecycle {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -202,6 +203,15 @@ impl SourceStatus {
     }
 }
 
+/// The latest event of a topic applied: its source commit time, the end-to-end lag then
+/// (ms), when it was applied (ms since the epoch), and the topic's lag gauge (made once).
+struct TopicLag {
+    commit_ms: i64,
+    lag_ms: i64,
+    applied_ms: i64,
+    gauge: Gauge,
+}
+
 /// A partition: topic and number.
 type Partition = (Arc<str>, i32);
 
@@ -223,9 +233,8 @@ pub struct SinkStatus {
     blob_bytes: AtomicU64,
     blob_uploads_total: Counter,
     blob_bytes_total: Counter,
-    /// Per topic: the source commit time of the latest event applied, the end-to-end lag
-    /// then (ms), and when it was applied (ms since the epoch).
-    topics: Mutex<BTreeMap<Arc<str>, (i64, i64, i64)>>,
+    /// Per topic, its latest event applied.
+    topics: Mutex<BTreeMap<Arc<str>, TopicLag>>,
     applied: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
@@ -322,11 +331,19 @@ impl SinkStatus {
     pub fn caught_up(&self, topic: &Arc<str>, commit_ms: i64) {
         let now = now_ms();
         let lag = (now - commit_ms).max(0);
-        if let Ok(mut t) = self.topics.lock() {
-            t.insert(topic.clone(), (commit_ms, lag, now));
-        }
-        gauge!("sluice_apply_lag_seconds", "sink" => self.name.clone(), "topic" => topic.to_string())
-            .set(lag as f64 / 1000.0);
+        let Ok(mut topics) = self.topics.lock() else {
+            return;
+        };
+        let entry = topics.entry(topic.clone()).or_insert_with(|| TopicLag {
+            commit_ms,
+            lag_ms: lag,
+            applied_ms: now,
+            gauge: gauge!("sluice_apply_lag_seconds", "sink" => self.name.clone(), "topic" => topic.to_string()),
+        });
+        entry.commit_ms = commit_ms;
+        entry.lag_ms = lag;
+        entry.applied_ms = now;
+        entry.gauge.set(lag as f64 / 1000.0);
     }
 
     /// `partition` waits on a row the target refuses for now, since `since`.
@@ -427,11 +444,11 @@ impl SinkStatus {
             "error": error,
             "lag_records": lag,
             "partitions": partitions,
-            "topics": self.topics.lock().map(|t| t.iter().map(|(topic, (commit, lag, at))| {
+            "topics": self.topics.lock().map(|t| t.iter().map(|(topic, l)| {
                 (topic.to_string(), json!({
-                    "last_source_commit": sluice_core::value::utc_timestamp(commit.div_euclid(1000), (commit.rem_euclid(1000) * 1000) as u32),
-                    "lag_s": *lag as f64 / 1000.0,
-                    "applied_age_s": (now_ms() - at) as f64 / 1000.0,
+                    "last_source_commit": sluice_core::value::utc_timestamp(l.commit_ms.div_euclid(1000), (l.commit_ms.rem_euclid(1000) * 1000) as u32),
+                    "lag_s": l.lag_ms as f64 / 1000.0,
+                    "applied_age_s": (now_ms() - l.applied_ms) as f64 / 1000.0,
                 }))
             }).collect::<serde_json::Map<_, _>>()).unwrap_or_default(),
             "held": self.holds().into_iter().map(|((topic, partition), s)| {

@@ -655,8 +655,8 @@ impl<W: TargetWriter> Worker<W> {
                         if !stop_at.contains_key(&tp) {
                             if let Some(state) = states.get_mut(&tp) {
                                 // Past the held record: the next refusal starts a new wait.
-                                self.stats.released(&tp);
                                 if let Some((since, _)) = state.held_since.take() {
+                                    self.stats.released(&tp);
                                     tracing::info!(
                                         worker = self.id,
                                         topic = %tp.0,

@@ -161,6 +161,8 @@ pub struct Stage {
     tables: Vec<TableInfo>,
     /// The ledger's index among the sink's target tables.
     ledger: usize,
+    /// Where uploads are counted.
+    status: std::sync::Arc<crate::status::SinkStatus>,
 }
 
 /// An object a row needs, read and hashed.
@@ -189,6 +191,7 @@ impl Stage {
             client: None,
             tables,
             ledger,
+            status: crate::status::sink(sink),
         }
     }
 
@@ -442,7 +445,7 @@ impl Stage {
             match outcome {
                 Ok((i, l, up)) => {
                     if up {
-                        crate::status::sink(&self.sink).blob_uploaded(l.size);
+                        self.status.blob_uploaded(l.size);
                         loads
                             .uploaded
                             .push((jobs[i].spec.store.clone(), l.key.clone()));

@@ -441,7 +441,7 @@ async fn publish_loop(
     let mut key = Vec::with_capacity(128);
     let mut value = Vec::with_capacity(1024);
     while let Some(batch) = batches.recv().await {
-        let now_ms = now_ms();
+        let now_ms = crate::status::now_ms();
         let acks = Acks::new();
         let mut events = batch.events.len();
         for event in &batch.events {
@@ -547,11 +547,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

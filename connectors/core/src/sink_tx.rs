@@ -115,20 +115,32 @@ pub trait SinkTx: Send {
 #[derive(Debug, Clone)]
 pub struct FoldPlan {
     sink: Arc<str>,
-    /// The apply worker this writer belongs to (its rows in the status tables).
-    worker: i32,
-    /// The target tables' names, for the status tables.
-    names: Vec<String>,
+    status: StatusRows,
     shapes: Vec<TableShape>,
     ranks: Option<Vec<usize>>,
 }
 
+/// Whose rows a writer's batches add to in the status tables: cheap to clone, as every batch
+/// takes it into its transaction.
+#[derive(Debug, Clone)]
+struct StatusRows {
+    sink: Arc<str>,
+    /// The apply worker this writer belongs to.
+    worker: i32,
+    /// The target tables' names, by index.
+    names: Arc<[String]>,
+}
+
 impl FoldPlan {
     pub fn new<T: DescribedTable>(sink: &str, worker: usize, tables: &[T]) -> FoldPlan {
+        let sink: Arc<str> = sink.into();
         FoldPlan {
-            sink: sink.into(),
-            worker: worker as i32,
-            names: tables.iter().map(|t| t.id().to_string()).collect(),
+            sink: sink.clone(),
+            status: StatusRows {
+                sink,
+                worker: worker as i32,
+                names: tables.iter().map(|t| t.id().to_string()).collect(),
+            },
             shapes: tables.iter().map(DescribedTable::fold_shape).collect(),
             ranks: foreign_key_ranks(&references_by_index(tables)),
         }
@@ -199,11 +211,11 @@ async fn apply_once<W: SqlWriter>(
     batch: &ApplyBatch,
     one_by_one: bool,
 ) -> Result<ApplyOutcome, W::Error> {
-    let plan = w.plan().clone();
-    let groups = plan.groups(batch, one_by_one);
+    let status = w.plan().status.clone();
+    let groups = w.plan().groups(batch, one_by_one);
     w.prepare(&groups).await?;
     let mut tx = w.begin("beginning a target transaction", None).await?;
-    apply_batch(&mut tx, &plan, batch, &groups, one_by_one).await
+    apply_batch(&mut tx, &status, batch, &groups, one_by_one).await
 }
 
 impl<W: SqlWriter> TargetWriter for W {
@@ -262,7 +274,7 @@ impl<W: SqlWriter> TargetWriter for W {
 /// commits nothing and returns [`ApplyOutcome::Held`].
 async fn apply_batch<T: SinkTx>(
     tx: &mut T,
-    plan: &FoldPlan,
+    plan: &StatusRows,
     batch: &ApplyBatch,
     groups: &[Vec<FoldedTable>],
     one_by_one: bool,
@@ -344,7 +356,7 @@ struct TableCounts<'b> {
 /// position and source commit; per sink and minute its events, dead letters and largest lag.
 async fn write_status<T: SinkTx>(
     tx: &mut T,
-    plan: &FoldPlan,
+    plan: &StatusRows,
     batch: &ApplyBatch,
     refused: &[(usize, String)],
     dead_letters: usize,

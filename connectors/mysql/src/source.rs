@@ -486,17 +486,11 @@ impl sluice_core::source::ChangeSource for MySqlSource {
             Some(c) => c,
             None => guard.insert(connect(&self.settings.connection).await?),
         };
-        let files: Vec<(String, u64)> = match conn
-            .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
-            .await
-        {
-            Ok(rows) => rows
-                .into_iter()
-                .filter_map(|row| Some((row.get::<String, usize>(0)?, row.get::<u64, usize>(1)?)))
-                .collect(),
+        let files = match binlog_files(conn).await {
+            Ok(files) => files,
             Err(e) => {
                 *guard = None; // a new connection next time
-                return Err(MySqlError::query("listing the server's binlog files")(e));
+                return Err(e);
             }
         };
         let mut behind = 0u64;
@@ -564,13 +558,10 @@ impl sluice_core::source::ChangeSource for MySqlSource {
         let resumed = resume_pos.is_some();
         let start = match resume_pos {
             Some(pos) => {
-                // MariaDB lists (name, size); MySQL 8 adds `Encrypted`: read the name only.
-                let files: Vec<String> = conn
-                    .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
-                    .await
-                    .map_err(MySqlError::query("listing the server's binlog files"))?
+                let files: Vec<String> = binlog_files(&mut conn)
+                    .await?
                     .into_iter()
-                    .filter_map(|row| row.get::<String, usize>(0))
+                    .map(|(name, _)| name)
                     .collect();
                 if !files.contains(&pos.file) {
                     return Err(MySqlError::Setup(format!(
@@ -653,6 +644,18 @@ impl sluice_core::source::ChangeSource for MySqlSource {
         self.stream(start, book, snapshot_by_backfill, handles)
             .await
     }
+}
+
+/// The server's binlog files and their sizes, oldest first (`SHOW BINARY LOGS`: MariaDB lists
+/// name and size, MySQL 8 adds `Encrypted`).
+async fn binlog_files(conn: &mut Conn) -> Result<Vec<(String, u64)>, MySqlError> {
+    Ok(conn
+        .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+        .await
+        .map_err(MySqlError::query("listing the server's binlog files"))?
+        .into_iter()
+        .filter_map(|row| Some((row.get::<String, usize>(0)?, row.get::<u64, usize>(1)?)))
+        .collect())
 }
 
 #[cfg(test)]
